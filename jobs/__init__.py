@@ -1,0 +1,1 @@
+"""plan-job: what runs on compute nodes (calibration harness, workloads, training entry)."""

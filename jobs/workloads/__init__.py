@@ -1,0 +1,1 @@
+"""Workloads: built-in models (jit, gpt) and the contract a user workload follows."""

@@ -1,0 +1,1 @@
+"""sbatch templates shipped with plan-job."""
