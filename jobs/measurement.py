@@ -1,0 +1,104 @@
+"""What the login node sends to a calibration job, and what comes back. Torch-free.
+
+Both travel through submitit's pickles, so they are plain frozen dataclasses of builtins.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+FAILURE_MARKER = "plan-job-failure:"
+
+STOP_REASONS = ("ci_target", "step_cap", "time_cap")
+
+
+@dataclass(frozen=True)
+class CalibrationRequest:
+    builder_path: str  # "module:function"
+    workload_name: str
+    preset: str
+    overrides: Mapping[str, Any]
+    micro_batch: int
+    grad_accum: int
+    precision: str
+    device: str  # auto | cpu | cuda
+    seed: int
+    min_steps: int
+    max_steps: int
+    max_seconds: float
+    target_ci: float
+    scratch_dir: str  # where the checkpoint probe is written (the run's checkpoint filesystem)
+    progress_path: str | None = None  # JSONL the CLI tails to show live progress
+
+
+@dataclass(frozen=True)
+class Measurement:
+    # where it ran
+    host: str
+    device_kind: str  # cpu | cuda
+    device_name: str
+    versions: Mapping[str, str]
+    # the workload, per optimizer step on one device
+    params: int
+    samples_per_step: int
+    tokens_per_sample: int
+    token_unit: str
+    flops_per_step: float
+    # time
+    startup_s: float  # process start to the first step's start
+    import_s: float  # process start to torch imported
+    build_s: float  # model, optimizer and data set-up
+    warmup_steps: int
+    warmup_extra_s: float  # warm-up steps' time beyond the steady mean
+    steps_run: int
+    steady_steps: int
+    step_mean_s: float
+    step_median_s: float
+    step_std_s: float
+    step_ci_half_s: float
+    step_p90_s: float
+    data_share: float  # of the steady step time, spent producing the batch
+    stopped_by: str  # one of STOP_REASONS
+    target_ci: float
+    # memory and checkpoint
+    peak_memory_bytes: int
+    memory_kind: str  # cuda_max_allocated | rss_peak
+    checkpoint_save_s: float
+    checkpoint_load_s: float
+    checkpoint_bytes: int
+    loss_first: float
+    loss_last: float
+    step_times_s: tuple[float, ...] = field(default=())
+    load_times_s: tuple[float, ...] = field(default=())
+
+    @property
+    def step_ci_relative(self) -> float:
+        return self.step_ci_half_s / self.step_mean_s
+
+
+def failure_message(kind: str, message: str, **details: Any) -> str:
+    """A line the login node can parse out of submitit's traceback text."""
+    payload = {"kind": kind, "message": message, **details}
+    return f"{FAILURE_MARKER} {json.dumps(payload, sort_keys=True)}"
+
+
+def parse_failure(text: str) -> dict[str, Any] | None:
+    for line in reversed(text.splitlines()):
+        _, marker, payload = line.partition(FAILURE_MARKER)
+        if marker:
+            try:
+                return json.loads(payload)
+            except json.JSONDecodeError:
+                return None
+    return None
+
+
+class CalibrationFailed(RuntimeError):
+    """Raised on the node; its text carries a parseable failure line back through submitit."""
+
+    def __init__(self, kind: str, message: str, **details: Any) -> None:
+        self.kind = kind
+        super().__init__(failure_message(kind, message, **details))

@@ -1,0 +1,291 @@
+"""The run spec: what to train, on how much data, with which batch, on which cluster.
+
+Loaded once from YAML (plus CLI overrides) into frozen dataclasses; every field is validated
+here so nothing downstream falls back to config on its own. Torch-free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jobs.workloads.base import PRECISIONS
+from jobs.workloads.registry import BUILTIN
+from planner.errors import SpecError
+from planner.schema import Section
+
+EXECUTORS = ("local", "slurm")
+DEVICES = ("auto", "cpu", "cuda")
+_FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_MEM_RE = re.compile(r"^\d+[KMGT]?$")
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    name: str  # built-in name, or "custom" for a user function
+    preset: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    function: str | None = None  # "module:function" for a user workload
+
+    @property
+    def builder_path(self) -> str:
+        return self.function or BUILTIN[self.name].builder_path
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    samples: int | None  # exactly one of samples / tokens is set
+    tokens: int | None
+    epochs: float = 1.0
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    global_batch: int  # samples per optimizer step, all GPUs together
+    micro_batch: int  # samples per forward/backward on one GPU
+    grad_accum: int  # micro-batches per optimizer step on one GPU
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    partition: str | None = None
+    nodes: int = 1
+    gpus_per_node: int = 1
+    cpus_per_task: int = 1
+    mem: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gpu_type: str | None = None  # for the peak FLOP/s when the device cannot tell
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * max(self.gpus_per_node, 1)
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    dir: str = "checkpoints"
+    interval_steps: int | None = None  # None: the plan chooses (Young/Daly)
+    keep: int = 2
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    executor: str = "local"
+    device: str = "auto"
+    min_steps: int = 10
+    max_steps: int = 300
+    max_seconds: float = 90.0
+    target_ci: float = 0.02  # 95% CI half-width / mean of the steady step time
+    time_limit_minutes: int = 10  # --time of the calibration job
+    pending_timeout_s: float = 600.0
+    peak_tflops: float | None = None  # overrides the device table for MFU
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    workload: WorkloadSpec
+    data: DataSpec
+    batch: BatchSpec
+    precision: str
+    cluster: ClusterSpec
+    checkpoint: CheckpointSpec
+    calibration: CalibrationSpec
+    source: str | None = None  # the file it came from, for messages
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("source")
+        out["workload"]["overrides"] = dict(self.workload.overrides)
+        return out
+
+    def step_fingerprint(self) -> str:
+        """Hash of what decides one device's step time; a calibration matches a plan by it."""
+        key = {
+            "workload": self.to_dict()["workload"],
+            "micro_batch": self.batch.micro_batch,
+            "grad_accum": self.batch.grad_accum,
+            "precision": self.precision,
+        }
+        blob = json.dumps(key, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_spec(path: Path | str, overrides: Sequence[str] = ()) -> RunSpec:
+    """Read a YAML run spec, apply ``key.path=value`` overrides, validate every field."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError("spec", source, f"cannot read the file: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError("spec", source, f"not valid YAML: {exc}") from exc
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise SpecError("<top level>", raw, "expected a mapping (key: value lines)", source)
+    for item in overrides:
+        apply_override(raw, item)
+    return parse_spec(raw, source=source, default_name=path.stem)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in the raw document; the value is read as YAML (so 32 is an int)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise SpecError("--set", item, "expected KEY.PATH=VALUE, e.g. batch.micro_batch=32")
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise SpecError(key, item, f"{part!r} is not a mapping, cannot set a key inside it")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+def parse_spec(raw: Mapping[str, Any], source: str | None = None,
+               default_name: str = "run") -> RunSpec:
+    top = Section(raw, "", source)
+    name = top.string("name", default_name)
+    workload = _workload(top.section("workload"))
+    data = _data(top.section("data"))
+    cluster = _cluster(top.section("cluster"))
+    batch = _batch(top.section("batch"), cluster)
+    precision = top.choice("precision", PRECISIONS, "fp32")
+    checkpoint = _checkpoint(top.section("checkpoint"))
+    calibration = _calibration(top.section("calibration"))
+    top.done()
+    return RunSpec(name, workload, data, batch, precision, cluster, checkpoint, calibration,
+                   source)
+
+
+def _workload(sec: Section) -> WorkloadSpec:
+    function = sec.get("function", None)
+    if function is not None:
+        if not isinstance(function, str) or not _FUNCTION_RE.match(function):
+            raise sec.error("function", function,
+                            "expected 'package.module:function' (a workload builder)")
+        name = sec.string("name", "custom")
+        preset = sec.string("preset", "default")
+        overrides = sec.mapping("overrides")
+        sec.done()
+        return WorkloadSpec(name, preset, overrides, function)
+    name = sec.choice("name", sorted(BUILTIN))
+    builtin = BUILTIN[name]
+    preset = sec.choice("preset", sorted(builtin.presets))
+    overrides = sec.mapping("overrides")
+    types = builtin.override_types()
+    for key, value in overrides.items():
+        if key not in types:
+            raise sec.error(f"overrides.{key}", value,
+                            f"unknown {name} setting; valid: {', '.join(sorted(types))}")
+        expected = types[key]
+        ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            ok, overrides[key] = True, float(value)
+        if not ok:
+            raise sec.error(f"overrides.{key}", value, f"expected {expected.__name__}")
+    try:
+        builtin.resolve(preset, overrides)
+    except (TypeError, ValueError) as exc:
+        raise sec.error("overrides", overrides, str(exc)) from exc
+    sec.done()
+    return WorkloadSpec(name, preset, overrides, None)
+
+
+def _data(sec: Section) -> DataSpec:
+    samples = sec.integer("samples", None, minimum=1)
+    tokens = sec.integer("tokens", None, minimum=1)
+    if (samples is None) == (tokens is None):
+        raise sec.error("samples", samples if samples is not None else tokens,
+                        "give exactly one of data.samples or data.tokens")
+    epochs = sec.number("epochs", 1.0, minimum=0.0, exclusive_min=True)
+    sec.done()
+    return DataSpec(samples, tokens, epochs)
+
+
+def _cluster(sec: Section) -> ClusterSpec:
+    mem = sec.get("mem", None)
+    if mem is not None:
+        mem = str(mem)
+        if not _MEM_RE.match(mem):
+            raise sec.error("mem", mem, "expected a Slurm memory size such as 64G, 512000M or 0")
+    spec = ClusterSpec(
+        partition=sec.string("partition", None),
+        nodes=sec.integer("nodes", 1, minimum=1),
+        gpus_per_node=sec.integer("gpus_per_node", 1, minimum=0),
+        cpus_per_task=sec.integer("cpus_per_task", 1, minimum=1),
+        mem=mem,
+        account=sec.string("account", None),
+        qos=sec.string("qos", None),
+        gpu_type=sec.string("gpu_type", None),
+    )
+    sec.done()
+    return spec
+
+
+def _batch(sec: Section, cluster: ClusterSpec) -> BatchSpec:
+    micro = sec.integer("micro_batch", minimum=1)
+    gpus = cluster.gpus
+    accum = sec.integer("grad_accum", None, minimum=1)
+    default_global = micro * gpus * (accum or 1)
+    global_batch = sec.integer("global_batch", default_global, minimum=1)
+    per_step = micro * gpus
+    if global_batch % per_step:
+        raise sec.error("global_batch", global_batch,
+                        f"must be a multiple of micro_batch x GPUs = {micro} x {gpus} = {per_step}")
+    derived = global_batch // per_step
+    if accum is not None and accum != derived:
+        raise sec.error("grad_accum", accum,
+                        f"global_batch / (micro_batch x GPUs) = {global_batch} / {per_step} = "
+                        f"{derived}; set grad_accum: {derived} or drop it")
+    sec.done()
+    return BatchSpec(global_batch, micro, derived)
+
+
+def _checkpoint(sec: Section) -> CheckpointSpec:
+    spec = CheckpointSpec(
+        dir=sec.string("dir", "checkpoints"),
+        interval_steps=sec.integer("interval_steps", None, minimum=1),
+        keep=sec.integer("keep", 2, minimum=1),
+    )
+    sec.done()
+    return spec
+
+
+def _calibration(sec: Section) -> CalibrationSpec:
+    min_steps = sec.integer("min_steps", 10, minimum=3)
+    max_steps = sec.integer("max_steps", 300, minimum=1)
+    if max_steps < min_steps:
+        raise sec.error("max_steps", max_steps, f"must be >= calibration.min_steps ({min_steps})")
+    spec = CalibrationSpec(
+        executor=sec.choice("executor", EXECUTORS, "local"),
+        device=sec.choice("device", DEVICES, "auto"),
+        min_steps=min_steps,
+        max_steps=max_steps,
+        max_seconds=sec.number("max_seconds", 90.0, minimum=0.0, exclusive_min=True),
+        target_ci=sec.number("target_ci", 0.02, minimum=0.0, maximum=1.0, exclusive_min=True),
+        time_limit_minutes=sec.integer("time_limit_minutes", 10, minimum=1),
+        pending_timeout_s=sec.number("pending_timeout_s", 600.0, minimum=0.0, exclusive_min=True),
+        peak_tflops=sec.number("peak_tflops", None, minimum=0.0, exclusive_min=True),
+        seed=sec.integer("seed", 0, minimum=0),
+    )
+    sec.done()
+    return spec

@@ -1,0 +1,213 @@
+"""Submit a function through submitit, watch it, cancel it on Ctrl-C, bring its result back.
+
+submitit is imported lazily: it is light, but `plan-job --help` needs none of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobs.measurement import parse_failure
+from planner.errors import (
+    CancelledByUserError,
+    CommandError,
+    JobFailedError,
+    OutOfMemoryError,
+    PendingTimeoutError,
+    SlurmUnavailableError,
+    SpecError,
+)
+from planner.shell import run_command
+from planner.spec import RunSpec
+
+POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job_id: str
+    state: str  # PENDING, RUNNING, COMPLETING, FINISHED, ...
+    reason: str  # squeue's reason while pending ("Resources", "Priority", ...)
+    elapsed_s: float  # since submission
+    node: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    result: Any
+    job_id: str
+    folder: Path
+    stdout: Path
+    stderr: Path
+    queue_wait_s: float | None
+    wall_s: float
+
+
+def slurm_partitions() -> list[str]:
+    """Partitions the Slurm controller reports; SlurmUnavailableError when there is no Slurm."""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        raise SlurmUnavailableError(
+            "--executor slurm: no Slurm client here (sbatch/sinfo not on PATH). Run plan-job on "
+            "the cluster's login node, or use --executor local to calibrate on this machine."
+        )
+    try:
+        out = run_command(["sinfo", "-h", "-o", "%R"], timeout=30).stdout
+    except CommandError as exc:
+        raise SlurmUnavailableError(
+            f"--executor slurm: Slurm is installed but the controller does not answer "
+            f"(sinfo exited {exc.returncode}: {exc.stderr.strip()}). Check SLURM_CONF / "
+            f"slurmctld, or use --executor local."
+        ) from exc
+    return sorted({line.strip() for line in out.splitlines() if line.strip()})
+
+
+def make_executor(spec: RunSpec, folder: Path, job_name: str) -> Any:
+    import submitit
+
+    cal = spec.calibration
+    if cal.executor == "local":
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=cal.time_limit_minutes)
+        return executor
+    partitions = slurm_partitions()
+    cluster = spec.cluster
+    if cluster.partition is not None and cluster.partition not in partitions:
+        raise SpecError("cluster.partition", cluster.partition,
+                        f"partitions on this cluster: {', '.join(partitions) or '(none)'}")
+    executor = submitit.SlurmExecutor(folder=folder)
+    params: dict[str, Any] = {
+        "job_name": job_name,
+        "time": cal.time_limit_minutes,
+        "nodes": 1,
+        "ntasks_per_node": 1,
+        "cpus_per_task": cluster.cpus_per_task,
+    }
+    # One device is what a calibration measures; the plan scales it to the whole job.
+    if cluster.gpus_per_node > 0:
+        params["gres"] = "gpu:1"
+    optional = {"partition": cluster.partition, "mem": cluster.mem,
+                "account": cluster.account, "qos": cluster.qos}
+    params.update({k: v for k, v in optional.items() if v is not None})
+    executor.update_parameters(**params)
+    return executor
+
+
+class JobRunner:
+    """Owns one submitted job until it ends: shows its state, cancels it on Ctrl-C."""
+
+    def __init__(self, job: Any, executor_kind: str, pending_timeout_s: float,
+                 on_status: Callable[[JobStatus], None], partition: str | None = None) -> None:
+        self.job = job
+        self.kind = executor_kind
+        self.pending_timeout_s = pending_timeout_s
+        self.on_status = on_status
+        self.partition = partition
+        self.submitted = time.monotonic()
+        self.started: float | None = None
+
+    def wait(self) -> Finished:
+        try:
+            self._watch()
+            result = self._result()
+        except KeyboardInterrupt:
+            self._cancel()
+            raise CancelledByUserError(
+                f"interrupted: cancelled job {self.job.job_id}", job_id=str(self.job.job_id),
+                log_path=Path(self.job.paths.stderr)) from None
+        paths = self.job.paths
+        queue = self.started - self.submitted if self.started is not None else None
+        return Finished(result, str(self.job.job_id), Path(paths.folder), Path(paths.stdout),
+                        Path(paths.stderr), queue, time.monotonic() - self.submitted)
+
+    def status(self) -> JobStatus:
+        elapsed = time.monotonic() - self.submitted
+        if self.kind == "local":
+            state = self.job.state
+            return JobStatus(str(self.job.job_id), state, "", elapsed, "localhost")
+        return self._squeue_status(elapsed)
+
+    def _squeue_status(self, elapsed: float) -> JobStatus:
+        job_id = str(self.job.job_id)
+        try:
+            out = run_command(["squeue", "-h", "-j", job_id, "-o", "%T|%r|%N"],
+                              check=False, timeout=30).stdout.strip()
+        except CommandError:
+            out = ""
+        if not out:
+            return JobStatus(job_id, "FINISHED", "", elapsed, "")
+        state, reason, node = [*out.splitlines()[0].split("|"), "", "", ""][:3]
+        return JobStatus(job_id, state, "" if reason == "None" else reason, elapsed, node)
+
+    def _watch(self) -> None:
+        while True:
+            status = self.status()
+            if status.state in ("RUNNING", "COMPLETING") and self.started is None:
+                self.started = time.monotonic()
+            self.on_status(status)
+            if status.state not in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING"):
+                return
+            if status.state == "PENDING" and status.elapsed_s > self.pending_timeout_s:
+                self._cancel()
+                raise PendingTimeoutError(
+                    f"job {status.job_id} was still pending after {status.elapsed_s:.0f} s "
+                    f"(calibration.pending_timeout_s = {self.pending_timeout_s:g}) in partition "
+                    f"{self.partition or '(default)'}; squeue's reason: "
+                    f"{status.reason or 'none given'}. Cancelled it.",
+                    job_id=status.job_id)
+            time.sleep(POLL_S)
+
+    def _result(self) -> Any:
+        from submitit.core.utils import FailedJobError, UncompletedJobError
+
+        try:
+            return self.job.result()
+        except FailedJobError as exc:
+            raise self._failure(str(exc)) from None
+        except UncompletedJobError as exc:
+            raise JobFailedError(
+                f"job {self.job.job_id} ended without a result: {exc}",
+                job_id=str(self.job.job_id), log_path=Path(self.job.paths.stderr),
+                stderr_tail=self._stderr_tail()) from None
+
+    def _failure(self, text: str) -> JobFailedError:
+        parsed = parse_failure(text)
+        job_id = str(self.job.job_id)
+        log_path = Path(self.job.paths.stderr)
+        tail = self._stderr_tail()
+        if parsed is not None and parsed.get("kind") == "oom":
+            return OutOfMemoryError(parsed["message"], job_id=job_id, log_path=log_path,
+                                    stderr_tail=tail)
+        if parsed is not None:
+            return JobFailedError(f"job {job_id} failed: {parsed['message']}", job_id=job_id,
+                                  log_path=log_path, stderr_tail=tail)
+        last = [line for line in text.strip().splitlines() if line.strip()]
+        summary = last[-1] if last else "no error text"
+        return JobFailedError(f"job {job_id} failed: {summary}", job_id=job_id,
+                              log_path=log_path, stderr_tail=tail)
+
+    def _stderr_tail(self, lines: int = 15) -> str:
+        try:
+            text = Path(self.job.paths.stderr).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.rstrip().splitlines()[-lines:])
+
+    def _cancel(self) -> None:
+        # Best effort: we are already on a failure path and must not mask it.
+        with contextlib.suppress(Exception):
+            self.job.cancel(check=False)
+        if self.kind == "local":
+            # submitit's local cancel sends SIGINT only; make sure the process is gone.
+            process = getattr(self.job, "_process", None)
+            if process is not None:
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
