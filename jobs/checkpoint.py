@@ -61,8 +61,7 @@ def load_into(workload: Workload, path: Path, device: torch.device) -> dict[str,
     return state
 
 
-def probe(workload: Workload, folder: Path, device: torch.device,
-          sync: Any) -> CheckpointTiming:
+def probe(workload: Workload, folder: Path, device: torch.device, sync: Any) -> CheckpointTiming:
     """One real save and load of model + optimizer, timed, then removed."""
     path = folder / "probe.pt"
     try:

@@ -12,6 +12,7 @@ import platform
 import resource
 import socket
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,8 +111,9 @@ def _build(request: CalibrationRequest, device: Any) -> Workload:
     try:
         builder = import_callable(request.builder_path)
     except (ImportError, AttributeError) as exc:
-        raise CalibrationFailed("import_error", f"cannot import workload "
-                                f"{request.builder_path!r}: {exc}") from exc
+        raise CalibrationFailed(
+            "import_error", f"cannot import workload {request.builder_path!r}: {exc}"
+        ) from exc
     config = WorkloadConfig(
         preset=request.preset,
         overrides=dict(request.overrides),
@@ -130,16 +132,23 @@ def _build(request: CalibrationRequest, device: Any) -> Workload:
     except CalibrationFailed:
         raise
     except Exception as exc:
-        raise CalibrationFailed("workload_error", f"building workload {request.builder_path!r} "
-                                f"raised {type(exc).__name__}: {exc}") from exc
+        raise CalibrationFailed(
+            "workload_error",
+            f"building workload {request.builder_path!r} "
+            f"raised {type(exc).__name__}: {exc}{_where(exc)}",
+        ) from exc
     if not isinstance(workload, Workload):
-        raise CalibrationFailed("workload_error", f"{request.builder_path!r} returned "
-                                f"{type(workload).__name__}, expected jobs.workloads.base.Workload")
+        raise CalibrationFailed(
+            "workload_error",
+            f"{request.builder_path!r} returned "
+            f"{type(workload).__name__}, expected jobs.workloads.base.Workload",
+        )
     return workload
 
 
-def _run_steps(workload: Workload, request: CalibrationRequest,
-               sync: Callable[[], None]) -> StepLog:
+def _run_steps(
+    workload: Workload, request: CalibrationRequest, sync: Callable[[], None]
+) -> StepLog:
     step_times: list[float] = []
     load_times: list[float] = []
     losses: list[float] = []
@@ -156,8 +165,11 @@ def _run_steps(workload: Workload, request: CalibrationRequest,
         except Exception as exc:
             if type(exc).__name__ == "OutOfMemoryError":
                 raise
-            raise CalibrationFailed("workload_error", f"training step {len(step_times) + 1} "
-                                    f"raised {type(exc).__name__}: {exc}") from exc
+            raise CalibrationFailed(
+                "workload_error",
+                f"training step {len(step_times) + 1} "
+                f"raised {type(exc).__name__}: {exc}{_where(exc)}",
+            ) from exc
         sync()
         t2 = time.perf_counter()
         step_times.append(t2 - t0)
@@ -173,6 +185,15 @@ def _run_steps(workload: Workload, request: CalibrationRequest,
             break
     progress.close()
     return StepLog(step_times, load_times, losses, stopped_by)
+
+
+def _where(exc: BaseException) -> str:
+    """Where the user's code raised: the log's tail shows only the harness's frames."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f" (at {last.filename}:{last.lineno} in {last.name})"
 
 
 def _ci_if_ready(step_times: list[float], min_steps: int) -> float | None:
@@ -217,9 +238,12 @@ def _oom(request: CalibrationRequest, device: Any, exc: BaseException) -> Calibr
 def _resolve_device(name: str, torch: Any) -> Any:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise CalibrationFailed("device", "calibration.device is 'cuda' but torch sees no "
-                                    "CUDA device on this node (CUDA_VISIBLE_DEVICES="
-                                    f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r})")
+            raise CalibrationFailed(
+                "device",
+                "calibration.device is 'cuda' but torch sees no "
+                "CUDA device on this node (CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r})",
+            )
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
@@ -275,4 +299,3 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.machine()
-

@@ -65,8 +65,9 @@ def read_progress(folder: Path) -> dict[str, Any] | None:
     return None
 
 
-def calibrate(spec: RunSpec, folder: Path,
-              on_status: Callable[[JobStatus], None] = lambda _s: None) -> CalibrationRecord:
+def calibrate(
+    spec: RunSpec, folder: Path, on_status: Callable[[JobStatus], None] = lambda _s: None
+) -> CalibrationRecord:
     """Submit the calibration job described by ``spec`` and wait for its record.
 
     Raises BadInputError subclasses before anything is submitted, JobError subclasses after.
@@ -77,14 +78,21 @@ def calibrate(spec: RunSpec, folder: Path,
     executor = make_executor(spec, folder, job_name=f"plan-job-cal-{spec.name}")
     request = build_request(spec, folder)
     job = executor.submit(entry.calibrate, request)
-    runner = JobRunner(job, spec.calibration.executor, spec.calibration.pending_timeout_s,
-                       on_status, spec.cluster.partition)
+    runner = JobRunner(
+        job,
+        spec.calibration.executor,
+        spec.calibration.pending_timeout_s,
+        on_status,
+        spec.cluster.partition,
+    )
     finished = runner.wait()
     measurement = finished.result
     if not isinstance(measurement, Measurement):
-        raise JobFailedError(f"job {finished.job_id} returned {type(measurement).__name__}, "
-                             "not a measurement", job_id=finished.job_id,
-                             log_path=finished.stderr)
+        raise JobFailedError(
+            f"job {finished.job_id} returned {type(measurement).__name__}, not a measurement",
+            job_id=finished.job_id,
+            log_path=finished.stderr,
+        )
     job_info = JobInfo(
         executor=spec.calibration.executor,
         job_id=finished.job_id,

@@ -78,28 +78,62 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--executor", type=click.Choice(["local", "slurm"]),
-              help="Where the calibration job runs [spec: calibration.executor, default local].")
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "slurm"]),
+    help="Where the calibration job runs [spec: calibration.executor, default local].",
+)
 @click.option("--partition", help="Slurm partition [spec: cluster.partition].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
-              help="Device to measure on [spec: calibration.device].")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    help="Device to measure on [spec: calibration.device].",
+)
 @click.option("--max-steps", type=int, help="Step cap [spec: calibration.max_steps].")
 @click.option("--max-seconds", type=float, help="Time cap [spec: calibration.max_seconds].")
-@click.option("--target-ci", type=float,
-              help="Stop when the 95%% CI half-width / mean reaches this [calibration.target_ci].")
-@click.option("--time-limit", type=int,
-              help="The job's --time in minutes [spec: calibration.time_limit_minutes].")
-@click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE",
-              help="Override any spec field, e.g. --set batch.micro_batch=32 (repeatable).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write the record [default: calibrations/<name>.yaml].")
-@click.option("--jobs-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path(".plan-job/jobs"), show_default=True,
-              help="Folder for the job's logs and submitit files.")
-def calibrate(spec_path: Path, executor: str | None, partition: str | None,
-              device: str | None, max_steps: int | None, max_seconds: float | None,
-              target_ci: float | None, time_limit: int | None, sets: tuple[str, ...],
-              output: Path | None, jobs_dir: Path) -> None:
+@click.option(
+    "--target-ci",
+    type=float,
+    help="Stop when the 95%% CI half-width / mean reaches this [calibration.target_ci].",
+)
+@click.option(
+    "--time-limit",
+    type=int,
+    help="The job's --time in minutes [spec: calibration.time_limit_minutes].",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override any spec field, e.g. --set batch.micro_batch=32 (repeatable).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the record [default: calibrations/<name>.yaml].",
+)
+@click.option(
+    "--jobs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".plan-job/jobs"),
+    show_default=True,
+    help="Folder for the job's logs and submitit files.",
+)
+def calibrate(
+    spec_path: Path,
+    executor: str | None,
+    partition: str | None,
+    device: str | None,
+    max_steps: int | None,
+    max_seconds: float | None,
+    target_ci: float | None,
+    time_limit: int | None,
+    sets: tuple[str, ...],
+    output: Path | None,
+    jobs_dir: Path,
+) -> None:
     """Run a short calibration job of SPEC's real training step and record what it measured."""
     from planner import calibrate as calibration
     from planner.record import save_record
@@ -123,12 +157,16 @@ def calibrate(spec_path: Path, executor: str | None, partition: str | None,
         out_path = output or Path("calibrations") / f"{spec.name}.yaml"
 
         def on_status(status: Any) -> None:
-            line.show(*_status_text(status, spec.calibration.target_ci,
-                                    calibration.read_progress(folder)))
+            line.show(
+                *_status_text(status, spec.calibration.target_ci, calibration.read_progress(folder))
+            )
 
-        click.echo(f"calibrating {spec.name}: {spec.workload.name} {spec.workload.preset}, "
-                   f"micro-batch {spec.batch.micro_batch}, {spec.precision}, "
-                   f"executor {spec.calibration.executor}; logs in {folder}", err=True)
+        click.echo(
+            f"calibrating {spec.name}: {spec.workload.name} {spec.workload.preset}, "
+            f"micro-batch {spec.batch.micro_batch}, {spec.precision}, "
+            f"executor {spec.calibration.executor}; logs in {folder}",
+            err=True,
+        )
         try:
             record = calibration.calibrate(spec, folder, on_status)
         finally:

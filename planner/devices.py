@@ -24,8 +24,12 @@ class Peak:
     source: str  # "table: H100" or "override"
 
 
-def peak_for(device_name: str, precision: str, gpu_type: str | None = None,
-             override_tflops: float | None = None) -> Peak | None:
+def peak_for(
+    device_name: str,
+    precision: str,
+    gpu_type: str | None = None,
+    override_tflops: float | None = None,
+) -> Peak | None:
     """The peak to divide by for MFU, or None when unknown (a CPU, an unlisted GPU)."""
     if override_tflops is not None:
         return Peak(override_tflops, "override (calibration.peak_tflops)")

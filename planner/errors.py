@@ -34,13 +34,18 @@ class SpecError(BadInputError):
 class UnknownKeysError(SpecError):
     """Keys the schema does not know: a typo must not pass silently."""
 
-    def __init__(self, section: str, unknown: Iterable[str], valid: Iterable[str],
-                 source: str | None = None) -> None:
+    def __init__(
+        self, section: str, unknown: Iterable[str], valid: Iterable[str], source: str | None = None
+    ) -> None:
         unknown = sorted(unknown)
         valid_list = ", ".join(sorted(valid))
         field = f"{section}.{unknown[0]}" if section else unknown[0]
-        super().__init__(field, unknown[0] if len(unknown) == 1 else unknown,
-                         f"unknown key; valid keys here are: {valid_list}", source)
+        super().__init__(
+            field,
+            unknown[0] if len(unknown) == 1 else unknown,
+            f"unknown key; valid keys here are: {valid_list}",
+            source,
+        )
 
 
 class SlurmUnavailableError(BadInputError):
@@ -50,8 +55,14 @@ class SlurmUnavailableError(BadInputError):
 class JobError(PlanJobError):
     """A submitted job failed, was cancelled or never started."""
 
-    def __init__(self, message: str, *, job_id: str | None = None,
-                 log_path: Path | None = None, stderr_tail: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str | None = None,
+        log_path: Path | None = None,
+        stderr_tail: str = "",
+    ) -> None:
         self.job_id = job_id
         self.log_path = log_path
         self.stderr_tail = stderr_tail

@@ -74,8 +74,9 @@ class CalibrationRecord:
 def derive(spec: RunSpec, m: Measurement) -> Derived:
     samples_per_s = m.samples_per_step / m.step_mean_s
     achieved = m.flops_per_step / m.step_mean_s / 1e12
-    peak = peak_for(m.device_name, spec.precision, spec.cluster.gpu_type,
-                    spec.calibration.peak_tflops)
+    peak = peak_for(
+        m.device_name, spec.precision, spec.cluster.gpu_type, spec.calibration.peak_tflops
+    )
     return Derived(
         samples_per_s=samples_per_s,
         tokens_per_s=samples_per_s * m.tokens_per_sample,
@@ -106,16 +107,23 @@ def load_record(path: Path | str) -> CalibrationRecord:
         raise SpecError("--calibration", str(path), f"not valid YAML: {exc}") from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise SpecError("--calibration", str(path),
-                        f"not a calibration record (format {found!r}, expected {FORMAT!r})")
+        raise SpecError(
+            "--calibration",
+            str(path),
+            f"not a calibration record (format {found!r}, expected {FORMAT!r})",
+        )
     try:
         spec = parse_spec(raw["spec"], source=f"{path} (spec)")
         m = dict(raw["measurement"])
         m["step_times_s"] = tuple(m.get("step_times_s", ()))
         m["load_times_s"] = tuple(m.get("load_times_s", ()))
         measurement = Measurement(**m)
-        return CalibrationRecord(spec, measurement, Derived(**raw["derived"]),
-                                 JobInfo(**raw["job"]), str(raw["created"]))
+        return CalibrationRecord(
+            spec, measurement, Derived(**raw["derived"]), JobInfo(**raw["job"]), str(raw["created"])
+        )
     except (KeyError, TypeError) as exc:
-        raise SpecError("--calibration", str(path),
-                        f"a calibration record with missing or unknown fields ({exc})") from exc
+        raise SpecError(
+            "--calibration",
+            str(path),
+            f"a calibration record with missing or unknown fields ({exc})",
+        ) from exc

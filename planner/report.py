@@ -17,34 +17,59 @@ _STOP_TEXT = {
 def calibration_table(record: CalibrationRecord, path: str | None = None) -> str:
     m, d, spec = record.measurement, record.derived, record.spec
     target = fmt_percent(m.target_ci)
-    mfu = (f"MFU {fmt_percent(d.mfu)} of {d.peak_tflops:g} TFLOP/s ({d.peak_source})"
-           if d.mfu is not None else "MFU unknown (no peak for this device; set "
-           "calibration.peak_tflops)")
+    mfu = (
+        f"MFU {fmt_percent(d.mfu)} of {d.peak_tflops:g} TFLOP/s ({d.peak_source})"
+        if d.mfu is not None
+        else "MFU unknown (no peak for this device; set calibration.peak_tflops)"
+    )
     rows = [
         ("device", f"{m.device_name} ({m.device_kind}) on {m.host}"),
-        ("workload", f"{spec.workload.name} {spec.workload.preset}, "
-                     f"{fmt_count(m.params)} parameters, {spec.precision}"),
-        ("per step (one device)", f"{m.samples_per_step} samples = micro-batch "
-                                  f"{spec.batch.micro_batch} x accum {spec.batch.grad_accum}; "
-                                  f"{m.tokens_per_sample} tokens/sample ({m.token_unit})"),
-        ("steady step time", f"{fmt_duration(m.step_mean_s)} ± {fmt_percent(m.step_ci_relative)}"
-                             f" (95% CI, {m.steady_steps} steps; median "
-                             f"{fmt_duration(m.step_median_s)}, p90 {fmt_duration(m.step_p90_s)})"),
+        (
+            "workload",
+            f"{spec.workload.name} {spec.workload.preset}, "
+            f"{fmt_count(m.params)} parameters, {spec.precision}",
+        ),
+        (
+            "per step (one device)",
+            f"{m.samples_per_step} samples = micro-batch "
+            f"{spec.batch.micro_batch} x accum {spec.batch.grad_accum}; "
+            f"{m.tokens_per_sample} tokens/sample ({m.token_unit})",
+        ),
+        (
+            "steady step time",
+            f"{fmt_duration(m.step_mean_s)} ± {fmt_percent(m.step_ci_relative)}"
+            f" (95% CI, {m.steady_steps} steps; median "
+            f"{fmt_duration(m.step_median_s)}, p90 {fmt_duration(m.step_p90_s)})",
+        ),
         ("stopped by", _STOP_TEXT[m.stopped_by].format(target=target)),
-        ("throughput", f"{fmt_count(d.samples_per_s)} samples/s, "
-                       f"{fmt_count(d.tokens_per_s)} tokens/s"),
-        ("compute", f"{d.achieved_tflops:.3g} TFLOP/s achieved "
-                    f"({fmt_count(m.flops_per_step / m.samples_per_step)}FLOP/sample); {mfu}"),
-        ("start-up", f"{fmt_duration(m.startup_s)} to the first step (import "
-                     f"{fmt_duration(m.import_s)}, build {fmt_duration(m.build_s)})"),
+        (
+            "throughput",
+            f"{fmt_count(d.samples_per_s)} samples/s, {fmt_count(d.tokens_per_s)} tokens/s",
+        ),
+        (
+            "compute",
+            f"{d.achieved_tflops:.3g} TFLOP/s achieved "
+            f"({fmt_count(m.flops_per_step / m.samples_per_step)}FLOP/sample); {mfu}",
+        ),
+        (
+            "start-up",
+            f"{fmt_duration(m.startup_s)} to the first step (import "
+            f"{fmt_duration(m.import_s)}, build {fmt_duration(m.build_s)})",
+        ),
         ("warm-up", f"{m.warmup_steps} steps, {fmt_duration(m.warmup_extra_s)} beyond steady"),
         ("data loading", f"{fmt_percent(m.data_share)} of the steady step"),
         ("peak memory", f"{fmt_bytes(m.peak_memory_bytes)} ({m.memory_kind.replace('_', ' ')})"),
-        ("checkpoint", f"save {fmt_duration(m.checkpoint_save_s)}, load "
-                       f"{fmt_duration(m.checkpoint_load_s)}, {fmt_bytes(m.checkpoint_bytes)}"),
-        ("job", f"{record.job.executor} job {record.job.job_id}: queued "
-                f"{fmt_duration(record.job.queue_wait_s or 0.0)}, "
-                f"{fmt_duration(record.job.wall_s)} submit to result; log {record.job.stderr}"),
+        (
+            "checkpoint",
+            f"save {fmt_duration(m.checkpoint_save_s)}, load "
+            f"{fmt_duration(m.checkpoint_load_s)}, {fmt_bytes(m.checkpoint_bytes)}",
+        ),
+        (
+            "job",
+            f"{record.job.executor} job {record.job.job_id}: queued "
+            f"{fmt_duration(record.job.queue_wait_s or 0.0)}, "
+            f"{fmt_duration(record.job.wall_s)} submit to result; log {record.job.stderr}",
+        ),
     ]
     if path:
         rows.append(("record", path))

@@ -20,8 +20,9 @@ class Section:
         if raw is None:
             raw = {}
         if not isinstance(raw, Mapping):
-            raise SpecError(path or "<top level>", raw, "expected a mapping of keys to values",
-                            source)
+            raise SpecError(
+                path or "<top level>", raw, "expected a mapping of keys to values", source
+            )
         self.raw = dict(raw)
         self.path = path
         self.source = source
@@ -74,8 +75,14 @@ class Section:
             raise self.error(key, value, f"must be >= {minimum}")
         return value
 
-    def number(self, key: str, default: Any = _MISSING, minimum: float | None = None,
-               maximum: float | None = None, exclusive_min: bool = False) -> Any:
+    def number(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        exclusive_min: bool = False,
+    ) -> Any:
         value = self.get(key, default)
         if value is default and default is not _MISSING:
             return value

@@ -24,13 +24,24 @@ class CommandResult:
         return self.returncode == 0
 
 
-def run_command(argv: Sequence[str], *, check: bool = True, timeout: float = 60.0,
-                env: Mapping[str, str] | None = None) -> CommandResult:
+def run_command(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    timeout: float = 60.0,
+    env: Mapping[str, str] | None = None,
+) -> CommandResult:
     """Run ``argv`` (never through a shell); raise CommandError on failure when ``check``."""
     argv = [str(a) for a in argv]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              env=dict(env) if env is not None else None, check=False)
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=dict(env) if env is not None else None,
+            check=False,
+        )
     except FileNotFoundError as exc:
         raise CommandError(argv, 127, "", f"{argv[0]}: command not found") from exc
     except subprocess.TimeoutExpired as exc:

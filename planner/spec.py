@@ -160,8 +160,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node[parts[-1]] = value
 
 
-def parse_spec(raw: Mapping[str, Any], source: str | None = None,
-               default_name: str = "run") -> RunSpec:
+def parse_spec(
+    raw: Mapping[str, Any], source: str | None = None, default_name: str = "run"
+) -> RunSpec:
     top = Section(raw, "", source)
     name = top.string("name", default_name)
     workload = _workload(top.section("workload"))
@@ -172,16 +173,16 @@ def parse_spec(raw: Mapping[str, Any], source: str | None = None,
     checkpoint = _checkpoint(top.section("checkpoint"))
     calibration = _calibration(top.section("calibration"))
     top.done()
-    return RunSpec(name, workload, data, batch, precision, cluster, checkpoint, calibration,
-                   source)
+    return RunSpec(name, workload, data, batch, precision, cluster, checkpoint, calibration, source)
 
 
 def _workload(sec: Section) -> WorkloadSpec:
     function = sec.get("function", None)
     if function is not None:
         if not isinstance(function, str) or not _FUNCTION_RE.match(function):
-            raise sec.error("function", function,
-                            "expected 'package.module:function' (a workload builder)")
+            raise sec.error(
+                "function", function, "expected 'package.module:function' (a workload builder)"
+            )
         name = sec.string("name", "custom")
         preset = sec.string("preset", "default")
         overrides = sec.mapping("overrides")
@@ -194,8 +195,11 @@ def _workload(sec: Section) -> WorkloadSpec:
     types = builtin.override_types()
     for key, value in overrides.items():
         if key not in types:
-            raise sec.error(f"overrides.{key}", value,
-                            f"unknown {name} setting; valid: {', '.join(sorted(types))}")
+            raise sec.error(
+                f"overrides.{key}",
+                value,
+                f"unknown {name} setting; valid: {', '.join(sorted(types))}",
+            )
         expected = types[key]
         ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
@@ -214,8 +218,11 @@ def _data(sec: Section) -> DataSpec:
     samples = sec.integer("samples", None, minimum=1)
     tokens = sec.integer("tokens", None, minimum=1)
     if (samples is None) == (tokens is None):
-        raise sec.error("samples", samples if samples is not None else tokens,
-                        "give exactly one of data.samples or data.tokens")
+        raise sec.error(
+            "samples",
+            samples if samples is not None else tokens,
+            "give exactly one of data.samples or data.tokens",
+        )
     epochs = sec.number("epochs", 1.0, minimum=0.0, exclusive_min=True)
     sec.done()
     return DataSpec(samples, tokens, epochs)
@@ -249,13 +256,19 @@ def _batch(sec: Section, cluster: ClusterSpec) -> BatchSpec:
     global_batch = sec.integer("global_batch", default_global, minimum=1)
     per_step = micro * gpus
     if global_batch % per_step:
-        raise sec.error("global_batch", global_batch,
-                        f"must be a multiple of micro_batch x GPUs = {micro} x {gpus} = {per_step}")
+        raise sec.error(
+            "global_batch",
+            global_batch,
+            f"must be a multiple of micro_batch x GPUs = {micro} x {gpus} = {per_step}",
+        )
     derived = global_batch // per_step
     if accum is not None and accum != derived:
-        raise sec.error("grad_accum", accum,
-                        f"global_batch / (micro_batch x GPUs) = {global_batch} / {per_step} = "
-                        f"{derived}; set grad_accum: {derived} or drop it")
+        raise sec.error(
+            "grad_accum",
+            accum,
+            f"global_batch / (micro_batch x GPUs) = {global_batch} / {per_step} = "
+            f"{derived}; set grad_accum: {derived} or drop it",
+        )
     sec.done()
     return BatchSpec(global_batch, micro, derived)
 

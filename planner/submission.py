@@ -79,8 +79,11 @@ def make_executor(spec: RunSpec, folder: Path, job_name: str) -> Any:
     partitions = slurm_partitions()
     cluster = spec.cluster
     if cluster.partition is not None and cluster.partition not in partitions:
-        raise SpecError("cluster.partition", cluster.partition,
-                        f"partitions on this cluster: {', '.join(partitions) or '(none)'}")
+        raise SpecError(
+            "cluster.partition",
+            cluster.partition,
+            f"partitions on this cluster: {', '.join(partitions) or '(none)'}",
+        )
     executor = submitit.SlurmExecutor(folder=folder)
     params: dict[str, Any] = {
         "job_name": job_name,
@@ -92,8 +95,12 @@ def make_executor(spec: RunSpec, folder: Path, job_name: str) -> Any:
     # One device is what a calibration measures; the plan scales it to the whole job.
     if cluster.gpus_per_node > 0:
         params["gres"] = "gpu:1"
-    optional = {"partition": cluster.partition, "mem": cluster.mem,
-                "account": cluster.account, "qos": cluster.qos}
+    optional = {
+        "partition": cluster.partition,
+        "mem": cluster.mem,
+        "account": cluster.account,
+        "qos": cluster.qos,
+    }
     params.update({k: v for k, v in optional.items() if v is not None})
     executor.update_parameters(**params)
     return executor
@@ -102,8 +109,14 @@ def make_executor(spec: RunSpec, folder: Path, job_name: str) -> Any:
 class JobRunner:
     """Owns one submitted job until it ends: shows its state, cancels it on Ctrl-C."""
 
-    def __init__(self, job: Any, executor_kind: str, pending_timeout_s: float,
-                 on_status: Callable[[JobStatus], None], partition: str | None = None) -> None:
+    def __init__(
+        self,
+        job: Any,
+        executor_kind: str,
+        pending_timeout_s: float,
+        on_status: Callable[[JobStatus], None],
+        partition: str | None = None,
+    ) -> None:
         self.job = job
         self.kind = executor_kind
         self.pending_timeout_s = pending_timeout_s
@@ -119,12 +132,21 @@ class JobRunner:
         except KeyboardInterrupt:
             self._cancel()
             raise CancelledByUserError(
-                f"interrupted: cancelled job {self.job.job_id}", job_id=str(self.job.job_id),
-                log_path=Path(self.job.paths.stderr)) from None
+                f"interrupted: cancelled job {self.job.job_id}",
+                job_id=str(self.job.job_id),
+                log_path=Path(self.job.paths.stderr),
+            ) from None
         paths = self.job.paths
         queue = self.started - self.submitted if self.started is not None else None
-        return Finished(result, str(self.job.job_id), Path(paths.folder), Path(paths.stdout),
-                        Path(paths.stderr), queue, time.monotonic() - self.submitted)
+        return Finished(
+            result,
+            str(self.job.job_id),
+            Path(paths.folder),
+            Path(paths.stdout),
+            Path(paths.stderr),
+            queue,
+            time.monotonic() - self.submitted,
+        )
 
     def status(self) -> JobStatus:
         elapsed = time.monotonic() - self.submitted
@@ -136,8 +158,9 @@ class JobRunner:
     def _squeue_status(self, elapsed: float) -> JobStatus:
         job_id = str(self.job.job_id)
         try:
-            out = run_command(["squeue", "-h", "-j", job_id, "-o", "%T|%r|%N"],
-                              check=False, timeout=30).stdout.strip()
+            out = run_command(
+                ["squeue", "-h", "-j", job_id, "-o", "%T|%r|%N"], check=False, timeout=30
+            ).stdout.strip()
         except CommandError:
             out = ""
         if not out:
@@ -160,7 +183,8 @@ class JobRunner:
                     f"(calibration.pending_timeout_s = {self.pending_timeout_s:g}) in partition "
                     f"{self.partition or '(default)'}; squeue's reason: "
                     f"{status.reason or 'none given'}. Cancelled it.",
-                    job_id=status.job_id)
+                    job_id=status.job_id,
+                )
             time.sleep(POLL_S)
 
     def _result(self) -> Any:
@@ -173,8 +197,10 @@ class JobRunner:
         except UncompletedJobError as exc:
             raise JobFailedError(
                 f"job {self.job.job_id} ended without a result: {exc}",
-                job_id=str(self.job.job_id), log_path=Path(self.job.paths.stderr),
-                stderr_tail=self._stderr_tail()) from None
+                job_id=str(self.job.job_id),
+                log_path=Path(self.job.paths.stderr),
+                stderr_tail=self._stderr_tail(),
+            ) from None
 
     def _failure(self, text: str) -> JobFailedError:
         parsed = parse_failure(text)
@@ -182,15 +208,21 @@ class JobRunner:
         log_path = Path(self.job.paths.stderr)
         tail = self._stderr_tail()
         if parsed is not None and parsed.get("kind") == "oom":
-            return OutOfMemoryError(parsed["message"], job_id=job_id, log_path=log_path,
-                                    stderr_tail=tail)
+            return OutOfMemoryError(
+                parsed["message"], job_id=job_id, log_path=log_path, stderr_tail=tail
+            )
         if parsed is not None:
-            return JobFailedError(f"job {job_id} failed: {parsed['message']}", job_id=job_id,
-                                  log_path=log_path, stderr_tail=tail)
+            return JobFailedError(
+                f"job {job_id} failed: {parsed['message']}",
+                job_id=job_id,
+                log_path=log_path,
+                stderr_tail=tail,
+            )
         last = [line for line in text.strip().splitlines() if line.strip()]
         summary = last[-1] if last else "no error text"
-        return JobFailedError(f"job {job_id} failed: {summary}", job_id=job_id,
-                              log_path=log_path, stderr_tail=tail)
+        return JobFailedError(
+            f"job {job_id} failed: {summary}", job_id=job_id, log_path=log_path, stderr_tail=tail
+        )
 
     def _stderr_tail(self, lines: int = 15) -> str:
         try:

@@ -1,0 +1,64 @@
+"""Warm-up detection and confidence intervals of step times."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+
+from jobs.stats import mean_ci, mser_truncation, steady_estimate, t_quantile_975
+
+# Exact two-sided 95% Student-t quantiles (any table).
+T_TABLE = {2: 4.303, 3: 3.182, 5: 2.571, 10: 2.228, 30: 2.042, 100: 1.984}
+
+
+@pytest.mark.parametrize(("dof", "exact"), sorted(T_TABLE.items()))
+def test_t_quantile(dof: int, exact: float) -> None:
+    assert t_quantile_975(dof) == pytest.approx(exact, rel=0.01)
+
+
+def test_mser_finds_a_warmup_it_was_not_told_about() -> None:
+    rng = random.Random(1)
+    for warmup in (0, 3, 12, 40):
+        slow = [rng.uniform(2.0, 6.0) for _ in range(warmup)]
+        steady = [rng.gauss(1.0, 0.02) for _ in range(200)]
+        cut = mser_truncation(slow + steady)
+        # MSER-5 cuts at a multiple of 5: at most one batch of good steps is dropped.
+        assert warmup <= cut <= warmup + 5, (warmup, cut)
+
+
+def test_mser_does_not_cut_more_than_half() -> None:
+    values = [float(i) for i in range(100, 0, -1)]  # a trend, never steady
+    assert mser_truncation(values) <= 50
+
+
+def test_ci_covers_the_true_mean_about_95_percent_of_the_time() -> None:
+    rng = random.Random(7)
+    hits = 0
+    trials = 400
+    for _ in range(trials):
+        sample = [rng.gauss(10.0, 1.0) for _ in range(25)]
+        mean, half = mean_ci(sample)
+        hits += abs(mean - 10.0) <= half
+    assert 0.90 <= hits / trials <= 0.99
+
+
+def test_batch_means_widen_the_interval_for_correlated_steps() -> None:
+    rng = random.Random(3)
+    # A slow drift (e.g. thermal) makes consecutive steps correlated.
+    drift = [1.0 + 0.05 * ((i // 50) % 2) + rng.gauss(0, 0.005) for i in range(400)]
+    _, half_batched = mean_ci(drift)
+    naive = 1.966 * statistics.stdev(drift) / len(drift) ** 0.5
+    assert half_batched > naive
+
+
+def test_steady_estimate_reports_the_steady_part() -> None:
+    rng = random.Random(5)
+    times = [0.9, 0.5, 0.3] + [rng.gauss(0.1, 0.002) for _ in range(60)]
+    est = steady_estimate(times)
+    assert 3 <= est.warmup_steps <= 10  # the three slow ones, plus at most a noisy batch
+    assert est.n == len(times) - est.warmup_steps
+    assert est.mean == pytest.approx(0.1, rel=0.01)
+    assert est.p90 > est.median > 0.09
+    assert 0 < est.ci_relative < 0.05
