@@ -165,6 +165,13 @@ def _run_steps(
         except Exception as exc:
             if type(exc).__name__ == "OutOfMemoryError":
                 raise
+            if type(exc).__name__ == "UncompletedJobError":
+                # submitit's handler of the Slurm time-limit signal raises inside the step.
+                raise CalibrationFailed(
+                    "time_limit",
+                    f"the calibration job reached its time limit at step {len(step_times) + 1}: "
+                    "raise calibration.time_limit_minutes or lower calibration.max_seconds",
+                ) from exc
             raise CalibrationFailed(
                 "workload_error",
                 f"training step {len(step_times) + 1} "
@@ -197,10 +204,17 @@ def _where(exc: BaseException) -> str:
 
 
 def _ci_if_ready(step_times: list[float], min_steps: int) -> float | None:
+    """The steady CI, once it can be trusted: enough steady steps, and warm-up clearly over.
+
+    MSER may cut at most half the series; a cut near that bound means the times are still
+    trending, and a CI computed then would be spuriously narrow.
+    """
     if len(step_times) < min_steps:
         return None
     est = steady_estimate(step_times)
-    return est.ci_relative if est.n >= min_steps else None
+    if est.n < min_steps or est.warmup_steps > len(step_times) // 2 - 5:
+        return None
+    return est.ci_relative
 
 
 class _ProgressWriter:

@@ -14,7 +14,7 @@ from jobs.measurement import CalibrationRequest, Measurement
 from planner.errors import JobFailedError
 from planner.record import CalibrationRecord, JobInfo, make_record
 from planner.spec import RunSpec
-from planner.submission import JobRunner, JobStatus, make_executor
+from planner.submission import JobRunner, JobStatus, check_submission, make_executor
 
 PROGRESS_FILE = "calibration-progress.jsonl"
 
@@ -74,6 +74,7 @@ def calibrate(
     """
     from jobs import entry
 
+    check_submission(spec)
     folder.mkdir(parents=True, exist_ok=True)
     executor = make_executor(spec, folder, job_name=f"plan-job-cal-{spec.name}")
     request = build_request(spec, folder)

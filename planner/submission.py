@@ -6,6 +6,7 @@ submitit is imported lazily: it is light, but `plan-job --help` needs none of it
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import subprocess
 import time
@@ -28,6 +29,11 @@ from planner.shell import run_command
 from planner.spec import RunSpec
 
 POLL_S = 1.0
+# submitit always asks Slurm for a time-limit signal (USR2); 90 s, its default, would eat most
+# of a short calibration job's limit.
+SIGNAL_DELAY_S = 30
+SLURM_SIGNAL_JITTER_S = 60
+STARTUP_ALLOWANCE_S = 60
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,42 @@ def slurm_partitions() -> list[str]:
     return sorted({line.strip() for line in out.splitlines() if line.strip()})
 
 
+def check_time_limit(time_limit_minutes: int, max_seconds: float) -> None:
+    """The calibration must end before submitit's time-limit signal can arrive.
+
+    Slurm sends --signal=USR2@SIGNAL_DELAY_S up to 60 s earlier than asked, and submitit's
+    handler then ends a function that cannot checkpoint: the steps, start-up and checkpoint
+    probe must fit before the earliest moment it may come.
+    """
+    needed = max_seconds + STARTUP_ALLOWANCE_S + SIGNAL_DELAY_S + SLURM_SIGNAL_JITTER_S
+    if time_limit_minutes * 60 < needed:
+        minutes = math.ceil(needed / 60)
+        raise SpecError(
+            "calibration.time_limit_minutes",
+            time_limit_minutes,
+            f"must be at least {minutes} with calibration.max_seconds = {max_seconds:g} "
+            f"(steps + {STARTUP_ALLOWANCE_S} s start-up and checkpoint probe + "
+            f"{SIGNAL_DELAY_S} s signal lead + {SLURM_SIGNAL_JITTER_S} s Slurm may signal early); "
+            f"raise it or lower calibration.max_seconds",
+        )
+
+
+def check_submission(spec: RunSpec) -> None:
+    """Every check that needs no job: raises before a folder or a job exists."""
+    cal = spec.calibration
+    if cal.executor == "local":
+        return
+    partitions = slurm_partitions()
+    partition = spec.cluster.partition
+    if partition is not None and partition not in partitions:
+        raise SpecError(
+            "cluster.partition",
+            partition,
+            f"partitions on this cluster: {', '.join(partitions) or '(none)'}",
+        )
+    check_time_limit(cal.time_limit_minutes, cal.max_seconds)
+
+
 def make_executor(spec: RunSpec, folder: Path, job_name: str) -> Any:
     import submitit
 
@@ -76,18 +118,12 @@ def make_executor(spec: RunSpec, folder: Path, job_name: str) -> Any:
         executor = submitit.LocalExecutor(folder=folder)
         executor.update_parameters(timeout_min=cal.time_limit_minutes)
         return executor
-    partitions = slurm_partitions()
     cluster = spec.cluster
-    if cluster.partition is not None and cluster.partition not in partitions:
-        raise SpecError(
-            "cluster.partition",
-            cluster.partition,
-            f"partitions on this cluster: {', '.join(partitions) or '(none)'}",
-        )
     executor = submitit.SlurmExecutor(folder=folder)
     params: dict[str, Any] = {
         "job_name": job_name,
         "time": cal.time_limit_minutes,
+        "signal_delay_s": SIGNAL_DELAY_S,
         "nodes": 1,
         "ntasks_per_node": 1,
         "cpus_per_task": cluster.cpus_per_task,

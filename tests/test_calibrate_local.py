@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from jobs.measurement import STOP_REASONS
 from planner.record import load_record
 from tests.cli_helpers import (
     PLAN_JOB,
     REPO,
     TINY_JIT,
+    check_sane,
     cli_env,
     run_cli,
     user_workload,
@@ -24,38 +24,11 @@ from tests.cli_helpers import (
 )
 
 
-def check_sane(record_path: Path, workload: str) -> None:
-    record = load_record(record_path)
-    m, d = record.measurement, record.derived
-    assert record.spec.workload.name == workload
-    assert m.device_kind == "cpu"
-    assert m.stopped_by in STOP_REASONS
-    assert m.steps_run >= m.steady_steps >= 10
-    assert m.steps_run == len(m.step_times_s) == m.warmup_steps + m.steady_steps
-    assert 1e-4 < m.step_mean_s < 2.0
-    assert min(m.step_times_s) <= m.step_median_s <= max(m.step_times_s)
-    assert m.step_ci_half_s > 0
-    if m.stopped_by == "ci_target":
-        assert m.step_ci_relative <= m.target_ci
-    assert 0.05 < m.startup_s < 120
-    assert m.import_s < m.startup_s
-    assert 0 <= m.data_share < 0.5
-    assert 10e6 < m.peak_memory_bytes < 16e9
-    # AdamW keeps two moments per parameter: a checkpoint is at least 3 x fp32 weights.
-    assert m.checkpoint_bytes >= 3 * 4 * m.params
-    assert 0 < m.checkpoint_save_s < 30 and 0 < m.checkpoint_load_s < 30
-    assert d.samples_per_s == pytest.approx(m.samples_per_step / m.step_mean_s)
-    assert d.tokens_per_s == pytest.approx(d.samples_per_s * m.tokens_per_sample)
-    assert d.mfu is None  # no peak is known for a CPU unless the spec gives one
-    assert record.job.executor == "local"
-    assert Path(record.job.stderr).exists()
-
-
 def test_tiny_jit_calibrates_locally(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, TINY_JIT)
     proc = run_cli(["calibrate", str(spec), "-o", "cal.yaml"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    check_sane(tmp_path / "cal.yaml", "jit")
+    check_sane(tmp_path / "cal.yaml", "jit", "local")
     assert "steady step time" in proc.stdout and "checkpoint" in proc.stdout
     assert "FINISHED" in proc.stderr  # the live state line
     # The checkpoint probe cleaned up after itself.

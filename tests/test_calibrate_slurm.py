@@ -1,0 +1,149 @@
+"""plan-job calibrate --executor slurm on the real test cluster that conftest.py starts."""
+
+from __future__ import annotations
+
+import copy
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli_helpers import PLAN_JOB, TINY_JIT, check_sane, cli_env, run_cli, write_spec
+from tests.slurm_cluster import SlurmCluster
+
+pytestmark = pytest.mark.slurm
+
+
+def slurm_spec(**calibration: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(TINY_JIT)
+    spec["cluster"] = {"partition": "gpu", "gpus_per_node": 1, "cpus_per_task": 1}
+    # The test partition's MaxTime is 3 minutes: 15 s of steps fit its signal window.
+    spec["calibration"].update(
+        {"executor": "slurm", "time_limit_minutes": 3, "max_seconds": 15, **calibration}
+    )
+    return spec
+
+
+def squeue(*args: str) -> str:
+    return subprocess.run(
+        ["squeue", "-h", *args], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
+
+
+def accounted_state(job_id: str, timeout: float = 30.0) -> str:
+    # slurmctld hands records to slurmdbd asynchronously: poll until the job is there.
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.split()
+        state = out[0] if out else ""
+        if state and state not in ("PENDING", "RUNNING"):
+            return state
+        time.sleep(0.5)
+    return state
+
+
+@pytest.fixture
+def full_cluster(slurm_cluster: SlurmCluster, tmp_path: Path) -> Iterator[str]:
+    """Both nodes taken by another job, so a new job pends with reason Resources."""
+    out = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "-N2",
+            "--exclusive",
+            "--time=3",
+            f"--output={tmp_path}/blocker.out",
+            "--wrap",
+            "sleep 170",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    blocker = out.stdout.strip().split(";")[0]
+    try:
+        deadline = time.monotonic() + 30
+        while squeue("-j", blocker, "-o", "%T") != "RUNNING":
+            assert time.monotonic() < deadline, "the blocking job never started"
+            time.sleep(0.3)
+        yield blocker
+    finally:
+        subprocess.run(["scancel", blocker], check=False, timeout=30)
+
+
+def test_tiny_jit_calibrates_on_the_cluster(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    path = write_spec(tmp_path, slurm_spec())
+    proc = run_cli(["calibrate", str(path), "-o", "cal.yaml"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    record = check_sane(tmp_path / "cal.yaml", "jit", "slurm")
+    assert record.job.job_id.isdigit()
+    assert record.job.queue_wait_s is not None and 0 <= record.job.queue_wait_s < 30
+    assert record.measurement.host == slurm_cluster.hostname
+    assert f"job {record.job.job_id} RUNNING on n" in proc.stderr
+    assert accounted_state(record.job.job_id) == "COMPLETED"
+
+
+def test_pending_past_the_limit_is_cancelled_with_the_reason(
+    full_cluster: str, tmp_path: Path
+) -> None:
+    path = write_spec(tmp_path, slurm_spec(pending_timeout_s=4))
+    proc = run_cli(["calibrate", str(path), "-o", "cal.yaml"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "still pending after" in proc.stderr
+    assert "partition gpu; squeue's reason: Resources. Cancelled it." in proc.stderr
+    assert not (tmp_path / "cal.yaml").exists()
+    job_id = proc.stderr.split("Error: job ")[1].split()[0]
+    assert accounted_state(job_id) == "CANCELLED"
+
+
+def test_ctrl_c_cancels_the_queued_job(full_cluster: str, tmp_path: Path) -> None:
+    path = write_spec(tmp_path, slurm_spec(), name="queued.yaml")
+    proc = subprocess.Popen(
+        [str(PLAN_JOB), "calibrate", str(path)],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        queued = ""
+        while not queued:
+            assert time.monotonic() < deadline, "the calibration job never reached the queue"
+            queued = squeue("-n", "plan-job-cal-tiny", "-o", "%A %T")
+            time.sleep(0.3)
+        job_id, state = queued.split()
+        assert state == "PENDING"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert f"interrupted: cancelled job {job_id}" in err
+    assert accounted_state(job_id) == "CANCELLED"
+    assert squeue("-j", job_id, "-t", "PENDING,RUNNING") == ""
+
+
+def test_bad_cluster_input_exits_2_before_anything_is_written(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    path = write_spec(tmp_path, slurm_spec())
+    proc = run_cli(["calibrate", str(path), "--partition", "cpu-typo"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "cluster.partition: got 'cpu-typo'; partitions on this cluster: gpu" in proc.stderr
+    proc = run_cli(["calibrate", str(path), "--time-limit", "2"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "calibration.time_limit_minutes: got 2; must be at least 3" in proc.stderr
+    assert not (tmp_path / ".plan-job").exists()
