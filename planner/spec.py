@@ -80,7 +80,7 @@ class CheckpointSpec:
 class CalibrationSpec:
     executor: str = "local"
     device: str = "auto"
-    min_steps: int = 10
+    min_steps: int = 20  # steady steps needed before the CI may stop the run
     max_steps: int = 300
     max_seconds: float = 90.0
     target_ci: float = 0.02  # 95% CI half-width / mean of the steady step time
@@ -284,7 +284,7 @@ def _checkpoint(sec: Section) -> CheckpointSpec:
 
 
 def _calibration(sec: Section) -> CalibrationSpec:
-    min_steps = sec.integer("min_steps", 10, minimum=3)
+    min_steps = sec.integer("min_steps", 20, minimum=3)
     max_steps = sec.integer("max_steps", 300, minimum=1)
     if max_steps < min_steps:
         raise sec.error("max_steps", max_steps, f"must be >= calibration.min_steps ({min_steps})")
