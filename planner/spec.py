@@ -91,6 +91,32 @@ class CalibrationSpec:
 
 
 @dataclass(frozen=True)
+class PlanSpec:
+    deadline_hours: float | None = None  # the P95 wall time must fit; None: fastest efficient
+    efficiency_floor: float = 0.8  # without a deadline: fastest node count at least this efficient
+    max_nodes: int | None = None  # cap on the node counts considered
+    # Inter-node all-reduce bandwidth per node, GB/s each way. 100 = 4 x 200 Gb/s HDR
+    # InfiniBand line rate, a common A100-era fabric (DGX A100 has 8 x 200 Gb/s, DGX H100
+    # 8 x 400 Gb/s). Measure yours: nccl-tests all_reduce_perf busbw across two nodes.
+    interconnect_gbps: float = 100.0
+    # Within a node, GB/s each way per GPU. 300 = NVLink 3 (A100 SXM, 600 GB/s both ways,
+    # NVIDIA datasheet); H100/H200 SXM NVLink 4 is 450; PCIe 4.0 x16 cards ~ 25 (32 line rate).
+    intranode_gbps: float = 300.0
+    # Fixed cost per optimizer step across nodes: DDP issues one all-reduce per 25 MB bucket
+    # and each pays tens of µs of ring latency over InfiniBand; 1 ms covers a few dozen.
+    allreduce_latency_s: float = 1e-3
+    mtbf_hours: float | None = None  # of the whole job; None: from interruptions_per_gpu_day
+    # Llama 3 (Meta 2024, sec. 3.3.4): 419 unexpected interruptions in 54 days on 16,384 H100s.
+    interruptions_per_gpu_day: float = 4.7e-4
+    # Relative sigma of throughput from one job (or node set) to the next. An assumption, the
+    # size of the calibration's own default CI target: set it from two calibrations.
+    run_to_run_spread: float = 0.02
+    gpu_hour_cost: float | None = None  # any currency; None: no cost column
+    eval_interval_steps: int | None = None  # evaluate every N steps (with eval_s)
+    eval_s: float | None = None  # seconds one evaluation takes
+
+
+@dataclass(frozen=True)
 class RunSpec:
     name: str
     workload: WorkloadSpec
@@ -101,6 +127,7 @@ class RunSpec:
     checkpoint: CheckpointSpec
     calibration: CalibrationSpec
     source: str | None = None  # the file it came from, for messages
+    plan: PlanSpec = field(default_factory=PlanSpec)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -172,8 +199,11 @@ def parse_spec(
     precision = top.choice("precision", PRECISIONS, "fp32")
     checkpoint = _checkpoint(top.section("checkpoint"))
     calibration = _calibration(top.section("calibration"))
+    plan = _plan(top.section("plan"))
     top.done()
-    return RunSpec(name, workload, data, batch, precision, cluster, checkpoint, calibration, source)
+    return RunSpec(
+        name, workload, data, batch, precision, cluster, checkpoint, calibration, source, plan
+    )
 
 
 def _workload(sec: Section) -> WorkloadSpec:
@@ -299,6 +329,31 @@ def _calibration(sec: Section) -> CalibrationSpec:
         pending_timeout_s=sec.number("pending_timeout_s", 600.0, minimum=0.0, exclusive_min=True),
         peak_tflops=sec.number("peak_tflops", None, minimum=0.0, exclusive_min=True),
         seed=sec.integer("seed", 0, minimum=0),
+    )
+    sec.done()
+    return spec
+
+
+def _plan(sec: Section) -> PlanSpec:
+    positive = {"minimum": 0.0, "exclusive_min": True}
+    interval = sec.integer("eval_interval_steps", None, minimum=1)
+    eval_s = sec.number("eval_s", None, minimum=0.0)
+    if (interval is None) != (eval_s is None):
+        key, value = ("eval_s", None) if eval_s is None else ("eval_interval_steps", None)
+        raise sec.error(key, value, "give plan.eval_interval_steps and plan.eval_s together")
+    spec = PlanSpec(
+        deadline_hours=sec.number("deadline_hours", None, **positive),
+        efficiency_floor=sec.number("efficiency_floor", 0.8, maximum=1.0, **positive),
+        max_nodes=sec.integer("max_nodes", None, minimum=1),
+        interconnect_gbps=sec.number("interconnect_gbps", 100.0, **positive),
+        intranode_gbps=sec.number("intranode_gbps", 300.0, **positive),
+        allreduce_latency_s=sec.number("allreduce_latency_s", 1e-3, minimum=0.0),
+        mtbf_hours=sec.number("mtbf_hours", None, **positive),
+        interruptions_per_gpu_day=sec.number("interruptions_per_gpu_day", 4.7e-4, **positive),
+        run_to_run_spread=sec.number("run_to_run_spread", 0.02, minimum=0.0, maximum=1.0),
+        gpu_hour_cost=sec.number("gpu_hour_cost", None, minimum=0.0),
+        eval_interval_steps=interval,
+        eval_s=eval_s,
     )
     sec.done()
     return spec

@@ -200,3 +200,66 @@ def test_fingerprint_follows_what_decides_step_time() -> None:
     assert a.step_fingerprint() != parse_spec(with_value("precision", "bf16")).step_fingerprint()
     other = with_value("batch", {"global_batch": 32, "micro_batch": 16})
     assert a.step_fingerprint() != parse_spec(other).step_fingerprint()
+
+
+def test_plan_section_defaults() -> None:
+    plan = parse_spec(BASE).plan
+    assert plan.deadline_hours is None and plan.max_nodes is None
+    assert plan.efficiency_floor == 0.8
+    assert (plan.interconnect_gbps, plan.intranode_gbps) == (100.0, 300.0)
+    assert plan.interruptions_per_gpu_day == 4.7e-4
+    assert plan.run_to_run_spread == 0.02
+    assert plan.eval_interval_steps is None and plan.eval_s is None
+    doc = with_value("plan", {"deadline_hours": 36, "max_nodes": 4, "gpu_hour_cost": "2.5"})
+    plan = parse_spec(doc).plan
+    assert (plan.deadline_hours, plan.max_nodes, plan.gpu_hour_cost) == (36.0, 4, 2.5)
+
+
+def test_plan_section_round_trips_through_to_dict() -> None:
+    doc = with_value("plan", {"mtbf_hours": 12, "eval_interval_steps": 500, "eval_s": 30})
+    spec = parse_spec(doc)
+    assert parse_spec(spec.to_dict()) == spec
+
+
+PLAN_BAD_FIELDS = [
+    ("plan.deadline_hours", 0, "must be > 0"),
+    ("plan.efficiency_floor", 1.5, "must be <= 1"),
+    ("plan.efficiency_floor", 0, "must be > 0"),
+    ("plan.max_nodes", 0, "must be >= 1"),
+    ("plan.interconnect_gbps", -1, "must be > 0"),
+    ("plan.intranode_gbps", "fast", "finite number"),
+    ("plan.allreduce_latency_s", -0.1, "must be >= 0"),
+    ("plan.mtbf_hours", 0, "must be > 0"),
+    ("plan.interruptions_per_gpu_day", 0, "must be > 0"),
+    ("plan.run_to_run_spread", 2, "must be <= 1"),
+    ("plan.gpu_hour_cost", -1, "must be >= 0"),
+    ("plan.eval_interval_steps", 0, "must be >= 1"),
+    ("plan.eval_s", -1, "must be >= 0"),
+    ("plan", [1], "expected a mapping"),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    PLAN_BAD_FIELDS,
+    ids=[f"{f}={v!r}" for f, v, _ in PLAN_BAD_FIELDS],
+)
+def test_bad_plan_field(field: str, value: Any, allowed: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(with_value(field, value), source="run.yaml")
+    assert info.value.field.startswith(field), str(info.value)
+    assert allowed in str(info.value)
+
+
+def test_plan_eval_settings_come_together() -> None:
+    with pytest.raises(SpecError, match="together") as info:
+        parse_spec(with_value("plan", {"eval_interval_steps": 100}))
+    assert info.value.field == "plan.eval_s"
+    with pytest.raises(SpecError, match="together") as info:
+        parse_spec(with_value("plan", {"eval_s": 30}))
+    assert info.value.field == "plan.eval_interval_steps"
+
+
+def test_plan_section_rejects_unknown_keys() -> None:
+    with pytest.raises(UnknownKeysError, match=r"plan\.deadline\b.*valid keys here are"):
+        parse_spec(with_value("plan", {"deadline": 24}))

@@ -1,0 +1,203 @@
+"""Tables a person reads: the plan, the node counts it weighed, and the estimates it replaces."""
+
+from __future__ import annotations
+
+import math
+
+from tabulate import tabulate
+
+from planner.plan import NodeOption, Plan, Segment
+from planner.units import fmt_count, fmt_duration, fmt_percent
+
+# More rows than this of one kind are summarised: a large partition has many node counts.
+_MAX_SEGMENT_ROWS = 6
+_MAX_INFEASIBLE_ROWS = 5
+
+
+def plan_table(plan: Plan) -> str:
+    return "\n\n".join([summary_table(plan), options_table(plan), baselines_table(plan)])
+
+
+def slurm_minutes(minutes: int) -> str:
+    """--time in Slurm's days-hours:minutes:seconds form."""
+    days, rest = divmod(minutes, 24 * 60)
+    hours, mins = divmod(rest, 60)
+    return f"{days}-{hours:02d}:{mins:02d}:00" if days else f"{hours:02d}:{mins:02d}:00"
+
+
+def summary_table(plan: Plan) -> str:
+    spec, wall, ck = plan.spec, plan.wall, plan.checkpoint
+    chosen = next(o for o in plan.options if o.chosen)
+    where = f"partition {plan.partition.name}" if plan.partition else "no partition limits read"
+    terms = [
+        ("start-up", wall.startup_s),
+        ("warm-up", wall.warmup_s),
+        ("steps", wall.steps_s),
+        ("checkpoints", wall.checkpoints_s),
+        ("evaluation", wall.evals_s),
+        ("resumes", wall.resumes_s),
+        ("interruptions", wall.failures_s),
+    ]
+    why = " + ".join(f"{name} {fmt_duration(s)}" for name, s in terms if s > 0)
+    rows = [
+        (
+            "work",
+            f"{plan.total_steps:,} steps x {spec.batch.global_batch} samples = "
+            f"{fmt_count(plan.samples_total)} samples, {fmt_count(plan.tokens_total)} tokens "
+            f"({plan.token_unit})",
+        ),
+        (
+            "nodes",
+            f"{plan.nodes} x {max(plan.gpus_per_node, 1)} GPUs ({where}), grad_accum "
+            f"{plan.grad_accum}: {plan.choice_reason}",
+        ),
+        (
+            "step",
+            f"{fmt_duration(plan.step_s)} P50 (all-reduce {fmt_duration(chosen.comm_s or 0.0)}), "
+            f"{fmt_duration(plan.step_p95_s)} P95; scaling efficiency "
+            f"{fmt_percent(plan.efficiency)}",
+        ),
+        (
+            "wall time",
+            f"P50 {fmt_duration(wall.p50_s)}, P95 {fmt_duration(wall.p95_s)} "
+            f"(sigma {fmt_duration(wall.sigma_s)})",
+        ),
+        ("why (P50)", why),
+        ("GPU-hours", _gpu_hours(plan)),
+        ("checkpoint", _checkpoint_text(plan)),
+        (
+            "interruptions",
+            f"job MTBF {fmt_duration(ck.mtbf_s)} ({ck.mtbf_source}); "
+            f"~{ck.expected_failures:.2g} expected over the run",
+        ),
+        (
+            "Slurm jobs",
+            f"{_jobs(plan)}; --signal={plan.signal_option}: stop {plan.signal_lead_s} s before "
+            "the limit",
+        ),
+        *_segment_rows(plan.segments),
+    ]
+    if plan.partition:
+        p = plan.partition
+        max_time = fmt_duration(p.max_time_s) if p.max_time_s is not None else "UNLIMITED"
+        rows.append(
+            (
+                "partition",
+                f"{p.name}: MaxTime {max_time}, {p.total_nodes} nodes of {p.gpus_per_node} "
+                f"GPUs and {p.cpus_per_node} CPUs",
+            )
+        )
+    return tabulate(rows, tablefmt="simple", headers=("plan", spec.name))
+
+
+def options_table(plan: Plan) -> str:
+    cost = plan.spec.plan.gpu_hour_cost is not None
+    infeasible = [o for o in plan.options if not o.feasible]
+    shown = [o for o in plan.options if o.feasible or len(infeasible) <= _MAX_INFEASIBLE_ROWS]
+    rows = [_option_row(o, cost) for o in shown]
+    headers = ["nodes", "GPUs", "accum", "step", "efficiency", "P50", "P95", "jobs", "GPU-h"]
+    headers += ["cost"] if cost else []
+    table = tabulate(rows, headers=[*headers, "note"], tablefmt="simple", disable_numparse=True)
+    if len(infeasible) > _MAX_INFEASIBLE_ROWS:
+        counts = ", ".join(str(o.nodes) for o in infeasible[:8])
+        more = ", ..." if len(infeasible) > 8 else ""
+        table += (
+            f"\nnot possible on {len(infeasible)} node counts ({counts}{more}): "
+            f"{infeasible[0].reason}"
+        )
+    return table
+
+
+def baselines_table(plan: Plan) -> str:
+    b, p50 = plan.baselines, plan.wall.p50_s
+    rows = [
+        ("this plan (P50)", fmt_duration(p50), "", "calibrated step, scaling, the terms above"),
+        (
+            f"method 1: {b.mini_steps}-step mini run scaled",
+            fmt_duration(b.method1_s),
+            _difference(b.method1_s, p50),
+            "scales start-up and warm-up with the steps; no saves, evaluation, all-reduce",
+        ),
+        (
+            "FLOP estimate (6ND-style)",
+            fmt_duration(b.flops_s),
+            _difference(b.flops_s, p50),
+            f"{b.flops_total:.3g} FLOP at {b.flops_rate_source}; no start-up, saves, "
+            "evaluation, all-reduce",
+        ),
+    ]
+    return tabulate(
+        rows, headers=("estimate", "wall time", "vs P50", "what it counts"), tablefmt="simple"
+    )
+
+
+def _option_row(o: NodeOption, cost: bool) -> list[str]:
+    mark = f"* {o.nodes}" if o.chosen else str(o.nodes)
+    if not o.feasible:
+        return [mark, str(o.gpus), *["-"] * (8 if cost else 7), o.reason]
+    row = [
+        mark,
+        str(o.gpus),
+        str(o.grad_accum),
+        fmt_duration(o.step_s or 0.0),
+        fmt_percent(o.efficiency or 0.0),
+        fmt_duration(o.wall_p50_s or 0.0),
+        fmt_duration(o.wall_p95_s or 0.0),
+        str(o.segments),
+        f"{o.gpu_hours:,.4g}",
+    ]
+    if cost:
+        row.append(f"{o.cost:,.2f}")
+    return [*row, o.reason]
+
+
+def _segment_rows(segments: tuple[Segment, ...]) -> list[tuple[str, str]]:
+    def row(s: Segment) -> tuple[str, str]:
+        return (
+            f"  segment {s.index}",
+            f"--time={slurm_minutes(s.time_limit_minutes)} "
+            f"--time-min={slurm_minutes(s.time_min_minutes)}; {s.steps_planned:,} steps "
+            f"planned (P95), ~{s.steps_p50:,} expected (P50)",
+        )
+
+    if len(segments) <= _MAX_SEGMENT_ROWS:
+        return [row(s) for s in segments]
+    middle = len(segments) - 4
+    return [
+        *(row(s) for s in segments[:2]),
+        ("  ...", f"{middle} more like segment 2"),
+        *(row(s) for s in segments[-2:]),
+    ]
+
+
+def _checkpoint_text(plan: Plan) -> str:
+    ck = plan.checkpoint
+    every = (
+        f"every {ck.interval_steps:,} steps ({fmt_duration(ck.interval_s)}), save "
+        f"{fmt_duration(ck.save_s)}, expected overhead {fmt_percent(ck.overhead)}"
+    )
+    if ck.method == "user":
+        return f"{every}; set by checkpoint.interval_steps (Daly: {fmt_duration(ck.daly_s)})"
+    return f"{every}; Daly optimum {fmt_duration(ck.daly_s)} (Young {fmt_duration(ck.young_s)})"
+
+
+def _jobs(plan: Plan) -> str:
+    if len(plan.segments) == 1:
+        return "1 job"
+    limit = plan.partition.max_time_minutes if plan.partition else None
+    return f"{len(plan.segments)} jobs chained with afterany (MaxTime {limit} min each)"
+
+
+def _gpu_hours(plan: Plan) -> str:
+    text = f"{plan.gpu_hours:,.4g} at P50"
+    if plan.cost is not None:
+        text += f", cost {plan.cost:,.2f} at {plan.spec.plan.gpu_hour_cost:g} per GPU-hour"
+    if plan.deadline_hours is not None:
+        text += f"; deadline {plan.deadline_hours:g} h (P95)"
+    return text
+
+
+def _difference(estimate_s: float, p50_s: float) -> str:
+    if not math.isfinite(estimate_s) or p50_s <= 0:
+        return "-"
+    return f"{(estimate_s - p50_s) / p50_s:+.1%}"
