@@ -1,8 +1,10 @@
-"""Checkpoints of model + optimizer, written atomically (temp file, fsync, rename)."""
+"""Checkpoints of model + optimizer, written atomically (temp file, fsync, rename), and the
+numbered checkpoints of a training run's folder."""
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +29,60 @@ def workload_state(workload: Workload, **extra: Any) -> dict[str, Any]:
         **extra,
     }
     for key, obj in workload.extra_state.items():
-        state[f"extra.{key}"] = obj.state_dict() if hasattr(obj, "state_dict") else obj
+        state[f"extra.{key}"] = _state_of(obj)
     return state
+
+
+def _state_of(obj: Any) -> Any:
+    if isinstance(obj, torch.Generator):
+        return obj.get_state()
+    return obj.state_dict() if hasattr(obj, "state_dict") else obj
+
+
+def global_rng_state(device: torch.device) -> dict[str, Any]:
+    """torch's global RNGs (CPU, and the device's when it is a GPU), to save with the run."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_global_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    # RNG states must be CPU byte tensors, whatever map_location did to them.
+    torch.set_rng_state(state["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def checkpoint_path(folder: Path, step: int) -> Path:
+    return folder / f"ckpt-{step:09d}.pt"
+
+
+_NAME = re.compile(r"ckpt-(\d{9,})\.pt")
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """The run's checkpoints as (step, path), newest first; [] when the folder is missing."""
+    if not folder.is_dir():
+        return []
+    found = [
+        (int(match.group(1)), path)
+        for path in folder.iterdir()
+        if (match := _NAME.fullmatch(path.name))
+    ]
+    return sorted(found, reverse=True)
+
+
+def prune(folder: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints."""
+    for _, path in list_checkpoints(folder)[keep:]:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """A job killed during save_atomic leaves its temp file behind: as big as a checkpoint."""
+    for path in folder.glob(".ckpt-*.pt.tmp-*"):
+        path.unlink(missing_ok=True)
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> int:
@@ -52,13 +106,30 @@ def save_atomic(state: dict[str, Any], path: Path) -> int:
 
 
 def load_into(workload: Workload, path: Path, device: torch.device) -> dict[str, Any]:
+    state = read_state(path, device)
+    apply_state(workload, state)
+    return state
+
+
+def read_state(path: Path, device: torch.device | str) -> dict[str, Any]:
+    """The checkpoint's contents, without touching any workload (a torn file raises here)."""
     state = torch.load(path, map_location=device, weights_only=False)
+    if not isinstance(state, dict) or not {"model", "optimizer"} <= state.keys():
+        raise ValueError(f"{path} is not a model + optimizer checkpoint")
+    return state
+
+
+def apply_state(workload: Workload, state: dict[str, Any]) -> None:
     workload.model.load_state_dict(state["model"])
     workload.optimizer.load_state_dict(state["optimizer"])
     for key, obj in workload.extra_state.items():
-        if f"extra.{key}" in state and hasattr(obj, "load_state_dict"):
-            obj.load_state_dict(state[f"extra.{key}"])
-    return state
+        saved = state.get(f"extra.{key}")
+        if saved is None:
+            continue
+        if isinstance(obj, torch.Generator):
+            obj.set_state(saved.cpu())  # a generator's state is a CPU byte tensor on any device
+        elif hasattr(obj, "load_state_dict"):
+            obj.load_state_dict(saved)
 
 
 def probe(workload: Workload, folder: Path, device: torch.device, sync: Any) -> CheckpointTiming:

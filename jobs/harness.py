@@ -12,12 +12,12 @@ import platform
 import resource
 import socket
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs import runtime
 from jobs.measurement import CalibrationFailed, CalibrationRequest, Measurement
 from jobs.stats import steady_estimate
 from jobs.workloads.base import Workload, WorkloadConfig
@@ -48,8 +48,8 @@ def calibrate(request: CalibrationRequest) -> Measurement:
     import torch
 
     imported = time.perf_counter()
-    device = _resolve_device(request.device, torch)
-    sync = _synchronizer(device, torch)
+    device = runtime.resolve_device(request.device, torch)
+    sync = runtime.synchronizer(device, torch)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     workload = _build(request, device)
@@ -106,14 +106,6 @@ def calibrate(request: CalibrationRequest) -> Measurement:
 
 
 def _build(request: CalibrationRequest, device: Any) -> Workload:
-    from jobs.workloads.registry import import_callable
-
-    try:
-        builder = import_callable(request.builder_path)
-    except (ImportError, AttributeError) as exc:
-        raise CalibrationFailed(
-            "import_error", f"cannot import workload {request.builder_path!r}: {exc}"
-        ) from exc
     config = WorkloadConfig(
         preset=request.preset,
         overrides=dict(request.overrides),
@@ -123,27 +115,7 @@ def _build(request: CalibrationRequest, device: Any) -> Workload:
         device=str(device),
         seed=request.seed,
     )
-    import torch
-
-    try:
-        workload = builder(config)
-    except torch.cuda.OutOfMemoryError as exc:
-        raise _oom(request, device, exc) from exc
-    except CalibrationFailed:
-        raise
-    except Exception as exc:
-        raise CalibrationFailed(
-            "workload_error",
-            f"building workload {request.builder_path!r} "
-            f"raised {type(exc).__name__}: {exc}{_where(exc)}",
-        ) from exc
-    if not isinstance(workload, Workload):
-        raise CalibrationFailed(
-            "workload_error",
-            f"{request.builder_path!r} returned "
-            f"{type(workload).__name__}, expected jobs.workloads.base.Workload",
-        )
-    return workload
+    return runtime.build_workload(request.builder_path, config, device)
 
 
 def _run_steps(
@@ -175,7 +147,7 @@ def _run_steps(
             raise CalibrationFailed(
                 "workload_error",
                 f"training step {len(step_times) + 1} "
-                f"raised {type(exc).__name__}: {exc}{_where(exc)}",
+                f"raised {type(exc).__name__}: {exc}{runtime.where(exc)}",
             ) from exc
         sync()
         t2 = time.perf_counter()
@@ -192,15 +164,6 @@ def _run_steps(
             break
     progress.close()
     return StepLog(step_times, load_times, losses, stopped_by)
-
-
-def _where(exc: BaseException) -> str:
-    """Where the user's code raised: the log's tail shows only the harness's frames."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return ""
-    last = frames[-1]
-    return f" (at {last.filename}:{last.lineno} in {last.name})"
 
 
 def _ci_if_ready(step_times: list[float], min_steps: int) -> float | None:
@@ -240,32 +203,7 @@ class _ProgressWriter:
 
 
 def _oom(request: CalibrationRequest, device: Any, exc: BaseException) -> CalibrationFailed:
-    return CalibrationFailed(
-        "oom",
-        f"{device.type.upper()} out of memory at micro-batch {request.micro_batch} "
-        f"(precision {request.precision}); lower batch.micro_batch and raise grad_accum: "
-        f"{str(exc).splitlines()[0] if str(exc) else ''}",
-        micro_batch=request.micro_batch,
-    )
-
-
-def _resolve_device(name: str, torch: Any) -> Any:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise CalibrationFailed(
-                "device",
-                "calibration.device is 'cuda' but torch sees no "
-                "CUDA device on this node (CUDA_VISIBLE_DEVICES="
-                f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r})",
-            )
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _synchronizer(device: Any, torch: Any) -> Callable[[], None]:
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None  # CPU kernels have returned by the time the Python call does
+    return runtime.oom_failure(request.micro_batch, request.precision, device, exc)
 
 
 def _peak_memory(device: Any, torch: Any) -> tuple[int, str]:

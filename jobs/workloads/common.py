@@ -149,13 +149,23 @@ def assemble(
     tokens_per_sample: int,
     token_unit: str,
     training_flops_per_sample: int,
+    rngs: Mapping[str, torch.Generator] | None = None,
 ) -> Workload:
-    """Wire a built model into a Workload: optimizer, train step and per-step counts."""
+    """Wire a built model into a Workload: optimizer, train step and per-step counts.
+
+    ``rngs`` are the workload's stream generators; they join ``extra_state`` so that a
+    checkpoint restores where the data and noise streams were, and a resumed run draws
+    exactly what an uninterrupted one would have.
+    """
     device = torch.device(config.device)
     optimizer = adamw(model, lr, weight_decay, device)
     train_step, extra_state = make_train_step(
         model, optimizer, loss_fn, config.precision, device, grad_clip
     )
+    for key, generator in (rngs or {}).items():
+        if key in extra_state:
+            raise ValueError(f"rng name {key!r} is taken by the train step's extra state")
+        extra_state[key] = generator
     samples = config.micro_batch * config.grad_accum
     counts = StepCounts(
         params=trainable_params(model),

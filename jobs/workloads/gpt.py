@@ -119,4 +119,5 @@ def build(config: WorkloadConfig) -> Workload:
         tokens_per_sample=gpt_config.tokens_per_sample(cfg),
         token_unit=gpt_config.token_unit(cfg),
         training_flops_per_sample=gpt_config.training_flops_per_sample(cfg),
+        rngs={"data_rng": data_rng},
     )

@@ -234,4 +234,5 @@ def build(config: WorkloadConfig) -> Workload:
         tokens_per_sample=jit_config.tokens_per_sample(cfg),
         token_unit=jit_config.token_unit(cfg),
         training_flops_per_sample=jit_config.training_flops_per_sample(cfg),
+        rngs={"data_rng": data_rng, "noise_rng": noise_rng},
     )

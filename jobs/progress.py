@@ -1,0 +1,124 @@
+"""The training progress file: JSON Lines that every job of a run appends to.
+
+Standard library only: the login node and users' own scripts read it without torch.
+
+Each line is one JSON object with an ``"event"`` name and a ``"time"`` (Unix seconds, a
+float, when the line was written). A run that spans several Slurm jobs appends each job's
+lines to the same file, so the file reads as the run's history: every job begins with a
+``start`` line and, unless it crashed or was killed outright, ends with a ``stop`` line.
+
+``start``
+    ``step`` (int): the optimizer step this job starts from (0 on a fresh start, else the
+    step of the checkpoint it resumed); ``total_steps`` (int): the run's target;
+    ``restart`` (int): 0 for the run's first job, else how many ``start`` lines precede this
+    one; ``job_id`` (str or null): ``$SLURM_JOB_ID``; ``host`` (str); ``pid`` (int).
+``resume``
+    Written after ``start`` when the job loaded a checkpoint. ``step`` (int): the
+    checkpoint's step; ``load_s`` (float): seconds to read and apply it; ``path`` (str).
+``step``
+    One every ``log_every`` optimizer steps, and for the last step. ``step`` (int): optimizer
+    steps completed by the run so far; ``samples`` and ``tokens`` (int): totals so far on one
+    device (``step`` times the per-step counts; tokens in the workload's token unit);
+    ``step_s`` (float): wall time of this step, data included; ``loss`` (float, the mean
+    over the step's micro-batches; null when not finite, as JSON has no NaN).
+``checkpoint``
+    ``step`` (int): the step saved; ``save_s`` (float): seconds to write it (atomically);
+    ``path`` (str); ``bytes`` (int): its size.
+``stop``
+    ``step`` (int): the step the job stopped at (a checkpoint of it is on disk, unless it
+    is 0); ``reason``: ``"done"`` (``total_steps`` reached), ``"signal"`` (SIGUSR2 or
+    SIGTERM, e.g. Slurm's warning before the time limit) or ``"time_limit"`` (the next step
+    and its save would not have finished before the job's stop time); ``signal`` (str or
+    null): the signal's name, e.g. ``"SIGUSR2"``, when ``reason`` is ``"signal"``.
+
+A job killed while writing can leave a last line cut short; readers skip a line that is
+not a complete JSON object, and the next writer starts on a fresh line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+EVENTS = ("start", "resume", "step", "checkpoint", "stop")
+STOP_REASONS = ("done", "signal", "time_limit")
+
+
+class ProgressWriter:
+    """Appends one flushed line per event; opened in append mode so jobs share one file."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle: TextIO = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        if _ends_torn(path):
+            self._handle.write("\n")  # so the first line of this job is not glued to it
+
+    def start(self, step: int, total_steps: int, restart: int) -> None:
+        self._write(
+            "start",
+            step=step,
+            total_steps=total_steps,
+            restart=restart,
+            job_id=os.environ.get("SLURM_JOB_ID"),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+
+    def resume(self, step: int, load_s: float, path: str) -> None:
+        self._write("resume", step=step, load_s=load_s, path=path)
+
+    def step(self, step: int, samples: int, tokens: int, step_s: float, loss: float | None) -> None:
+        self._write("step", step=step, samples=samples, tokens=tokens, step_s=step_s, loss=loss)
+
+    def checkpoint(self, step: int, save_s: float, path: str, nbytes: int) -> None:
+        self._write("checkpoint", step=step, save_s=save_s, path=path, bytes=nbytes)
+
+    def stop(self, step: int, reason: str, signal: str | None = None) -> None:
+        if reason not in STOP_REASONS:
+            raise ValueError(f"stop reason {reason!r} is not one of {', '.join(STOP_REASONS)}")
+        self._write("stop", step=step, reason=reason, signal=signal)
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> ProgressWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"event": event, "time": time.time(), **fields})
+        self._handle.write(line + "\n")
+        self._handle.flush()
+
+
+def read_progress(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """All events in file order; [] when the file does not exist yet. Torn lines are skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    events = []
+    for line in text.splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and "event" in event:
+            events.append(event)
+    return events
+
+
+def _ends_torn(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() == 0:
+            return False
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"

@@ -1,0 +1,360 @@
+"""The training entry (python -m jobs.train): runs to the target, stops cleanly on a signal or
+before the stop time, resumes bit-identically, survives a torn checkpoint. CPU, tiny presets.
+
+Most runs are real subprocesses, as the batch script starts them. The builders below slow a
+built-in workload's step down (a sleep changes no numbers) so that a test can interrupt it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from jobs import train
+from jobs.progress import ProgressWriter, read_progress
+from jobs.train_config import TrainConfig
+from jobs.workloads import gpt, jit
+from jobs.workloads.base import Workload, WorkloadConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TOTAL_STEPS = 12
+
+
+def slow_jit(config: WorkloadConfig) -> Workload:
+    return _slowed(jit.build(config), 0.1)
+
+
+def slow_gpt(config: WorkloadConfig) -> Workload:
+    return _slowed(gpt.build(config), 0.1)
+
+
+def slower_jit(config: WorkloadConfig) -> Workload:
+    return _slowed(jit.build(config), 0.25)
+
+
+def _slowed(workload: Workload, delay_s: float) -> Workload:
+    step = workload.train_step
+
+    def train_step(batch: Any) -> Any:
+        time.sleep(delay_s)
+        return step(batch)
+
+    workload.train_step = train_step
+    return workload
+
+
+def make_config(folder: Path, name: str = "jit", slow: str = "", **changes: Any) -> Path:
+    """``slow``: "slow" or "slower" for this module's builders that sleep in each step."""
+    folder.mkdir(parents=True, exist_ok=True)
+    builder = f"tests.test_train:{slow}_{name}" if slow else f"jobs.workloads.{name}:build"
+    fields: dict[str, Any] = {
+        "builder_path": builder,
+        "workload_name": name,
+        "preset": "tiny",
+        "overrides": {},
+        "micro_batch": 2,
+        "grad_accum": 1,
+        "precision": "fp32",
+        "device": "cpu",
+        "seed": 7,
+        "total_steps": TOTAL_STEPS,
+        "checkpoint_dir": str(folder / "ck"),
+        "checkpoint_interval_steps": 5,
+        "keep_checkpoints": 2,
+        "progress_path": str(folder / "progress.jsonl"),
+        **changes,
+    }
+    path = folder / "train.json"
+    path.write_text(TrainConfig(**fields).to_json())
+    return path
+
+
+def env(**extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PLANJOB_"))}
+    base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), base.get("PYTHONPATH")]))
+    return {**base, **extra}
+
+
+def command(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "jobs.train", str(config), *args]
+
+
+def run_train(
+    config: Path, *args: str, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command(config, *args),
+        cwd=REPO,
+        env=env(**(extra_env or {})),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def run_in_process(config: Path, stop_at: float | None = None) -> int:
+    """A job of the run in this process: the same code path past argument parsing, without
+    waiting for torch's import, and with the stop time not at the mercy of that import."""
+    parsed = TrainConfig.from_json(config.read_text())
+    return train.train(parsed, stop_at, train.StopRequest())
+
+
+def events(folder: Path, kind: str | None = None) -> list[dict[str, Any]]:
+    found = read_progress(folder / "progress.jsonl")
+    return [e for e in found if kind is None or e["event"] == kind]
+
+
+def checkpoint_steps(folder: Path) -> list[int]:
+    return sorted(int(p.name[5:14]) for p in (folder / "ck").glob("ckpt-*.pt"))
+
+
+def final_model(folder: Path) -> dict[str, torch.Tensor]:
+    path = folder / "ck" / f"ckpt-{TOTAL_STEPS:09d}.pt"
+    return torch.load(path, weights_only=False)["model"]
+
+
+def assert_same_run(folder: Path, reference: Path) -> None:
+    """Bit-identical weights at the end, and the same loss at every step on the way."""
+    model, expected = final_model(folder), final_model(reference)
+    assert model.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(model[key], expected[key]), key
+    losses = {e["step"]: e["loss"] for e in events(folder, "step")}
+    assert losses == {e["step"]: e["loss"] for e in events(reference, "step")}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One uninterrupted run per workload, shared by the tests (they copy it to change it)."""
+    folders = {}
+    for name in ("jit", "gpt"):
+        folder = tmp_path_factory.mktemp(f"reference-{name}")
+        proc = run_train(make_config(folder, name), extra_env={"SLURM_JOB_ID": "4242"})
+        assert proc.returncode == 0, proc.stderr
+        folders[name] = folder
+    return folders
+
+
+def copy_run(source: Path, target: Path) -> Path:
+    """The run folder copied, its config pointed at the copy."""
+    shutil.copytree(source, target)
+    config = TrainConfig.from_json((target / "train.json").read_text())
+    return make_config(
+        target,
+        config.workload_name,
+        checkpoint_dir=str(target / "ck"),
+        progress_path=str(target / "progress.jsonl"),
+    )
+
+
+# --- whole runs ------------------------------------------------------------------------------
+
+
+def test_uninterrupted_run_reaches_total_steps(reference: dict[str, Path]) -> None:
+    folder = reference["jit"]
+    found = events(folder)
+    assert [e["event"] for e in found if e["event"] != "step"] == [
+        "start",
+        "checkpoint",
+        "checkpoint",
+        "checkpoint",
+        "stop",
+    ]
+    start, stop = found[0], found[-1]
+    assert start["step"] == 0 and start["restart"] == 0 and start["job_id"] == "4242"
+    assert start["total_steps"] == TOTAL_STEPS and start["pid"] > 0 and start["host"]
+    assert stop == {**stop, "step": TOTAL_STEPS, "reason": "done", "signal": None}
+    steps = events(folder, "step")
+    assert [e["step"] for e in steps] == list(range(1, TOTAL_STEPS + 1))
+    assert steps[-1]["samples"] == 2 * TOTAL_STEPS and steps[-1]["tokens"] > 0
+    assert all(e["step_s"] > 0 and e["loss"] > 0 for e in steps)
+    times = [e["time"] for e in found]
+    assert times == sorted(times)
+    saves = events(folder, "checkpoint")
+    assert [e["step"] for e in saves] == [5, 10, TOTAL_STEPS]
+    assert all(e["bytes"] > 0 and e["save_s"] > 0 for e in saves)
+    assert checkpoint_steps(folder) == [10, TOTAL_STEPS]  # pruned to keep_checkpoints
+    state = torch.load(saves[-1]["path"], weights_only=False)
+    assert state["step"] == TOTAL_STEPS
+    assert {"extra.data_rng", "extra.noise_rng", "rng"} <= state.keys()
+
+
+@pytest.mark.parametrize(("name", "signum"), [("jit", signal.SIGUSR2), ("gpt", signal.SIGTERM)])
+def test_signal_stop_then_resume_is_bit_identical(
+    tmp_path: Path, reference: dict[str, Path], name: str, signum: signal.Signals
+) -> None:
+    config = make_config(tmp_path, name, slow="slow")
+    proc = subprocess.Popen(
+        command(config), cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
+    while len(events(tmp_path, "step")) < 3 and proc.poll() is None:
+        assert time.monotonic() < deadline, "the run never got to step 3"
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    stop = events(tmp_path, "stop")[-1]
+    assert stop["reason"] == "signal" and stop["signal"] == signum.name
+    stopped_at = stop["step"]
+    assert 3 <= stopped_at < TOTAL_STEPS
+    assert stopped_at in checkpoint_steps(tmp_path)
+
+    assert run_in_process(config) == train.EXIT_OK
+    found = events(tmp_path)
+    second_job = [i for i, e in enumerate(found) if e["event"] == "start"][1]
+    start, resume = found[second_job : second_job + 2]
+    assert start == {**start, "event": "start", "step": stopped_at, "restart": 1}
+    assert resume == {**resume, "event": "resume", "step": stopped_at}
+    assert events(tmp_path, "stop")[-1]["reason"] == "done"
+    assert_same_run(tmp_path, reference[name])
+
+
+def test_time_limit_stop_then_resume_is_bit_identical(
+    tmp_path: Path, reference: dict[str, Path]
+) -> None:
+    config = make_config(tmp_path, "jit", slow="slower")
+    # The build and some 0.25 s steps fit before the stop time, twelve steps do not. (The
+    # first step of a run has no time to go by: the margin keeps it clear of the stop.)
+    stop_at = time.time() + 2.5
+    assert run_in_process(config, stop_at) == train.EXIT_OK
+    stop = events(tmp_path, "stop")[-1]
+    assert stop["reason"] == "time_limit" and stop["signal"] is None
+    stopped_at = stop["step"]
+    assert 0 < stopped_at < TOTAL_STEPS
+    assert stopped_at in checkpoint_steps(tmp_path)
+    assert stop["time"] <= stop_at  # saved and out before the stop time
+    assert not list((tmp_path / "ck").glob("probe.pt"))  # the save-time probe cleaned up
+
+    # Past the stop time already: leaves at once, and has nothing new to save.
+    saved = checkpoint_steps(tmp_path)
+    past = run_train(config, extra_env={"PLANJOB_STOP_AT": str(time.time())})
+    assert past.returncode == 0, past.stderr
+    assert events(tmp_path, "stop")[-1] == {
+        **events(tmp_path, "stop")[-1],
+        "step": stopped_at,
+        "reason": "time_limit",
+    }
+    assert checkpoint_steps(tmp_path) == saved
+
+    assert run_in_process(config, time.time() + 3600) == train.EXIT_OK
+    assert [e["restart"] for e in events(tmp_path, "start")] == [0, 1, 2]
+    assert_same_run(tmp_path, reference["jit"])
+
+
+def test_torn_newest_checkpoint_is_skipped(tmp_path: Path, reference: dict[str, Path]) -> None:
+    folder = tmp_path / "run"
+    config = copy_run(reference["jit"], folder)
+    newest = folder / "ck" / f"ckpt-{TOTAL_STEPS:09d}.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    proc = run_train(config, "--stop-at", str(time.time() + 3600))
+    assert proc.returncode == 0, proc.stderr
+    assert f"cannot load {newest}" in proc.stderr
+    assert (folder / "ck" / f"{newest.name}.bad").exists()
+    assert events(folder, "resume")[-1]["step"] == 10
+    assert checkpoint_steps(folder) == [10, TOTAL_STEPS]
+    assert_same_run(folder, reference["jit"])
+
+
+def test_rerun_after_completion_stops_at_once(tmp_path: Path, reference: dict[str, Path]) -> None:
+    folder = tmp_path / "run"
+    config = copy_run(reference["gpt"], folder)
+    before = events(folder)
+    proc = run_train(config)
+    assert proc.returncode == 0, proc.stderr
+    start, stop = events(folder)[len(before) :]
+    assert start == {**start, "event": "start", "step": TOTAL_STEPS, "restart": 1}
+    assert stop == {**stop, "event": "stop", "step": TOTAL_STEPS, "reason": "done"}
+
+
+def test_workload_error_exits_1(tmp_path: Path) -> None:
+    builder = "tests.fixtures.user_workloads:raises_in_step"
+    proc = run_train(make_config(tmp_path, builder_path=builder))
+    assert proc.returncode == 1
+    assert "training step 1 raised ValueError: shape mismatch" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def test_bad_config_file_exits_2_naming_the_field(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    data = json.loads(config.read_text())
+    del data["total_steps"]
+    config.write_text(json.dumps(data))
+    proc = run_train(config)
+    assert proc.returncode == 2
+    assert "missing field(s) 'total_steps'" in proc.stderr
+    bad_env = run_train(make_config(tmp_path), extra_env={"PLANJOB_STOP_AT": "tomorrow"})
+    assert bad_env.returncode == 2
+    assert "PLANJOB_STOP_AT='tomorrow'" in bad_env.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"totl_steps": 3}, "unknown field(s) 'totl_steps'"),
+        ({"format": "plan-job/train/v0"}, "field 'format'"),
+        ({"micro_batch": 0}, "field 'micro_batch': got 0"),
+        ({"micro_batch": "2"}, "field 'micro_batch': got str '2'"),
+        ({"seed": True}, "field 'seed': got bool"),
+        ({"precision": "fp64"}, "field 'precision': got 'fp64'; allowed: fp32, bf16, fp16"),
+        ({"device": "tpu"}, "field 'device'"),
+        ({"builder_path": "jobs.workloads.jit"}, "field 'builder_path'"),
+        ({"overrides": [1]}, "field 'overrides'"),
+    ],
+)
+def test_config_errors_name_the_field(tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    data = json.loads(make_config(tmp_path).read_text())
+    with pytest.raises(ValueError) as error:
+        TrainConfig.from_json(json.dumps({**data, **change}))
+    assert message in str(error.value)
+
+
+def test_config_round_trips_and_defaults(tmp_path: Path) -> None:
+    data = json.loads(make_config(tmp_path, overrides={"depth": 1}).read_text())
+    assert data["format"] == "plan-job/train/v1"
+    config = TrainConfig.from_json(json.dumps(data))
+    assert TrainConfig.from_json(config.to_json()) == config
+    del data["log_every"], data["stop_lead_s"]
+    defaults = TrainConfig.from_json(json.dumps(data))
+    assert (defaults.log_every, defaults.stop_lead_s) == (1, 0.0)
+
+
+# --- the progress file -----------------------------------------------------------------------
+
+
+def test_progress_survives_a_torn_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "progress.jsonl"
+    with ProgressWriter(path) as writer:
+        writer.start(0, 10, 0)
+        writer.step(1, 4, 64, 0.5, 2.0)
+    with open(path, "a") as handle:
+        handle.write('{"event": "step", "time": 1.0, "st')  # killed mid-write
+    assert [e["event"] for e in read_progress(path)] == ["start", "step"]
+    with ProgressWriter(path) as writer:  # the next job starts on a fresh line
+        writer.stop(1, "signal", "SIGUSR2")
+    assert [e["event"] for e in read_progress(path)] == ["start", "step", "stop"]
+    assert read_progress(tmp_path / "missing.jsonl") == []
+    with ProgressWriter(path) as writer, pytest.raises(ValueError, match="stop reason"):
+        writer.stop(1, "crashed")
+
+
+def test_login_node_modules_do_not_import_torch() -> None:
+    code = (
+        "import sys; import jobs.train, jobs.train_config, jobs.progress; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env())
