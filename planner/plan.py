@@ -22,6 +22,9 @@ from planner.spec import RunSpec
 SIGNAL = "USR2"
 # Slurm may deliver --signal up to 60 s before the requested lead (its timer's resolution).
 SIGNAL_SLACK_S = 60
+# Between the signal's latest arrival and the limit beyond one step and one save: the process
+# exit and Slurm's clean-up.
+SIGNAL_MARGIN_S = 10
 # One-sided 95% quantile of the normal distribution.
 Z95 = 1.6448536269514722
 
@@ -130,7 +133,7 @@ class Plan:
     checkpoint_interval_steps: int
     checkpoint_interval_s: float
     signal: str
-    signal_lead_s: int  # --signal=B:USR2@lead, and the training's stop margin
+    signal_lead_s: int  # --signal=B:USR2@lead: one P95 step, one save and SIGNAL_MARGIN_S
     resume_s: float  # start-up plus checkpoint load, paid by every segment after the first
     partition: PartitionLimits | None
     segments: tuple[Segment, ...]

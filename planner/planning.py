@@ -8,8 +8,10 @@ and P50/P95 wall time (planner.timemodel), GPU-hours = P50 wall x GPUs, cost.
 Choice: with a deadline, the fewest GPU-hours whose P95 wall time meets it; without one, the
 fastest (P50) node count whose scaling efficiency is at least plan.efficiency_floor.
 
-Stop margin: lead_s = P95 step + one checkpoint save + 60 s (Slurm may signal up to 60 s
-early). It is both the --signal=B:USR2@lead and how long before its limit a job stops.
+Stop margin: every segment's --time reserves lead_s = P95 step + one checkpoint save +
+SIGNAL_MARGIN_S + 60 s after its planned work. The signal is asked for 60 s later than that
+(--signal=B:USR2@(lead_s - 60)) because Slurm may deliver it up to 60 s early: its earliest
+arrival is then the end of the planned work, and its latest still leaves a step and a save.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from planner.interval import choose_interval
 from planner.partition import PartitionLimitError, PartitionLimits, check_partition, node_limit
 from planner.plan import (
     SIGNAL,
+    SIGNAL_MARGIN_S,
     SIGNAL_SLACK_S,
     BatchSplitError,
     CalibrationMismatchError,
@@ -128,7 +131,7 @@ def make_plan(
         checkpoint_interval_steps=chosen.checkpoint.interval_steps,
         checkpoint_interval_s=chosen.checkpoint.interval_s,
         signal=SIGNAL,
-        signal_lead_s=chosen.lead_s,
+        signal_lead_s=chosen.lead_s - SIGNAL_SLACK_S,
         resume_s=_resume_s(record),
         partition=partition,
         segments=segments,
@@ -189,7 +192,7 @@ def _evaluate(
         plan.eval_s or 0.0,
         plan.eval_interval_steps,
     )
-    lead = math.ceil(stats.p95_s + m.checkpoint_save_s + SIGNAL_SLACK_S)
+    lead = math.ceil(stats.p95_s + m.checkpoint_save_s + SIGNAL_MARGIN_S + SIGNAL_SLACK_S)
     first = m.startup_s + m.warmup_extra_s
     max_time = partition.max_time_s if partition else None
     count = segment_count(

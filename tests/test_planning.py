@@ -27,12 +27,13 @@ from planner.plan import (
     PartitionLimitError,
     Plan,
 )
-from planner.plan_report import plan_table, slurm_minutes
+from planner.plan_report import plan_table
 from planner.planning import make_plan
 from planner.record import CalibrationRecord, JobInfo, make_record
 from planner.scaling import RingAllReduce, efficiency, grad_accum_for
 from planner.spec import RunSpec, parse_spec
 from planner.timemodel import count_work
+from planner.units import slurm_minutes
 
 Z95 = 1.6448536269514722
 
@@ -354,15 +355,17 @@ def test_bad_deadline_override() -> None:
 
 
 def test_run_longer_than_max_time_is_split_into_segments() -> None:
-    # one node, a save every 100 steps: 1.06 + 60/100 = 1.66 s per step; lead = ceil(1.06 +
-    # 60 + 60) = 122 s. MaxTime 30 min = 1800 s. First job: (1800 - 120 - 122) / 1.66 = 938.6
-    # -> 938 steps; later jobs: (1800 - 130 - 122) / 1.66 = 932.5 -> 932; 3907 - 938 - 3 x 932
-    # = 173 left for a fifth job: 130 + 173 x 1.66 + 122 = 539.2 s -> 9 min.
+    # one node, a save every 100 steps: 1.06 + 60/100 = 1.66 s per step; the reserve after the
+    # work is lead = ceil(1.06 + 60 + 10 + 60) = 132 s, and the signal is asked for 60 s later
+    # (72 s before the end) since Slurm may send it 60 s early. MaxTime 30 min = 1800 s. First
+    # job: (1800 - 120 - 132) / 1.66 = 932.5 -> 932 steps; later jobs: (1800 - 130 - 132) /
+    # 1.66 = 926.5 -> 926; 3907 - 932 - 3 x 926 = 197 left for a fifth job: 130 + 197 x 1.66
+    # + 132 = 589.0 s -> 10 min.
     spec = spec_with(plan__max_nodes=1, checkpoint={"interval_steps": 100})
     plan = plan_for(spec, partition(1800))
-    assert plan.signal_lead_s == 122 and plan.signal_option == "B:USR2@122"
-    assert [s.steps_planned for s in plan.segments] == [938, 932, 932, 932, 173]
-    assert [s.time_limit_minutes for s in plan.segments] == [30, 30, 30, 30, 9]
+    assert plan.signal_lead_s == 72 and plan.signal_option == "B:USR2@72"
+    assert [s.steps_planned for s in plan.segments] == [932, 926, 926, 926, 197]
+    assert [s.time_limit_minutes for s in plan.segments] == [30, 30, 30, 30, 10]
     assert [s.index for s in plan.segments] == [1, 2, 3, 4, 5]
     assert sum(s.steps_p50 for s in plan.segments) == plan.total_steps
     assert plan.wall.resumes_s == 4 * 130
