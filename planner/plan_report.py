@@ -7,7 +7,7 @@ import math
 from tabulate import tabulate
 
 from planner.plan import NodeOption, Plan, Segment
-from planner.units import fmt_count, fmt_duration, fmt_percent
+from planner.units import fmt_count, fmt_duration, fmt_percent, slurm_minutes
 
 # More rows than this of one kind are summarised: a large partition has many node counts.
 _MAX_SEGMENT_ROWS = 6
@@ -16,13 +16,6 @@ _MAX_INFEASIBLE_ROWS = 5
 
 def plan_table(plan: Plan) -> str:
     return "\n\n".join([summary_table(plan), options_table(plan), baselines_table(plan)])
-
-
-def slurm_minutes(minutes: int) -> str:
-    """--time in Slurm's days-hours:minutes:seconds form."""
-    days, rest = divmod(minutes, 24 * 60)
-    hours, mins = divmod(rest, 60)
-    return f"{days}-{hours:02d}:{mins:02d}:00" if days else f"{hours:02d}:{mins:02d}:00"
 
 
 def summary_table(plan: Plan) -> str:

@@ -41,3 +41,10 @@ def fmt_count(n: float) -> str:
 
 def fmt_percent(x: float) -> str:
     return f"{x * 100:.2g}%" if x < 0.1 else f"{x * 100:.1f}%"
+
+
+def slurm_minutes(minutes: int) -> str:
+    """--time in Slurm's days-hours:minutes:seconds form."""
+    days, rest = divmod(minutes, 24 * 60)
+    hours, mins = divmod(rest, 60)
+    return f"{days}-{hours:02d}:{mins:02d}:00" if days else f"{hours:02d}:{mins:02d}:00"
