@@ -72,7 +72,10 @@ def cli() -> None:
     """Plan deep-learning training runs on Slurm from a measurement, not a guess.
 
     \b
-    plan-job calibrate run.yaml     measure the real training step (local or on a partition)
+    plan-job calibrate run.yaml                      measure the real training step
+    plan-job plan run.yaml --calibration cal.yaml    wall time, nodes, segments, checkpoints
+    plan-job emit run.yaml --calibration cal.yaml -o runs/x   write the sbatch scripts
+    plan-job submit runs/x                           submit them as a chain
     """
 
 
@@ -175,6 +178,175 @@ def calibrate(
     except PlanJobError as exc:
         fail(exc)
     click.echo(calibration_table(record, str(out_path)))
+
+
+_SETS = click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override any spec field, e.g. --set plan.deadline_hours=48 (repeatable).",
+)
+_CALIBRATION = click.option(
+    "--calibration",
+    "calibration_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The record `plan-job calibrate` wrote for this spec.",
+)
+_DEADLINE = click.option(
+    "--deadline",
+    type=float,
+    metavar="HOURS",
+    help="Finish within this many hours at P95 [spec: plan.deadline_hours].",
+)
+_NODES = click.option("--nodes", type=int, help="Force a node count instead of choosing one.")
+
+
+def _make_plan(
+    spec_path: Path,
+    calibration_path: Path,
+    sets: tuple[str, ...],
+    deadline: float | None,
+    nodes: int | None,
+) -> Any:
+    """Spec + calibration record + the partition's limits -> Plan (raises PlanJobError)."""
+    from planner.partition import read_partition
+    from planner.planning import make_plan
+    from planner.record import load_record
+    from planner.spec import load_spec
+    from planner.submission import slurm_available
+
+    spec = load_spec(spec_path, sets)
+    record = load_record(calibration_path)
+    partition = None
+    if slurm_available():
+        partition = read_partition(spec.cluster.partition)
+    else:
+        click.echo(
+            "note: no Slurm client here, so the partition's MaxTime and node limits are not "
+            "checked; run plan-job on the login node for a plan that fits the partition",
+            err=True,
+        )
+    return make_plan(
+        spec, record, partition, str(calibration_path), deadline_hours=deadline, nodes=nodes
+    )
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@_CALIBRATION
+@_DEADLINE
+@_NODES
+@_SETS
+def plan(
+    spec_path: Path,
+    calibration_path: Path,
+    deadline: float | None,
+    nodes: int | None,
+    sets: tuple[str, ...],
+) -> None:
+    """How long SPEC's full run takes, on how many nodes, in which Slurm segments, and why."""
+    from planner.plan_report import plan_table
+
+    try:
+        result = _make_plan(spec_path, calibration_path, sets, deadline, nodes)
+    except PlanJobError as exc:
+        fail(exc)
+    click.echo(plan_table(result))
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@_CALIBRATION
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The run folder to write: scripts, plan.yaml, train.json, logs/.",
+)
+@_DEADLINE
+@_NODES
+@_SETS
+@click.option(
+    "--python",
+    default=sys.executable,
+    show_default="this interpreter",
+    help="The Python the nodes run (it must have plan-job installed).",
+)
+@click.option(
+    "--template",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Your template extending segment.sbatch.j2 (blocks: header, prologue, command, epilogue).",
+)
+@click.option("--force", is_flag=True, help="Replace an existing run folder.")
+@click.option("--print", "print_scripts", is_flag=True, help="Also print the scripts.")
+def emit(
+    spec_path: Path,
+    calibration_path: Path,
+    out_dir: Path,
+    deadline: float | None,
+    nodes: int | None,
+    sets: tuple[str, ...],
+    python: str,
+    template: Path | None,
+    force: bool,
+    print_scripts: bool,
+) -> None:
+    """Write the sbatch scripts that run SPEC's plan to its last step into a run folder."""
+    from planner.plan_report import summary_table
+    from planner.scripts import EmitOptions
+    from planner.scripts import emit as write_run
+
+    try:
+        result = _make_plan(spec_path, calibration_path, sets, deadline, nodes)
+        options = EmitOptions(out_dir, Path.cwd(), python, template, force)
+        run = write_run(result, options)
+    except PlanJobError as exc:
+        fail(exc)
+    click.echo(summary_table(result))
+    if print_scripts:
+        for script in run.scripts:
+            click.echo(f"\n# ===== {script} =====\n{script.read_text()}")
+    click.echo(f"\nwrote {run.folder}:")
+    for path in (run.plan_path, run.train_config_path, *run.scripts):
+        click.echo(f"  {path}")
+    click.echo(f"submit with: plan-job submit {run.folder}")
+
+
+@cli.command()
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Print the sbatch commands; submit nothing.")
+@click.option("--after", metavar="JOBID", help="Start the chain after this job ends.")
+def submit(run_dir: Path, dry_run: bool, after: str | None) -> None:
+    """Submit RUN_DIR's segments as a chain (each afterany the previous) and print the job ids."""
+    import shlex
+
+    from tabulate import tabulate
+
+    from planner.chain import planned_commands, submit_chain
+
+    try:
+        if dry_run:
+            for argv in planned_commands(run_dir, after):
+                click.echo(" ".join(shlex.quote(arg) for arg in argv))
+            return
+
+        def on_submitted(job: Any) -> None:
+            click.echo(f"submitted segment {job.segment}: job {job.job_id}", err=True)
+
+        jobs = submit_chain(run_dir, after, on_submitted)
+    except KeyboardInterrupt:
+        raise PlanJobClickError(
+            "interrupted: cancelled the segments already submitted", EXIT_INTERRUPTED
+        ) from None
+    except PlanJobError as exc:
+        fail(exc)
+    rows = [(j.segment, j.job_id, j.script, j.dependency or "-") for j in jobs]
+    click.echo(tabulate(rows, headers=("segment", "job id", "script", "after (afterany)")))
+    click.echo(f"job ids recorded in {run_dir / 'jobs.yaml'}")
 
 
 def _status_text(status: Any, target: float, progress: dict[str, Any] | None) -> tuple[str, str]:

@@ -56,6 +56,11 @@ class Finished:
     wall_s: float
 
 
+def slurm_available() -> bool:
+    """Whether this machine has Slurm's client commands (a login node, or the test cluster)."""
+    return shutil.which("sbatch") is not None and shutil.which("scontrol") is not None
+
+
 def slurm_partitions() -> list[str]:
     """Partitions the Slurm controller reports; SlurmUnavailableError when there is no Slurm."""
     if shutil.which("sbatch") is None or shutil.which("sinfo") is None:

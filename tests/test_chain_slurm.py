@@ -1,0 +1,186 @@
+"""calibrate -> plan -> emit -> submit on the real test cluster, to the last step.
+
+The chain test is the one long test of the suite (~4 minutes): the test partition's MaxTime
+is 3 minutes, and a run only needs two segments when it is longer than that.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from jobs.progress import read_progress
+from jobs.train_config import TrainConfig
+from tests.cli_helpers import REPO, TINY_JIT, cli_env, run_cli, write_spec
+from tests.slurm_cluster import SlurmCluster
+from tests.test_emit import HOSTILE
+
+pytestmark = pytest.mark.slurm
+
+PACE_S = 0.1  # seconds each step waits: long in wall time, light on the 2 CPUs
+
+
+def paced_spec(samples: int) -> dict[str, Any]:
+    spec = copy.deepcopy(TINY_JIT)
+    spec.update(
+        name="chain",
+        workload={
+            "function": "tests.fixtures.user_workloads:paced_linear",
+            "overrides": {"pace_s": PACE_S},
+        },
+        data={"samples": samples},
+        batch={"micro_batch": 4, "grad_accum": 1},
+        cluster={"partition": "gpu", "gpus_per_node": 0, "cpus_per_task": 1},
+        checkpoint={"dir": "ck"},
+    )
+    spec["calibration"].update(max_seconds=6, target_ci=0.02)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One local calibration of the paced workload, shared by this module's tests."""
+    folder = tmp_path_factory.mktemp("calibrated")
+    proc = run_cli(
+        ["calibrate", str(write_spec(folder, paced_spec(4000))), "-o", "cal.yaml"], cwd=folder
+    )
+    assert proc.returncode == 0, proc.stderr
+    return folder / "cal.yaml"
+
+
+def time_limits(folder: Path) -> list[str]:
+    return [
+        match.group(1)
+        for script in sorted(folder.glob("segment-*.sbatch"))
+        for match in [re.search(r"^#SBATCH --time=(\S+)$", script.read_text(), re.M)]
+        if match
+    ]
+
+
+def wait_for_chain(job_ids: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = subprocess.run(
+            ["squeue", "-h", "-j", ",".join(job_ids), "-o", "%A %T"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+        if not out:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"the chain did not end within {timeout_s:.0f} s: {out}")
+        time.sleep(2)
+
+
+def reference_weights(config_path: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
+    """The same run, uninterrupted and unpaced (the pacing changes no number)."""
+    data = json.loads(config_path.read_text())
+    data.update(
+        overrides={**data["overrides"], "pace_s": 0.0},
+        checkpoint_dir=str(tmp_path / "reference-ck"),
+        progress_path=str(tmp_path / "reference.jsonl"),
+    )
+    reference = tmp_path / "reference.json"
+    reference.write_text(TrainConfig.from_json(json.dumps(data)).to_json())
+    subprocess.run(
+        [sys.executable, "-m", "jobs.train", str(reference)],
+        cwd=REPO,
+        env=cli_env(),
+        check=True,
+        timeout=120,
+    )
+    return final_weights(tmp_path / "reference-ck", data["total_steps"])
+
+
+def final_weights(folder: Path, step: int) -> dict[str, torch.Tensor]:
+    state = torch.load(folder / f"ckpt-{step:09d}.pt", map_location="cpu", weights_only=False)
+    return state["model"]
+
+
+def test_a_run_longer_than_max_time_chains_to_the_last_step(
+    slurm_cluster: SlurmCluster, calibrated: Path, tmp_path: Path
+) -> None:
+    # Paths a user might have, and some no user should: quoting must keep them inert.
+    workdir = tmp_path / HOSTILE
+    workdir.mkdir()
+    spec = write_spec(workdir, {**paced_spec(5600), "name": HOSTILE})  # 1400 steps, ~140 s
+    run_dir = workdir / "runs" / HOSTILE
+    proc = run_cli(
+        ["emit", str(spec), "--calibration", str(calibrated), "-o", str(run_dir)], cwd=workdir
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "2 jobs chained with afterany" in proc.stdout
+    limits = time_limits(run_dir)
+    assert len(limits) == 2 and all(limit <= "00:03:00" for limit in limits), limits
+
+    proc = run_cli(["submit", str(run_dir)], cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    job_ids = re.findall(r"submitted segment \d: job (\d+)", proc.stderr)
+    assert len(job_ids) == 2
+    wait_for_chain(job_ids, timeout_s=420)
+
+    config = TrainConfig.from_json((run_dir / "train.json").read_text())
+    events = read_progress(Path(config.progress_path))
+    starts = [e for e in events if e["event"] == "start"]
+    stops = [e for e in events if e["event"] == "stop"]
+    logs = "\n".join(p.read_text() for p in sorted((run_dir / "logs").iterdir()))
+    assert [s["job_id"] for s in starts] == job_ids, logs
+    assert [s["restart"] for s in starts] == [0, 1]
+    assert stops[0]["reason"] in ("signal", "time_limit") and 0 < stops[0]["step"] < 1400, logs
+    assert stops[-1] == {**stops[-1], "reason": "done", "step": 1400}
+    assert any(e["event"] == "resume" and e["step"] == stops[0]["step"] for e in events)
+    assert not list(tmp_path.rglob("pwned*"))
+
+    chained = final_weights(Path(config.checkpoint_dir), 1400)
+    reference = reference_weights(run_dir / "train.json", tmp_path)
+    assert chained.keys() == reference.keys()
+    assert all(torch.equal(chained[name], reference[name]) for name in chained)
+
+
+def test_every_script_passes_sbatch_test_only(
+    slurm_cluster: SlurmCluster, calibrated: Path, tmp_path: Path
+) -> None:
+    spec = write_spec(tmp_path, paced_spec(16_000))  # 4000 steps: several segments
+    proc = run_cli(["emit", str(spec), "--calibration", str(calibrated), "-o", "run"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    scripts = sorted((tmp_path / "run").glob("segment-*.sbatch"))
+    assert len(scripts) >= 3
+    assert all(limit <= "00:03:00" for limit in time_limits(tmp_path / "run"))
+    for script in scripts:
+        subprocess.run(["bash", "-n", str(script)], check=True)
+        test = subprocess.run(
+            ["sbatch", "--test-only", str(script)], capture_output=True, text=True, timeout=30
+        )
+        assert test.returncode == 0, test.stderr
+        assert "to start at" in test.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--deadline", "0.01"], "plan.deadline_hours: got 0.01; not met"),
+        (["--nodes", "3"], "--nodes: got 3; must be between 1 and 2"),
+        (
+            ["--set", "cluster.gpus_per_node=2", "--set", "batch.global_batch=6"],
+            "batch.global_batch: got 6; must be a multiple of micro_batch x GPUs",
+        ),
+        (["--set", "batch.micro_batch=8"], "micro_batch"),
+    ],
+)
+def test_plans_that_cannot_be_met_exit_2(
+    slurm_cluster: SlurmCluster, calibrated: Path, tmp_path: Path, args: list[str], expected: str
+) -> None:
+    spec = write_spec(tmp_path, paced_spec(16_000))
+    proc = run_cli(["plan", str(spec), "--calibration", str(calibrated), *args], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert expected in proc.stderr

@@ -1,0 +1,147 @@
+"""The sbatch scripts plan-job writes: their exact text, their quoting, the run folder.
+
+The scripts' behaviour on a real cluster is in tests/test_chain_slurm.py; here is what can be
+checked without one. The golden files are regenerated only on request:
+
+    PLANJOB_REGENERATE_GOLDEN=1 .venv/bin/pytest tests/test_emit.py
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from planner.chain import NotARunFolderError, planned_commands
+from planner.errors import SpecError
+from planner.plan import Plan
+from planner.scripts import (
+    EmitOptions,
+    RunFolderExistsError,
+    emit,
+    render,
+    sbatch_options,
+)
+from tests.cli_helpers import run_cli
+from tests.test_planning import partition, plan_for, spec_with
+
+GOLDEN = Path(__file__).parent / "golden"
+HOSTILE = 'it\'s a "run"; echo pwned $(touch pwned) `touch pwned2`'
+
+
+def chained_plan(**changes: object) -> Plan:
+    # Five segments under a 30-minute MaxTime (see test_planning's segment test).
+    spec = spec_with(plan__max_nodes=1, checkpoint={"interval_steps": 100}, **changes)
+    return plan_for(spec, partition(1800))
+
+
+@pytest.mark.parametrize("index", [1, 5])
+def test_script_matches_the_golden_file(index: int) -> None:
+    plan = chained_plan()
+    options = EmitOptions(Path("/runs"), Path("/work/project"), "/opt/venv/bin/python")
+    text = render(plan, plan.segments[index - 1], options, Path("/runs/plan-test"))
+    golden = GOLDEN / f"segment-{index:02d}.sbatch"
+    if os.environ.get("PLANJOB_REGENERATE_GOLDEN") == "1":
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text)
+        pytest.fail(f"regenerated {golden}: review `git diff` and commit it")
+    assert text == golden.read_text(), (
+        "the generated script changed; if on purpose, regenerate with "
+        "PLANJOB_REGENERATE_GOLDEN=1 and review the diff"
+    )
+
+
+def test_hostile_names_and_paths_are_quoted(tmp_path: Path) -> None:
+    plan = chained_plan(name=HOSTILE, cluster__account="acct; rm -rf ~")
+    workdir = tmp_path / HOSTILE
+    run_dir = workdir / f"runs {HOSTILE}"
+    options = EmitOptions(run_dir, workdir, str(tmp_path / "my venv" / "bin" / "python"))
+    workdir.mkdir()
+    run = emit(plan, options)
+    for script in run.scripts:
+        text = script.read_text()
+        subprocess.run(["bash", "-n", str(script)], check=True)
+        # sbatch reads #SBATCH values as the shell reads words (checked on Slurm 22.05 in
+        # tests/test_chain_slurm.py): each line must come back as exactly one option.
+        header = [line.removeprefix("#SBATCH ") for line in text.splitlines() if "#SBATCH" in line]
+        parsed = [shlex.split(line) for line in header if line.startswith("--")]
+        assert all(len(words) == 1 for words in parsed), parsed
+        values = dict(word[2:].partition("=")[::2] for (word,) in parsed)
+        assert values["job-name"] == f"plan-job-{HOSTILE}"
+        assert values["account"] == "acct; rm -rf ~"
+        assert values["output"].startswith(str(run_dir / "logs"))
+        launch = next(line for line in text.splitlines() if line.startswith("srun "))
+        assert shlex.split(launch.removesuffix(" &")) == [
+            "srun",
+            "--kill-on-bad-exit=1",
+            options.python,
+            "-m",
+            "jobs.train",
+            str(run.train_config_path),
+        ]
+    assert not list(tmp_path.rglob("pwned*"))
+
+
+def test_options_follow_the_plan() -> None:
+    plan = chained_plan(cluster__mem="64G", cluster__qos="high")
+    options = dict(sbatch_options(plan, plan.segments[-1], Path("/r")))
+    assert options["time"] == "00:10:00"
+    assert options["time-min"] <= options["time"]
+    assert options["signal"] == "B:USR2@72"
+    assert options["gres"] == "gpu:4"
+    assert options["ntasks-per-node"] == "4"  # one process per GPU
+    assert (options["mem"], options["qos"], options["partition"]) == ("64G", "high", "gpu")
+    assert "requeue" in options and options["requeue"] is None
+
+
+def test_emit_writes_a_whole_folder_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    plan = chained_plan()
+    out = tmp_path / "run"
+    run = emit(plan, EmitOptions(out, tmp_path))
+    assert [p.name for p in run.scripts] == [f"segment-{i:02d}.sbatch" for i in range(1, 6)]
+    assert (out / "logs").is_dir() and run.plan_path.is_file()
+    assert all(os.access(p, os.X_OK) for p in run.scripts)
+    with pytest.raises(RunFolderExistsError, match="--force"):
+        emit(plan, EmitOptions(out, tmp_path))
+    shorter = plan_for(spec_with(plan__max_nodes=1), partition(None))
+    emit(shorter, EmitOptions(out, tmp_path, force=True))
+    assert [p.name for p in out.glob("*.sbatch")] == ["segment-01.sbatch"]
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder left behind
+
+
+def test_a_bad_template_writes_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "mine.j2"
+    bad.write_text("{% extends 'segment.sbatch.j2' %}{% block command %}{{ nope }")
+    with pytest.raises(SpecError, match="--template"):
+        emit(chained_plan(), EmitOptions(tmp_path / "run", tmp_path, template=bad))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.j2"]
+
+
+def test_a_user_template_overrides_one_slot(tmp_path: Path) -> None:
+    mine = tmp_path / "mine.j2"
+    mine.write_text(
+        "{% extends 'segment.sbatch.j2' %}{% block prologue %}module load cuda/12.4\n"
+        "{{ super() }}{% endblock %}"
+    )
+    run = emit(chained_plan(), EmitOptions(tmp_path / "run", tmp_path, template=mine))
+    text = run.scripts[0].read_text()
+    assert "\nmodule load cuda/12.4\nset -uo pipefail\n" in text
+    assert "#SBATCH --signal=B:USR2@72" in text and "srun --kill-on-bad-exit=1" in text
+
+
+def test_submit_dry_run_prints_the_chain(tmp_path: Path) -> None:
+    emit(chained_plan(), EmitOptions(tmp_path / "run", tmp_path))
+    commands = planned_commands(tmp_path / "run")
+    assert commands[0] == ["sbatch", "--parsable", str(tmp_path / "run" / "segment-01.sbatch")]
+    assert commands[1][2] == "--dependency=afterany:<job id of segment 1>"
+    proc = run_cli(["submit", "run", "--dry-run"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("sbatch --parsable") == 5
+    with pytest.raises(NotARunFolderError):
+        planned_commands(tmp_path)
+    proc = run_cli(["submit", str(tmp_path)], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "no segment-*.sbatch here" in proc.stderr
