@@ -54,6 +54,38 @@ def set_global_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
+def rank_rng_state(workload: Workload, device: torch.device) -> dict[str, Any]:
+    """The RNG states that differ between data-parallel ranks: torch's global RNGs and the
+    workload's stream generators. Rank 0 gathers every rank's into the checkpoint."""
+    streams = {
+        key: obj.get_state()
+        for key, obj in workload.extra_state.items()
+        if isinstance(obj, torch.Generator)
+    }
+    return {"global": global_rng_state(device), "streams": streams}
+
+
+def set_rank_rng_state(workload: Workload, state: dict[str, Any], device: torch.device) -> None:
+    set_global_rng_state(state["global"], device)
+    for key, saved in state["streams"].items():
+        obj = workload.extra_state.get(key)
+        if not isinstance(obj, torch.Generator):
+            raise ValueError(f"the checkpoint has RNG stream {key!r}, the workload has none")
+        obj.set_state(saved.cpu())
+
+
+def weights_sum(model: torch.nn.Module) -> float:
+    """A fingerprint of the weights: the sum of all parameters, in float64."""
+    with torch.no_grad():
+        sums = [param.detach().double().sum() for param in model.parameters()]
+        return float(torch.stack(sums).sum().item()) if sums else 0.0
+
+
+def saved_world_size(state: dict[str, Any]) -> int:
+    """How many ranks wrote the checkpoint; those from before data parallelism had one."""
+    return int(state.get("world_size", 1))
+
+
 def checkpoint_path(folder: Path, step: int) -> Path:
     return folder / f"ckpt-{step:09d}.pt"
 

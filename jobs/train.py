@@ -9,9 +9,15 @@ resumes from the newest readable one. The workload's RNG streams (torch.Generato
 ``Workload.extra_state``) and torch's global RNGs are checkpointed too, which makes a resumed
 run bit-identical to an uninterrupted one on CPU.
 
-Exit status: 0 done or cleanly stopped, 1 the workload (or its checkpoint) failed, 2 bad
-config file or arguments. torch is imported only once training starts: the login node
-imports this module.
+Launched by srun as several tasks (or by torchrun), it trains data-parallel: see
+jobs.distributed. Rank 0 writes the progress file and the checkpoints, which hold every
+rank's RNG states; the ranks agree on every stop, so they all stop after the same step. A
+checkpoint resumes only with the number of ranks that wrote it (else exit 1): the global
+batch and the ranks' data streams would change mid-run.
+
+Exit status: 0 done or cleanly stopped, 1 the workload (or its checkpoint, or another rank)
+failed, 2 bad config file, arguments or launch environment. torch is imported only once
+training starts: the login node imports this module.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ import os
 import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs import runtime
+from jobs import distributed, runtime
+from jobs.distributed import Group, World
 from jobs.measurement import CalibrationFailed, parse_failure
 from jobs.progress import ProgressWriter, read_progress
 from jobs.train_config import TrainConfig
@@ -45,6 +53,10 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal: str | None = None
+
+    @property
+    def signum(self) -> int:
+        return 0 if self.signal is None else int(signal.Signals[self.signal])
 
     def install(self) -> None:
         for signum in STOP_SIGNALS:
@@ -77,10 +89,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plan-job train: bad config {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        return train(config, stop_at, stop)
+        world = distributed.detect(os.environ)
+    except ValueError as exc:
+        print(f"plan-job train: bad launch environment: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    # Among several ranks, say which one failed: their stderr is interleaved in one log.
+    who = f"{world.name}: " if world.size > 1 else ""
+    try:
+        return train(config, stop_at, stop, world)
     except CalibrationFailed as exc:
         failure = parse_failure(str(exc)) or {"kind": exc.kind, "message": str(exc)}
-        print(f"plan-job train: {failure['kind']}: {failure['message']}", file=sys.stderr)
+        print(f"plan-job train: {who}{failure['kind']}: {failure['message']}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception:
+        if world.size == 1:
+            raise
+        print(f"plan-job train: {who}unexpected error:", file=sys.stderr)
+        traceback.print_exc()
         return EXIT_FAILED
 
 
@@ -102,40 +127,152 @@ class Resumed:
     read_s: float
 
 
-def train(config: TrainConfig, stop_at: float | None, stop: StopRequest) -> int:
+@dataclass(frozen=True)
+class JobStart:
+    """What rank 0 finds on disk at the start of a job, and tells every other rank."""
+
+    restart: int  # how many jobs of the run came before this one
+    step: int  # the step resumed from (0: a fresh start)
+    path: str | None  # the checkpoint resumed from
+    step_times: tuple[float, ...]  # the previous jobs' last step times
+    save_s: float | None  # the previous jobs' last save time
+    # Rank 0's, for all: the stop time is the job's, and ranks that disagreed on having one
+    # would disagree on the (collective) probe save.
+    stop_at: float | None
+
+
+def train(
+    config: TrainConfig, stop_at: float | None, stop: StopRequest, world: World | None = None
+) -> int:
     """One job of the run: resume, step until done or told to stop, save, say why."""
     import torch
 
+    world = distributed.detect(os.environ) if world is None else world
+    distributed.select_gpu(world, config.device, torch)
+    device = runtime.resolve_device(config.device, torch, setting="device")
+    group = distributed.start(world, device)
+    status = _train(config, stop_at, stop, group, device)
+    # Only after success: tearing down NCCL after a peer's failure can hang, and a failing
+    # process is about to exit anyway.
+    group.close()
+    return status
+
+
+def _train(
+    config: TrainConfig, stop_at: float | None, stop: StopRequest, group: Group, device: Any
+) -> int:
     from jobs import checkpoint
 
-    folder = Path(config.checkpoint_dir)
-    history = read_progress(config.progress_path)
-    restart = sum(event["event"] == "start" for event in history)
-    device = runtime.resolve_device(config.device, torch, setting="device")
-    checkpoint.remove_stale_temporaries(folder)
-    resumed = newest_readable(folder)
-    first = resumed.step if resumed is not None else 0
-    with ProgressWriter(config.progress_path) as progress:
+    resumed, found = None, None
+    if group.is_main:
+        folder = Path(config.checkpoint_dir)
+        history = read_progress(config.progress_path)
+        checkpoint.remove_stale_temporaries(folder)
+        resumed = newest_readable(folder)
+        found = _job_start(history, resumed, stop_at)
+    # One reader decides: ranks scanning the folder themselves could race each other renaming
+    # a torn checkpoint, and see different newest ones.
+    job: JobStart = group.broadcast(found, "what rank 0 found on disk")
+    first = job.step
+    say = print if group.is_main else _quiet
+    with ProgressWriter(config.progress_path) if group.is_main else _QuietProgress() as progress:
         if first >= config.total_steps:
-            progress.start(first, config.total_steps, restart)
+            progress.start(first, config.total_steps, job.restart)
             progress.stop(first, "done")
-            print(f"plan-job train: already done: the newest checkpoint is step {first}")
+            say(f"plan-job train: already done: the newest checkpoint is step {first}")
             return EXIT_OK
+        if resumed is None and job.path is not None:
+            resumed = _read_chosen(Path(job.path), job.step)
         workload_config = _workload_config(config, device)
         workload = runtime.build_workload(config.builder_path, workload_config, device)
-        run = Run(config, workload, device, progress, stop, stop_at, history)
+        if group.size > 1:
+            _join_data_parallel(workload, group)
+        run = Run(config, workload, device, progress, stop, job, group)
         if resumed is None:
-            progress.start(first, config.total_steps, restart)
+            progress.start(first, config.total_steps, job.restart)
         else:
             load_s = run.restore(resumed)
-            progress.start(first, config.total_steps, restart)
+            progress.start(first, config.total_steps, job.restart)
             progress.resume(first, load_s, str(resumed.path))
-            print(f"plan-job train: resumed from {resumed.path} (step {first})")
+            say(f"plan-job train: resumed from {resumed.path} (step {first})")
             resumed = None  # its CPU copy of the whole state would live as long as the run
-        step, reason = run.loop(first)
-        progress.stop(step, reason, stop.signal if reason == "signal" else None)
-    print(f"plan-job train: stopped at step {step}/{config.total_steps} ({reason})")
+        step, reason, signal_name = run.loop(first)
+        progress.stop(step, reason, signal_name)
+    say(f"plan-job train: stopped at step {step}/{config.total_steps} ({reason})")
     return EXIT_OK
+
+
+def _job_start(
+    history: list[dict[str, Any]], resumed: Resumed | None, stop_at: float | None
+) -> JobStart:
+    # Until this job has timed its own, the previous jobs' times are the best guess.
+    past_steps = [e["step_s"] for e in history if e["event"] == "step"]
+    past_saves = [e["save_s"] for e in history if e["event"] == "checkpoint"]
+    return JobStart(
+        restart=sum(event["event"] == "start" for event in history),
+        step=resumed.step if resumed is not None else 0,
+        path=str(resumed.path) if resumed is not None else None,
+        step_times=tuple(past_steps[-RECENT_STEPS:]),
+        save_s=past_saves[-1] if past_saves else None,
+        stop_at=stop_at,
+    )
+
+
+def _read_chosen(path: Path, step: int) -> Resumed:
+    """The checkpoint rank 0 chose, read by another rank."""
+    from jobs import checkpoint
+
+    start = time.perf_counter()
+    try:
+        state = checkpoint.read_state(path, "cpu")
+    except Exception as exc:
+        raise CalibrationFailed(
+            "checkpoint",
+            f"cannot read {path}, which rank 0 read: {type(exc).__name__}: {exc}",
+        ) from exc
+    return Resumed(step, path, state, time.perf_counter() - start)
+
+
+def _join_data_parallel(workload: Workload, group: Group) -> None:
+    distributed.decorrelate_streams(workload, group.world.rank)
+    group.broadcast_weights(workload.model)
+    hooked = distributed.install_gradient_averaging(workload, group)
+    if hooked == "optimizer" and group.is_main:
+        print(
+            "plan-job train: note: the workload has its own train_step: gradients are "
+            "averaged across ranks in optimizer.step(), after any clipping or loss scaling "
+            "that train_step does (which then sees one rank's gradients)",
+            file=sys.stderr,
+        )
+
+
+def _quiet(*_args: Any, **_kwargs: Any) -> None:
+    """print for ranks other than 0: one rank's account of the run is enough."""
+
+
+class _QuietProgress:
+    """The progress file of ranks other than 0: rank 0 writes the run's one stream."""
+
+    def __enter__(self) -> _QuietProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def start(self, *args: Any) -> None:
+        pass
+
+    def resume(self, *args: Any) -> None:
+        pass
+
+    def step(self, *args: Any) -> None:
+        pass
+
+    def checkpoint(self, *args: Any) -> None:
+        pass
+
+    def stop(self, *args: Any) -> None:
+        pass
 
 
 def newest_readable(folder: Path) -> Resumed | None:
@@ -175,39 +312,53 @@ def _workload_config(config: TrainConfig, device: Any) -> WorkloadConfig:
 
 
 class Run:
-    """The step loop of one job, with what it knows about how long steps and saves take."""
+    """The step loop of one job (of one rank), with what it knows about how long steps and
+    saves take. Its saves, stop decisions and logged losses are collective: every rank calls
+    them at the same step."""
 
     def __init__(
         self,
         config: TrainConfig,
         workload: Workload,
         device: Any,
-        progress: ProgressWriter,
+        progress: ProgressWriter | _QuietProgress,
         stop: StopRequest,
-        stop_at: float | None,
-        history: list[dict[str, Any]],
+        job: JobStart,
+        group: Group,
     ) -> None:
         import torch
 
         self.config, self.workload, self.device = config, workload, device
-        self.progress, self.stop, self.stop_at = progress, stop, stop_at
+        self.progress, self.stop, self.stop_at = progress, stop, job.stop_at
+        self.group = group
         self.sync = runtime.synchronizer(device, torch)
         self.folder = Path(config.checkpoint_dir)
         self.saved_step = 0  # a fresh build is step 0: nothing to save there
-        # Until this job has timed its own, the previous jobs' times are the best guess.
-        past_steps = [e["step_s"] for e in history if e["event"] == "step"]
-        self.step_times = collections.deque(past_steps[-RECENT_STEPS:], maxlen=RECENT_STEPS)
-        past_saves = [e["save_s"] for e in history if e["event"] == "checkpoint"]
-        self.save_s: float | None = past_saves[-1] if past_saves else None
+        self.step_times = collections.deque(job.step_times, maxlen=RECENT_STEPS)
+        # Rank 0's, on every rank: whether a probe save is due must be the same everywhere.
+        self.save_s: float | None = job.save_s
 
     def restore(self, resumed: Resumed) -> float:
         """Apply the checkpoint; returns the seconds reading and applying it took."""
         from jobs import checkpoint
 
+        saved_ranks, ranks = checkpoint.saved_world_size(resumed.state), self.group.size
+        if saved_ranks != ranks:
+            raise CalibrationFailed(
+                "checkpoint",
+                f"{resumed.path} was written by {saved_ranks} rank(s) and this job has "
+                f"{ranks}: the global batch (ranks x micro_batch x grad_accum) and the ranks' "
+                f"data streams would change mid-run. Launch {saved_ranks} task(s) (nodes x "
+                f"tasks per node) as the run's earlier jobs did, or start a new run with an "
+                f"empty checkpoint_dir",
+            )
         start = time.perf_counter()
         try:
             checkpoint.apply_state(self.workload, resumed.state)
             checkpoint.set_global_rng_state(resumed.state["rng"], self.device)
+            if ranks > 1:
+                own = resumed.state["ranks"][self.group.world.rank]
+                checkpoint.set_rank_rng_state(self.workload, own, self.device)
         except Exception as exc:
             raise CalibrationFailed(
                 "checkpoint",
@@ -218,29 +369,44 @@ class Run:
         self.saved_step = resumed.step
         return resumed.read_s + time.perf_counter() - start
 
-    def loop(self, step: int) -> tuple[int, str]:
-        """Train from ``step``; returns the step stopped at, saved unless it is 0, and why."""
+    def loop(self, step: int) -> tuple[int, str, str | None]:
+        """Train from ``step``; returns the step stopped at, saved unless it is 0, why, and
+        the signal's name when a signal stopped it."""
         config, counts = self.config, self.workload.counts
-        reason = "done"
+        reason, signal_name = "done", None
         while step < config.total_steps:
-            if self.stop.signal is not None:
-                reason = "signal"
+            stopping = self._stop_reason()
+            if stopping is not None:
+                reason, signal_name = stopping
                 break
-            if self._out_of_time():
-                reason = "time_limit"
-                break
-            step_s, loss = self._step(step + 1)
+            step_s, value = self._step(step + 1)
             step += 1
             self.step_times.append(step_s)
             if step % config.log_every == 0 or step == config.total_steps:
+                loss = self.group.mean(value)  # the global batch's, not rank 0's share
                 samples = step * counts.samples_per_step
                 tokens = step * counts.tokens_per_step
-                self.progress.step(step, samples, tokens, step_s, loss)
+                finite = loss if math.isfinite(loss) else None  # JSON has no NaN
+                self.progress.step(step, samples, tokens, step_s, finite)
             if step % config.checkpoint_interval_steps == 0 or step == config.total_steps:
                 self.save(step)
         if self.saved_step != step:
             self.save(step)
-        return step, reason
+        return step, reason, signal_name
+
+    def _stop_reason(self) -> tuple[str, str | None] | None:
+        """Whether to stop before the next step, decided by all ranks together: srun
+        forwards a signal to every task but not at one instant, and the clocks differ."""
+        signum = self.stop.signum
+        # The time check may run a (collective) probe save, so only a lone process may skip
+        # it when a signal has come.
+        late = self._out_of_time() if signum == 0 or self.group.size > 1 else False
+        signum, late = self.group.stop_votes(signum, late)
+        if signum:
+            return "signal", signal.Signals(signum).name
+        if late:
+            return "time_limit", None
+        return None
 
     def _out_of_time(self) -> bool:
         if self.stop_at is None:
@@ -253,18 +419,15 @@ class Run:
     def _probe_save(self) -> float:
         """Time one real save, then delete it: the stop decision needs the save time before
         this job has saved anything."""
-        from jobs import checkpoint
-
         path = self.folder / "probe.pt"
         try:
-            self.sync()
-            start = time.perf_counter()
-            checkpoint.save_atomic(self._state(self.saved_step), path)
-            return time.perf_counter() - start
+            save_s, _ = self._write(self.saved_step, path)
+            return save_s
         finally:
-            path.unlink(missing_ok=True)
+            if self.group.is_main:
+                path.unlink(missing_ok=True)
 
-    def _step(self, number: int) -> tuple[float, float | None]:
+    def _step(self, number: int) -> tuple[float, float]:
         import torch
 
         start = time.perf_counter()
@@ -277,34 +440,64 @@ class Run:
             config = self.config
             failure = runtime.oom_failure(config.micro_batch, config.precision, self.device, exc)
             raise failure from exc
+        except CalibrationFailed:
+            raise  # e.g. the gradient exchange: its message already says what failed
         except Exception as exc:
             raise CalibrationFailed(
                 "workload_error",
                 f"training step {number} raised {type(exc).__name__}: {exc}{runtime.where(exc)}",
             ) from exc
-        return step_s, value if math.isfinite(value) else None  # JSON has no NaN
+        return step_s, value
 
     def save(self, step: int) -> None:
         from jobs import checkpoint
 
         path = checkpoint.checkpoint_path(self.folder, step)
-        self.sync()
-        start = time.perf_counter()
-        nbytes = checkpoint.save_atomic(self._state(step), path)
-        self.save_s = time.perf_counter() - start
+        self.save_s, nbytes = self._write(step, path)
         self.saved_step = step
-        self.progress.checkpoint(step, self.save_s, str(path), nbytes)
-        checkpoint.prune(self.folder, self.config.keep_checkpoints)
+        if self.group.is_main:
+            self.progress.checkpoint(step, self.save_s, str(path), nbytes)
+            checkpoint.prune(self.folder, self.config.keep_checkpoints)
 
-    def _state(self, step: int) -> dict[str, Any]:
+    def _write(self, step: int, path: Path) -> tuple[float, int]:
+        """Rank 0 saves the state with every rank's RNG states; returns its save time and
+        the file's size, on every rank. Returning also means the file is complete."""
         from jobs import checkpoint
 
+        self.sync()
+        start = time.perf_counter()
+        mine = checkpoint.rank_rng_state(self.workload, self.device)
+        if self.group.size > 1:
+            # Averaged gradients keep every rank's weights identical; a sum per rank shows
+            # when a workload broke that (e.g. with a rank-dependent update of its own).
+            mine["weights_sum"] = checkpoint.weights_sum(self.workload.model)
+        rngs = self.group.gather(mine, "the ranks' RNG states")
+        written = None
+        if self.group.is_main:
+            if rngs is not None and len({r.get("weights_sum") for r in rngs}) > 1:
+                sums = ", ".join(f"rank {i}: {r['weights_sum']!r}" for i, r in enumerate(rngs))
+                print(
+                    f"plan-job train: warning: the ranks' weights differ at step {step} "
+                    f"({sums}); rank 0's are saved",
+                    file=sys.stderr,
+                )
+            nbytes = checkpoint.save_atomic(self._state(step, rngs), path)
+            written = (time.perf_counter() - start, nbytes)
+        return self.group.broadcast(written, f"the outcome of rank 0's save to {path}")
+
+    def _state(self, step: int, rngs: list[Any] | None) -> dict[str, Any]:
+        from jobs import checkpoint
+
+        extra: dict[str, Any] = {"world_size": self.group.size}
+        if self.group.size > 1:
+            extra["ranks"] = rngs  # rank r's global RNGs, streams and weights sum at [r]
         return checkpoint.workload_state(
             self.workload,
             format=CHECKPOINT_FORMAT,
             step=step,
             rng=checkpoint.global_rng_state(self.device),
             train_config=self.config.to_json(),
+            **extra,
         )
 
 

@@ -96,36 +96,44 @@ def trainable_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def make_train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[MicroBatch], torch.Tensor],
-    precision: str,
-    device: torch.device,
-    grad_clip: float,
-) -> tuple[Callable[[Sequence[MicroBatch]], torch.Tensor], dict[str, Any]]:
-    """One optimizer step over all micro-batches of ``batch``, and the state to checkpoint.
+class TrainStep:
+    """One optimizer step over all micro-batches of a batch: what make_train_step returns.
 
-    Each micro-batch loss is divided by the number of micro-batches so the accumulated
-    gradient is the mean over the whole step. Returns the mean loss as a device tensor so the
-    step does not force a host sync; the harness synchronises.
+    ``before_update``, when set, runs once per step between the last micro-batch's backward
+    and the update (before unscaling and clipping). The training entry averages gradients
+    across data-parallel ranks there, so that workloads stay unaware of distribution.
     """
-    scaler = grad_scaler(precision, device)
-    extra_state: dict[str, Any] = {} if scaler is None else {"scaler": scaler}
 
-    def train_step(batch: Sequence[MicroBatch]) -> torch.Tensor:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[[Any], torch.Tensor],
+        precision: str,
+        device: torch.device,
+        grad_clip: float,
+    ) -> None:
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.precision, self.device, self.grad_clip = precision, device, grad_clip
+        self.scaler = grad_scaler(precision, device)
+        self.before_update: Callable[[], None] | None = None
+
+    def __call__(self, batch: Sequence[Any]) -> torch.Tensor:
+        model, optimizer, scaler = self.model, self.optimizer, self.scaler
         model.train()
-        total = torch.zeros((), device=device)
+        total = torch.zeros((), device=self.device)
         for micro_batch in batch:
-            with autocast(precision, device):
-                loss = loss_fn(micro_batch)
+            with autocast(self.precision, self.device):
+                loss = self.loss_fn(micro_batch)
             scaled = loss / len(batch)
             (scaled if scaler is None else scaler.scale(scaled)).backward()
             total += loss.detach().float()
+        if self.before_update is not None:
+            self.before_update()
         if scaler is not None:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
         if scaler is None:
             optimizer.step()
         else:
@@ -134,6 +142,23 @@ def make_train_step(
         optimizer.zero_grad(set_to_none=True)
         return total / len(batch)
 
+
+def make_train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[MicroBatch], torch.Tensor],
+    precision: str,
+    device: torch.device,
+    grad_clip: float,
+) -> tuple[TrainStep, dict[str, Any]]:
+    """One optimizer step over all micro-batches of ``batch``, and the state to checkpoint.
+
+    Each micro-batch loss is divided by the number of micro-batches so the accumulated
+    gradient is the mean over the whole step. The step returns the mean loss as a device
+    tensor so it does not force a host sync; the harness synchronises.
+    """
+    train_step = TrainStep(model, optimizer, loss_fn, precision, device, grad_clip)
+    extra_state: dict[str, Any] = {} if train_step.scaler is None else {"scaler": train_step.scaler}
     return train_step, extra_state
 
 
