@@ -224,10 +224,12 @@ def test_signal_stop_then_resume_is_bit_identical(
 def test_time_limit_stop_then_resume_is_bit_identical(
     tmp_path: Path, reference: dict[str, Path]
 ) -> None:
-    config = make_config(tmp_path, "jit", slow="slower")
+    # 1 s of stop_lead_s on top of the measured step and save: room for a step slowed by a
+    # busy machine, so the stop still comes before the stop time.
+    config = make_config(tmp_path, "jit", slow="slower", stop_lead_s=1.0)
     # The build and some 0.25 s steps fit before the stop time, twelve steps do not. (The
     # first step of a run has no time to go by: the margin keeps it clear of the stop.)
-    stop_at = time.time() + 2.5
+    stop_at = time.time() + 3.5
     assert run_in_process(config, stop_at) == train.EXIT_OK
     stop = events(tmp_path, "stop")[-1]
     assert stop["reason"] == "time_limit" and stop["signal"] is None
