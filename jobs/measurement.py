@@ -11,6 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FAILURE_MARKER = "plan-job-failure:"
+# Set by the calibration job's batch script to its own start (Unix seconds): the harness
+# measures how long the script and srun took to start the process.
+JOB_START_ENV = "PLANJOB_JOB_START"
+# The calibration job's batch script writes its end (Unix seconds) to this file in the job's
+# folder, so the login node can tell how long the process took to exit and the job to end.
+JOB_END_FILE = "job-end-{job_id}"
 
 STOP_REASONS = ("ci_target", "step_cap", "time_cap")
 
@@ -32,6 +38,7 @@ class CalibrationRequest:
     target_ci: float
     scratch_dir: str  # where the checkpoint probe is written (the run's checkpoint filesystem)
     progress_path: str | None = None  # JSONL the CLI tails to show live progress
+    eval_batches: int = 0  # held-out batches of the one evaluation timed; 0: none
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,18 @@ class Measurement:
     loss_last: float
     step_times_s: tuple[float, ...] = field(default=())
     load_times_s: tuple[float, ...] = field(default=())
+    # One evaluation of eval_batches held-out batches, data included (defaults: records
+    # written before evaluation was measured, or a spec without it).
+    eval_s: float = 0.0
+    eval_batches: int = 0
+    # The batch script's start to this process's start (the shell, srun launching the task):
+    # every job of the run pays it before its start-up. 0.0: not measured (a local job).
+    job_start_s: float = 0.0
+    # The harness's return to the end of the batch script: the interpreter's exit (freeing
+    # torch and the model takes a good half second on a CPU), srun's and the script's end.
+    # Every job pays it after its last save. Filled in by the login node; 0.0: not measured.
+    job_end_s: float = 0.0
+    returned_at: float = 0.0  # Unix time the harness returned, for job_end_s
 
     @property
     def step_ci_relative(self) -> float:

@@ -19,11 +19,19 @@ lines to the same file, so the file reads as the run's history: every job begins
     One every ``log_every`` optimizer steps, and for the last step. ``step`` (int): optimizer
     steps completed by the run so far; ``samples`` and ``tokens`` (int): totals so far on one
     device (``step`` times the per-step counts; tokens in the workload's token unit);
-    ``step_s`` (float): wall time of this step, data included; ``loss`` (float, the mean
-    over the step's micro-batches; null when not finite, as JSON has no NaN).
+    ``step_s`` (float): wall time of this step, from the end of the one before (or of the
+    save or evaluation after it): its data, the step, and the loop's own work between steps
+    (progress lines, stop checks), so that a job's steps, saves and evaluations account for
+    its time from ``start`` to ``stop``; ``loss`` (float, the mean over the step's
+    micro-batches; null when not finite, as JSON has no NaN).
 ``checkpoint``
     ``step`` (int): the step saved; ``save_s`` (float): seconds to write it (atomically);
     ``path`` (str); ``bytes`` (int): its size.
+``eval``
+    One per evaluation, every ``eval_interval_steps`` steps (after that step, before its
+    checkpoint). ``step`` (int): the step evaluated at; ``eval_s`` (float): seconds the
+    evaluation took, held-out data included; ``loss`` (float, the mean over its batches and
+    ranks; null when not finite).
 ``stop``
     ``step`` (int): the step the job stopped at (a checkpoint of it is on disk, unless it
     is 0); ``reason``: ``"done"`` (``total_steps`` reached), ``"signal"`` (SIGUSR2 or
@@ -32,7 +40,8 @@ lines to the same file, so the file reads as the run's history: every job begins
     null): the signal's name, e.g. ``"SIGUSR2"``, when ``reason`` is ``"signal"``.
 
 A job killed while writing can leave a last line cut short; readers skip a line that is
-not a complete JSON object, and the next writer starts on a fresh line.
+not a complete JSON object, and the next writer starts on a fresh line. Readers must also
+skip events they do not know: new kinds of line may be added (``eval`` was).
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-EVENTS = ("start", "resume", "step", "checkpoint", "stop")
+EVENTS = ("start", "resume", "step", "checkpoint", "eval", "stop")
 STOP_REASONS = ("done", "signal", "time_limit")
 
 
@@ -77,6 +86,9 @@ class ProgressWriter:
 
     def checkpoint(self, step: int, save_s: float, path: str, nbytes: int) -> None:
         self._write("checkpoint", step=step, save_s=save_s, path=path, bytes=nbytes)
+
+    def eval(self, step: int, eval_s: float, loss: float | None) -> None:
+        self._write("eval", step=step, eval_s=eval_s, loss=loss)
 
     def stop(self, step: int, reason: str, signal: str | None = None) -> None:
         if reason not in STOP_REASONS:

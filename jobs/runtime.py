@@ -7,6 +7,7 @@ torch is passed in or imported inside the functions, so importing this module st
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -86,3 +87,37 @@ def oom_failure(
         f"{str(exc).splitlines()[0] if str(exc) else ''}",
         micro_batch=micro_batch,
     )
+
+
+def evaluate(
+    workload: Workload, batches: int, sync: Callable[[], None], first: int = 0
+) -> tuple[float, float]:
+    """One evaluation over held-out batches first..first+batches-1: (seconds, mean loss).
+
+    The time runs from the first batch's data to the last loss, the device synchronised at
+    both ends, so it is what a run pays per evaluation. A CUDA OOM propagates (the caller
+    names the micro-batch); any other exception is a CalibrationFailed naming the batch.
+    """
+    if workload.eval_step is None or workload.eval_batch is None:
+        raise CalibrationFailed(
+            "workload_error",
+            f"evaluation was asked for (plan.eval_interval_steps) but workload "
+            f"{workload.name!r} has no eval_step/eval_batch: add them (see "
+            "jobs.workloads.base.Workload) or drop plan.eval_interval_steps",
+        )
+    sync()
+    start = time.perf_counter()
+    total: Any = 0.0
+    for index in range(first, first + batches):
+        try:
+            total = total + workload.eval_step(workload.eval_batch(index))
+        except Exception as exc:
+            if type(exc).__name__ == "OutOfMemoryError":
+                raise
+            raise CalibrationFailed(
+                "workload_error",
+                f"evaluation batch {index} raised {type(exc).__name__}: {exc}{where(exc)}",
+            ) from exc
+    loss = float(total) / batches  # float() waits for the device, as the sync below does
+    sync()
+    return time.perf_counter() - start, loss

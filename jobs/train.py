@@ -4,10 +4,12 @@
 It trains the workload of CONFIG.json (a jobs.train_config.TrainConfig) towards
 ``total_steps`` and leaves when that is done, when SIGUSR2 or SIGTERM arrives, or before the
 stop time (``--stop-at``, else ``$PLANJOB_STOP_AT``; neither: no limit) would cut the next
-step and its save short. Each way out saves a checkpoint first, so the next job of the run
+step (with the evaluation due after it, when ``eval_interval_steps`` asks for one) and its
+save short. Each way out saves a checkpoint first, so the next job of the run
 resumes from the newest readable one. The workload's RNG streams (torch.Generator objects in
 ``Workload.extra_state``) and torch's global RNGs are checkpointed too, which makes a resumed
-run bit-identical to an uninterrupted one on CPU.
+run bit-identical to an uninterrupted one on CPU. Evaluations draw held-out batches from
+generators of their own (jobs.workloads.base.Workload), so they change none of this.
 
 Launched by srun as several tasks (or by torchrun), it trains data-parallel: see
 jobs.distributed. Rank 0 writes the progress file and the checkpoints, which hold every
@@ -146,6 +148,7 @@ class JobStart:
     path: str | None  # the checkpoint resumed from
     step_times: tuple[float, ...]  # the previous jobs' last step times
     save_s: float | None  # the previous jobs' last save time
+    eval_s: float | None  # the previous jobs' last evaluation time
     # Rank 0's, for all: the stop time is the job's, and ranks that disagreed on having one
     # would disagree on the (collective) probe save.
     stop_at: float | None
@@ -218,12 +221,14 @@ def _job_start(
     # Until this job has timed its own, the previous jobs' times are the best guess.
     past_steps = [e["step_s"] for e in history if e["event"] == "step"]
     past_saves = [e["save_s"] for e in history if e["event"] == "checkpoint"]
+    past_evals = [e["eval_s"] for e in history if e["event"] == "eval"]
     return JobStart(
         restart=sum(event["event"] == "start" for event in history),
         step=resumed.step if resumed is not None else 0,
         path=str(resumed.path) if resumed is not None else None,
         step_times=tuple(past_steps[-RECENT_STEPS:]),
         save_s=past_saves[-1] if past_saves else None,
+        eval_s=past_evals[-1] if past_evals else None,
         stop_at=stop_at,
     )
 
@@ -279,6 +284,9 @@ class _QuietProgress:
         pass
 
     def checkpoint(self, *args: Any) -> None:
+        pass
+
+    def eval(self, *args: Any) -> None:
         pass
 
     def stop(self, *args: Any) -> None:
@@ -347,6 +355,13 @@ class Run:
         self.step_times = collections.deque(job.step_times, maxlen=RECENT_STEPS)
         # Rank 0's, on every rank: whether a probe save is due must be the same everywhere.
         self.save_s: float | None = job.save_s
+        self.eval_s: float | None = job.eval_s
+        if config.eval_interval_steps and not workload.can_evaluate:
+            raise CalibrationFailed(
+                "workload_error",
+                f"train.json asks for an evaluation every {config.eval_interval_steps} steps "
+                f"but workload {workload.name!r} has no eval_step/eval_batch",
+            )
 
     def restore(self, resumed: Resumed) -> float:
         """Apply the checkpoint; returns the seconds reading and applying it took."""
@@ -384,12 +399,20 @@ class Run:
         the signal's name when a signal stopped it."""
         config, counts = self.config, self.workload.counts
         reason, signal_name = "done", None
+        # The stop decision needs the save time before this job has saved anything. A lone
+        # process told to stop already has no decision to make; ranks probe together.
+        alone_and_told = self.stop.signum != 0 and self.group.size == 1
+        if self.stop_at is not None and self.save_s is None and not alone_and_told:
+            self.save_s = self._probe_save()
+        # A step's time runs from the previous one's end (or the save or evaluation after it):
+        # the loop's own work between steps is part of what every step costs.
+        mark = time.perf_counter()
         while step < config.total_steps:
-            stopping = self._stop_reason()
+            stopping = self._stop_reason(step + 1)
             if stopping is not None:
                 reason, signal_name = stopping
                 break
-            step_s, value = self._step(step + 1)
+            step_s, value, mark = self._step(step + 1, mark)
             step += 1
             self.step_times.append(step_s)
             if step % config.log_every == 0 or step == config.total_steps:
@@ -398,19 +421,23 @@ class Run:
                 tokens = step * counts.tokens_per_step
                 finite = loss if math.isfinite(loss) else None  # JSON has no NaN
                 self.progress.step(step, samples, tokens, step_s, finite)
+            if self._eval_due(step):
+                self.evaluate(step)
+                mark = time.perf_counter()
             if step % config.checkpoint_interval_steps == 0 or step == config.total_steps:
                 self.save(step)
+                mark = time.perf_counter()
         if self.saved_step != step:
             self.save(step)
         return step, reason, signal_name
 
-    def _stop_reason(self) -> tuple[str, str | None] | None:
-        """Whether to stop before the next step, decided by all ranks together: srun
+    def _stop_reason(self, next_step: int) -> tuple[str, str | None] | None:
+        """Whether to stop before ``next_step``, decided by all ranks together: srun
         forwards a signal to every task but not at one instant, and the clocks differ."""
         signum = self.stop.signum
         # The time check may run a (collective) probe save, so only a lone process may skip
         # it when a signal has come.
-        late = self._out_of_time() if signum == 0 or self.group.size > 1 else False
+        late = self._out_of_time(next_step) if signum == 0 or self.group.size > 1 else False
         signum, late = self.group.stop_votes(signum, late)
         if signum:
             return "signal", signal.Signals(signum).name
@@ -418,13 +445,38 @@ class Run:
             return "time_limit", None
         return None
 
-    def _out_of_time(self) -> bool:
+    def _out_of_time(self, next_step: int) -> bool:
         if self.stop_at is None:
             return False
         if self.save_s is None:
             self.save_s = self._probe_save()
-        needed = max(self.step_times, default=0.0) + self.save_s + self.config.stop_lead_s
+        step_s = max(self.step_times, default=0.0)
+        needed = step_s + self.save_s + self.config.stop_lead_s
+        if self._eval_due(next_step):
+            # Before this run has timed one, an evaluation batch (a forward pass of one
+            # micro-batch) is taken to cost a whole optimizer step: an overestimate.
+            needed += self.eval_s if self.eval_s is not None else self.config.eval_batches * step_s
         return time.time() + needed > self.stop_at
+
+    def _eval_due(self, step: int) -> bool:
+        interval = self.config.eval_interval_steps
+        return interval > 0 and step % interval == 0
+
+    def evaluate(self, step: int) -> None:
+        """One evaluation after ``step``; every rank evaluates its own held-out batches."""
+        import torch
+
+        batches = self.config.eval_batches
+        first = self.group.world.rank * batches
+        try:
+            eval_s, value = runtime.evaluate(self.workload, batches, self.sync, first)
+        except torch.cuda.OutOfMemoryError as exc:
+            config = self.config
+            failure = runtime.oom_failure(config.micro_batch, config.precision, self.device, exc)
+            raise failure from exc
+        self.eval_s = eval_s
+        loss = self.group.mean(value)
+        self.progress.eval(step, eval_s, loss if math.isfinite(loss) else None)
 
     def _probe_save(self) -> float:
         """Time one real save, then delete it: the stop decision needs the save time before
@@ -437,14 +489,14 @@ class Run:
             if self.group.is_main:
                 path.unlink(missing_ok=True)
 
-    def _step(self, number: int) -> tuple[float, float]:
+    def _step(self, number: int, since: float) -> tuple[float, float, float]:
+        """One optimizer step: (seconds since ``since``, the loss, when it ended)."""
         import torch
 
-        start = time.perf_counter()
         try:
             loss = self.workload.train_step(self.workload.next_batch())
             self.sync()
-            step_s = time.perf_counter() - start
+            end = time.perf_counter()
             value = float(loss)
         except torch.cuda.OutOfMemoryError as exc:
             config = self.config
@@ -457,7 +509,7 @@ class Run:
                 "workload_error",
                 f"training step {number} raised {type(exc).__name__}: {exc}{runtime.where(exc)}",
             ) from exc
-        return step_s, value
+        return end - since, value, end
 
     def save(self, step: int) -> None:
         from jobs import checkpoint

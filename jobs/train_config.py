@@ -36,13 +36,19 @@ class TrainConfig:
     # Margin before the stop time on top of the measured step and save times (0: none).
     stop_lead_s: float = 0.0
     log_every: int = 1  # a progress "step" line every this many steps
+    # An evaluation (the workload's eval_step over eval_batches held-out batches) after every
+    # this many steps; 0: none.
+    eval_interval_steps: int = 0
+    eval_batches: int = 10
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name), f.type)
         positive = ("micro_batch", "grad_accum", "total_steps", "checkpoint_interval_steps")
-        for name in (*positive, "keep_checkpoints", "log_every"):
+        for name in (*positive, "keep_checkpoints", "log_every", "eval_batches"):
             _check(name, getattr(self, name), getattr(self, name) > 0, "must be > 0")
+        interval = self.eval_interval_steps
+        _check("eval_interval_steps", interval, interval >= 0, "must be >= 0 (0: no evaluation)")
         _check("stop_lead_s", self.stop_lead_s, self.stop_lead_s >= 0, "must be >= 0")
         _check("precision", self.precision, self.precision in PRECISIONS, _one_of(PRECISIONS))
         _check("device", self.device, self.device in DEVICES, _one_of(DEVICES))

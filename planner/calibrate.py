@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jobs.measurement import CalibrationRequest, Measurement
+from jobs.measurement import JOB_END_FILE, CalibrationRequest, Measurement
 from planner.errors import JobFailedError
 from planner.record import CalibrationRecord, JobInfo, make_record
 from planner.spec import RunSpec
@@ -44,7 +46,28 @@ def build_request(spec: RunSpec, folder: Path) -> CalibrationRequest:
         # The probe writes where the run's checkpoints will go: same filesystem, same speed.
         scratch_dir=str(Path(spec.checkpoint.dir).resolve() / f".calibration-probe-{folder.name}"),
         progress_path=str(folder.resolve() / PROGRESS_FILE),
+        # Timed when the run will evaluate: the plan's eval term comes from it.
+        eval_batches=spec.plan.eval_batches if spec.plan.eval_interval_steps else 0,
     )
+
+
+def with_job_end(m: Measurement, folder: Path, job_id: str, wait_s: float = 5.0) -> Measurement:
+    """The measurement with job_end_s, from the end time the job's script wrote as it ended
+    (a Slurm job; a local one writes none and keeps 0.0)."""
+    path = folder / JOB_END_FILE.format(job_id=job_id)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            ended = float(path.read_text().strip())
+            break
+        except (OSError, ValueError):
+            # The scheduler may report the job done a moment before its script's trap ran.
+            if not m.job_start_s or time.monotonic() > deadline:
+                return m
+            time.sleep(0.2)
+    if not m.returned_at:
+        return m
+    return dataclasses.replace(m, job_end_s=max(ended - m.returned_at, 0.0))
 
 
 def read_progress(folder: Path) -> dict[str, Any] | None:
@@ -94,6 +117,7 @@ def calibrate(
             job_id=finished.job_id,
             log_path=finished.stderr,
         )
+    measurement = with_job_end(measurement, finished.folder, finished.job_id)
     job_info = JobInfo(
         executor=spec.calibration.executor,
         job_id=finished.job_id,

@@ -9,8 +9,8 @@
 tau is the compute time between two saves; in steps it is round(tau / step), at least 1.
 A spec's checkpoint.interval_steps replaces it (method "user").
 
-Expected overhead, as a fraction of the compute time, with R the restart cost (start-up plus
-checkpoint load):
+Expected overhead, as a fraction of the compute time, with R the restart cost (start-up,
+checkpoint load and warm-up):
 
     overhead = d / tau + ((tau + d) / 2 + R) / M
 

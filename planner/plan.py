@@ -48,12 +48,12 @@ class TimeEstimate:
     p50_s: float
     p95_s: float
     sigma_s: float  # one sigma of the total: calibration CI, run-to-run spread, step noise
-    startup_s: float  # first job's process start to its first step
+    startup_s: float  # first job: script and srun, process start to first step, exit
     warmup_s: float  # warm-up steps' time beyond the steady mean
     steps_s: float  # optimizer steps at the P50 step time
-    checkpoints_s: float  # periodic saves plus one save per segment boundary
+    checkpoints_s: float  # periodic saves, one per segment boundary, the first job's probe
     evals_s: float
-    resumes_s: float  # per extra segment: start-up plus checkpoint load
+    resumes_s: float  # per extra segment: start-up, checkpoint load and warm-up
     failures_s: float  # expected cost of interruptions: lost work plus restart
 
 
@@ -134,7 +134,7 @@ class Plan:
     checkpoint_interval_s: float
     signal: str
     signal_lead_s: int  # --signal=B:USR2@lead: one P95 step, one save and SIGNAL_MARGIN_S
-    resume_s: float  # start-up plus checkpoint load, paid by every segment after the first
+    resume_s: float  # start-up, checkpoint load and warm-up: every segment after the first
     partition: PartitionLimits | None
     segments: tuple[Segment, ...]
     options: tuple[NodeOption, ...]
@@ -143,6 +143,7 @@ class Plan:
     choice_reason: str
     gpu_hours: float  # at the P50 wall time
     cost: float | None
+    eval_s: float = 0.0  # one evaluation (plan.eval_s, else the calibration's); 0: none
 
     @property
     def gpus(self) -> int:

@@ -58,6 +58,7 @@ def summary_table(plan: Plan) -> str:
         ("why (P50)", why),
         ("GPU-hours", _gpu_hours(plan)),
         ("checkpoint", _checkpoint_text(plan)),
+        *_eval_rows(plan),
         (
             "interruptions",
             f"job MTBF {fmt_duration(ck.mtbf_s)} ({ck.mtbf_source}); "
@@ -81,6 +82,22 @@ def summary_table(plan: Plan) -> str:
             )
         )
     return tabulate(rows, tablefmt="simple", headers=("plan", spec.name))
+
+
+def _eval_rows(plan: Plan) -> list[tuple[str, str]]:
+    settings = plan.spec.plan
+    if not settings.eval_interval_steps:
+        return []
+    count = plan.total_steps // settings.eval_interval_steps
+    source = "plan.eval_s" if settings.eval_s is not None else "calibrated"
+    return [
+        (
+            "evaluation",
+            f"every {settings.eval_interval_steps:,} steps ({count:,} in all), "
+            f"{settings.eval_batches} held-out batches, {fmt_duration(plan.eval_s)} each "
+            f"({source})",
+        )
+    ]
 
 
 def options_table(plan: Plan) -> str:

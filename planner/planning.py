@@ -20,6 +20,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from planner.baselines import baselines
 from planner.errors import SpecError
 from planner.interval import choose_interval
 from planner.partition import PartitionLimitError, PartitionLimits, check_partition, node_limit
@@ -42,9 +43,10 @@ from planner.timemodel import (
     StepStats,
     Totals,
     Work,
-    baselines,
     count_work,
     estimate_time,
+    eval_seconds,
+    job_overhead_s,
     segment_count,
     split_segments,
     step_stats,
@@ -86,6 +88,7 @@ def make_plan(
         raise SpecError("--deadline", deadline_hours, "must be a number of hours > 0")
     m = record.measurement
     totals = count_work(spec, m)
+    eval_s = eval_seconds(spec, m, calibration_path)
     model = scaling or ring_model(spec.plan, m.step_mean_s, record.spec.batch.grad_accum, m.params)
     limit = node_limit(spec, partition)
     if nodes is not None and not 1 <= nodes <= limit:
@@ -94,7 +97,7 @@ def make_plan(
     results: list[_Candidate | SpecError] = []
     for n in range(1, limit + 1):
         try:
-            results.append(_evaluate(spec, record, totals, model, partition, n, one_node))
+            results.append(_evaluate(spec, record, totals, model, partition, n, one_node, eval_s))
         except (BatchSplitError, PartitionLimitError) as exc:
             results.append(exc)
     chosen, why = _choose(spec, results, deadline_hours, nodes)
@@ -104,7 +107,7 @@ def make_plan(
     segments = split_segments(
         chosen.work,
         totals.steps,
-        m.startup_s + m.warmup_extra_s,
+        _first_overhead_s(record),
         _resume_s(record),
         chosen.lead_s,
         partition.max_time_s if partition else None,
@@ -141,6 +144,7 @@ def make_plan(
         choice_reason=why,
         gpu_hours=chosen.gpu_hours,
         cost=None if cost is None else chosen.gpu_hours * cost,
+        eval_s=eval_s,
     )
 
 
@@ -177,6 +181,7 @@ def _evaluate(
     partition: PartitionLimits | None,
     n: int,
     one_node_s: float,
+    eval_s: float,
 ) -> _Candidate:
     m = record.measurement
     accum, step = step_at(spec, model, n)
@@ -186,19 +191,15 @@ def _evaluate(
     checkpoint = choose_interval(spec, m.checkpoint_save_s, resume, stats.mean_s, gpus)
     plan = spec.plan
     work = Work(
-        stats,
-        m.checkpoint_save_s,
-        checkpoint.interval_steps,
-        plan.eval_s or 0.0,
-        plan.eval_interval_steps,
+        stats, m.checkpoint_save_s, checkpoint.interval_steps, eval_s, plan.eval_interval_steps
     )
     lead = math.ceil(stats.p95_s + m.checkpoint_save_s + SIGNAL_MARGIN_S + SIGNAL_SLACK_S)
-    first = m.startup_s + m.warmup_extra_s
+    first = _first_overhead_s(record)
     max_time = partition.max_time_s if partition else None
     count = segment_count(
         work, totals.steps, first, resume, lead, max_time, _partition_name(partition)
     )
-    wall = estimate_time(spec, m, totals, stats, checkpoint, count, resume)
+    wall = estimate_time(spec, m, totals, stats, checkpoint, count, resume, eval_s)
     failures = (wall.p50_s - wall.failures_s) / checkpoint.mtbf_s
     checkpoint = dataclasses.replace(checkpoint, expected_failures=failures)
     return _Candidate(
@@ -303,9 +304,18 @@ def _counts(candidates: list[_Candidate]) -> str:
     return ", ".join(counts[:8]) + (", ..." if len(counts) > 8 else "")
 
 
-def _resume_s(record: CalibrationRecord) -> float:
+def _first_overhead_s(record: CalibrationRecord) -> float:
+    """The first job's time beyond its steps and saves: its script, srun and start-up, its
+    warm-up, the probe save that times a save before it can decide when to stop, its exit."""
     m = record.measurement
-    return m.startup_s + m.checkpoint_load_s
+    return job_overhead_s(m) + m.warmup_extra_s + m.checkpoint_save_s
+
+
+def _resume_s(record: CalibrationRecord) -> float:
+    """What a job after the first pays beyond its steady steps and saves: its script and srun
+    start a new process, which loads the checkpoint and warms up again, and exits."""
+    m = record.measurement
+    return job_overhead_s(m) + m.checkpoint_load_s + m.warmup_extra_s
 
 
 def _gpus_per_node(spec: RunSpec) -> int:

@@ -54,7 +54,13 @@ def calibration_table(record: CalibrationRecord, path: str | None = None) -> str
         (
             "start-up",
             f"{fmt_duration(m.startup_s)} to the first step (import "
-            f"{fmt_duration(m.import_s)}, build {fmt_duration(m.build_s)})",
+            f"{fmt_duration(m.import_s)}, build {fmt_duration(m.build_s)})"
+            + (
+                f"; job script and srun {fmt_duration(m.job_start_s)} before it, exit and "
+                f"job end {fmt_duration(m.job_end_s)} after the last step"
+                if m.job_start_s or m.job_end_s
+                else ""
+            ),
         ),
         ("warm-up", f"{m.warmup_steps} steps, {fmt_duration(m.warmup_extra_s)} beyond steady"),
         ("data loading", f"{fmt_percent(m.data_share)} of the steady step"),
@@ -71,6 +77,15 @@ def calibration_table(record: CalibrationRecord, path: str | None = None) -> str
             f"{fmt_duration(record.job.wall_s)} submit to result; log {record.job.stderr}",
         ),
     ]
+    if m.eval_batches:
+        rows.insert(
+            -1,
+            (
+                "evaluation",
+                f"{fmt_duration(m.eval_s)} for {m.eval_batches} held-out batches of "
+                f"{spec.batch.micro_batch} (forward only, data included)",
+            ),
+        )
     if path:
         rows.append(("record", path))
     return tabulate(rows, tablefmt="simple", headers=("calibration", spec.name))

@@ -76,6 +76,8 @@ def train_config(plan: Plan, run_dir: Path, workdir: Path) -> TrainConfig:
         checkpoint_interval_steps=plan.checkpoint_interval_steps,
         keep_checkpoints=spec.checkpoint.keep,
         progress_path=str(run_dir / "progress.jsonl"),
+        eval_interval_steps=spec.plan.eval_interval_steps or 0,
+        eval_batches=spec.plan.eval_batches,
     )
 
 

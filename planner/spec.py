@@ -112,8 +112,10 @@ class PlanSpec:
     # size of the calibration's own default CI target: set it from two calibrations.
     run_to_run_spread: float = 0.02
     gpu_hour_cost: float | None = None  # any currency; None: no cost column
-    eval_interval_steps: int | None = None  # evaluate every N steps (with eval_s)
-    eval_s: float | None = None  # seconds one evaluation takes
+    # Evaluate every N steps (the training runs it, the calibration times one); None: never.
+    eval_interval_steps: int | None = None
+    eval_batches: int = 10  # held-out micro-batches one evaluation runs
+    eval_s: float | None = None  # seconds one evaluation takes; None: the calibration's
 
 
 @dataclass(frozen=True)
@@ -338,9 +340,12 @@ def _plan(sec: Section) -> PlanSpec:
     positive = {"minimum": 0.0, "exclusive_min": True}
     interval = sec.integer("eval_interval_steps", None, minimum=1)
     eval_s = sec.number("eval_s", None, minimum=0.0)
-    if (interval is None) != (eval_s is None):
-        key, value = ("eval_s", None) if eval_s is None else ("eval_interval_steps", None)
-        raise sec.error(key, value, "give plan.eval_interval_steps and plan.eval_s together")
+    if eval_s is not None and interval is None:
+        raise sec.error(
+            "eval_s",
+            eval_s,
+            "is the time of one evaluation; set plan.eval_interval_steps for how often one runs",
+        )
     spec = PlanSpec(
         deadline_hours=sec.number("deadline_hours", None, **positive),
         efficiency_floor=sec.number("efficiency_floor", 0.8, maximum=1.0, **positive),
@@ -353,6 +358,7 @@ def _plan(sec: Section) -> PlanSpec:
         run_to_run_spread=sec.number("run_to_run_spread", 0.02, minimum=0.0, maximum=1.0),
         gpu_hour_cost=sec.number("gpu_hour_cost", None, minimum=0.0),
         eval_interval_steps=interval,
+        eval_batches=sec.integer("eval_batches", 10, minimum=1),
         eval_s=eval_s,
     )
     sec.done()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shlex
 import shutil
 import subprocess
 import time
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.measurement import parse_failure
+from jobs.measurement import JOB_END_FILE, JOB_START_ENV, parse_failure
 from planner.errors import (
     CancelledByUserError,
     CommandError,
@@ -115,6 +116,20 @@ def check_submission(spec: RunSpec) -> None:
     check_time_limit(cal.time_limit_minutes, cal.max_seconds)
 
 
+def job_timing_lines(folder: Path) -> list[str]:
+    """Lines of the calibration's batch script before its srun: they make its job start and
+    end the way a run's jobs do, and time both (jobs.measurement.Measurement.job_start_s,
+    job_end_s)."""
+    end_file = shlex.quote(str(folder.resolve() / JOB_END_FILE.format(job_id="")))
+    return [
+        f'export {JOB_START_ENV}="$(date +%s.%N)"',
+        # A run's segment asks squeue for its end time before its srun: so does this job.
+        'squeue -h -j "$SLURM_JOB_ID" -o %e >/dev/null 2>&1',
+        f'_planjob_job_end={end_file}"$SLURM_JOB_ID"',
+        """trap 'date +%s.%N > "$_planjob_job_end"' EXIT""",
+    ]
+
+
 def make_executor(spec: RunSpec, folder: Path, job_name: str) -> Any:
     import submitit
 
@@ -132,6 +147,7 @@ def make_executor(spec: RunSpec, folder: Path, job_name: str) -> Any:
         "nodes": 1,
         "ntasks_per_node": 1,
         "cpus_per_task": cluster.cpus_per_task,
+        "setup": job_timing_lines(folder),
     }
     # One device is what a calibration measures; the plan scales it to the whole job.
     if cluster.gpus_per_node > 0:

@@ -7,24 +7,23 @@ Work:
     total_steps   = ceil(samples_total / global_batch)
 
 Wall time, P50 (step = the P50 optimizer step at the node count, planner.scaling):
-    startup + warmup_extra + total_steps x step
-    + (ceil(total_steps / interval) + k - 1) x save_s     periodic saves, a save per segment end
-    + floor(total_steps / eval_interval) x eval_s
-    + (k - 1) x (startup + checkpoint_load_s)             resuming segments 2..k
-    + failures: (the sum above / MTBF) x ((tau + save_s) / 2 + startup + checkpoint_load_s)
+    startup + warmup_extra + total_steps x step           startup: the job's script and srun
+                                                          (job_start_s), the process's start-
+                                                          up, its exit and the job's end
+                                                          (job_end_s): job_overhead_s
+    + (ceil(total_steps / interval) + k) x save_s         periodic saves, a save per segment
+                                                          end, and the first job's probe save
+    + floor(total_steps / eval_interval) x eval_s         eval_s: plan.eval_s, else the
+                                                          calibration's, per held-out batch
+    + (k - 1) x (startup + checkpoint_load_s + warmup_extra)   resuming segments 2..k
+    + failures: (the sum above / MTBF) x ((tau + save_s) / 2 + resume), resume as above
 P95 = P50 + 1.645 sigma, where sigma adds in quadrature
     the calibration's uncertainty of the mean, ci_half_width / 1.96 (systematic: every step),
     plan.run_to_run_spread (systematic: another job, other nodes), both x total_steps x step,
     and per-step noise, std x sqrt(total_steps), with the calibrated std / mean ratio.
 
-Baselines (for the chosen node count):
-    method 1 (the seed's mini epoch): the calibration's K = steps_run steps including start-up
-        and warm-up, scaled by the run's steps counted in calibration steps
-        (total_steps x grad_accum / calibrated grad_accum) / K;
-    FLOP estimate: flops_per_sample x samples_total / (GPUs x achieved FLOP/s per GPU), the
-        6ND-style count with no start-up, saves, evaluation or communication.
-
-Segments (Slurm --time): see split_segments.
+The estimates people make instead: planner.baselines. Segments (Slurm --time): see
+split_segments.
 """
 
 from __future__ import annotations
@@ -38,12 +37,10 @@ from planner.errors import SpecError
 from planner.partition import PartitionLimitError
 from planner.plan import (
     Z95,
-    Baselines,
     CheckpointChoice,
     Segment,
     TimeEstimate,
 )
-from planner.record import CalibrationRecord
 from planner.spec import RunSpec
 from planner.units import fmt_duration
 
@@ -126,6 +123,31 @@ def step_stats(spec: RunSpec, m: Measurement, step_s: float) -> StepStats:
     )
 
 
+def job_overhead_s(m: Measurement) -> float:
+    """What every job pays outside its training loop: its script and srun, the process's
+    start-up (imports, build) and, after the last save, its exit and the job's end."""
+    return m.job_start_s + m.startup_s + m.job_end_s
+
+
+def eval_seconds(spec: RunSpec, m: Measurement, calibration_path: str = "--calibration") -> float:
+    """Seconds one evaluation takes: plan.eval_s when given, else the calibration's timing
+    scaled to plan.eval_batches (an evaluation is that many forward-only micro-batches)."""
+    plan = spec.plan
+    if not plan.eval_interval_steps:
+        return 0.0
+    if plan.eval_s is not None:
+        return plan.eval_s
+    if m.eval_batches <= 0:
+        raise SpecError(
+            "plan.eval_interval_steps",
+            plan.eval_interval_steps,
+            f"asks for evaluation but the calibration {calibration_path} timed none: "
+            "calibrate with plan.eval_interval_steps set, or give plan.eval_s",
+            spec.source,
+        )
+    return m.eval_s / m.eval_batches * plan.eval_batches
+
+
 def estimate_time(
     spec: RunSpec,
     m: Measurement,
@@ -134,14 +156,17 @@ def estimate_time(
     checkpoint: CheckpointChoice,
     segments: int,
     resume_s: float,
+    eval_s: float = 0.0,
 ) -> TimeEstimate:
     steps_s = totals.steps * step.mean_s
-    saves = -(-totals.steps // checkpoint.interval_steps) + segments - 1
+    # The first job also writes (and deletes) one probe save: it needs the save time to know
+    # when to stop before its limit, and has no earlier save of the run to take it from.
+    saves = -(-totals.steps // checkpoint.interval_steps) + segments - 1 + 1
     evals_s = 0.0
-    if spec.plan.eval_interval_steps and spec.plan.eval_s:
-        evals_s = totals.steps // spec.plan.eval_interval_steps * spec.plan.eval_s
+    if spec.plan.eval_interval_steps:
+        evals_s = totals.steps // spec.plan.eval_interval_steps * eval_s
     terms = {
-        "startup_s": m.startup_s,
+        "startup_s": job_overhead_s(m),
         "warmup_s": m.warmup_extra_s,
         "steps_s": steps_s,
         "checkpoints_s": saves * checkpoint.save_s,
@@ -155,32 +180,6 @@ def estimate_time(
     p50 = before_failures + failures_s
     return TimeEstimate(
         p50_s=p50, p95_s=p50 + Z95 * sigma, sigma_s=sigma, failures_s=failures_s, **terms
-    )
-
-
-def baselines(record: CalibrationRecord, totals: Totals, grad_accum: int, gpus: int) -> Baselines:
-    m, derived = record.measurement, record.derived
-    k = m.steps_run
-    if len(m.step_times_s) == k:
-        mini_s = m.startup_s + sum(m.step_times_s)
-    else:
-        mini_s = m.startup_s + m.warmup_extra_s + k * m.step_mean_s
-    calibration_steps = totals.steps * grad_accum / record.spec.batch.grad_accum
-    flops_total = m.flops_per_step / m.samples_per_step * totals.samples
-    if derived.mfu is not None and derived.peak_tflops:
-        rate = derived.mfu * derived.peak_tflops * 1e12
-        source = f"MFU {derived.mfu:.1%} of {derived.peak_tflops:g} TFLOP/s ({derived.peak_source})"
-    else:
-        rate = derived.achieved_tflops * 1e12
-        source = "achieved TFLOP/s (no peak known for this device)"
-    return Baselines(
-        mini_steps=k,
-        mini_s=mini_s,
-        method1_s=mini_s * calibration_steps / k,
-        flops_total=flops_total,
-        flops_per_gpu_s=rate,
-        flops_rate_source=source,
-        flops_s=flops_total / (gpus * rate) if rate > 0 else math.nan,
     )
 
 

@@ -78,7 +78,8 @@ def check_sane(record_path: Path, workload: str, executor: str) -> CalibrationRe
     assert record.spec.workload.name == workload
     assert m.device_kind == "cpu"
     assert m.stopped_by in STOP_REASONS
-    assert m.steps_run >= m.steady_steps >= 10
+    # MSER cuts at most half the series as warm-up; a loaded machine may give few steps.
+    assert m.steps_run // 2 <= m.steady_steps <= m.steps_run and m.steady_steps >= 3
     assert m.steps_run == len(m.step_times_s) == m.warmup_steps + m.steady_steps
     assert 1e-4 < m.step_mean_s < 2.0
     assert min(m.step_times_s) <= m.step_median_s <= max(m.step_times_s)

@@ -88,7 +88,7 @@ def test_hostile_names_and_paths_are_quoted(tmp_path: Path) -> None:
 def test_options_follow_the_plan() -> None:
     plan = chained_plan(cluster__mem="64G", cluster__qos="high")
     options = dict(sbatch_options(plan, plan.segments[-1], Path("/r")))
-    assert options["time"] == "00:10:00"
+    assert options["time"] == "00:13:00"
     assert options["time-min"] <= options["time"]
     assert options["signal"] == "B:USR2@72"
     assert options["gres"] == "gpu:4"

@@ -227,11 +227,13 @@ def test_time_estimate_terms_on_one_node() -> None:
     wall = plan.wall
     assert wall.startup_s == 100 and wall.warmup_s == 20
     assert wall.steps_s == pytest.approx(3907 * 1.06)  # 4141.42
-    assert wall.checkpoints_s == pytest.approx(2 * 60)  # ceil(3907 / 3000) saves
+    # ceil(3907 / 3000) saves, and the probe save by which the first job times a save
+    assert wall.checkpoints_s == pytest.approx(3 * 60)
     assert (wall.evals_s, wall.resumes_s) == (0, 0)
-    # 4381.42 s before failures; 4381.42 / 86400 failures x ((3180 + 60) / 2 + 100 + 30) s
-    assert wall.failures_s == pytest.approx(88.74404, abs=1e-4)
-    assert wall.p50_s == pytest.approx(4470.16404, abs=1e-4)
+    # 4441.42 s before failures; 4441.42 / 86400 failures x ((3180 + 60) / 2 + 150) s, where
+    # a restart costs start-up 100 + load 30 + warm-up 20
+    assert wall.failures_s == pytest.approx(90.98742, abs=1e-4)
+    assert wall.p50_s == pytest.approx(4532.40742, abs=1e-4)
     assert wall.p95_s == pytest.approx(wall.p50_s)  # no uncertainty at all in this record
     assert len(plan.segments) == 1 and plan.partition is None
 
@@ -239,6 +241,28 @@ def test_time_estimate_terms_on_one_node() -> None:
 def test_evaluation_term() -> None:
     plan = plan_for(spec_with(plan__max_nodes=1, plan__eval_interval_steps=500, plan__eval_s=30))
     assert plan.wall.evals_s == 7 * 30  # floor(3907 / 500) evaluations
+    assert plan.eval_s == 30
+    assert "every 500 steps (7 in all), 10 held-out batches, 30 s each (plan.eval_s)" in (
+        plan_table(plan)
+    )
+
+
+def test_evaluation_time_comes_from_the_calibration_per_batch() -> None:
+    spec = spec_with(plan__max_nodes=1, plan__eval_interval_steps=500, plan__eval_batches=20)
+    # The calibration timed 10 batches in 12 s: 20 batches take 24 s.
+    plan = plan_for(spec, record=record_for(spec, eval_s=12.0, eval_batches=10))
+    assert plan.eval_s == pytest.approx(24.0)
+    assert plan.wall.evals_s == pytest.approx(7 * 24.0)
+    without = plan_for(spec_with(plan__max_nodes=1), record=record_for(spec, eval_s=12.0))
+    assert without.wall.evals_s == 0 and without.eval_s == 0
+
+
+def test_evaluation_without_a_timing_is_bad_input() -> None:
+    spec = spec_with(plan__max_nodes=1, plan__eval_interval_steps=500)
+    with pytest.raises(SpecError, match="timed none") as info:
+        plan_for(spec)  # an old record, or one calibrated without evaluation
+    assert info.value.field == "plan.eval_interval_steps"
+    assert isinstance(info.value, BadInputError)
 
 
 def test_p95_combines_mean_ci_spread_and_noise() -> None:
@@ -358,18 +382,20 @@ def test_run_longer_than_max_time_is_split_into_segments() -> None:
     # one node, a save every 100 steps: 1.06 + 60/100 = 1.66 s per step; the reserve after the
     # work is lead = ceil(1.06 + 60 + 10 + 60) = 132 s, and the signal is asked for 60 s later
     # (72 s before the end) since Slurm may send it 60 s early. MaxTime 30 min = 1800 s. First
-    # job: (1800 - 120 - 132) / 1.66 = 932.5 -> 932 steps; later jobs: (1800 - 130 - 132) /
-    # 1.66 = 926.5 -> 926; 3907 - 932 - 3 x 926 = 197 left for a fifth job: 130 + 197 x 1.66
-    # + 132 = 589.0 s -> 10 min.
+    # job (start-up 100, warm-up 20, probe save 60): (1800 - 180 - 132) / 1.66 = 896.4 -> 896
+    # steps; later jobs (start-up 100, load 30, warm-up 20): (1800 - 150 - 132) / 1.66 =
+    # 914.5 -> 914; 3907 - 896 - 3 x 914 = 269 left for a fifth job: 150 + 269 x 1.66 + 132
+    # = 728.5 s -> 13 min.
     spec = spec_with(plan__max_nodes=1, checkpoint={"interval_steps": 100})
     plan = plan_for(spec, partition(1800))
     assert plan.signal_lead_s == 72 and plan.signal_option == "B:USR2@72"
-    assert [s.steps_planned for s in plan.segments] == [932, 926, 926, 926, 197]
-    assert [s.time_limit_minutes for s in plan.segments] == [30, 30, 30, 30, 10]
+    assert [s.steps_planned for s in plan.segments] == [896, 914, 914, 914, 269]
+    assert [s.time_limit_minutes for s in plan.segments] == [30, 30, 30, 30, 13]
     assert [s.index for s in plan.segments] == [1, 2, 3, 4, 5]
     assert sum(s.steps_p50 for s in plan.segments) == plan.total_steps
-    assert plan.wall.resumes_s == 4 * 130
-    assert plan.wall.checkpoints_s == (40 + 4) * 60  # ceil(3907 / 100) + one per boundary
+    assert plan.wall.resumes_s == 4 * 150
+    # ceil(3907 / 100) + one per boundary + the first job's probe
+    assert plan.wall.checkpoints_s == (40 + 4 + 1) * 60
     assert "--time=00:30:00" in plan_table(plan)
 
 
@@ -393,9 +419,9 @@ def test_segments_with_uncertainty_stay_under_max_time() -> None:
 def test_single_segment_time_is_rounded_up_to_minutes() -> None:
     plan = plan_for(spec_with(plan__max_nodes=1), partition(24 * 3600))
     (segment,) = plan.segments
-    # 100 + 20 + 3907 x (1.06 + 60 / 3000) + 122 = 4461.56 s -> 74.36 min -> 75
-    assert segment.time_limit_minutes == 75
-    assert segment.time_min_minutes == 75  # no uncertainty: P50 = P95
+    # 100 + 20 + 60 (probe save) + 3907 x (1.06 + 60 / 3000) + 122 = 4521.56 s -> 75.36 min
+    assert segment.time_limit_minutes == 76
+    assert segment.time_min_minutes == 76  # no uncertainty: P50 = P95
 
 
 def test_max_time_too_short_to_make_progress() -> None:

@@ -210,6 +210,7 @@ def test_plan_section_defaults() -> None:
     assert plan.interruptions_per_gpu_day == 4.7e-4
     assert plan.run_to_run_spread == 0.02
     assert plan.eval_interval_steps is None and plan.eval_s is None
+    assert plan.eval_batches == 10
     doc = with_value("plan", {"deadline_hours": 36, "max_nodes": 4, "gpu_hour_cost": "2.5"})
     plan = parse_spec(doc).plan
     assert (plan.deadline_hours, plan.max_nodes, plan.gpu_hour_cost) == (36.0, 4, 2.5)
@@ -235,6 +236,8 @@ PLAN_BAD_FIELDS = [
     ("plan.gpu_hour_cost", -1, "must be >= 0"),
     ("plan.eval_interval_steps", 0, "must be >= 1"),
     ("plan.eval_s", -1, "must be >= 0"),
+    ("plan.eval_batches", 0, "must be >= 1"),
+    ("plan.eval_batches", 2.5, "whole number"),
     ("plan", [1], "expected a mapping"),
 ]
 
@@ -251,13 +254,16 @@ def test_bad_plan_field(field: str, value: Any, allowed: str) -> None:
     assert allowed in str(info.value)
 
 
-def test_plan_eval_settings_come_together() -> None:
-    with pytest.raises(SpecError, match="together") as info:
-        parse_spec(with_value("plan", {"eval_interval_steps": 100}))
-    assert info.value.field == "plan.eval_s"
-    with pytest.raises(SpecError, match="together") as info:
+def test_plan_eval_settings() -> None:
+    plan = parse_spec(with_value("plan", {"eval_interval_steps": 100})).plan
+    # The time of an evaluation comes from the calibration unless plan.eval_s overrides it.
+    assert (plan.eval_interval_steps, plan.eval_batches, plan.eval_s) == (100, 10, None)
+    doc = with_value("plan", {"eval_interval_steps": 100, "eval_batches": 4, "eval_s": 2})
+    plan = parse_spec(doc).plan
+    assert (plan.eval_interval_steps, plan.eval_batches, plan.eval_s) == (100, 4, 2.0)
+    with pytest.raises(SpecError, match=r"plan\.eval_interval_steps for how often") as info:
         parse_spec(with_value("plan", {"eval_s": 30}))
-    assert info.value.field == "plan.eval_interval_steps"
+    assert info.value.field == "plan.eval_s"
 
 
 def test_plan_section_rejects_unknown_keys() -> None:

@@ -60,6 +60,14 @@ class Workload:
     the device; the harness times it separately as the data-loading share.
     ``train_step(batch)`` runs forward/backward over the micro-batches and one optimizer
     step, and returns the loss (a tensor or float; the harness synchronises the device).
+
+    Evaluation is optional; a workload offers it with both of these, or neither:
+    ``eval_batch(index)`` returns held-out batch ``index`` (one micro-batch, on the device),
+    the same data for the same index every time, from generators of its own: drawing it must
+    not advance the training's streams, or evaluating would change the run it measures.
+    ``eval_step(batch)`` returns its loss from a forward pass only (no gradients, no update,
+    the model in eval mode). An evaluation of N batches is ``eval_step(eval_batch(i))`` for
+    i in 0..N-1 (data-parallel rank r takes r*N..r*N+N-1), timed together, data included.
     """
 
     name: str
@@ -69,6 +77,19 @@ class Workload:
     next_batch: Callable[[], Any]
     train_step: Callable[[Any], Any]
     extra_state: dict[str, Any] = field(default_factory=dict)  # e.g. a GradScaler, saved too
+    eval_step: Callable[[Any], Any] | None = None
+    eval_batch: Callable[[int], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.eval_step is None) != (self.eval_batch is None):
+            raise ValueError(
+                "Workload.eval_step and Workload.eval_batch go together: give both, or "
+                "neither for a workload without evaluation"
+            )
+
+    @property
+    def can_evaluate(self) -> bool:
+        return self.eval_step is not None
 
 
 Builder = Callable[[WorkloadConfig], Workload]

@@ -61,6 +61,40 @@ def stream_generator(seed: int, stream: int, device: torch.device) -> torch.Gene
     return generator
 
 
+# Held-out batches come from their own seeds: far from the training streams (seed * 16 +
+# stream, stream < 16) and from the ranks' (jobs.distributed.rank_seed), one per batch index.
+EVAL_STREAM = 15
+_EVAL_INDEX_SPAN = 2**20
+
+
+def eval_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
+    """The generator of held-out batch ``index``, seeded afresh for each batch: batch i is the
+    same in every evaluation, and there is no evaluation state to checkpoint."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(((seed * 16 + EVAL_STREAM) * _EVAL_INDEX_SPAN + index) % 2**63)
+    return generator
+
+
+def make_eval_step(
+    model: nn.Module,
+    loss_fn: Callable[[Any], torch.Tensor],
+    precision: str,
+    device: torch.device,
+) -> Callable[[Any], torch.Tensor]:
+    """Forward-only loss of one held-out batch; the model goes back to the mode it was in."""
+
+    def eval_step(batch: Any) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), autocast(precision, device):
+                return loss_fn(batch).detach().float()
+        finally:
+            model.train(was_training)
+
+    return eval_step
+
+
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """Mixed precision keeps fp32 master weights; only the compute runs in bf16/fp16."""
     if precision == "fp32":
@@ -175,12 +209,15 @@ def assemble(
     token_unit: str,
     training_flops_per_sample: int,
     rngs: Mapping[str, torch.Generator] | None = None,
+    eval_loss: Callable[[Any], torch.Tensor] | None = None,
+    eval_batch: Callable[[int], Any] | None = None,
 ) -> Workload:
     """Wire a built model into a Workload: optimizer, train step and per-step counts.
 
     ``rngs`` are the workload's stream generators; they join ``extra_state`` so that a
     checkpoint restores where the data and noise streams were, and a resumed run draws
-    exactly what an uninterrupted one would have.
+    exactly what an uninterrupted one would have. ``eval_loss`` (a micro-batch's loss, run
+    under no_grad in eval mode) and ``eval_batch`` (held-out batch i) make it evaluable.
     """
     device = torch.device(config.device)
     optimizer = adamw(model, lr, weight_decay, device)
@@ -207,6 +244,12 @@ def assemble(
         next_batch=next_batch,
         train_step=train_step,
         extra_state=extra_state,
+        eval_step=(
+            None
+            if eval_loss is None
+            else make_eval_step(model, eval_loss, config.precision, device)
+        ),
+        eval_batch=eval_batch,
     )
 
 

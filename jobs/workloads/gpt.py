@@ -107,6 +107,10 @@ def build(config: WorkloadConfig) -> Workload:
     def loss_fn(micro_batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return next_token_loss(model, *micro_batch)
 
+    def eval_batch(index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = common.eval_generator(config.seed, index, device)
+        return synthetic_tokens(config.micro_batch, cfg, generator, device)
+
     return common.assemble(
         name=f"gpt:{config.preset}",
         config=config,
@@ -120,4 +124,6 @@ def build(config: WorkloadConfig) -> Workload:
         token_unit=gpt_config.token_unit(cfg),
         training_flops_per_sample=gpt_config.training_flops_per_sample(cfg),
         rngs={"data_rng": data_rng},
+        eval_loss=loss_fn,
+        eval_batch=eval_batch,
     )

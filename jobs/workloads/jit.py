@@ -215,11 +215,26 @@ def build(config: WorkloadConfig) -> Workload:
         cond = degrade(x)
         return list(zip(x.split(config.micro_batch), cond.split(config.micro_batch), strict=True))
 
+    def noise(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The timesteps t (JiT's logit-normal) and the noise eps for the images x."""
+        logit_t = torch.randn(x.shape[0], generator=generator, device=device)
+        t = torch.sigmoid(logit_t * cfg.p_std + cfg.p_mean)
+        return t, torch.randn(x.shape, generator=generator, device=device)
+
     def loss_fn(micro_batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, cond = micro_batch
-        logit_t = torch.randn(x.shape[0], generator=noise_rng, device=device)
-        t = torch.sigmoid(logit_t * cfg.p_std + cfg.p_mean)
-        eps = torch.randn(x.shape, generator=noise_rng, device=device)
+        t, eps = noise(x, noise_rng)
+        return v_loss(model, x, cond, t, eps, cfg.t_eps)
+
+    def eval_batch(index: int) -> tuple[torch.Tensor, ...]:
+        # Images, timesteps and noise all fixed per index: the held-out loss is comparable
+        # from one evaluation to the next.
+        generator = common.eval_generator(config.seed, index, device)
+        x = synthetic_images(config.micro_batch, cfg, generator, device)
+        return (x, degrade(x), *noise(x, generator))
+
+    def eval_loss(batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        x, cond, t, eps = batch
         return v_loss(model, x, cond, t, eps, cfg.t_eps)
 
     return common.assemble(
@@ -235,4 +250,6 @@ def build(config: WorkloadConfig) -> Workload:
         token_unit=jit_config.token_unit(cfg),
         training_flops_per_sample=jit_config.training_flops_per_sample(cfg),
         rngs={"data_rng": data_rng, "noise_rng": noise_rng},
+        eval_loss=eval_loss,
+        eval_batch=eval_batch,
     )
