@@ -38,6 +38,16 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
             yield cluster
 
 
+@pytest.fixture(autouse=True)
+def private_history(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """plan-job records calibrations, plans and outcomes in a history database whose
+    corrections change later plans: tests must neither read nor write the user's."""
+    folder = tmp_path_factory.mktemp("history")
+    monkeypatch.setenv("PLANJOB_HISTORY", str(folder / "history.sqlite"))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Any test using the cluster is a `slurm` test, so `-m "not slurm"` leaves it out

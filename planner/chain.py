@@ -72,18 +72,41 @@ def submit_chain(
 ) -> list[SubmittedJob]:
     """Submit every segment, each after the previous; all or none stay queued.
 
-    ``after`` chains the first segment behind an existing job (a resubmission).
+    ``after`` chains the first segment behind an existing job.
     Ctrl-C or a refused sbatch cancels what was already submitted.
     """
+    return _submit(folder, segment_scripts(folder), 1, after, on_submitted, [])
+
+
+def submit_scripts(
+    folder: Path,
+    scripts: Sequence[Path],
+    first_segment: int,
+    after: str | None = None,
+    on_submitted: Callable[[SubmittedJob], None] = lambda _job: None,
+) -> list[SubmittedJob]:
+    """Submit more segments of a run (a resubmission) as a chain of their own, numbered from
+    ``first_segment``; their job ids are appended to jobs.yaml after the earlier ones."""
+    return _submit(folder, scripts, first_segment, after, on_submitted, load_jobs(folder))
+
+
+def _submit(
+    folder: Path,
+    scripts: Sequence[Path],
+    first_segment: int,
+    after: str | None,
+    on_submitted: Callable[[SubmittedJob], None],
+    earlier: list[SubmittedJob],
+) -> list[SubmittedJob]:
     submitted: list[SubmittedJob] = []
     previous = after
     try:
-        for index, script in enumerate(segment_scripts(folder), start=1):
+        for index, script in enumerate(scripts, start=first_segment):
             out = run_command(sbatch_argv(script, previous), timeout=60).stdout
             job_id = out.strip().split(";")[0]
             job = SubmittedJob(index, script.name, job_id, previous, _now())
             submitted.append(job)
-            _save(folder, submitted)
+            _save(folder, [*earlier, *submitted])
             on_submitted(job)
             previous = job_id
     except CommandError as exc:

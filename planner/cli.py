@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -66,6 +67,24 @@ class StatusLine:
             self.stream.flush()
 
 
+_HISTORY = click.option(
+    "--history",
+    "history_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The history database [env PLANJOB_HISTORY; ~/.local/share/plan-job/history.sqlite].",
+)
+
+
+def _record_history(action: Any) -> None:
+    """The history is a by-product: failing to write it must not fail the command."""
+    from planner.history import HistoryError
+
+    try:
+        action()
+    except HistoryError as exc:
+        click.echo(f"warning: {exc}; nothing recorded in the history", err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="plan-job")
 def cli() -> None:
@@ -76,6 +95,10 @@ def cli() -> None:
     plan-job plan run.yaml --calibration cal.yaml    wall time, nodes, segments, checkpoints
     plan-job emit run.yaml --calibration cal.yaml -o runs/x   write the sbatch scripts
     plan-job submit runs/x                           submit them as a chain
+    plan-job eta runs/x                              when it finishes, from its own steps
+    plan-job resubmit runs/x                         the rest of a run that stopped short
+    plan-job tighten runs/x                          lower pending segments' --time
+    plan-job history                                 predicted vs actual, the correction
     """
 
 
@@ -124,6 +147,7 @@ def cli() -> None:
     show_default=True,
     help="Folder for the job's logs and submitit files.",
 )
+@_HISTORY
 def calibrate(
     spec_path: Path,
     executor: str | None,
@@ -136,9 +160,11 @@ def calibrate(
     sets: tuple[str, ...],
     output: Path | None,
     jobs_dir: Path,
+    history_file: Path | None,
 ) -> None:
     """Run a short calibration job of SPEC's real training step and record what it measured."""
     from planner import calibrate as calibration
+    from planner import history
     from planner.record import save_record
     from planner.report import calibration_table
     from planner.spec import load_spec
@@ -177,6 +203,7 @@ def calibrate(
         save_record(record, out_path)
     except PlanJobError as exc:
         fail(exc)
+    _record_history(lambda: history.record_calibration(record, out_path, history_file))
     click.echo(calibration_table(record, str(out_path)))
 
 
@@ -203,14 +230,32 @@ _DEADLINE = click.option(
 _NODES = click.option("--nodes", type=int, help="Force a node count instead of choosing one.")
 
 
+_NO_CORRECTION = click.option(
+    "--no-correction",
+    is_flag=True,
+    help="Plan from the calibration alone, without the history's correction.",
+)
+
+
+@dataclass(frozen=True)
+class _Planned:
+    plan: Any  # the plan to use: corrected when the history had a correction
+    correction: Any  # planner.history.Correction or None
+    model: Any  # the uncorrected plan
+
+
 def _make_plan(
     spec_path: Path,
     calibration_path: Path,
     sets: tuple[str, ...],
     deadline: float | None,
     nodes: int | None,
-) -> Any:
-    """Spec + calibration record + the partition's limits -> Plan (raises PlanJobError)."""
+    history_file: Path | None = None,
+    correct: bool = True,
+) -> _Planned:
+    """Spec + calibration record + the partition's limits -> Plan (raises PlanJobError),
+    scaled by the history's correction for the workload and partition, if it has one."""
+    from planner import history
     from planner.partition import read_partition
     from planner.planning import make_plan
     from planner.record import load_record
@@ -228,9 +273,24 @@ def _make_plan(
             "checked; run plan-job on the login node for a plan that fits the partition",
             err=True,
         )
-    return make_plan(
+    model = make_plan(
         spec, record, partition, str(calibration_path), deadline_hours=deadline, nodes=nodes
     )
+    correction = None
+    if correct:
+        try:
+            correction = history.correction_for(
+                history.workload_key(spec), history.partition_key(model), history_file
+            )
+        except history.HistoryError as exc:
+            click.echo(f"warning: {exc}; planned without the history's correction", err=True)
+    if correction is None:
+        return _Planned(model, None, model)
+    scaled = history.corrected_record(record, correction.factor)
+    plan = make_plan(
+        spec, scaled, partition, str(calibration_path), deadline_hours=deadline, nodes=nodes
+    )
+    return _Planned(plan, correction, model)
 
 
 @cli.command()
@@ -239,21 +299,30 @@ def _make_plan(
 @_DEADLINE
 @_NODES
 @_SETS
+@_HISTORY
+@_NO_CORRECTION
 def plan(
     spec_path: Path,
     calibration_path: Path,
     deadline: float | None,
     nodes: int | None,
     sets: tuple[str, ...],
+    history_file: Path | None,
+    no_correction: bool,
 ) -> None:
     """How long SPEC's full run takes, on how many nodes, in which Slurm segments, and why."""
+    from planner.history_report import correction_text
     from planner.plan_report import plan_table
 
     try:
-        result = _make_plan(spec_path, calibration_path, sets, deadline, nodes)
+        planned = _make_plan(
+            spec_path, calibration_path, sets, deadline, nodes, history_file, not no_correction
+        )
     except PlanJobError as exc:
         fail(exc)
-    click.echo(plan_table(result))
+    click.echo(plan_table(planned.plan))
+    if planned.correction is not None:
+        click.echo("\n" + correction_text(planned.correction, planned.model, planned.plan))
 
 
 @cli.command()
@@ -283,6 +352,8 @@ def plan(
 )
 @click.option("--force", is_flag=True, help="Replace an existing run folder.")
 @click.option("--print", "print_scripts", is_flag=True, help="Also print the scripts.")
+@_HISTORY
+@_NO_CORRECTION
 def emit(
     spec_path: Path,
     calibration_path: Path,
@@ -294,19 +365,39 @@ def emit(
     template: Path | None,
     force: bool,
     print_scripts: bool,
+    history_file: Path | None,
+    no_correction: bool,
 ) -> None:
     """Write the sbatch scripts that run SPEC's plan to its last step into a run folder."""
+    from planner import history
+    from planner.history_report import correction_text
+    from planner.plan_file import EMIT_FILE, EmitSettings, save_emit_settings
     from planner.plan_report import summary_table
     from planner.scripts import EmitOptions
     from planner.scripts import emit as write_run
 
     try:
-        result = _make_plan(spec_path, calibration_path, sets, deadline, nodes)
+        planned = _make_plan(
+            spec_path, calibration_path, sets, deadline, nodes, history_file, not no_correction
+        )
+        result = planned.plan
         options = EmitOptions(out_dir, Path.cwd(), python, template, force)
         run = write_run(result, options)
+        # What resubmit needs to render more segments the same way; the plan does not know it.
+        factor = planned.correction.factor if planned.correction else None
+        workdir, chosen = Path.cwd().resolve(), template.resolve() if template else None
+        settings = EmitSettings(workdir, python, chosen, factor, EMIT_FILE)
+        save_emit_settings(run.folder, settings)
     except PlanJobError as exc:
         fail(exc)
+    _record_history(
+        lambda: history.record_plan(
+            result, run.folder, planned.correction, planned.model, history_file
+        )
+    )
     click.echo(summary_table(result))
+    if planned.correction is not None:
+        click.echo("\n" + correction_text(planned.correction, planned.model, result))
     if print_scripts:
         for script in run.scripts:
             click.echo(f"\n# ===== {script} =====\n{script.read_text()}")
@@ -347,6 +438,178 @@ def submit(run_dir: Path, dry_run: bool, after: str | None) -> None:
     rows = [(j.segment, j.job_id, j.script, j.dependency or "-") for j in jobs]
     click.echo(tabulate(rows, headers=("segment", "job id", "script", "after (afterany)")))
     click.echo(f"job ids recorded in {run_dir / 'jobs.yaml'}")
+
+
+@cli.command()
+@click.argument("target", metavar="TARGET")
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=1.0),
+    is_flag=False,
+    flag_value=30.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="Refresh every SECONDS (30 if none is given) until the run is done or no job is left.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON object.")
+@click.option(
+    "--total-steps",
+    type=click.IntRange(min=1),
+    help="The run's last step, for progress files without a `start` line.",
+)
+def eta(target: str, watch: float | None, as_json: bool, total_steps: int | None) -> None:
+    """When a run will finish, from its own recent step times.
+
+    \b
+    TARGET is a progress.jsonl, a Hugging Face trainer_state.json, a run folder
+    (`plan-job emit -o FOLDER`) or a Slurm job id of the run. On the cluster it also reads
+    the running job's end from squeue and checks that the queued segments reach the last step.
+    Put --watch after TARGET: `plan-job eta runs/x --watch 60`.
+    """
+    from planner import eta as estimator
+    from planner import eta_report
+    from planner.progress_sources import load_source
+
+    def compute() -> Any:
+        source = load_source(target, total_steps)
+        return estimator.estimate(source, estimator.observe_slurm(source))
+
+    render = eta_report.eta_table
+    if as_json:
+        render = eta_report.eta_json if watch is None else eta_report.eta_json_line
+    try:
+        if watch is None:
+            click.echo(render(compute()))
+        else:
+            stream = click.get_text_stream("stdout")
+            eta_report.watch(compute, render, watch, stream)
+    except KeyboardInterrupt:
+        click.echo("", err=True)
+        click.get_current_context().exit(EXIT_INTERRUPTED)
+    except PlanJobError as exc:
+        fail(exc)
+
+
+@cli.command()
+@click.argument("target", metavar="TARGET")
+@click.option(
+    "--nodes",
+    type=click.IntRange(min=1),
+    help="Node count of the new jobs; only the run's own (its checkpoints' world size).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the scripts and sbatch commands only.")
+@click.option(
+    "--max-retries",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Refuse when the run folder records this many resubmissions already.",
+)
+@_HISTORY
+def resubmit(
+    target: str, nodes: int | None, dry_run: bool, max_retries: int, history_file: Path | None
+) -> None:
+    """Submit the rest of a run whose jobs ended short of its last step.
+
+    \b
+    TARGET is the run folder or a Slurm job id of the run. Reads how the last job ended
+    (sacct; without accounting scontrol, its log and the progress file), the newest
+    checkpoint and the pace the run showed, then writes segment-NN.sbatch scripts numbered
+    after the existing ones, sized from that pace and the partition's MaxTime, and submits
+    them as an afterany chain (job ids appended to jobs.yaml, resubmit-K.yaml records why).
+    """
+    import shlex
+
+    from tabulate import tabulate
+
+    from planner import history
+    from planner import resubmit as resubmission
+    from planner.run_report import resubmission_text
+    from planner.run_state import inspect_run
+
+    try:
+        state = inspect_run(target)
+        _record_history(lambda: history.record_outcomes(state, history_file))
+        plan = resubmission.prepare(state, nodes, max_retries)
+        click.echo(resubmission_text(plan))
+        if dry_run:
+            for name, text in plan.scripts:
+                click.echo(f"\n# ===== {name} (not written) =====\n{text}")
+            click.echo("\n# dry run: would submit")
+            for argv in resubmission.planned_commands(plan):
+                click.echo(" ".join(shlex.quote(arg) for arg in argv))
+            return
+
+        def on_submitted(job: Any) -> None:
+            click.echo(f"submitted segment {job.segment}: job {job.job_id}", err=True)
+
+        jobs = resubmission.submit(plan, on_submitted)
+    except KeyboardInterrupt:
+        raise PlanJobClickError(
+            "interrupted: cancelled the segments already submitted", EXIT_INTERRUPTED
+        ) from None
+    except PlanJobError as exc:
+        fail(exc)
+    rows = [(j.segment, j.job_id, j.script, j.dependency or "-") for j in jobs]
+    click.echo("\n" + tabulate(rows, headers=("segment", "job id", "script", "after (afterany)")))
+    click.echo(f"recorded in {resubmission.record_path(plan)} and {state.run_dir / 'jobs.yaml'}")
+
+
+@cli.command()
+@click.argument("target", metavar="TARGET")
+@click.option("--dry-run", is_flag=True, help="Print the scontrol commands only.")
+def tighten(target: str, dry_run: bool) -> None:
+    """Lower the --time of a run's pending segments to what its measured pace needs.
+
+    TARGET is the run folder or a Slurm job id of the run. Slurm lets users lower a pending
+    job's limit, not raise it: a chain that falls short needs `plan-job resubmit` once it ends.
+    """
+    import shlex
+
+    from planner.run_report import tighten_text
+    from planner.tighten import apply_tightening, changed, plan_tightening
+
+    try:
+        plan = plan_tightening(target)
+        click.echo(tighten_text(plan))
+        commands = [c.argv for c in changed(plan) if c.argv]
+        if dry_run or not commands:
+            if commands:
+                click.echo("\n# dry run: would run")
+            for argv in commands:
+                click.echo(" ".join(shlex.quote(arg) for arg in argv))
+            return
+        apply_tightening(plan)
+    except PlanJobError as exc:
+        fail(exc)
+    for argv in commands:
+        click.echo(f"done: {' '.join(shlex.quote(arg) for arg in argv)}")
+
+
+@cli.command("history")
+@click.option(
+    "--update",
+    "updates",
+    multiple=True,
+    metavar="RUN",
+    help="First record how the jobs of this run folder (or job id) ended (repeatable).",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@_HISTORY
+def history_command(updates: tuple[str, ...], limit: int, history_file: Path | None) -> None:
+    """Predicted vs actual per run, and the bias per workload and partition that corrects
+    new plans."""
+    from planner import history
+    from planner.history_report import history_text
+    from planner.run_state import inspect_run
+
+    try:
+        for target in updates:
+            count = history.record_outcomes(inspect_run(target), history_file)
+            click.echo(f"recorded {count} ended job(s) of {target}", err=True)
+        click.echo(history_text(history_file, limit))
+    except PlanJobError as exc:
+        fail(exc)
 
 
 def _status_text(status: Any, target: float, progress: dict[str, Any] | None) -> tuple[str, str]:

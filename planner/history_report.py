@@ -1,0 +1,161 @@
+"""plan-job history's tables: predicted vs actual per run, the bias per workload and
+partition (and the correction a new plan gets), the newest calibrations."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import statistics
+from pathlib import Path
+
+from tabulate import tabulate
+
+from planner.history import (
+    MIN_OUTCOMES,
+    RECENT,
+    Correction,
+    biases,
+    connect,
+    correction_for,
+    history_path,
+)
+from planner.plan import Plan
+from planner.units import fmt_duration
+
+_RUNS = """
+SELECT p.run_dir, p.name, p.workload, p.partition, p.nodes, p.total_steps, p.p50_s, p.p95_s,
+       p.correction, COUNT(o.id) AS jobs, SUM(o.elapsed_s) AS elapsed,
+       SUM(CASE WHEN o.predicted_s > 0 AND o.elapsed_s > 0 THEN o.elapsed_s END) AS timed,
+       SUM(o.predicted_s) AS predicted, MAX(o.from_step + o.steps) AS reached
+FROM plans p LEFT JOIN outcomes o ON o.run_dir = p.run_dir
+WHERE p.id IN (SELECT MAX(id) FROM plans GROUP BY run_dir)
+GROUP BY p.id ORDER BY p.recorded
+"""
+
+
+def history_text(path: Path | None = None, limit: int = 20) -> str:
+    where = history_path(path)
+    with connect(path) as db:
+        runs = db.execute(_RUNS).fetchall()[-limit:]
+        pairs = db.execute(
+            "SELECT DISTINCT p.workload, p.partition FROM outcomes o JOIN plans p"
+            " ON p.run_dir = o.run_dir ORDER BY p.workload, p.partition"
+        ).fetchall()
+        calibrations = db.execute(
+            "SELECT recorded, name, workload, device, step_mean_s, path FROM calibrations"
+            " ORDER BY id DESC LIMIT 5"
+        ).fetchall()
+    parts = [f"history: {where}"]
+    if runs:
+        parts.append("runs: predicted (as emitted) vs actual (the jobs' elapsed time)")
+        parts.append(tabulate([_run_row(r) for r in runs], headers=_RUN_HEADERS))
+    else:
+        parts.append("no runs recorded yet: `plan-job emit` records one")
+    bias_rows = [_bias_row(w, p, path) for w, p in pairs]
+    bias_rows = [row for row in bias_rows if row is not None]
+    if bias_rows:
+        parts.append(
+            f"bias (actual / model prediction, per job that ran steps; newest {RECENT} beat "
+            "the rest)"
+        )
+        parts.append(tabulate(bias_rows, headers=_BIAS_HEADERS))
+    if calibrations:
+        parts.append("newest calibrations")
+        rows = [
+            (
+                _when(c["recorded"]),
+                c["name"],
+                c["workload"],
+                c["device"],
+                fmt_duration(c["step_mean_s"]),
+                c["path"],
+            )
+            for c in calibrations
+        ]
+        parts.append(
+            tabulate(rows, headers=("recorded", "name", "workload", "device", "step", "record"))
+        )
+    return "\n\n".join(parts)
+
+
+_RUN_HEADERS = (
+    "run",
+    "workload",
+    "partition",
+    "nodes",
+    "predicted P50 / P95",
+    "jobs",
+    "steps",
+    "actual",
+    "actual/predicted",
+)
+
+
+def _run_row(row: sqlite3.Row) -> tuple[object, ...]:
+    reached, total = row["reached"] or 0, row["total_steps"] or 0
+    actual = fmt_duration(row["elapsed"]) if row["elapsed"] else "-"
+    if row["elapsed"] and reached < total:
+        actual += " so far"
+    ratio = "-"
+    if row["timed"] and row["predicted"]:
+        ratio = f"{row['timed'] / row['predicted']:.2f}"
+    predicted = f"{fmt_duration(row['p50_s'])} / {fmt_duration(row['p95_s'])}"
+    if row["correction"]:
+        predicted += f" (x{row['correction']:.2f})"
+    return (
+        Path(row["run_dir"]).name,
+        row["workload"],
+        row["partition"],
+        row["nodes"],
+        predicted,
+        row["jobs"],
+        f"{reached:,}/{total:,}",
+        actual,
+        ratio,
+    )
+
+
+_BIAS_HEADERS = (
+    "workload",
+    "partition",
+    "jobs",
+    f"newest {RECENT}",
+    "all",
+    "newest",
+    "next plan",
+)
+
+
+def _bias_row(workload: str, partition: str, path: Path | None) -> tuple[object, ...] | None:
+    model = [bias for bias, _ in biases(workload, partition, path)]
+    if not model:
+        return None
+    correction = correction_for(workload, partition, path)
+    factor = f"x{correction.factor:.2f}" if correction else f"none (< {MIN_OUTCOMES} jobs)"
+    return (
+        workload,
+        partition,
+        len(model),
+        f"{statistics.median(model[-RECENT:]):.2f}",
+        f"{statistics.median(model):.2f}",
+        f"{model[-1]:.2f}",
+        factor,
+    )
+
+
+def _when(moment: float) -> str:
+    return dt.datetime.fromtimestamp(moment).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def correction_text(correction: Correction, model: Plan, plan: Plan) -> str:
+    """The correction a plan carries, said plainly: where it comes from and what it moved."""
+    return (
+        f"history correction x{correction.factor:.2f} for {correction.workload} on partition "
+        f"{correction.partition}: {correction.rule} ({correction.outcomes} jobs recorded; "
+        f"median of all {correction.overall_median:.2f}, newest {correction.latest:.2f}). "
+        f"The calibration's times (steps, start-up, warm-up, saves, loads) were scaled by "
+        f"it: P50 "
+        f"{fmt_duration(model.wall.p50_s)} -> {fmt_duration(plan.wall.p50_s)}, P95 "
+        f"{fmt_duration(model.wall.p95_s)} -> {fmt_duration(plan.wall.p95_s)}, "
+        f"{len(model.segments)} -> {len(plan.segments)} job(s). --no-correction plans without it."
+    )
