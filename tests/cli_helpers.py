@@ -99,3 +99,26 @@ def check_sane(record_path: Path, workload: str, executor: str) -> CalibrationRe
     assert record.job.executor == executor
     assert Path(record.job.stderr).exists()
     return record
+
+
+PACE_S = 0.2  # seconds each paced step waits: long in wall time, light on the 2 CPUs
+
+
+def paced_spec(
+    samples: int, name: str, checkpoint: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A run of tests.fixtures.user_workloads:paced_linear: 4 samples a step, each >= PACE_S."""
+    spec = copy.deepcopy(TINY_JIT)
+    spec.update(
+        name=name,
+        workload={
+            "function": "tests.fixtures.user_workloads:paced_linear",
+            "overrides": {"pace_s": PACE_S},
+        },
+        data={"samples": samples},
+        batch={"micro_batch": 4, "grad_accum": 1},
+        cluster={"partition": "gpu", "gpus_per_node": 0, "cpus_per_task": 1},
+        checkpoint=dict(checkpoint or {"dir": "ck"}),
+    )
+    spec["calibration"].update(max_seconds=6, target_ci=0.02)
+    return spec

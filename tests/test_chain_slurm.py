@@ -6,7 +6,6 @@ is 3 minutes, and a run only needs two segments when it is longer than that.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import subprocess
@@ -20,30 +19,16 @@ import torch
 
 from jobs.progress import read_progress
 from jobs.train_config import TrainConfig
-from tests.cli_helpers import REPO, TINY_JIT, cli_env, run_cli, write_spec
+from tests.cli_helpers import REPO, cli_env, run_cli, write_spec
+from tests.cli_helpers import paced_spec as shared_paced_spec
 from tests.slurm_cluster import SlurmCluster
 from tests.test_emit import HOSTILE
 
 pytestmark = pytest.mark.slurm
 
-PACE_S = 0.2  # seconds each step waits: long in wall time, light on the 2 CPUs
-
 
 def paced_spec(samples: int) -> dict[str, Any]:
-    spec = copy.deepcopy(TINY_JIT)
-    spec.update(
-        name="chain",
-        workload={
-            "function": "tests.fixtures.user_workloads:paced_linear",
-            "overrides": {"pace_s": PACE_S},
-        },
-        data={"samples": samples},
-        batch={"micro_batch": 4, "grad_accum": 1},
-        cluster={"partition": "gpu", "gpus_per_node": 0, "cpus_per_task": 1},
-        checkpoint={"dir": "ck"},
-    )
-    spec["calibration"].update(max_seconds=6, target_ci=0.02)
-    return spec
+    return shared_paced_spec(samples, "chain")
 
 
 @pytest.fixture(scope="module")

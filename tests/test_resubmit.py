@@ -6,7 +6,6 @@ uninterrupted run.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import re
@@ -31,7 +30,8 @@ from planner.progress_sources import load_progress, load_source
 from planner.resubmit import RefusedError, planned_commands, prepare, record
 from planner.run_state import inspect_run, newest_checkpoint
 from planner.tighten import plan_tightening
-from tests.cli_helpers import TINY_JIT, cli_env, run_cli, write_spec
+from tests.cli_helpers import PACE_S, cli_env, run_cli, write_spec
+from tests.cli_helpers import paced_spec as shared_paced_spec
 from tests.run_folders import FakeSlurm, accounted, running_folder, stopped_folder
 from tests.slurm_cluster import SlurmCluster
 from tests.test_chain_slurm import final_weights, reference_weights, wait_for_chain
@@ -279,27 +279,13 @@ def test_tighten_lowers_only_what_the_pace_allows(running: Path) -> None:
 # -- on the real test cluster ------------------------------------------------------------------
 
 
-PACE_S = 0.2  # seconds each step waits: long in wall time, light on the 2 CPUs
 TOTAL = 600
 INTERVAL = 50
 NO_ACCOUNTING = "#!/bin/sh\necho 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n"
 
 
 def paced_spec(samples: int) -> dict[str, Any]:
-    spec = copy.deepcopy(TINY_JIT)
-    spec.update(
-        name="resubmit",
-        workload={
-            "function": "tests.fixtures.user_workloads:paced_linear",
-            "overrides": {"pace_s": PACE_S},
-        },
-        data={"samples": samples},
-        batch={"micro_batch": 4, "grad_accum": 1},
-        cluster={"partition": "gpu", "gpus_per_node": 0, "cpus_per_task": 1},
-        checkpoint={"dir": "ck", "interval_steps": INTERVAL},
-    )
-    spec["calibration"].update(max_seconds=6, target_ci=0.02)
-    return spec
+    return shared_paced_spec(samples, "resubmit", {"dir": "ck", "interval_steps": INTERVAL})
 
 
 def killed_at_one_minute(script: Path) -> None:
