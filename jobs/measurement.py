@@ -39,6 +39,14 @@ class CalibrationRequest:
     scratch_dir: str  # where the checkpoint probe is written (the run's checkpoint filesystem)
     progress_path: str | None = None  # JSONL the CLI tails to show live progress
     eval_batches: int = 0  # held-out batches of the one evaluation timed; 0: none
+    # The user's own command (jobs.command_fields) instead of the workload of builder_path:
+    # run until the steady step time is known, then stopped (signal, grace, kill).
+    command: tuple[str, ...] = ()
+    report: str = "progress"  # one of jobs.command_fields.REPORT_MODES
+    output_dir: str = ""  # the Trainer's output_dir (report "trainer_state")
+    stop_grace_s: float = 30.0
+    workdir: str = ""  # the command's working directory ('' : the job's)
+    checkpoint_interval_steps: int = 0  # the command saves this often; 0: the harness picks
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from jobs.command_fields import REPORT_MODES, fields_in
 from jobs.workloads.base import PRECISIONS
 
 FORMAT = "plan-job/train/v1"
@@ -40,8 +41,16 @@ class TrainConfig:
     # this many steps; 0: none.
     eval_interval_steps: int = 0
     eval_batches: int = 10
+    # The user's own training command (jobs.command_fields): argv with {field}s. Empty: the
+    # built-in workload of builder_path.
+    command: tuple[str, ...] = ()
+    report: str = "progress"  # how the command reports its steps: one of REPORT_MODES
+    output_dir: str = ""  # the Hugging Face Trainer's output_dir (report "trainer_state")
+    stop_grace_s: float = 30.0  # after the stop signal, before the command is killed
 
     def __post_init__(self) -> None:
+        if isinstance(self.command, list):
+            object.__setattr__(self, "command", tuple(self.command))
         for f in dataclasses.fields(self):
             _check_type(f.name, getattr(self, f.name), f.type)
         positive = ("micro_batch", "grad_accum", "total_steps", "checkpoint_interval_steps")
@@ -52,15 +61,31 @@ class TrainConfig:
         _check("stop_lead_s", self.stop_lead_s, self.stop_lead_s >= 0, "must be >= 0")
         _check("precision", self.precision, self.precision in PRECISIONS, _one_of(PRECISIONS))
         _check("device", self.device, self.device in DEVICES, _one_of(DEVICES))
-        module, _, function = self.builder_path.partition(":")
-        named = bool(module and function)
-        _check("builder_path", self.builder_path, named, "must be module:function")
+        _check("stop_grace_s", self.stop_grace_s, self.stop_grace_s >= 0, "must be >= 0")
+        _check("report", self.report, self.report in REPORT_MODES, _one_of(REPORT_MODES))
+        if self.command:
+            try:
+                fields_in(self.command)
+            except ValueError as exc:
+                _check("command", list(self.command), False, str(exc))
+            trainer_state = self.report == "trainer_state"
+            _check(
+                "output_dir",
+                self.output_dir,
+                bool(self.output_dir) or not trainer_state,
+                "must be set when report is 'trainer_state'",
+            )
+        else:
+            module, _, function = self.builder_path.partition(":")
+            named = bool(module and function)
+            _check("builder_path", self.builder_path, named, "must be module:function")
         for name in ("checkpoint_dir", "progress_path"):
             _check(name, getattr(self, name), bool(getattr(self, name)), "must not be empty")
 
     def to_json(self) -> str:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return json.dumps({"format": FORMAT, **fields, "overrides": dict(self.overrides)}, indent=2)
+        fields.update(overrides=dict(self.overrides), command=list(self.command))
+        return json.dumps({"format": FORMAT, **fields}, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
@@ -103,6 +128,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,),
     "float": (int, float),
     "Mapping[str, Any]": (Mapping,),
+    "tuple[str, ...]": (tuple,),
 }
 
 
@@ -113,5 +139,7 @@ def _check_type(name: str, value: object, annotation: object) -> None:
             f"train config: field {name!r}: got {type(value).__name__} {value!r}; "
             f"must be {annotation}"
         )
+    if isinstance(value, tuple) and not all(isinstance(item, str) for item in value):
+        raise ValueError(f"train config: field {name!r}: got {value!r}; items must be strings")
     if isinstance(value, Mapping) and not all(isinstance(key, str) for key in value):
         raise ValueError(f"train config: field {name!r}: got {value!r}; keys must be strings")
