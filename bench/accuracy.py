@@ -58,7 +58,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script: the bench package and tests.slurm_cluster
 
-from bench.accuracy_analysis import RunResult, analyse  # noqa: E402
+from bench.accuracy_analysis import JobPart, RunResult, analyse  # noqa: E402
 from bench.accuracy_report import report  # noqa: E402
 from bench.accuracy_slurm import job_records, wait_for_jobs  # noqa: E402
 
@@ -224,7 +224,18 @@ def main() -> None:
         "--out", type=Path, default=REPO / "bench" / "results" / f"accuracy-{today}.json"
     )
     parser.add_argument("--keep", type=Path, help="keep the run folders here (default: a temp)")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="run nothing: report the runs of earlier --out files together (a full set run "
+        "in parts, each in a quiet window of a shared machine)",
+    )
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     configs = choose(args.quick, args.only)
     started = time.monotonic()
     results: list[RunResult] = []
@@ -253,6 +264,28 @@ def main() -> None:
     }
     args.out.write_text(json.dumps(document, indent=2) + "\n")
     print(f"\nwrote {args.out} ({document['wall_s'] / 60:.1f} min in all)")
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    runs: list[RunResult] = []
+    parts = []
+    for path in paths:
+        document = json.loads(path.read_text())
+        parts.append({k: document[k] for k in ("created", "command", "wall_s", "load_average")})
+        for run in document["runs"]:
+            run["jobs"] = [JobPart(**job) for job in run["jobs"]]
+            runs.append(RunResult(**run))
+    summary = report(runs)
+    document = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "parts": parts,
+        "summary": summary,
+        "runs": [asdict(r) for r in runs],
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nwrote {out} ({len(runs)} runs from {len(paths)} files)")
 
 
 if __name__ == "__main__":
