@@ -7,6 +7,10 @@ from jobs.measurement import CalibrationRequest, Measurement
 
 
 def calibrate(request: CalibrationRequest) -> Measurement:
+    if request.command:  # the user's own training command, run as it is
+        from jobs.command_calibration import calibrate_command
+
+        return calibrate_command(request)
     from jobs.harness import calibrate as run
 
     return run(request)

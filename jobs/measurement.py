@@ -18,7 +18,8 @@ JOB_START_ENV = "PLANJOB_JOB_START"
 # folder, so the login node can tell how long the process took to exit and the job to end.
 JOB_END_FILE = "job-end-{job_id}"
 
-STOP_REASONS = ("ci_target", "step_cap", "time_cap")
+# "exited": a user's command (jobs.command_calibration) ended by itself after enough steps.
+STOP_REASONS = ("ci_target", "step_cap", "time_cap", "exited")
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"plan-job train: bad config {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if config.command:  # the user's own training command: jobs.command runs it
+        from jobs.command import run_training
+
+        status = run_training(config, stop_at, signalled=stop.signal)
+        stop.ignore_from_now()
+        return status
     try:
         world = distributed.detect(os.environ)
     except ValueError as exc:

@@ -29,6 +29,7 @@ def job_folder(base: Path, spec: RunSpec) -> Path:
 
 def build_request(spec: RunSpec, folder: Path) -> CalibrationRequest:
     cal = spec.calibration
+    scratch = Path(spec.checkpoint.dir).resolve() / f".calibration-probe-{folder.name}"
     return CalibrationRequest(
         builder_path=spec.workload.builder_path,
         workload_name=spec.workload.name,
@@ -44,11 +45,27 @@ def build_request(spec: RunSpec, folder: Path) -> CalibrationRequest:
         max_seconds=cal.max_seconds,
         target_ci=cal.target_ci,
         # The probe writes where the run's checkpoints will go: same filesystem, same speed.
-        scratch_dir=str(Path(spec.checkpoint.dir).resolve() / f".calibration-probe-{folder.name}"),
+        scratch_dir=str(scratch),
         progress_path=str(folder.resolve() / PROGRESS_FILE),
         # Timed when the run will evaluate: the plan's eval term comes from it.
         eval_batches=spec.plan.eval_batches if spec.plan.eval_interval_steps else 0,
+        **_command_fields(spec, scratch),
     )
+
+
+def _command_fields(spec: RunSpec, scratch: Path) -> dict[str, Any]:
+    command = spec.command
+    if command is None:
+        return {}
+    return {
+        "command": command.argv,
+        "report": command.report,
+        # The calibration's saves go to the scratch folder: they must not become checkpoints
+        # the run resumes from.
+        "output_dir": str(scratch / "trainer-output") if command.output_dir else "",
+        "stop_grace_s": command.stop_grace_s,
+        "workdir": str(Path.cwd().resolve()),
+    }
 
 
 def with_job_end(m: Measurement, folder: Path, job_id: str, wait_s: float = 5.0) -> Measurement:

@@ -6,6 +6,7 @@ Ctrl-C 130. Heavy modules are imported inside commands so `plan-job --help` stay
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -135,6 +136,13 @@ def cli() -> None:
     help="Override any spec field, e.g. --set batch.micro_batch=32 (repeatable).",
 )
 @click.option(
+    "--command",
+    "command_run",
+    metavar="COMMAND",
+    help='Calibrate your own training command, e.g. "python train.py --steps '
+    '{total_steps}" [spec: command.run].',
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -158,6 +166,7 @@ def calibrate(
     target_ci: float | None,
     time_limit: int | None,
     sets: tuple[str, ...],
+    command_run: str | None,
     output: Path | None,
     jobs_dir: Path,
     history_file: Path | None,
@@ -181,7 +190,7 @@ def calibrate(
     overrides = [*sets, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
     line = StatusLine()
     try:
-        spec = load_spec(spec_path, overrides)
+        spec = load_spec(spec_path, overrides, command=command_run)
         folder = calibration.job_folder(jobs_dir, spec)
         out_path = output or Path("calibrations") / f"{spec.name}.yaml"
 
@@ -190,8 +199,13 @@ def calibrate(
                 *_status_text(status, spec.calibration.target_ci, calibration.read_progress(folder))
             )
 
+        what = (
+            f"{spec.workload.name} {spec.workload.preset}"
+            if spec.command is None
+            else f"`{shlex.join(spec.command.argv)}` (reports: {spec.command.report})"
+        )
         click.echo(
-            f"calibrating {spec.name}: {spec.workload.name} {spec.workload.preset}, "
+            f"calibrating {spec.name}: {what}, "
             f"micro-batch {spec.batch.micro_batch}, {spec.precision}, "
             f"executor {spec.calibration.executor}; logs in {folder}",
             err=True,

@@ -120,7 +120,10 @@ def connect(path: Path | None = None) -> Iterator[sqlite3.Connection]:
 
 
 def workload_key(spec: RunSpec) -> str:
-    """The workload a correction is learned for: a user function, or built-in:preset."""
+    """The workload a correction is learned for: a user function or command, or
+    built-in:preset."""
+    if spec.command is not None:
+        return f"command:{spec.command.run}"
     return spec.workload.function or f"{spec.workload.name}:{spec.workload.preset}"
 
 

@@ -91,6 +91,10 @@ def make_plan(
     eval_s = eval_seconds(spec, m, calibration_path)
     model = scaling or ring_model(spec.plan, m.step_mean_s, record.spec.batch.grad_accum, m.params)
     limit = node_limit(spec, partition)
+    if m.params <= 0:
+        # A command that reported no parameter count gives no all-reduce size: more nodes
+        # than the spec asks for would look free. Report params (jobs.report) to have them.
+        limit = min(limit, spec.cluster.nodes)
     if nodes is not None and not 1 <= nodes <= limit:
         raise PartitionLimitError("--nodes", nodes, f"must be between 1 and {limit}", spec.source)
     one_node = step_at(spec, model, 1)[1].total_s

@@ -11,6 +11,7 @@ _STOP_TEXT = {
     "ci_target": "95% CI within the target ({target})",
     "step_cap": "step cap (calibration.max_steps) before the CI target ({target})",
     "time_cap": "time cap (calibration.max_seconds) before the CI target ({target})",
+    "exited": "the command ended by itself before the CI target ({target})",
 }
 
 
@@ -26,8 +27,13 @@ def calibration_table(record: CalibrationRecord, path: str | None = None) -> str
         ("device", f"{m.device_name} ({m.device_kind}) on {m.host}"),
         (
             "workload",
-            f"{spec.workload.name} {spec.workload.preset}, "
-            f"{fmt_count(m.params)} parameters, {spec.precision}",
+            (
+                f"{spec.workload.name} {spec.workload.preset}"
+                if spec.command is None
+                else f"command `{spec.command.run}` (reports: {spec.command.report})"
+            )
+            + f", {fmt_count(m.params) if m.params else 'unreported'} parameters, "
+            f"{spec.precision}",
         ),
         (
             "per step (one device)",
@@ -53,8 +59,12 @@ def calibration_table(record: CalibrationRecord, path: str | None = None) -> str
         ),
         (
             "start-up",
-            f"{fmt_duration(m.startup_s)} to the first step (import "
-            f"{fmt_duration(m.import_s)}, build {fmt_duration(m.build_s)})"
+            f"{fmt_duration(m.startup_s)} to the first step"
+            + (
+                f" (import {fmt_duration(m.import_s)}, build {fmt_duration(m.build_s)})"
+                if spec.command is None
+                else " (the command's start to its first step's)"
+            )
             + (
                 f"; job script and srun {fmt_duration(m.job_start_s)} before it, exit and "
                 f"job end {fmt_duration(m.job_end_s)} after the last step"

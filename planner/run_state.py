@@ -15,6 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from jobs.progress import read_progress
 from jobs.train_config import TrainConfig
@@ -134,7 +135,11 @@ def inspect_run(target: str, runner: Runner | None = None) -> RunState:
             for job in history.jobs
             if job.job_id
         },
-        checkpoint=newest_checkpoint(Path(train.checkpoint_dir), history),
+        checkpoint=(
+            newest_logged_checkpoint(events)
+            if train.command
+            else newest_checkpoint(Path(train.checkpoint_dir), history)
+        ),
         pace=pace,
         notes=tuple(notes),
     )
@@ -162,6 +167,27 @@ def newest_checkpoint(folder: Path, history: History) -> CheckpointState:
         where += f" (the progress file names one of step {logged_step:,}: deleted or moved?)"
     if empty:
         where += f"; empty (torn) files: {', '.join(empty)}"
+    return CheckpointState(0, None, 0, logged_step, where + ": the run starts again from step 0")
+
+
+def newest_logged_checkpoint(events: Sequence[dict[str, Any]]) -> CheckpointState:
+    """A user command's checkpoints are in its own format and naming: the progress file's
+    ``checkpoint`` lines say which it saved; the newest whose path still exists counts."""
+    saved = [e for e in events if e.get("event") == "checkpoint" and e.get("path")]
+    logged_step = int(saved[-1]["step"]) if saved else None
+    missing = []
+    for event in reversed(saved):
+        path = Path(str(event["path"]))
+        if path.exists():
+            step = int(event["step"])
+            note = f"step {step:,}: the newest checkpoint line whose path exists ({path})"
+            if missing:
+                note += f"; missing on disk: {', '.join(missing)}"
+            return CheckpointState(step, path, _size(path), logged_step, note)
+        missing.append(str(path))
+    where = "no checkpoint line in the progress file"
+    if missing:
+        where = f"none of the progress file's checkpoint paths exists ({', '.join(missing)})"
     return CheckpointState(0, None, 0, logged_step, where + ": the run starts again from step 0")
 
 
@@ -214,7 +240,10 @@ def _train_config(run_dir: Path) -> TrainConfig:
 
 
 def _size(path: Path) -> int:
+    """Bytes of a file, or of the files in a folder (a Trainer's checkpoint-N)."""
     try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         return path.stat().st_size
     except OSError:
         return 0

@@ -78,7 +78,23 @@ def train_config(plan: Plan, run_dir: Path, workdir: Path) -> TrainConfig:
         progress_path=str(run_dir / "progress.jsonl"),
         eval_interval_steps=spec.plan.eval_interval_steps or 0,
         eval_batches=spec.plan.eval_batches,
+        **_command_fields(plan, workdir),
     )
+
+
+def _command_fields(plan: Plan, workdir: Path) -> dict[str, object]:
+    command = plan.spec.command
+    if command is None:
+        return {}
+    output_dir = ""
+    if command.output_dir is not None:
+        output_dir = str(workdir / command.output_dir)  # an absolute one stays as it is
+    return {
+        "command": command.argv,
+        "report": command.report,
+        "output_dir": output_dir,
+        "stop_grace_s": command.stop_grace_s,
+    }
 
 
 def sbatch_options(plan: Plan, segment: Segment, run_dir: Path) -> list[tuple[str, str | None]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from jobs.command_fields import REPORT_MODES, fields_in
 from jobs.workloads.base import PRECISIONS
 from jobs.workloads.registry import BUILTIN
 from planner.errors import SpecError
@@ -27,16 +29,32 @@ _FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _MEM_RE = re.compile(r"^\d+[KMGT]?$")
 
 
+COMMAND_WORKLOAD = "command"  # the workload name of a run that trains with command.run
+
+
 @dataclass(frozen=True)
 class WorkloadSpec:
-    name: str  # built-in name, or "custom" for a user function
+    name: str  # built-in name, "custom" for a user function, COMMAND_WORKLOAD for a command
     preset: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
     function: str | None = None  # "module:function" for a user workload
 
     @property
     def builder_path(self) -> str:
-        return self.function or BUILTIN[self.name].builder_path
+        if self.function:
+            return self.function
+        return BUILTIN[self.name].builder_path if self.name in BUILTIN else ""
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """The user's own training command, run as it is (jobs.command_fields)."""
+
+    run: str  # as written in the spec
+    argv: tuple[str, ...]  # run, split once on the login node
+    report: str = "progress"  # one of REPORT_MODES
+    output_dir: str | None = None  # the Trainer's output_dir (report: trainer_state)
+    stop_grace_s: float = 30.0  # after the stop signal, before the command is killed
 
 
 @dataclass(frozen=True)
@@ -130,11 +148,16 @@ class RunSpec:
     calibration: CalibrationSpec
     source: str | None = None  # the file it came from, for messages
     plan: PlanSpec = field(default_factory=PlanSpec)
+    command: CommandSpec | None = None  # the user's own training command, else the workload's
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("source")
         out["workload"]["overrides"] = dict(self.workload.overrides)
+        if self.command is None:
+            out.pop("command")  # records written before commands existed read the same
+        else:
+            out["command"].pop("argv")  # follows from run
         return out
 
     def step_fingerprint(self) -> str:
@@ -145,12 +168,19 @@ class RunSpec:
             "grad_accum": self.batch.grad_accum,
             "precision": self.precision,
         }
+        if self.command is not None:
+            key["command"] = {"run": self.command.run, "report": self.command.report}
         blob = json.dumps(key, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def load_spec(path: Path | str, overrides: Sequence[str] = ()) -> RunSpec:
-    """Read a YAML run spec, apply ``key.path=value`` overrides, validate every field."""
+def load_spec(
+    path: Path | str, overrides: Sequence[str] = (), command: str | None = None
+) -> RunSpec:
+    """Read a YAML run spec, apply ``key.path=value`` overrides, validate every field.
+
+    ``command`` replaces command.run: taken as written, not read as YAML (a ``#`` or a
+    leading ``{`` in a command line would not survive that)."""
     path = Path(path)
     source = str(path)
     try:
@@ -166,6 +196,12 @@ def load_spec(path: Path | str, overrides: Sequence[str] = ()) -> RunSpec:
         raise SpecError("<top level>", raw, "expected a mapping (key: value lines)", source)
     for item in overrides:
         apply_override(raw, item)
+    if command is not None:
+        section = raw.get("command")
+        if isinstance(section, dict):
+            section["run"] = command
+        else:
+            raw["command"] = command
     return parse_spec(raw, source=source, default_name=path.stem)
 
 
@@ -194,7 +230,19 @@ def parse_spec(
 ) -> RunSpec:
     top = Section(raw, "", source)
     name = top.string("name", default_name)
-    workload = _workload(top.section("workload"))
+    command = _command(top)
+    if command is None:
+        workload = _workload(top.section("workload"))
+    else:
+        workload = WorkloadSpec(COMMAND_WORKLOAD, "-")
+        given = top.get("workload", None)
+        # A saved spec (record, plan.yaml) names the command's placeholder workload.
+        if given is not None and given.get("name") != COMMAND_WORKLOAD:
+            raise top.error(
+                "workload",
+                given,
+                "give a workload or a command, not both: command runs your own script",
+            )
     data = _data(top.section("data"))
     cluster = _cluster(top.section("cluster"))
     batch = _batch(top.section("batch"), cluster)
@@ -204,8 +252,66 @@ def parse_spec(
     plan = _plan(top.section("plan"))
     top.done()
     return RunSpec(
-        name, workload, data, batch, precision, cluster, checkpoint, calibration, source, plan
+        name,
+        workload,
+        data,
+        batch,
+        precision,
+        cluster,
+        checkpoint,
+        calibration,
+        source,
+        plan,
+        command,
     )
+
+
+def _command(top: Section) -> CommandSpec | None:
+    """``command: "python train.py ..."`` or a mapping with ``run:`` and its settings."""
+    if not top.has("command"):
+        top.get("command", None)  # an empty command: is consumed, and means none
+        return None
+    raw = top.get("command")
+    sec = Section({"run": raw} if isinstance(raw, str) else raw, "command", top.source)
+    run = sec.string("run")
+    try:
+        argv = tuple(shlex.split(run))
+    except ValueError as exc:
+        raise sec.error("run", run, f"cannot split it into arguments: {exc}") from exc
+    try:
+        used = fields_in(argv)
+    except ValueError as exc:
+        raise sec.error("run", run, str(exc)) from exc
+    report = sec.choice("report", REPORT_MODES, "progress")
+    output_dir = sec.string("output_dir", None)
+    if report == "trainer_state":
+        if output_dir is None:
+            raise sec.error(
+                "output_dir",
+                None,
+                "report: trainer_state reads the Trainer's checkpoint-N folders: set "
+                "command.output_dir to its output_dir",
+            )
+        needed = {
+            "checkpoint_interval_steps": "--save_steps: the steps are timed between saves",
+            "total_steps": "--max_steps",
+            # The calibration saves elsewhere: its checkpoints must not become the run's.
+            "output_dir": "--output_dir",
+        }
+        for name, flag in needed.items():
+            if name not in used:
+                raise sec.error(
+                    "run", run, f"report: trainer_state needs {{{name}}} passed to {flag}"
+                )
+    spec = CommandSpec(
+        run=run,
+        argv=argv,
+        report=report,
+        output_dir=output_dir,
+        stop_grace_s=sec.number("stop_grace_s", 30.0, minimum=0.0),
+    )
+    sec.done()
+    return spec
 
 
 def _workload(sec: Section) -> WorkloadSpec:
