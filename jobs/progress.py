@@ -12,6 +12,10 @@ lines to the same file, so the file reads as the run's history: every job begins
     step of the checkpoint it resumed); ``total_steps`` (int): the run's target;
     ``restart`` (int): 0 for the run's first job, else how many ``start`` lines precede this
     one; ``job_id`` (str or null): ``$SLURM_JOB_ID``; ``host`` (str); ``pid`` (int).
+    Optional, present only when the writer knows them (a user's script through
+    jobs.report): ``params`` (int, the model's parameters); ``samples_per_step`` (int, on one
+    device); ``tokens_per_sample`` (int) and ``token_unit`` (str, what a token is);
+    ``flops_per_step`` (float, training FLOPs of one optimizer step on one device).
 ``resume``
     Written after ``start`` when the job loaded a checkpoint. ``step`` (int): the
     checkpoint's step; ``load_s`` (float): seconds to read and apply it; ``path`` (str).
@@ -23,7 +27,10 @@ lines to the same file, so the file reads as the run's history: every job begins
     save or evaluation after it): its data, the step, and the loop's own work between steps
     (progress lines, stop checks), so that a job's steps, saves and evaluations account for
     its time from ``start`` to ``stop``; ``loss`` (float, the mean over the step's
-    micro-batches; null when not finite, as JSON has no NaN).
+    micro-batches; null when not finite, as JSON has no NaN). A user's script through
+    jobs.report may write null ``samples``, ``tokens`` and ``loss`` when it does not say
+    them, and an optional ``peak_memory_bytes`` (int): the peak memory so far (CUDA's max
+    allocated), present only when known.
 ``checkpoint``
     ``step`` (int): the step saved; ``save_s`` (float): seconds to write it (atomically);
     ``path`` (str); ``bytes`` (int): its size.
@@ -67,7 +74,18 @@ class ProgressWriter:
         if _ends_torn(path):
             self._handle.write("\n")  # so the first line of this job is not glued to it
 
-    def start(self, step: int, total_steps: int, restart: int) -> None:
+    def start(
+        self,
+        step: int,
+        total_steps: int,
+        restart: int,
+        *,
+        params: int | None = None,
+        samples_per_step: int | None = None,
+        tokens_per_sample: int | None = None,
+        token_unit: str | None = None,
+        flops_per_step: float | None = None,
+    ) -> None:
         self._write(
             "start",
             step=step,
@@ -76,13 +94,37 @@ class ProgressWriter:
             job_id=os.environ.get("SLURM_JOB_ID"),
             host=socket.gethostname(),
             pid=os.getpid(),
+            **_known(
+                params=params,
+                samples_per_step=samples_per_step,
+                tokens_per_sample=tokens_per_sample,
+                token_unit=token_unit,
+                flops_per_step=flops_per_step,
+            ),
         )
 
     def resume(self, step: int, load_s: float, path: str) -> None:
         self._write("resume", step=step, load_s=load_s, path=path)
 
-    def step(self, step: int, samples: int, tokens: int, step_s: float, loss: float | None) -> None:
-        self._write("step", step=step, samples=samples, tokens=tokens, step_s=step_s, loss=loss)
+    def step(
+        self,
+        step: int,
+        samples: int | None,
+        tokens: int | None,
+        step_s: float,
+        loss: float | None,
+        *,
+        peak_memory_bytes: int | None = None,
+    ) -> None:
+        self._write(
+            "step",
+            step=step,
+            samples=samples,
+            tokens=tokens,
+            step_s=step_s,
+            loss=loss,
+            **_known(peak_memory_bytes=peak_memory_bytes),
+        )
 
     def checkpoint(self, step: int, save_s: float, path: str, nbytes: int) -> None:
         self._write("checkpoint", step=step, save_s=save_s, path=path, bytes=nbytes)
@@ -125,6 +167,12 @@ def read_progress(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         if isinstance(event, dict) and "event" in event:
             events.append(event)
     return events
+
+
+def _known(**fields: Any) -> dict[str, Any]:
+    # Optional fields are left out rather than written as null: the training entry's lines stay
+    # as they were, and "absent" reads the same as "unknown" to every reader.
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def _ends_torn(path: Path) -> bool:
