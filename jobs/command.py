@@ -215,8 +215,9 @@ class TrainerStateRelay:
     line (step_s: the mean step time since the previous save ended, or since ``since_time``
     for the first) and a ``checkpoint`` line (save_s and bytes from the folder's files).
 
-    A folder is taken once two looks in a row find it unchanged (the Trainer may still be
-    writing it), or on the ``final`` look after the command has exited. Folders that were
+    A folder is taken at the first look that finds its trainer_state.json, which the Trainer
+    writes at the end of a save: waiting for a second look would lose folders that
+    save_total_limit deletes within a poll or two when steps are fast. Folders that were
     there before (earlier jobs) are not this job's."""
 
     def __init__(
@@ -230,7 +231,6 @@ class TrainerStateRelay:
         self.output_dir, self.writer = output_dir, writer
         self.last_step, self.last_end = since_step, since_time
         self.samples_per_step = samples_per_step
-        self._pending: dict[int, trainer_state.CheckpointFolder] = {}
         # Earlier jobs' folders. One above since_step is a save cut short (no
         # trainer_state.json): this job writes it anew.
         folders = trainer_state.checkpoint_folders(output_dir)
@@ -250,10 +250,6 @@ class TrainerStateRelay:
             folder = trainer_state.describe(path, step)
             if folder is None:
                 continue  # being written, or a save an earlier job's end cut short
-            if not final and self._pending.get(step) != folder:
-                self._pending[step] = folder
-                break  # later folders wait for it: lines go out in step order
-            self._pending.pop(step, None)
             self._seen.add(step)
             self._write(folder)
             written.append(folder)

@@ -355,3 +355,42 @@ def test_lightning_callback_stops_before_the_stop_time(
     saved = events(progress, "checkpoint")[-1]
     assert saved["step"] == stop["step"] and Path(saved["path"]).parent == folder
     assert Path(saved["path"]).is_file()
+
+
+def test_an_unchanged_trainer_script_calibrates_from_its_checkpoint_folders(
+    tmp_path: Path,
+) -> None:
+    """report: trainer_state on the real Trainer, unchanged (--no-callback): fast steps and
+    save_total_limit=2 rotate folders away within a poll or two; each must still count."""
+    pytest.importorskip("transformers")
+    import shlex
+
+    import yaml
+
+    from planner.record import load_record
+    from tests.cli_helpers import REPO, run_cli
+
+    example = REPO / "examples" / "user_train_hf.py"
+    run = (
+        f"{shlex.quote(sys.executable)} {shlex.quote(str(example))} --no-callback "
+        "--output-dir {output_dir} --total-steps {total_steps} "
+        "--checkpoint-every {checkpoint_interval_steps} --resume-from {resume_from}"
+    )
+    spec = {
+        "name": "hf-unchanged",
+        "command": {"run": run, "report": "trainer_state", "output_dir": "out"},
+        "data": {"samples": 20000},
+        "batch": {"micro_batch": 16},
+        "cluster": {"gpus_per_node": 0},
+        "checkpoint": {"dir": "ck"},
+        "calibration": {"executor": "local", "max_steps": 400, "max_seconds": 30},
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    proc = run_cli(["calibrate", "spec.yaml", "-o", "cal.yaml"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    m = load_record(tmp_path / "cal.yaml").measurement
+    assert m.steady_steps >= 40 and 0 < m.step_mean_s < 0.5
+    assert m.checkpoint_save_s > 0 and m.checkpoint_bytes > 0 and m.startup_s > 0.5
+    # The calibration's saves went to its scratch folder, which is gone: not to output_dir.
+    assert not (tmp_path / "out").exists()
+    assert not any((tmp_path / "ck").glob(".calibration-probe-*"))
