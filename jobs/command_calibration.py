@@ -214,6 +214,7 @@ class _CommandRun:
         self.progress_path, self.log_path = progress_path, log_path
         self.interval, self.trainer = interval, trainer
         self.spawned = 0.0
+        self.decided_at: int | None = None  # step lines seen when the stop was decided
 
     def run(self, fields_env: dict[str, str]) -> tuple[_Seen, _Timing, str]:
         """Start, watch and stop the command: what it reported, its step times and why it
@@ -279,6 +280,10 @@ class _CommandRun:
                 seen.add(event)
         if stopped_by is None:
             stopped_by = self._after_exit(seen, status)
+        elif self.decided_at is not None:
+            # The steps the stop was decided on: those after it wind down (the signal lands
+            # mid-step), and a CI said to be within target must be the one recorded.
+            del seen.steps[self.decided_at :]
         timing = _timing(seen, self.trainer)
         if len(timing.times) < 2:
             raise self._too_few(seen, status, exited=stopped_by == "exited")
@@ -312,7 +317,7 @@ class _CommandRun:
             for event in seen.steps[relayed:]:
                 elapsed = now - (timing.began or self.spawned)
                 live.write(event["step"] - seen.first_step, elapsed, ci)
-            relayed = len(seen.steps)
+            relayed = self.decided_at = len(seen.steps)
             if seen.steps_done >= request.max_steps:
                 return "step_cap"
             saved = bool(seen.saves) or seen.steps_done >= 3 * self.interval
