@@ -3,14 +3,37 @@ imports this module to hand the function to submitit, and must not pay for torch
 
 from __future__ import annotations
 
-from jobs.measurement import CalibrationRequest, Measurement
+import os
+
+from jobs.measurement import CalibrationFailed, CalibrationRequest, Measurement
 
 
 def calibrate(request: CalibrationRequest) -> Measurement:
+    """Calibrate on this node. Launched as several tasks, every task calls this and the
+    workload's steps run data-parallel across them (jobs.harness); each task returns its own
+    Measurement of the same steps, and submitit hands back task 0's."""
     if request.command:  # the user's own training command, run as it is
+        _one_task_only()
         from jobs.command_calibration import calibrate_command
 
         return calibrate_command(request)
     from jobs.harness import calibrate as run
 
     return run(request)
+
+
+def _one_task_only() -> None:
+    from jobs import distributed
+
+    try:
+        size = distributed.detect(os.environ).size
+    except ValueError:
+        return  # the command ignores the launcher's variables: nothing to refuse
+    if size > 1:
+        # Every task would start the whole command: as many unrelated trainings as tasks.
+        raise CalibrationFailed(
+            "distributed",
+            f"the calibration job started {size} tasks, and a user's own command "
+            "(workload.command) is calibrated in one: launch the calibration with one node "
+            "and one task per node; the command's own launcher (torchrun) may start more",
+        )

@@ -101,6 +101,32 @@ class Measurement:
     # Every job pays it after its last save. Filled in by the login node; 0.0: not measured.
     job_end_s: float = 0.0
     returned_at: float = 0.0  # Unix time the harness returned, for job_end_s
+    # The data-parallel world the steps ran in (defaults: one process, as every record written
+    # before multi-node calibration). With ranks > 1 every step time above includes averaging
+    # the gradients across the ranks, and the per-step counts stay those of one rank.
+    nodes: int = 1  # distinct nodes among the ranks
+    ranks: int = 1  # processes (tasks) in the world: nodes x tasks_per_node when even
+    tasks_per_node: int = 1  # the most ranks on any one node
+    backend: str = ""  # torch.distributed backend: gloo | nccl; '' for one rank
+    # (bytes, median seconds) of one all-reduce (sum) of that many fp32 bytes across all
+    # ranks, in increasing bytes: 1/16, 1/4 and all of the gradient (params x 4). The slowest
+    # rank's median. () for one rank.
+    allreduce_times: tuple[tuple[int, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        # A record read back from YAML gives lists of lists: make them the declared tuples
+        # here, so that every reader compares and hashes the same thing. TypeError for a
+        # malformed entry: what a record's loader reports for a field it cannot use.
+        pairs = []
+        for pair in self.allreduce_times:
+            try:
+                size, seconds = pair
+                pairs.append((int(size), float(seconds)))
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"allreduce_times entries are [bytes, seconds], not {pair!r}"
+                ) from None
+        object.__setattr__(self, "allreduce_times", tuple(pairs))
 
     @property
     def step_ci_relative(self) -> float:

@@ -129,6 +129,13 @@ def cli() -> None:
     help="The job's --time in minutes [spec: calibration.time_limit_minutes].",
 )
 @click.option(
+    "--nodes",
+    "node_counts",
+    metavar="N[,N...]",
+    help="Calibrate at these node counts, one job each, e.g. 1,2: fits the all-reduce the "
+    "plan scales with (Slurm only) [spec: calibration.nodes, default 1].",
+)
+@click.option(
     "--set",
     "sets",
     multiple=True,
@@ -165,6 +172,7 @@ def calibrate(
     max_seconds: float | None,
     target_ci: float | None,
     time_limit: int | None,
+    node_counts: str | None,
     sets: tuple[str, ...],
     command_run: str | None,
     output: Path | None,
@@ -190,13 +198,30 @@ def calibrate(
     overrides = [*sets, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
     line = StatusLine()
     try:
+        if node_counts is not None:
+            overrides.append(f"calibration.nodes={_node_list(node_counts)}")
         spec = load_spec(spec_path, overrides, command=command_run)
         folder = calibration.job_folder(jobs_dir, spec)
         out_path = output or Path("calibrations") / f"{spec.name}.yaml"
+        # The job running now: its progress file, and which of several it is.
+        current: dict[str, Any] = {"folder": folder, "label": ""}
 
         def on_status(status: Any) -> None:
-            line.show(
-                *_status_text(status, spec.calibration.target_ci, calibration.read_progress(folder))
+            progress = calibration.read_progress(current["folder"])
+            text, key = _status_text(status, spec.calibration.target_ci, progress)
+            line.show(current["label"] + text, current["label"] + key)
+
+        def on_run(run: Any, index: int, count: int, run_folder: Path) -> None:
+            current["folder"] = run_folder
+            if count == 1:
+                return
+            current["label"] = f"[{index}/{count}: {run.nodes} node(s)] "
+            line.close()
+            line.last_text = ""
+            click.echo(
+                f"calibration job {index} of {count}: {run.nodes} node(s) x "
+                f"{run.tasks_per_node} task(s), grad_accum {run.grad_accum}; logs in {run_folder}",
+                err=True,
             )
 
         what = (
@@ -207,11 +232,17 @@ def calibrate(
         click.echo(
             f"calibrating {spec.name}: {what}, "
             f"micro-batch {spec.batch.micro_batch}, {spec.precision}, "
-            f"executor {spec.calibration.executor}; logs in {folder}",
+            f"executor {spec.calibration.executor}"
+            + (
+                f", nodes {', '.join(map(str, spec.calibration.nodes))}"
+                if spec.calibration.nodes != (1,)
+                else ""
+            )
+            + f"; logs in {folder}",
             err=True,
         )
         try:
-            record = calibration.calibrate(spec, folder, on_status)
+            record = calibration.calibrate(spec, folder, on_status, on_run)
         finally:
             line.close()
         save_record(record, out_path)
@@ -219,6 +250,27 @@ def calibrate(
         fail(exc)
     _record_history(lambda: history.record_calibration(record, out_path, history_file))
     click.echo(calibration_table(record, str(out_path)))
+    if record.scaling is not None:
+        from tabulate import tabulate
+
+        from planner.scaling_fit import scaling_rows
+
+        rows = scaling_rows(record.scaling)
+        headers = ("scaling", "each node count measured, and the model fitted to them")
+        click.echo("\n" + tabulate(rows, headers=headers, tablefmt="simple"))
+
+
+def _node_list(text: str) -> str:
+    """--nodes 1,2 as the YAML list calibration.nodes reads (the spec validates the counts)."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        from planner.errors import SpecError
+
+        raise SpecError(
+            "--nodes", text, "expected node counts separated by commas, e.g. 1,2"
+        ) from None
+    return "[" + ", ".join(str(c) for c in counts) + "]"
 
 
 _SETS = click.option(

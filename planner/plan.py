@@ -98,6 +98,9 @@ class NodeOption:
     segments: int | None = None
     gpu_hours: float | None = None  # at the P50 wall time
     cost: float | None = None  # gpu_hours x plan.gpu_hour_cost
+    # A node count a multi-node calibration ran: its efficiency and step from the jobs.
+    measured_efficiency: float | None = None
+    measured_step_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,10 @@ class Plan:
     gpu_hours: float  # at the P50 wall time
     cost: float | None
     eval_s: float = 0.0  # one evaluation (plan.eval_s, else the calibration's); 0: none
+    # What the all-reduce across nodes comes from (planner.scaling_fit.describe_fit) and how
+    # far the chosen node count lies beyond the measured ones; "": a one-device calibration.
+    scaling_model: str = ""
+    extrapolation: str = ""
 
     @property
     def gpus(self) -> int:

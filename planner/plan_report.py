@@ -50,6 +50,7 @@ def summary_table(plan: Plan) -> str:
             f"{fmt_duration(plan.step_p95_s)} P95; scaling efficiency "
             f"{fmt_percent(plan.efficiency)}",
         ),
+        *_scaling_rows(plan),
         (
             "wall time",
             f"P50 {fmt_duration(wall.p50_s)}, P95 {fmt_duration(wall.p95_s)} "
@@ -104,8 +105,11 @@ def options_table(plan: Plan) -> str:
     cost = plan.spec.plan.gpu_hour_cost is not None
     infeasible = [o for o in plan.options if not o.feasible]
     shown = [o for o in plan.options if o.feasible or len(infeasible) <= _MAX_INFEASIBLE_ROWS]
-    rows = [_option_row(o, cost) for o in shown]
-    headers = ["nodes", "GPUs", "accum", "step", "efficiency", "P50", "P95", "jobs", "GPU-h"]
+    measured = any(o.measured_efficiency is not None for o in plan.options)
+    rows = [_option_row(o, cost, measured) for o in shown]
+    headers = ["nodes", "GPUs", "accum", "step", "efficiency"]
+    headers += ["measured (step)"] if measured else []
+    headers += ["P50", "P95", "jobs", "GPU-h"]
     headers += ["cost"] if cost else []
     table = tabulate(rows, headers=[*headers, "note"], tablefmt="simple", disable_numparse=True)
     if len(infeasible) > _MAX_INFEASIBLE_ROWS:
@@ -141,16 +145,17 @@ def baselines_table(plan: Plan) -> str:
     )
 
 
-def _option_row(o: NodeOption, cost: bool) -> list[str]:
+def _option_row(o: NodeOption, cost: bool, measured: bool = False) -> list[str]:
     mark = f"* {o.nodes}" if o.chosen else str(o.nodes)
     if not o.feasible:
-        return [mark, str(o.gpus), *["-"] * (8 if cost else 7), o.reason]
+        return [mark, str(o.gpus), *["-"] * (7 + int(cost) + int(measured)), o.reason]
     row = [
         mark,
         str(o.gpus),
         str(o.grad_accum),
         fmt_duration(o.step_s or 0.0),
         fmt_percent(o.efficiency or 0.0),
+        *([_measured_cell(o)] if measured else []),
         fmt_duration(o.wall_p50_s or 0.0),
         fmt_duration(o.wall_p95_s or 0.0),
         str(o.segments),
@@ -211,3 +216,19 @@ def _difference(estimate_s: float, p50_s: float) -> str:
     if not math.isfinite(estimate_s) or p50_s <= 0:
         return "-"
     return f"{(estimate_s - p50_s) / p50_s:+.1%}"
+
+
+def _measured_cell(o: NodeOption) -> str:
+    if o.measured_efficiency is None:
+        return ""
+    return f"{fmt_percent(o.measured_efficiency)} ({fmt_duration(o.measured_step_s or 0.0)})"
+
+
+def _scaling_rows(plan: Plan) -> list[tuple[str, str]]:
+    """A multi-node calibration's model and how far the choice extrapolates from it."""
+    if not plan.scaling_model:
+        return []
+    rows = [("scaling", plan.scaling_model)]
+    if plan.extrapolation:
+        rows.append(("", plan.extrapolation))
+    return rows

@@ -2,7 +2,8 @@
 
 For every node count n in 1..N (N = min(plan.max_nodes, the partition's MaxNodes and total
 nodes); without partition information plan.max_nodes or else cluster.nodes):
-step time (planner.scaling), checkpoint interval (planner.interval), segments under MaxTime
+step time (planner.scaling; the record's fitted planner.scaling_fit.MeasuredScaling when a
+multi-node calibration made one), checkpoint interval (planner.interval), segments under MaxTime
 and P50/P95 wall time (planner.timemodel), GPU-hours = P50 wall x GPUs, cost.
 
 Choice: with a deadline, the fewest GPU-hours whose P95 wall time meets it; without one, the
@@ -38,6 +39,12 @@ from planner.plan import (
 )
 from planner.record import CalibrationRecord
 from planner.scaling import ScalingModel, StepTime, efficiency, ring_model, step_at
+from planner.scaling_fit import (
+    describe_fit,
+    extrapolation,
+    measured_efficiency,
+    measured_scaling,
+)
 from planner.spec import RunSpec
 from planner.timemodel import (
     StepStats,
@@ -89,7 +96,7 @@ def make_plan(
     m = record.measurement
     totals = count_work(spec, m)
     eval_s = eval_seconds(spec, m, calibration_path)
-    model = scaling or ring_model(spec.plan, m.step_mean_s, record.spec.batch.grad_accum, m.params)
+    model = scaling or _scaling_model(spec, record)
     limit = node_limit(spec, partition)
     if m.params <= 0:
         # A command that reported no parameter count gives no all-reduce size: more nodes
@@ -108,6 +115,7 @@ def make_plan(
     options = tuple(
         _option(spec, r, n, chosen, why, deadline_hours) for n, r in enumerate(results, start=1)
     )
+    options = _with_measured(spec, record, options)
     segments = split_segments(
         chosen.work,
         totals.steps,
@@ -149,6 +157,10 @@ def make_plan(
         gpu_hours=chosen.gpu_hours,
         cost=None if cost is None else chosen.gpu_hours * cost,
         eval_s=eval_s,
+        scaling_model=describe_fit(record.scaling) if record.scaling else "",
+        extrapolation=(
+            extrapolation(record.scaling.node_counts, chosen.nodes) if record.scaling else ""
+        ),
     )
 
 
@@ -328,3 +340,37 @@ def _gpus_per_node(spec: RunSpec) -> int:
 
 def _partition_name(partition: PartitionLimits | None) -> str:
     return f"partition {partition.name}" if partition else "the partition"
+
+
+def _scaling_model(spec: RunSpec, record: CalibrationRecord) -> ScalingModel:
+    """The fit of a multi-node calibration when the record has one, else the ring model from
+    the one device it timed and the spec's bandwidths."""
+    m = record.measurement
+    if record.scaling is not None:
+        return measured_scaling(spec.plan, record.scaling, m.step_mean_s, m.params)
+    return ring_model(spec.plan, m.step_mean_s, record.spec.batch.grad_accum, m.params)
+
+
+def _with_measured(
+    spec: RunSpec, record: CalibrationRecord, options: tuple[NodeOption, ...]
+) -> tuple[NodeOption, ...]:
+    """The node counts the calibration ran, with the efficiency and step their jobs showed
+    beside the model's (the model reproduces the smallest count by construction)."""
+    section = record.scaling
+    if section is None:
+        return options
+    by_nodes = {o.nodes: o for o in options}
+    base = by_nodes.get(section.points[0].nodes)
+    base_efficiency = base.efficiency if base is not None and base.efficiency else 1.0
+    out = []
+    for option in options:
+        point = next((p for p in section.points if p.nodes == option.nodes), None)
+        measured = measured_efficiency(
+            section, option.nodes, spec.cluster.gpus_per_node, base_efficiency
+        )
+        if point is not None and measured is not None and option.feasible:
+            option = dataclasses.replace(
+                option, measured_efficiency=measured, measured_step_s=point.step_mean_s
+            )
+        out.append(option)
+    return tuple(out)

@@ -17,6 +17,7 @@ from jobs.measurement import Measurement
 from planner.atomic import write_text_atomic
 from planner.devices import peak_for
 from planner.errors import SpecError
+from planner.scaling_fit import ScalingSection, section_from_dict
 from planner.spec import RunSpec, parse_spec
 
 FORMAT = "plan-job/calibration/v1"
@@ -48,8 +49,11 @@ class CalibrationRecord:
     spec: RunSpec
     measurement: Measurement
     derived: Derived
-    job: JobInfo
+    job: JobInfo  # the smallest node count's job when several ran
     created: str
+    # Every node count's job and the all-reduce fitted to them (calibration.nodes); None: the
+    # one-device calibration, planned with planner.scaling.ring_model.
+    scaling: ScalingSection | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -60,7 +64,7 @@ class CalibrationRecord:
         measurement["versions"] = dict(self.measurement.versions)
         measurement["step_times_s"] = [round(t, 6) for t in self.measurement.step_times_s]
         measurement["load_times_s"] = [round(t, 6) for t in self.measurement.load_times_s]
-        return {
+        out = {
             "format": FORMAT,
             "created": self.created,
             "fingerprint": self.fingerprint,
@@ -69,6 +73,9 @@ class CalibrationRecord:
             "derived": dataclasses.asdict(self.derived),
             "measurement": measurement,
         }
+        if self.scaling is not None:
+            out["scaling"] = self.scaling.to_dict()
+        return out
 
 
 def derive(spec: RunSpec, m: Measurement) -> Derived:
@@ -87,9 +94,14 @@ def derive(spec: RunSpec, m: Measurement) -> Derived:
     )
 
 
-def make_record(spec: RunSpec, measurement: Measurement, job: JobInfo) -> CalibrationRecord:
+def make_record(
+    spec: RunSpec,
+    measurement: Measurement,
+    job: JobInfo,
+    scaling: ScalingSection | None = None,
+) -> CalibrationRecord:
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    return CalibrationRecord(spec, measurement, derive(spec, measurement), job, created)
+    return CalibrationRecord(spec, measurement, derive(spec, measurement), job, created, scaling)
 
 
 def save_record(record: CalibrationRecord, path: Path) -> None:
@@ -117,11 +129,19 @@ def load_record(path: Path | str) -> CalibrationRecord:
         m = dict(raw["measurement"])
         m["step_times_s"] = tuple(m.get("step_times_s", ()))
         m["load_times_s"] = tuple(m.get("load_times_s", ()))
+        if "allreduce_times" in m:  # YAML gives lists back where the dataclass has tuples
+            m["allreduce_times"] = tuple((int(b), float(t)) for b, t in m["allreduce_times"])
         measurement = Measurement(**m)
+        scaling = raw.get("scaling")
         return CalibrationRecord(
-            spec, measurement, Derived(**raw["derived"]), JobInfo(**raw["job"]), str(raw["created"])
+            spec,
+            measurement,
+            Derived(**raw["derived"]),
+            JobInfo(**raw["job"]),
+            str(raw["created"]),
+            section_from_dict(scaling) if scaling else None,
         )
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise SpecError(
             "--calibration",
             str(path),

@@ -1,7 +1,8 @@
 """How the optimizer step time changes with the node count: a model behind a small Protocol.
 
-The calibration timed ONE device, so every number here is extrapolated from it; a later issue
-fits a model from multi-node measurements and drops in through ``ScalingModel``.
+A one-device calibration times ONE device, so every number here is extrapolated from it; a
+multi-node calibration fits a model from its jobs (planner.scaling_fit.MeasuredScaling), which
+drops in through ``ScalingModel``.
 
 The default, ``RingAllReduce`` (data parallel, DDP):
 

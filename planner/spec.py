@@ -106,6 +106,20 @@ class CalibrationSpec:
     pending_timeout_s: float = 600.0
     peak_tflops: float | None = None  # overrides the device table for MFU
     seed: int = 0
+    # One calibration job per node count, smallest first; more than one count (or a count
+    # above 1) fits the inter-node all-reduce the plan extrapolates with (planner.scaling_fit).
+    nodes: tuple[int, ...] = (1,)
+    # Ranks per node of a data-parallel calibration; None: cluster.gpus_per_node (at least 1)
+    # once several ranks run, while the default single-node calibration times one device.
+    tasks_per_node: int | None = None
+
+    def resolved_tasks_per_node(self, gpus_per_node: int) -> int:
+        """Ranks per node each calibration job starts."""
+        if self.tasks_per_node is not None:
+            return self.tasks_per_node
+        if self.nodes == (1,):
+            return 1  # the one-device calibration every record before scaling was made with
+        return max(gpus_per_node, 1)
 
 
 @dataclass(frozen=True)
@@ -437,9 +451,27 @@ def _calibration(sec: Section) -> CalibrationSpec:
         pending_timeout_s=sec.number("pending_timeout_s", 600.0, minimum=0.0, exclusive_min=True),
         peak_tflops=sec.number("peak_tflops", None, minimum=0.0, exclusive_min=True),
         seed=sec.integer("seed", 0, minimum=0),
+        nodes=_node_counts(sec),
+        tasks_per_node=sec.integer("tasks_per_node", None, minimum=1),
     )
     sec.done()
     return spec
+
+
+def _node_counts(sec: Section) -> tuple[int, ...]:
+    """calibration.nodes: a list of distinct node counts >= 1 (a lone number is one count)."""
+    raw = sec.get("nodes", [1])
+    items = raw if isinstance(raw, list | tuple) else [raw]
+    counts: list[int] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int) or item < 1:
+            raise sec.error("nodes", raw, "expected whole node counts >= 1, e.g. [1, 2]")
+        counts.append(item)
+    if not counts:
+        raise sec.error("nodes", raw, "give at least one node count, e.g. [1, 2]")
+    if len(set(counts)) != len(counts):
+        raise sec.error("nodes", raw, "each node count once, e.g. [1, 2]")
+    return tuple(sorted(counts))
 
 
 def _plan(sec: Section) -> PlanSpec:

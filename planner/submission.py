@@ -130,7 +130,11 @@ def job_timing_lines(folder: Path) -> list[str]:
     ]
 
 
-def make_executor(spec: RunSpec, folder: Path, job_name: str) -> Any:
+def make_executor(
+    spec: RunSpec, folder: Path, job_name: str, nodes: int = 1, tasks_per_node: int = 1
+) -> Any:
+    """submitit's executor for a calibration job of ``nodes`` x ``tasks_per_node`` ranks, one
+    GPU each on a GPU cluster (the local executor runs one task on this machine)."""
     import submitit
 
     cal = spec.calibration
@@ -144,14 +148,15 @@ def make_executor(spec: RunSpec, folder: Path, job_name: str) -> Any:
         "job_name": job_name,
         "time": cal.time_limit_minutes,
         "signal_delay_s": SIGNAL_DELAY_S,
-        "nodes": 1,
-        "ntasks_per_node": 1,
+        "nodes": nodes,
+        "ntasks_per_node": tasks_per_node,
         "cpus_per_task": cluster.cpus_per_task,
         "setup": job_timing_lines(folder),
     }
-    # One device is what a calibration measures; the plan scales it to the whole job.
+    # One device per rank: a one-task calibration measures one device and the plan scales it;
+    # a data-parallel one runs a rank per GPU as the run's jobs do.
     if cluster.gpus_per_node > 0:
-        params["gres"] = "gpu:1"
+        params["gres"] = f"gpu:{tasks_per_node}"
     optional = {
         "partition": cluster.partition,
         "mem": cluster.mem,
@@ -248,7 +253,9 @@ class JobRunner:
         from submitit.core.utils import FailedJobError, UncompletedJobError
 
         try:
-            return self.job.result()
+            # results(), not result(): for a job of several tasks (a multi-node calibration)
+            # result() asserts on its sub-jobs; task 0's result is the calibration's.
+            return self.job.results()[0]
         except FailedJobError as exc:
             raise self._failure(str(exc)) from None
         except UncompletedJobError as exc:

@@ -25,6 +25,15 @@ PACE_S = 0.05
 
 
 @pytest.fixture(autouse=True)
+def young_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's Python is new when it calibrates and its age is start-up; this test process
+    may be minutes old, which is not the command's start-up."""
+    from jobs import harness
+
+    monkeypatch.setattr(harness, "process_age_s", lambda: 0.0)
+
+
+@pytest.fixture(autouse=True)
 def no_launcher_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # The test may itself run in a Slurm job or under a launcher: one rank here.
     for name in list(os.environ):
