@@ -6,11 +6,18 @@ Kept small and free of heavy imports (no torch): every test session loads it.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
 
 from tests.slurm_cluster import INSTALL_HINT, SlurmCluster, missing_binaries
+
+# A shell that starts the suite in the background (`cmd &`, nohup) has it ignore SIGINT, and
+# every process it starts inherits that: the Ctrl-C tests would see no Ctrl-C. A handler (not
+# SIG_IGN) is reset to the default in the processes the tests start.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -56,17 +56,18 @@ def test_one_and_two_nodes_are_measured_and_the_fit_reproduces_them(
     assert [b for b, _ in two.allreduce_times] == sorted(b for b, _ in two.allreduce_times)
     fit = record.scaling.fit
     assert fit is not None and fit.bytes_per_s > 0 and fit.latency_s >= 0
+    assert "fitted to the steps at 2 nodes" in proc.stdout
     checks = {c.nodes: c for c in record.scaling.checks}
     assert checks[1].error == pytest.approx(0.0, abs=1e-9)  # the compute term comes from it
-    # How far the isolated all-reduce's model is from the measured 2-node step is stated in
-    # the record and the output (on this VM the two "nodes" share two cores, so it is far).
+    # One multi-node count: its step fits the bandwidth (at the spec's latency), and the
+    # model reproduces it; the record and the output state the error.
+    assert not fit.latency_fitted
+    assert checks[2].error == pytest.approx(0.0, abs=1e-6), (checks[2], proc.stdout)
     assert f"({checks[2].error:+.1%})" in proc.stdout, proc.stdout
-    # The fit to the communication the steps expose reproduces the measured 2-node step.
-    exposed = record.scaling.step_fit
-    assert exposed is not None and not exposed.latency_fitted  # one multi-node point
-    grad_bytes = record.measurement.params * 4
-    model = one.step_mean_s / one.grad_accum + exposed.latency_s + grad_bytes / exposed.bytes_per_s
-    assert model == pytest.approx(two.step_mean_s, rel=1e-6)
+    # The all-reduces timed on their own are kept beside it: on this VM far from the step,
+    # as the two "nodes" share two cores (two one-thread ranks each run slower than one).
+    timed = record.scaling.allreduce_fit
+    assert timed is not None and timed.points == 3 and timed.bytes_per_s > 0
     assert squeue() == ""
 
     # The plan uses the fit and says what was measured.
