@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,34 +22,15 @@ import yaml
 from jobs import command_fields
 from jobs.progress import read_progress
 from jobs.report import STOP_SIGNALS, Reporter
+from tests.reporter_fixtures import (  # noqa: F401 (autouse fixtures)
+    clean_environment,
+    in_tmp_path,
+    restore_signal_handlers,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PLAIN = REPO / "examples" / "user_train_plain.py"
 PLAIN_SPEC = REPO / "examples" / "user-plain.yaml"
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No PLANJOB_* field or rank from the calling shell: each test sets what it means."""
-    for name in [command_fields.env_name(field) for field in command_fields.FIELDS]:
-        monkeypatch.delenv(name, raising=False)
-    for name in ("RANK", "SLURM_PROCID"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(autouse=True)
-def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A default path that a test forgot to set lands here, not in the repository."""
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture(autouse=True)
-def restore_signal_handlers() -> Iterator[None]:
-    """A Reporter replaces the stop signals' handlers (and ignores them after its stop)."""
-    saved = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-    yield
-    for signum, handler in saved.items():
-        signal.signal(signum, handler)
 
 
 def events(path: Path, kind: str | None = None) -> list[dict[str, Any]]:
