@@ -237,7 +237,7 @@ class TrainerStateRelay:
         self._seen = {step for step, _ in folders if step <= since_step}
         self._warned = False
 
-    def poll(self, final: bool = False) -> list[trainer_state.CheckpointFolder]:
+    def poll(self) -> list[trainer_state.CheckpointFolder]:
         """Write the lines of the folders completed since the last call; returns them."""
         written = []
         for step, path in trainer_state.checkpoint_folders(self.output_dir):
@@ -418,16 +418,16 @@ def _run(
         forwarder.proc = None
     step = first
     if relay is not None:
-        _poll_or_drop(relay, final=True)
+        _poll_or_drop(relay)
         step = relay.last_step
     return _finish(config, status, forwarder, writer, step)
 
 
-def _poll_or_drop(relay: TrainerStateRelay, final: bool = False) -> TrainerStateRelay | None:
+def _poll_or_drop(relay: TrainerStateRelay) -> TrainerStateRelay | None:
     """The relay after a look at output_dir; None once it failed (a full disk, say): the
     progress lines are for eta and resubmit, and must never stop the training."""
     try:
-        relay.poll(final=final)
+        relay.poll()
     except (OSError, ValueError) as exc:
         print(
             f"plan-job train: warning: no more progress lines from {relay.output_dir}: "

@@ -272,7 +272,7 @@ class _CommandRun:
                 try:
                     # What it wrote as it saved and left: a save on the signal, its stop line.
                     if relay is not None:
-                        relay.poll(final=True)
+                        relay.poll()
                 finally:
                     if writer is not None:
                         writer.close()
@@ -304,7 +304,7 @@ class _CommandRun:
         while True:
             exited = proc.poll() is not None
             if relay is not None:
-                relay.poll(final=exited)
+                relay.poll()
             new = tail.read()
             for event in new:
                 seen.add(event)
