@@ -7,7 +7,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from bench.accuracy_analysis import METHODS, RunResult
+from bench.accuracy_analysis import AT_RUN_STEP, METHODS, RunResult
 
 _JOB_HEADERS = (
     "job",
@@ -78,7 +78,7 @@ def summary_rows(results: list[RunResult]) -> list[tuple[Any, ...]]:
     rows = []
     for r in results:
         if not r.ok and not r.sacct_s:
-            rows.append((r.name, "FAILED", *[""] * 10))
+            rows.append((r.name, "FAILED", *[""] * 11))
             continue
         e = r.errors_pct
         rows.append(
@@ -90,6 +90,7 @@ def summary_rows(results: list[RunResult]) -> list[tuple[Any, ...]]:
                 f"{r.sacct_s:.0f}",
                 f"{r.training_clock_s:.1f}",
                 f"{e['plan-job P50']:+.1f}",
+                f"{e[AT_RUN_STEP[0]]:+.1f}" if AT_RUN_STEP[0] in e else "",
                 "yes" if r.in_band else "no",
                 "yes" if r.inside_time else "NO",
                 f"{e['method 1']:+.1f}",
@@ -108,6 +109,7 @@ SUMMARY_HEADERS = (
     "sacct s",
     "train clock s",
     "err %",
+    "err % at run's step",
     "in [P50,P95]",
     "in --time",
     "method 1 err %",
@@ -125,8 +127,8 @@ def report(results: list[RunResult]) -> dict[str, Any]:
     measured = [r for r in results if r.sacct_s > 0]
     failed = [r.name for r in results if not r.ok]
     summary: dict[str, Any] = {"runs": len(results), "measured": len(measured), "failed": failed}
-    for label, _ in METHODS:
-        errors = [r.errors_pct[label] for r in measured]
+    for label, _ in (*METHODS, AT_RUN_STEP):
+        errors = [r.errors_pct[label] for r in measured if label in r.errors_pct]
         if errors:
             summary[label] = {
                 "median_abs_pct": statistics.median(abs(x) for x in errors),
@@ -139,11 +141,11 @@ def report(results: list[RunResult]) -> dict[str, Any]:
         cost = [r.calibration_s / r.sacct_s * 100 for r in measured]
         summary["calibration_pct"] = {"median": statistics.median(cost), "max": max(cost)}
     print()
-    for label, _ in METHODS:
+    for label, _ in (*METHODS, AT_RUN_STEP):
         if label in summary:
             s = summary[label]
             print(
-                f"{label:14s} |error| median {s['median_abs_pct']:.1f}%, max "
+                f"{label:30s} |error| median {s['median_abs_pct']:.1f}%, max "
                 f"{s['max_abs_pct']:.1f}% (mean signed {s['mean_pct']:+.1f}%)"
             )
     if measured:
