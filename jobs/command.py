@@ -33,7 +33,7 @@ from typing import IO, Any
 
 from jobs import trainer_state
 from jobs.command_fields import environment, render
-from jobs.progress import ProgressWriter, read_progress
+from jobs.progress import ProgressWriter, read_progress, restart_count
 from jobs.train_config import TrainConfig
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -332,7 +332,7 @@ def run_training(config: TrainConfig, stop_at: float | None, signalled: str | No
     argv = render(config.command, values)
     writer = None
     if trainer and _is_rank_zero(env):
-        restart = sum(e["event"] == "start" for e in read_progress(config.progress_path))
+        restart = restart_count(read_progress(config.progress_path))
         writer = ProgressWriter(config.progress_path)
         writer.start(first, config.total_steps, restart)
     try:

@@ -169,6 +169,12 @@ def read_progress(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return events
 
 
+def restart_count(events: list[dict[str, Any]]) -> int:
+    """The restart number of the job about to start: how many jobs started before it (each
+    job's first line is its ``start``, written before it opens the file for anything else)."""
+    return sum(event["event"] == "start" for event in events)
+
+
 def _known(**fields: Any) -> dict[str, Any]:
     # Optional fields are left out rather than written as null: the training entry's lines stay
     # as they were, and "absent" reads the same as "unknown" to every reader.

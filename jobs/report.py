@@ -54,7 +54,7 @@ from types import FrameType
 from typing import Any
 
 from jobs.command_fields import env_name
-from jobs.progress import ProgressWriter, read_progress
+from jobs.progress import ProgressWriter, read_progress, restart_count
 
 # SIGUSR2: what plan-job's scripts ask Slurm to send before the time limit (Lightning keeps
 # USR1 for its own requeue); SIGTERM: what Slurm sends at the limit and torchrun forwards.
@@ -178,7 +178,7 @@ class Reporter:
                 )
             path = Path(self.progress_path or "")
             # Counted before this job opens the file: the earlier jobs' starts.
-            restart = sum(1 for e in read_progress(path) if e["event"] == "start")
+            restart = restart_count(read_progress(path))
             self._writer = ProgressWriter(path)
             self._writer.start(
                 step,

@@ -39,7 +39,7 @@ from typing import Any
 from jobs import distributed, runtime
 from jobs.distributed import Group, World
 from jobs.measurement import CalibrationFailed, parse_failure
-from jobs.progress import ProgressWriter, read_progress
+from jobs.progress import ProgressWriter, read_progress, restart_count
 from jobs.train_config import TrainConfig
 from jobs.workloads.base import Workload, WorkloadConfig
 
@@ -229,7 +229,7 @@ def _job_start(
     past_saves = [e["save_s"] for e in history if e["event"] == "checkpoint"]
     past_evals = [e["eval_s"] for e in history if e["event"] == "eval"]
     return JobStart(
-        restart=sum(event["event"] == "start" for event in history),
+        restart=restart_count(history),
         step=resumed.step if resumed is not None else 0,
         path=str(resumed.path) if resumed is not None else None,
         step_times=tuple(past_steps[-RECENT_STEPS:]),
