@@ -109,6 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"plan-job train: bad launch environment: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    status = _train_rank(config, stop_at, stop, world)
+    if world.size > 1:
+        # Leave without the interpreter's finalisation: gloo's and the rendezvous store's C++
+        # threads can still be joinable there (always after a failure, where the group is
+        # not torn down; now and then after a clean teardown too), and destroying one calls
+        # std::terminate: SIGABRT in place of this exit status, a COMPLETED job made FAILED.
+        # Everything this rank writes is closed by now; the standard streams are flushed here.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+def _train_rank(config: TrainConfig, stop_at: float | None, stop: StopRequest, world: World) -> int:
     # Among several ranks, say which one failed: their stderr is interleaved in one log.
     who = f"{world.name}: " if world.size > 1 else ""
     try:
