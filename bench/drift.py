@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/drift.py [--workload gpt] [--preset tiny] [--micro-batch 8]
                                     [--seconds 120] [--window 5]
-                                    [--calibration-s 10] [--run-s 180]
+                                    [--calibration-s 10 [20 ...]] [--run-s 180]
 
 A plan extrapolates a calibration of a few seconds to a run of hours; it can be no closer
 than the machine is to itself. This prints the mean step time of each window and the spread
@@ -34,7 +34,9 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--window", type=float, default=5.0)
-    parser.add_argument("--calibration-s", type=float, default=10.0)
+    parser.add_argument(
+        "--calibration-s", type=float, nargs="+", default=[10.0], help="one or more lengths"
+    )
     parser.add_argument("--run-s", type=float, default=180.0)
     args = parser.parse_args()
 
@@ -79,7 +81,8 @@ def main() -> None:
             f"window means after the first: median {statistics.median(steady) * 1e3:.2f} ms, "
             f"min {low * 1e3:.2f}, max {high * 1e3:.2f}, max/min - 1 = {high / low - 1:.1%}"
         )
-    replay(ends, args.window, args.calibration_s, args.run_s)
+    for calibration_s in args.calibration_s:
+        replay(ends, args.window, calibration_s, args.run_s)
 
 
 def mean_step(ends: list[float], start: float, stop: float) -> float | None:
