@@ -354,7 +354,12 @@ def _make_plan(
         return _Planned(model, None, model)
     scaled = history.corrected_record(record, correction.factor)
     plan = make_plan(
-        spec, scaled, partition, str(calibration_path), deadline_hours=deadline, nodes=nodes
+        history.spec_with_spread(spec, correction),
+        scaled,
+        partition,
+        str(calibration_path),
+        deadline_hours=deadline,
+        nodes=nodes,
     )
     return _Planned(plan, correction, model)
 

@@ -14,7 +14,9 @@ outcomes: recent beats global, as the machine, the data and the software drift. 
 newest job ran over its own prediction, the factor is at least the mean of the last two
 (Tsafrir, Etsion and Feitelson, "Backfilling using system-generated predictions rather than
 user runtime estimates", IEEE TPDS 18(6), 2007: the average of a user's last two jobs, and a
-prediction that was exceeded raises the next). Torch-free.
+prediction that was exceeded raises the next). The same newest outcomes give the run-to-run
+spread a plan's P95 uses when the spec's is smaller: a machine that drifts from run to run
+widens the band its plans promise. Torch-free.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ if TYPE_CHECKING:  # only for a type: calibrate and emit need not import the run
 ENV = "PLANJOB_HISTORY"
 RECENT = 5
 MIN_OUTCOMES = 2
+MIN_SPREAD_OUTCOMES = 3  # a standard deviation of two jobs says little
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calibrations (
@@ -79,6 +82,10 @@ class Correction:
     overall_median: float
     latest: float  # the newest job's bias
     rule: str  # how the factor was chosen, in words
+    # Sample standard deviation of the newest jobs' biases over the factor: how far one run
+    # strays from the corrected pace (0.0 with fewer than MIN_SPREAD_OUTCOMES jobs). A plan
+    # whose plan.run_to_run_spread is below it takes it for its P95.
+    spread: float = 0.0
 
 
 def history_path(explicit: Path | None = None) -> Path:
@@ -272,7 +279,9 @@ def correction_for(workload: str, partition: str, path: Path | None = None) -> C
                 "two jobs (Tsafrir, Etsion and Feitelson 2007), above the median of the newest "
                 f"{len(recent)}"
             )
+    spread = statistics.stdev(recent) / factor if len(recent) >= MIN_SPREAD_OUTCOMES else 0.0
     return Correction(
+        spread=spread,
         workload=workload,
         partition=partition,
         factor=factor,
@@ -282,6 +291,14 @@ def correction_for(workload: str, partition: str, path: Path | None = None) -> C
         latest=model[-1],
         rule=rule,
     )
+
+
+def spec_with_spread(spec: RunSpec, correction: Correction) -> RunSpec:
+    """The spec with the history's run-to-run spread when it is wider than the spec's."""
+    if correction.spread <= spec.plan.run_to_run_spread:
+        return spec
+    plan = dataclasses.replace(spec.plan, run_to_run_spread=correction.spread)
+    return dataclasses.replace(spec, plan=plan)
 
 
 def corrected_record(record: CalibrationRecord, factor: float) -> CalibrationRecord:

@@ -132,6 +132,8 @@ def _bias_row(workload: str, partition: str, path: Path | None) -> tuple[object,
         return None
     correction = correction_for(workload, partition, path)
     factor = f"x{correction.factor:.2f}" if correction else f"none (< {MIN_OUTCOMES} jobs)"
+    if correction and correction.spread:
+        factor += f", spread {correction.spread:.1%}"
     return (
         workload,
         partition,
@@ -157,5 +159,17 @@ def correction_text(correction: Correction, model: Plan, plan: Plan) -> str:
         f"it: P50 "
         f"{fmt_duration(model.wall.p50_s)} -> {fmt_duration(plan.wall.p50_s)}, P95 "
         f"{fmt_duration(model.wall.p95_s)} -> {fmt_duration(plan.wall.p95_s)}, "
-        f"{len(model.segments)} -> {len(plan.segments)} job(s). --no-correction plans without it."
+        f"{len(model.segments)} -> {len(plan.segments)} job(s).{_spread_text(correction, model)}"
+        " --no-correction plans without it."
+    )
+
+
+def _spread_text(correction: Correction, model: Plan) -> str:
+    spec_spread = model.spec.plan.run_to_run_spread
+    if correction.spread <= spec_spread:
+        return ""
+    return (
+        f" The newest jobs strayed {correction.spread:.1%} (standard deviation) from that "
+        f"pace, more than plan.run_to_run_spread ({spec_spread:.1%}): the P95 uses "
+        f"{correction.spread:.1%}."
     )

@@ -132,6 +132,25 @@ def test_the_bias_is_against_the_uncorrected_model(tmp_path: Path) -> None:
     assert correction is not None and correction.factor == pytest.approx(1.5)
 
 
+def test_the_newest_jobs_spread_widens_the_band_only_past_the_specs(tmp_path: Path) -> None:
+    db = tmp_path / "h.sqlite"
+    run = recorded_run(db, tmp_path, "a")
+    add_outcomes(db, run, [1.0, 1.0])
+    two = history.correction_for("jit:tiny", "gpu", db)
+    assert two is not None and two.spread == 0.0  # two jobs: no spread learnt
+    add_outcomes(db, run, [1.2, 0.8, 1.1, 0.9, 1.0])
+    correction = history.correction_for("jit:tiny", "gpu", db)
+    assert correction is not None and correction.factor == pytest.approx(1.0)
+    # Newest five 1.2, 0.8, 1.1, 0.9, 1.0: sample sd sqrt(0.1 / 4) over the factor 1.0.
+    assert correction.spread == pytest.approx(0.158114, rel=1e-5)
+    spec = spec_with()
+    assert spec.plan.run_to_run_spread < correction.spread
+    widened = history.spec_with_spread(spec, correction)
+    assert widened.plan.run_to_run_spread == pytest.approx(correction.spread)
+    steady = spec_with(plan__run_to_run_spread=0.5)
+    assert history.spec_with_spread(steady, correction) is steady
+
+
 def test_a_corrected_record_slows_the_whole_plan() -> None:
     spec = spec_with(plan__max_nodes=1, checkpoint={"interval_steps": 100})
     record = record_for(spec, step_std_s=0.05, step_ci_half_s=0.01)
@@ -198,6 +217,33 @@ def test_plan_and_emit_print_and_apply_the_correction(
     assert row["correction"] == pytest.approx(1.5) and row["p50_s"] > 1.4 * row["model_p50_s"]
     proc = run_cli(["history"], cwd=tmp_path, env=env)
     assert proc.returncode == 0 and "(x1.50)" in proc.stdout and "x1.50" in proc.stdout
+
+
+def test_a_drifting_history_widens_the_plans_p95(
+    planned: tuple[Path, Path], tmp_path: Path
+) -> None:
+    spec, cal = planned
+    db = tmp_path / "h.sqlite"
+    add_outcomes(db, recorded_run(db, tmp_path, "old"), [1.2, 0.8, 1.1, 0.9, 1.0])
+    env = no_slurm_env(db)
+
+    def band(*extra: str) -> tuple[float, float, str]:
+        proc = run_cli(
+            ["emit", str(spec), "--calibration", str(cal), "-o", f"run{len(extra)}", *extra],
+            cwd=tmp_path,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr
+        wall = yaml.safe_load((tmp_path / f"run{len(extra)}" / "plan.yaml").read_text())["wall"]
+        return wall["p50_s"], wall["p95_s"], proc.stdout
+
+    p50, p95, out = band()
+    plain_p50, plain_p95, _ = band("--no-correction")
+    assert "strayed 15.8% (standard deviation)" in out and "the P95 uses 15.8%" in out
+    assert p50 == pytest.approx(plain_p50)  # the factor is 1.0: only the band moves
+    assert p95 - p50 > 3 * (plain_p95 - plain_p50)
+    proc = run_cli(["history"], cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and "x1.00, spread 15.8%" in proc.stdout
 
 
 def test_an_unwritable_history_only_warns(planned: tuple[Path, Path], tmp_path: Path) -> None:
