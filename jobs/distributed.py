@@ -18,6 +18,7 @@ import math
 import re
 import socket
 import subprocess
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -298,6 +299,22 @@ def decorrelate_streams(workload: Any, rank: int) -> None:
         if isinstance(obj, torch.Generator):
             obj.manual_seed(rank_seed(obj.initial_seed(), rank))
     torch.manual_seed(rank_seed(torch.initial_seed(), rank))  # the CPU's and every GPU's
+
+
+def join_data_parallel(workload: Any, group: Group, program: str) -> None:
+    """Make ``workload`` one rank of a data-parallel run, the same way for the calibration and
+    the training (``program`` names which in the note): its own data streams, rank 0's
+    weights, gradients averaged once per optimizer step (DDP's no_sync() semantics)."""
+    decorrelate_streams(workload, group.world.rank)
+    group.broadcast_weights(workload.model)
+    hooked = install_gradient_averaging(workload, group)
+    if hooked == "optimizer" and group.is_main:
+        print(
+            f"{program}: note: the workload has its own train_step: gradients are "
+            "averaged across ranks in optimizer.step(), after any clipping or loss scaling "
+            "that train_step does (which then sees one rank's gradients)",
+            file=sys.stderr,
+        )
 
 
 def install_gradient_averaging(workload: Any, group: Group) -> str:

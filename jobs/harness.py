@@ -17,7 +17,6 @@ import os
 import platform
 import resource
 import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,7 +118,7 @@ def _calibrate(
     group = distributed.start(world, device)
     workload = _build(request, device)
     if group.size > 1:
-        _join_data_parallel(workload, group)
+        distributed.join_data_parallel(workload, group, "plan-job calibrate")
     # Joining the others (the rendezvous waits for the slowest rank, rank 0's weights are
     # sent) is start-up that every job of a multi-node run pays: it counts as build.
     built = time.perf_counter()
@@ -185,21 +184,6 @@ def _calibrate(
     # process is about to exit anyway.
     group.close()
     return measurement
-
-
-def _join_data_parallel(workload: Workload, group: Group) -> None:
-    """As jobs.train joins: own data streams, rank 0's weights, gradients averaged once per
-    optimizer step (after the last micro-batch's backward: DDP's no_sync() semantics)."""
-    distributed.decorrelate_streams(workload, group.world.rank)
-    group.broadcast_weights(workload.model)
-    hooked = distributed.install_gradient_averaging(workload, group)
-    if hooked == "optimizer" and group.is_main:
-        print(
-            "plan-job calibrate: note: the workload has its own train_step: gradients are "
-            "averaged across ranks in optimizer.step(), after any clipping or loss scaling "
-            "that train_step does (which then sees one rank's gradients)",
-            file=sys.stderr,
-        )
 
 
 def _layout(group: Group) -> tuple[int, int]:

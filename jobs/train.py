@@ -219,7 +219,7 @@ def _train(
         workload_config = _workload_config(config, device)
         workload = runtime.build_workload(config.builder_path, workload_config, device)
         if group.size > 1:
-            _join_data_parallel(workload, group)
+            distributed.join_data_parallel(workload, group, "plan-job train")
         run = Run(config, workload, device, progress, stop, job, group)
         if resumed is None:
             progress.start(first, config.total_steps, job.restart)
@@ -266,19 +266,6 @@ def _read_chosen(path: Path, step: int) -> Resumed:
             f"cannot read {path}, which rank 0 read: {type(exc).__name__}: {exc}",
         ) from exc
     return Resumed(step, path, state, time.perf_counter() - start)
-
-
-def _join_data_parallel(workload: Workload, group: Group) -> None:
-    distributed.decorrelate_streams(workload, group.world.rank)
-    group.broadcast_weights(workload.model)
-    hooked = distributed.install_gradient_averaging(workload, group)
-    if hooked == "optimizer" and group.is_main:
-        print(
-            "plan-job train: note: the workload has its own train_step: gradients are "
-            "averaged across ranks in optimizer.step(), after any clipping or loss scaling "
-            "that train_step does (which then sees one rank's gradients)",
-            file=sys.stderr,
-        )
 
 
 def _quiet(*_args: Any, **_kwargs: Any) -> None:
