@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,8 @@ def make_executor(
     cal = spec.calibration
     if cal.executor == "local":
         executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(timeout_min=cal.time_limit_minutes)
+        gpus = local_gpu_parameters(cal.device, tasks_per_node, os.environ, count_local_gpus())
+        executor.update_parameters(timeout_min=cal.time_limit_minutes, **gpus)
         return executor
     cluster = spec.cluster
     executor = submitit.SlurmExecutor(folder=folder)
@@ -166,6 +168,46 @@ def make_executor(
     params.update({k: v for k, v in optional.items() if v is not None})
     executor.update_parameters(**params)
     return executor
+
+
+def count_local_gpus(proc: Path = Path("/proc/driver/nvidia/gpus")) -> int:
+    """NVIDIA GPUs on this machine, from the driver's /proc entries: the login side must not
+    import torch to ask, and nvidia-smi can take seconds to answer."""
+    try:
+        return sum(1 for _ in proc.iterdir())
+    except OSError:
+        return 0
+
+
+def local_gpu_parameters(
+    device: str, tasks: int, environ: Mapping[str, str], gpus_here: int
+) -> dict[str, Any]:
+    """submitit.LocalExecutor parameters that let the local job see the GPUs it needs.
+
+    The local executor sets CUDA_VISIBLE_DEVICES to its first gpus_per_node GPUs, which is
+    empty by default: a `--device cuda` calibration would see none. A job that needs CUDA
+    (calibration.device cuda, or auto on a machine with a GPU) gets one GPU per task, chosen
+    among those the user's own CUDA_VISIBLE_DEVICES leaves visible.
+    """
+    if device == "cpu" or (device == "auto" and gpus_here == 0):
+        return {}  # submitit hides every GPU: a CPU calibration stays off them
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return {"gpus_per_node": tasks}
+    ids = [part.strip() for part in visible.split(",") if part.strip()]
+    if len(ids) < tasks:
+        raise SpecError(
+            "calibration.device",
+            device,
+            f"the local job needs {tasks} GPU(s) but CUDA_VISIBLE_DEVICES={visible!r} leaves "
+            f"{len(ids)} visible: unset it, list more GPUs, or use --device cpu",
+        )
+    if all(part.isdigit() for part in ids):
+        return {"gpus_per_node": tasks, "visible_gpus": [int(part) for part in ids]}
+    # GPU UUIDs or MIG names: submitit's visible_gpus takes indices only. Its setup lines run
+    # in the job's shell after its own CUDA_VISIBLE_DEVICES, so this export wins.
+    chosen = ",".join(ids[:tasks])
+    return {"setup": [f"export CUDA_VISIBLE_DEVICES={shlex.quote(chosen)}"]}
 
 
 class JobRunner:
