@@ -6,6 +6,7 @@ JobError and its subclasses mean a job did not do its work (exit 1).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -38,14 +39,23 @@ class UnknownKeysError(SpecError):
         self, section: str, unknown: Iterable[str], valid: Iterable[str], source: str | None = None
     ) -> None:
         unknown = sorted(unknown)
-        valid_list = ", ".join(sorted(valid))
+        valid = sorted(valid)
         field = f"{section}.{unknown[0]}" if section else unknown[0]
+        close = close_match(unknown[0], valid)
+        hint = f"did you mean {close!r}? " if close else ""
         super().__init__(
             field,
             unknown[0] if len(unknown) == 1 else unknown,
-            f"unknown key; valid keys here are: {valid_list}",
+            f"unknown key; {hint}valid keys here are: {', '.join(valid)}",
             source,
         )
+        self.suggestion = close
+
+
+def close_match(word: str, candidates: Iterable[str], cutoff: float = 0.75) -> str | None:
+    """The candidate ``word`` is most likely a misspelling of, if any is close enough."""
+    found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=cutoff)
+    return found[0] if found else None
 
 
 class SlurmUnavailableError(BadInputError):

@@ -17,6 +17,7 @@ from jobs.measurement import Measurement
 from planner.atomic import write_text_atomic
 from planner.devices import peak_for
 from planner.errors import SpecError
+from planner.record_checks import check_dataclass, check_measurement, check_scaling_points
 from planner.scaling_fit import ScalingSection, section_from_dict
 from planner.spec import RunSpec, parse_spec
 
@@ -133,7 +134,7 @@ def load_record(path: Path | str) -> CalibrationRecord:
             m["allreduce_times"] = tuple((int(b), float(t)) for b, t in m["allreduce_times"])
         measurement = Measurement(**m)
         scaling = raw.get("scaling")
-        return CalibrationRecord(
+        record = CalibrationRecord(
             spec,
             measurement,
             Derived(**raw["derived"]),
@@ -147,3 +148,10 @@ def load_record(path: Path | str) -> CalibrationRecord:
             str(path),
             f"a calibration record with missing or unknown fields ({exc})",
         ) from exc
+    source = str(path)
+    check_measurement(record.measurement, source)
+    check_dataclass(record.derived, "derived", source)
+    check_dataclass(record.job, "job", source)
+    if record.scaling is not None:
+        check_scaling_points(record.scaling.points, source)
+    return record

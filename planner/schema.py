@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from planner.errors import SpecError, UnknownKeysError
+from planner.errors import SpecError, UnknownKeysError, close_match
 
 _MISSING = object()
 
@@ -42,8 +42,25 @@ class Section:
         if key in self.raw and self.raw[key] is not None:
             return self.raw[key]
         if default is _MISSING:
+            typo = self._misspelling_of(key)
+            if typo is not None:
+                # `micro_bach: 8` is a typo of the required key, not a missing value.
+                raise self.error(
+                    typo,
+                    self.raw[typo],
+                    f"unknown key; did you mean {key!r}? ({self.field(key)} is required)",
+                )
             raise self.error(key, None, "this field is required")
         return default
+
+    def _misspelling_of(self, key: str) -> str | None:
+        """A key of the document, not otherwise known, that looks like a typo of ``key``."""
+        for given in self.raw:
+            # A stricter cutoff than for unknown keys: this one is reported before the
+            # section's other keys are known, and max_steps/min_steps are 0.78 alike.
+            if isinstance(given, str) and given != key and close_match(given, [key], 0.8):
+                return given
+        return None
 
     def section(self, key: str) -> Section:
         return Section(self.get(key, {}), self.field(key), self.source)
@@ -93,6 +110,12 @@ class Section:
             raise self.error(key, value, f"must be {'>' if exclusive_min else '>='} {minimum:g}")
         if maximum is not None and value > maximum:
             raise self.error(key, value, f"must be <= {maximum:g}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, value, "expected true or false")
         return value
 
     def mapping(self, key: str) -> dict[str, Any]:

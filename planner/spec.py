@@ -148,6 +148,9 @@ class PlanSpec:
     eval_interval_steps: int | None = None
     eval_batches: int = 10  # held-out micro-batches one evaluation runs
     eval_s: float | None = None  # seconds one evaluation takes; None: the calibration's
+    # Let the plan choose node counts beyond those the calibration measured, from the
+    # network model (plan.interconnect_gbps ...) or the fit's extrapolation.
+    allow_unmeasured_scaling: bool = False
 
 
 @dataclass(frozen=True)
@@ -243,7 +246,7 @@ def parse_spec(
     raw: Mapping[str, Any], source: str | None = None, default_name: str = "run"
 ) -> RunSpec:
     top = Section(raw, "", source)
-    name = top.string("name", default_name)
+    name = _name(top, default_name)
     command = _command(top)
     if command is None:
         workload = _workload(top.section("workload"))
@@ -278,6 +281,25 @@ def parse_spec(
         plan,
         command,
     )
+
+
+def _name(top: Section, default: str) -> str:
+    """The run's name becomes file names (calibrations/<name>.yaml, job folders): one path
+    component, so that no name can write outside the folder it is meant for."""
+    name = top.string("name", default)
+    bad = (
+        name in (".", "..")
+        or any(sep in name for sep in ("/", "\\"))
+        or any(ord(char) < 32 or ord(char) == 127 for char in name)
+    )
+    if bad:
+        raise top.error(
+            "name",
+            name,
+            "must be one file name: no '/', '\\', control characters, and not '.' or '..' "
+            "(e.g. jit-b4-10b)",
+        )
+    return name
 
 
 def _command(top: Section) -> CommandSpec | None:
@@ -498,6 +520,7 @@ def _plan(sec: Section) -> PlanSpec:
         eval_interval_steps=interval,
         eval_batches=sec.integer("eval_batches", 10, minimum=1),
         eval_s=eval_s,
+        allow_unmeasured_scaling=sec.boolean("allow_unmeasured_scaling", False),
     )
     sec.done()
     return spec
