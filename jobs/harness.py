@@ -178,6 +178,7 @@ def _calibrate(
         tasks_per_node=tasks_per_node,
         backend=_backend(group),
         allreduce_times=allreduce_times,
+        slowdowns=tuple((s.first_step, s.last_step, s.ratio) for s in est.slowdowns),
         returned_at=time.time(),
     )
     # Only after success: tearing down NCCL after a peer's failure can hang, and a failing

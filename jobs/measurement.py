@@ -112,6 +112,9 @@ class Measurement:
     # ranks, in increasing bytes: 1/16, 1/4 and all of the gradient (params x 4). The slowest
     # rank's median. () for one rank.
     allreduce_times: tuple[tuple[int, float], ...] = ()
+    # (first step, last step, times the median) of slow stretches after the warm-up: noise
+    # such as a load spike, counted in the steady mean and its CI, not as warm-up.
+    slowdowns: tuple[tuple[int, int, float], ...] = ()
 
     def __post_init__(self) -> None:
         # A record read back from YAML gives lists of lists: make them the declared tuples
@@ -127,6 +130,13 @@ class Measurement:
                     f"allreduce_times entries are [bytes, seconds], not {pair!r}"
                 ) from None
         object.__setattr__(self, "allreduce_times", tuple(pairs))
+        try:
+            slow = tuple((int(a), int(b), float(r)) for a, b, r in self.slowdowns)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"slowdowns entries are [first step, last step, ratio], not {self.slowdowns!r}"
+            ) from None
+        object.__setattr__(self, "slowdowns", slow)
 
     @property
     def step_ci_relative(self) -> float:

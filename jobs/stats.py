@@ -10,6 +10,21 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# A stretch of steady steps this much slower than the median batch is reported as a slowdown.
+SLOWDOWN_RATIO = 1.25
+# The series is looked at in means of this many steps (MSER-5's batches).
+BATCH = 5
+
+
+@dataclass(frozen=True)
+class Slowdown:
+    """Steps first..last (1-based, inclusive) ran ``ratio`` times the median: noise (a load
+    spike, another job on the node), kept in the steady mean and its CI, not warm-up."""
+
+    first_step: int
+    last_step: int
+    ratio: float
+
 
 @dataclass(frozen=True)
 class SteadyEstimate:
@@ -20,6 +35,7 @@ class SteadyEstimate:
     std: float
     ci_half_width: float  # 95% confidence half-width of the mean
     p90: float
+    slowdowns: tuple[Slowdown, ...] = ()
 
     @property
     def ci_relative(self) -> float:
@@ -76,6 +92,62 @@ def mser_truncation(values: Sequence[float], batch: int = 5) -> int:
     return best_d * batch
 
 
+def warmup_cut(values: Sequence[float]) -> int:
+    """Warm-up: the steps MSER-5 would cut, kept only as far as they are an initial stretch
+    of slow steps that begins at step 1 and ends once the steps have come down.
+
+    MSER minimises the tail's variance, so a slow stretch anywhere in the first half (a load
+    spike at steps 40-85) can move its cut past the stretch; charging that as warm-up makes
+    every plan pay for one moment of one machine. Warm-up is what every job pays at its
+    start: compile, allocator and cache first touches. A slow stretch later is noise, and
+    stays in the steady steps (slowdowns() names it; the CI widens with it).
+    """
+    cut = mser_truncation(values)
+    if cut == 0:
+        return 0
+    size = BATCH if len(values) >= 4 * BATCH else 1
+    tail = [
+        statistics.fmean(values[i : i + size]) for i in range(cut, len(values) - size + 1, size)
+    ]
+    if not tail:
+        return cut
+    mean = statistics.fmean(tail)
+    spread = statistics.stdev(tail) if len(tail) > 1 else 0.0
+    elevated = mean + 2 * spread
+    prefix = 0
+    while prefix < cut and statistics.fmean(values[prefix : prefix + size]) > elevated:
+        prefix += size
+    return min(prefix, cut)
+
+
+def slowdowns(values: Sequence[float], offset: int = 0) -> tuple[Slowdown, ...]:
+    """Stretches of at least two batches whose means exceed the median batch mean by
+    SLOWDOWN_RATIO; ``offset`` is the number of steps before ``values`` (the warm-up)."""
+    size = BATCH
+    means = [statistics.fmean(values[i : i + size]) for i in range(0, len(values) - size + 1, size)]
+    if len(means) < 4:
+        return ()
+    median = statistics.median(means)
+    found: list[Slowdown] = []
+    start = None
+    for index, value in enumerate([*means, 0.0]):  # the sentinel closes a stretch at the end
+        slow = median > 0 and value > SLOWDOWN_RATIO * median
+        if slow and start is None:
+            start = index
+        elif not slow and start is not None:
+            if index - start >= 2:
+                stretch = values[start * size : index * size]
+                found.append(
+                    Slowdown(
+                        offset + start * size + 1,
+                        offset + index * size,
+                        statistics.fmean(stretch) / median,
+                    )
+                )
+            start = None
+    return tuple(found)
+
+
 def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     """Mean and its 95% CI half-width; batch means once there are enough values.
 
@@ -96,10 +168,10 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
 
 
 def steady_estimate(step_times: Sequence[float]) -> SteadyEstimate:
-    """Cut the warm-up found by MSER and describe the rest."""
+    """Cut the warm-up (warmup_cut) and describe the rest, slowdowns included."""
     if len(step_times) < 2:
         raise ValueError("need at least two step times")
-    cut = mser_truncation(step_times)
+    cut = warmup_cut(step_times)
     steady = list(step_times[cut:])
     mean, half = mean_ci(steady)
     p90 = statistics.quantiles(steady, n=10, method="inclusive")[-1] if len(steady) > 1 else mean
@@ -111,4 +183,5 @@ def steady_estimate(step_times: Sequence[float]) -> SteadyEstimate:
         std=statistics.stdev(steady) if len(steady) > 1 else 0.0,
         ci_half_width=half,
         p90=p90,
+        slowdowns=slowdowns(steady, cut),
     )

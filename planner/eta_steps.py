@@ -24,7 +24,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jobs.stats import mean_ci, mser_truncation
+from jobs.stats import mean_ci, warmup_cut
 from jobs.train import RECENT_STEPS
 from planner.progress_sources import History, JobLog, PlanFacts
 
@@ -77,7 +77,7 @@ def steady_step_time(jobs: Sequence[JobLog], cut_warmup: bool = True) -> StepTim
             cuts.append(0)
             pools.append([])
             continue
-        cut = mser_truncation(xs)
+        cut = warmup_cut(xs)
         steady = xs[cut:]
         cuts.append(cut)
         if job.index > 0:

@@ -65,6 +65,7 @@ class CalibrationRecord:
         measurement["versions"] = dict(self.measurement.versions)
         measurement["step_times_s"] = [round(t, 6) for t in self.measurement.step_times_s]
         measurement["load_times_s"] = [round(t, 6) for t in self.measurement.load_times_s]
+        measurement["slowdowns"] = [[a, b, round(r, 4)] for a, b, r in self.measurement.slowdowns]
         out = {
             "format": FORMAT,
             "created": self.created,

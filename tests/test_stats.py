@@ -62,3 +62,37 @@ def test_steady_estimate_reports_the_steady_part() -> None:
     assert est.mean == pytest.approx(0.1, rel=0.01)
     assert est.p90 > est.median > 0.09
     assert 0 < est.ci_relative < 0.05
+
+
+def _noisy_steady(count: int, mean: float = 0.1, seed: int = 0) -> list[float]:
+    rng = random.Random(seed)
+    return [mean * (1 + rng.gauss(0, 0.03)) for _ in range(count)]
+
+
+def test_a_load_spike_is_noise_not_warm_up() -> None:
+    # Steps 1-5 warm up (3.0 s down to 1.1 s), then 0.1 s steps, of which steps 41-85 ran
+    # twice as long (a busy node). MSER-5 alone cuts at 85: the spike would be charged to
+    # every plan as 85 steps of warm-up.
+    warm = [3.0, 2.0, 1.5, 1.2, 1.1]
+    steady = _noisy_steady(195)
+    spiked = [2 * x if 35 <= i < 80 else x for i, x in enumerate(steady)]
+    assert mser_truncation(warm + spiked) == 85
+    est = steady_estimate(warm + spiked)
+    assert est.warmup_steps == 5
+    (slow,) = est.slowdowns
+    assert (slow.first_step, slow.last_step) == (41, 85)
+    assert slow.ratio == pytest.approx(2.0, rel=0.03)
+    # Kept in the steady steps, the spike widens the CI instead of hiding in the warm-up.
+    assert est.ci_relative > 10 * steady_estimate(warm + steady).ci_relative
+
+
+def test_a_spike_without_warm_up_cuts_nothing() -> None:
+    spiked = [2 * x if 35 <= i < 80 else x for i, x in enumerate(_noisy_steady(200))]
+    est = steady_estimate(spiked)
+    assert est.warmup_steps == 0 and len(est.slowdowns) == 1
+
+
+def test_a_decaying_warm_up_is_still_cut_whole() -> None:
+    warm = [0.1 * (1 + 4 * 0.7**k) for k in range(20)]  # 0.5 s decaying towards 0.1 s
+    est = steady_estimate(warm + _noisy_steady(200))
+    assert 5 <= est.warmup_steps <= 20 and est.slowdowns == ()
