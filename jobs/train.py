@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs import distributed, runtime
+from jobs.checkpoint_owner import Owner, read_owner, write_owner
 from jobs.distributed import Group, World
 from jobs.measurement import CalibrationFailed, parse_failure
 from jobs.progress import ProgressWriter, read_progress, restart_count
@@ -201,6 +202,7 @@ def _train(
         folder = Path(config.checkpoint_dir)
         history = read_progress(config.progress_path)
         checkpoint.remove_stale_temporaries(folder)
+        _claim_folder(config, folder)
         resumed = newest_readable(folder)
         found = _job_start(history, resumed, stop_at)
     # One reader decides: ranks scanning the folder themselves could race each other renaming
@@ -233,6 +235,14 @@ def _train(
         progress.stop(step, reason, signal_name)
     say(f"plan-job train: stopped at step {step}/{config.total_steps} ({reason})")
     return EXIT_OK
+
+
+def _claim_folder(config: TrainConfig, folder: Path) -> None:
+    """Mark an unclaimed checkpoint folder as this run's: `plan-job submit` claims it before
+    the first job, a run started by hand (`python -m jobs.train train.json`) claims it here,
+    so that a later run with another folder's id is warned before it resumes from these."""
+    if config.run_id and read_owner(folder) is None:
+        write_owner(folder, Owner(config.run_id, str(Path(config.progress_path).parent)))
 
 
 def _job_start(

@@ -47,6 +47,9 @@ class TrainConfig:
     report: str = "progress"  # how the command reports its steps: one of REPORT_MODES
     output_dir: str = ""  # the Hugging Face Trainer's output_dir (report "trainer_state")
     stop_grace_s: float = 30.0  # after the stop signal, before the command is killed
+    # The run folder's id (planner.run_folder): the checkpoint folder is marked with it, so a
+    # later run does not resume from this one's checkpoints unknowingly. '': not emitted.
+    run_id: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.command, list):

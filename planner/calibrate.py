@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.measurement import JOB_END_FILE, CalibrationRequest, Measurement
+from planner.checkpoint_dir import check_writable
 from planner.errors import JobFailedError, SpecError
 from planner.partition import PartitionLimitError, PartitionLimits, read_partition
 from planner.plan import BatchSplitError
@@ -206,6 +207,9 @@ def calibrate(
     """
     check_node_counts(spec)
     check_submission(spec)
+    # The job's checkpoint probe writes there after its timed steps: a folder that cannot be
+    # written would fail the job minutes in, not here in a second.
+    check_writable(Path(spec.checkpoint.dir).resolve(), spec.source)
     if spec.calibration.executor == "slurm" and max(spec.calibration.nodes) > 1:
         check_node_counts(spec, read_partition(spec.cluster.partition))
     runs = calibration_runs(spec)

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import yaml
 
+from jobs.train_config import TrainConfig
 from planner.atomic import write_text_atomic
+from planner.checkpoint_dir import prepare_for_submission
 from planner.errors import BadInputError, CommandError, JobError
+from planner.run_folder import JOBS_FILE, TRAIN_FILE
 from planner.shell import run_command
-
-JOBS_FILE = "jobs.yaml"
 
 
 class NotARunFolderError(BadInputError):
@@ -69,13 +70,31 @@ def submit_chain(
     folder: Path,
     after: str | None = None,
     on_submitted: Callable[[SubmittedJob], None] = lambda _job: None,
+    resume_foreign: bool = False,
 ) -> list[SubmittedJob]:
     """Submit every segment, each after the previous; all or none stay queued.
 
-    ``after`` chains the first segment behind an existing job.
-    Ctrl-C or a refused sbatch cancels what was already submitted.
+    ``after`` chains the first segment behind an existing job. The run's checkpoint.dir must
+    be writable and hold no other run's checkpoints (unless ``resume_foreign``): the first job
+    would resume from them. Ctrl-C or a refused sbatch cancels what was already submitted.
     """
-    return _submit(folder, segment_scripts(folder), 1, after, on_submitted, [])
+    scripts = segment_scripts(folder)
+    check_checkpoint_dir(folder, resume_foreign)
+    return _submit(folder, scripts, 1, after, on_submitted, [])
+
+
+def check_checkpoint_dir(folder: Path, resume_foreign: bool) -> None:
+    """checkpoint_dir of the run's train.json (planner.checkpoint_dir.prepare_for_submission)."""
+    try:
+        config = TrainConfig.from_json((folder / TRAIN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise NotARunFolderError(
+            f"{folder / TRAIN_FILE}: not a usable train config ({exc}); emit the run again"
+        ) from exc
+    checkpoints = Path(config.checkpoint_dir)
+    run_dir = folder.resolve()
+    command = bool(config.command)
+    prepare_for_submission(run_dir, checkpoints, config.run_id, command, resume_foreign)
 
 
 def submit_scripts(

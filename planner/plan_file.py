@@ -22,10 +22,9 @@ from planner.atomic import write_text_atomic
 from planner.errors import BadInputError, PlanJobError
 from planner.partition import PartitionLimits
 from planner.plan import Baselines, CheckpointChoice, NodeOption, Plan, Segment, TimeEstimate
-from planner.scripts import PLAN_FILE
+from planner.run_folder import EMIT_FILE, PLAN_FILE
 from planner.spec import parse_spec
 
-EMIT_FILE = "emit.yaml"
 RESUBMIT_GLOB = "resubmit-*.yaml"
 _NESTED: dict[str, type] = {
     "wall": TimeEstimate,
@@ -72,14 +71,18 @@ def load_plan(run_dir: Path) -> Plan:
         raise PlanFileError(f"{path}: its spec no longer validates: {exc}") from exc
 
 
-def save_emit_settings(run_dir: Path, settings: EmitSettings) -> None:
+def emit_settings_text(settings: EmitSettings) -> str:
     data = {
         "workdir": str(settings.workdir),
         "python": settings.python,
         "template": str(settings.template) if settings.template else None,
         "correction": settings.correction,
     }
-    write_text_atomic(run_dir / EMIT_FILE, yaml.safe_dump(data, sort_keys=False))
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def save_emit_settings(run_dir: Path, settings: EmitSettings) -> None:
+    write_text_atomic(run_dir / EMIT_FILE, emit_settings_text(settings))
 
 
 def load_emit_settings(run_dir: Path, scripts: list[Path]) -> EmitSettings:
@@ -161,6 +164,7 @@ def _plan(raw: Mapping[str, Any], source: str) -> Plan:
         values[name] = _build(cls, raw[name])
     for name, cls in _SEQUENCES.items():
         values[name] = tuple(_build(cls, item) for item in raw.get(name) or [])
+    values["notes"] = tuple(str(note) for note in raw.get("notes") or ())
     partition = raw.get("partition")
     values["partition"] = _build(PartitionLimits, partition) if partition else None
     return Plan(**values)

@@ -126,17 +126,17 @@ def load_source(
     """Resolve TARGET: a file, a folder or a Slurm job id, in that order."""
     path = Path(target).expanduser()
     if path.is_dir():
-        return _from_folder(target, path, total_steps)
+        return _from_folder(target, path, total_steps, runner=runner)
     if path.is_file():
         if path.name == TRAIN_FILE or path.name == PLAN_FILE or path.name == JOBS_FILE:
-            return _from_folder(target, path.parent, total_steps)
+            return _from_folder(target, path.parent, total_steps, runner=runner)
         if path.suffix == ".json" and _trainer_state(path) is not None:
             return Source(target, load_trainer_state(path, total_steps))
         return Source(target, load_progress(path, total_steps))
     if looks_like_job_id(target):
         job = find_job(target.strip(), runner)
         folder = _folder_of_job(job)
-        return _from_folder(target, folder, total_steps, job=job)
+        return _from_folder(target, folder, total_steps, job=job, runner=runner)
     raise BadInputError(
         f"{target}: no such file or folder, and not a Slurm job id; {_WHAT_TO_PASS}"
     )
@@ -267,7 +267,11 @@ def read_plan_facts(path: Path) -> PlanFacts | None:
 
 
 def _from_folder(
-    target: str, folder: Path, total_steps: int | None, job: SlurmJob | None = None
+    target: str,
+    folder: Path,
+    total_steps: int | None,
+    job: SlurmJob | None = None,
+    runner: Runner | None = None,
 ) -> Source:
     train = _read_json(folder / TRAIN_FILE)
     plan = read_plan_facts(folder / PLAN_FILE)
@@ -286,12 +290,20 @@ def _from_folder(
             f"{_WHAT_TO_PASS}"
         )
     fallback = _int(train.get("total_steps")) or (plan.total_steps if plan else None)
+    chain = _chain(folder)
+    if chain and not read_progress(progress):
+        # Imported here: planner.accounting reads this module's JobLog.
+        from planner.run_failure import no_progress_error
+
+        error = no_progress_error(folder, chain, runner)
+        if error is not None:
+            raise error
     return Source(
         target=target,
         history=load_progress(progress, total_steps, fallback),
         run_dir=folder,
         plan=plan,
-        chain=_chain(folder),
+        chain=chain,
         checkpoint_interval=_int(train.get("checkpoint_interval_steps")),
         job=job,
     )

@@ -19,20 +19,30 @@ import yaml
 
 from jobs.train_config import TrainConfig
 from planner.atomic import write_text_atomic
-from planner.errors import BadInputError, SpecError
+from planner.checkpoint_dir import FIELD as CHECKPOINT_FIELD
+from planner.checkpoint_dir import check_writable, foreign_checkpoints
+from planner.errors import SpecError
 from planner.plan import Plan, Segment
+from planner.plan_file import EmitSettings, emit_settings_text
+from planner.run_folder import (
+    EMIT_FILE,
+    LOGS_DIR,
+    MARKER,
+    PLAN_FILE,
+    PROGRESS_FILE,
+    TRAIN_FILE,
+    RunFolderExistsError,
+    check_output_folder,
+    new_marker,
+)
 from planner.units import slurm_minutes
 
+__all__ = ["PLAN_FILE", "TRAIN_FILE", "EmitOptions", "RunFolderExistsError", "emit"]
+
 TEMPLATE = "segment.sbatch.j2"
-PLAN_FILE = "plan.yaml"
-TRAIN_FILE = "train.json"
 # Left between the training's stop and the job's end for the last progress line, the
 # process exit and Slurm's step clean-up.
 STOP_MARGIN_S = 20
-
-
-class RunFolderExistsError(BadInputError):
-    """emit would overwrite an earlier run's scripts (and the record of their jobs)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +51,8 @@ class EmitOptions:
     workdir: Path  # the jobs' working directory: relative paths in the spec resolve here
     python: str = sys.executable  # the interpreter on the nodes (a shared venv, usually)
     template: Path | None = None  # a user template extending segment.sbatch.j2
-    force: bool = False  # replace an existing run folder
+    force: bool = False  # replace an existing run folder that plan-job wrote
+    correction: float | None = None  # the history correction the plan carries, for emit.yaml
 
 
 @dataclass(frozen=True)
@@ -50,13 +61,15 @@ class EmittedRun:
     plan_path: Path
     train_config_path: Path
     scripts: tuple[Path, ...]
+    run_id: str = ""
+    warnings: tuple[str, ...] = ()  # for the user to read before submitting
 
 
 def script_name(segment: Segment) -> str:
     return f"segment-{segment.index:02d}.sbatch"
 
 
-def train_config(plan: Plan, run_dir: Path, workdir: Path) -> TrainConfig:
+def train_config(plan: Plan, run_dir: Path, workdir: Path, run_id: str = "") -> TrainConfig:
     spec = plan.spec
     checkpoint_dir = Path(spec.checkpoint.dir)
     if not checkpoint_dir.is_absolute():
@@ -75,7 +88,8 @@ def train_config(plan: Plan, run_dir: Path, workdir: Path) -> TrainConfig:
         checkpoint_dir=str(checkpoint_dir),
         checkpoint_interval_steps=plan.checkpoint_interval_steps,
         keep_checkpoints=spec.checkpoint.keep,
-        progress_path=str(run_dir / "progress.jsonl"),
+        progress_path=str(run_dir / PROGRESS_FILE),
+        run_id=run_id,
         eval_interval_steps=spec.plan.eval_interval_steps or 0,
         eval_batches=spec.plan.eval_batches,
         **_command_fields(plan, workdir),
@@ -125,7 +139,7 @@ def sbatch_options(plan: Plan, segment: Segment, run_dir: Path) -> list[tuple[st
         # A requeued job (preemption, node failure) resumes from the newest checkpoint too.
         ("requeue", None),
         ("open-mode", "append"),
-        ("output", str(run_dir / "logs" / f"segment-{segment.index:02d}-%j.out")),
+        ("output", str(run_dir / LOGS_DIR / f"segment-{segment.index:02d}-%j.out")),
     ]
     return options
 
@@ -202,23 +216,35 @@ def render(plan: Plan, segment: Segment, options: EmitOptions, run_dir: Path) ->
 def emit(plan: Plan, options: EmitOptions) -> EmittedRun:
     """Write the run folder whole, or not at all."""
     out_dir = options.out_dir.resolve()
-    if out_dir.exists() and any(out_dir.iterdir()) and not options.force:
-        raise RunFolderExistsError(
-            f"{out_dir} already holds a run; choose another -o folder or pass --force to "
-            f"replace it (its logs and progress go with it)"
-        )
+    check_output_folder(out_dir, options.force, Path.cwd(), Path.home())
     workdir = options.workdir.resolve()
     # Rendered against the final path: the scripts name where they will live.
     rendered = {script_name(s): render(plan, s, options, out_dir) for s in plan.segments}
-    config = train_config(plan, out_dir, workdir)
+    marker = new_marker()
+    config = train_config(plan, out_dir, workdir, marker.run_id)
+    checkpoints = Path(config.checkpoint_dir)
+    check_writable(checkpoints, plan.spec.source)
+    foreign = foreign_checkpoints(checkpoints, marker.run_id, bool(config.command))
+    warnings = ()
+    if foreign is not None:
+        warnings = (
+            f"{foreign.describe()}; `plan-job submit` refuses to start unless given "
+            f"--resume-foreign: give a new run an empty {CHECKPOINT_FIELD}",
+        )
+    template = options.template.resolve() if options.template else None
+    # What resubmit needs to render more segments the same way; the plan does not know it.
+    settings = EmitSettings(workdir, options.python, template, options.correction, EMIT_FILE)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        (staging / "logs").mkdir()
+        (staging / LOGS_DIR).mkdir()
         write_text_atomic(staging / PLAN_FILE, yaml.safe_dump(plan.to_dict(), sort_keys=False))
         write_text_atomic(staging / TRAIN_FILE, config.to_json() + "\n")
+        write_text_atomic(staging / EMIT_FILE, emit_settings_text(settings))
         for name, text in rendered.items():
             write_text_atomic(staging / name, text, mode=0o755)
+        # Last: a folder holds the marker only once everything else is in it.
+        write_text_atomic(staging / MARKER, marker.to_json())
         staging.chmod(0o755)
         _swap_into_place(staging, out_dir)
     except BaseException:
@@ -229,6 +255,8 @@ def emit(plan: Plan, options: EmitOptions) -> EmittedRun:
         plan_path=out_dir / PLAN_FILE,
         train_config_path=out_dir / TRAIN_FILE,
         scripts=tuple(out_dir / name for name in rendered),
+        run_id=marker.run_id,
+        warnings=warnings,
     )
 
 

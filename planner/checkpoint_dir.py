@@ -1,0 +1,118 @@
+"""checkpoint.dir, checked on the login node before anything is submitted: that it can be
+written, and whether it already holds another run's checkpoints.
+
+An unwritable folder (a typo, /proc/x, a read-only mount) was found only by the job, after
+the calibration's timed steps; a folder holding an older run's checkpoints made a new run
+resume from them. Both are cheaper to find here. The checks run where plan-job runs, so they
+assume what the jobs need anyway: a checkpoint folder on a filesystem the nodes share.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.checkpoint_owner import Owner, read_owner, saved_files, write_owner
+from planner.errors import BadInputError, SpecError
+
+FIELD = "checkpoint.dir"
+
+
+class ForeignCheckpointsError(BadInputError):
+    """checkpoint.dir holds checkpoints of another run; submitting would resume from them."""
+
+
+@dataclass(frozen=True)
+class ForeignCheckpoints:
+    folder: Path
+    files: tuple[Path, ...]
+    owner: Owner | None  # None: written before folders were claimed, or by hand
+
+    def describe(self) -> str:
+        whose = (
+            f"of the run in {self.owner.run_dir}"
+            if self.owner is not None and self.owner.run_dir
+            else "of another run (it names no plan-job run)"
+        )
+        return (
+            f"{FIELD} {self.folder} already holds {len(self.files)} checkpoint file(s) {whose}, "
+            f"newest {self.files[-1].name}: the first job would resume from it"
+        )
+
+
+def resolve(path: str, workdir: Path) -> Path:
+    folder = Path(path).expanduser()
+    return folder if folder.is_absolute() else workdir / folder
+
+
+def check_writable(folder: Path, source: str | None = None) -> None:
+    """Create ``folder`` if needed and write a file in it; SpecError (exit 2) if either fails.
+
+    Folders created only for the test are removed again: a refused or dry command leaves
+    nothing behind.
+    """
+    created: list[Path] = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        created.append(probe)
+        probe = probe.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".plan-job-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise SpecError(
+            FIELD,
+            str(folder),
+            f"cannot write there ({exc.strerror or exc}): the jobs save their checkpoints "
+            "there; choose a folder you can write on a filesystem the nodes share",
+            source,
+        ) from exc
+    finally:
+        for path in created:  # deepest first
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+def foreign_checkpoints(folder: Path, run_id: str, any_file: bool) -> ForeignCheckpoints | None:
+    """What in ``folder`` a run ``run_id`` would resume from though another run wrote it.
+
+    A run id of '' (a folder emitted before runs had ids) cannot tell: None."""
+    if not run_id:
+        return None
+    files = saved_files(folder, any_file)
+    if not files:
+        return None
+    owner = read_owner(folder)
+    if owner is not None and owner.run_id == run_id:
+        return None
+    return ForeignCheckpoints(folder, tuple(files), owner)
+
+
+def claim(folder: Path, run_id: str, run_dir: Path) -> None:
+    """Mark ``folder`` as ``run_id``'s: its jobs' checkpoints, its own to resume from."""
+    if run_id:
+        write_owner(folder, Owner(run_id, str(run_dir)))
+
+
+def prepare_for_submission(
+    run_dir: Path, checkpoint_dir: Path, run_id: str, any_file: bool, resume_foreign: bool
+) -> ForeignCheckpoints | None:
+    """Before a run's first sbatch: the folder must be writable, and hold no other run's
+    checkpoints unless ``resume_foreign``; then it is claimed for this run. Returns what was
+    found (and allowed), if anything."""
+    check_writable(checkpoint_dir)
+    foreign = foreign_checkpoints(checkpoint_dir, run_id, any_file)
+    if foreign is not None and not resume_foreign:
+        raise ForeignCheckpointsError(
+            f"{foreign.describe()}. Nothing was submitted. For a new run, move those files "
+            f"away or emit again with another {FIELD}; to continue from them on purpose, "
+            f"submit with --resume-foreign"
+        )
+    claim(checkpoint_dir, run_id, run_dir)
+    return foreign
