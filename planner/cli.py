@@ -305,9 +305,9 @@ _NO_CORRECTION = click.option(
 
 @dataclass(frozen=True)
 class _Planned:
-    plan: Any  # the plan to use: corrected when the history had a correction
-    correction: Any  # planner.history.Correction or None
+    plan: Any  # the plan to use: corrected where the history had a correction
     model: Any  # the uncorrected plan
+    corrected: bool  # the history changed the plan
 
 
 def _make_plan(
@@ -320,8 +320,9 @@ def _make_plan(
     correct: bool = True,
 ) -> _Planned:
     """Spec + calibration record + the partition's limits -> Plan (raises PlanJobError),
-    scaled by the history's correction for the workload and partition, if it has one."""
-    from planner import history
+    with the history's step corrections for the workload and partition, if it has any."""
+    from planner.history import HistoryError
+    from planner.history_correction import corrections_for
     from planner.partition import read_partition
     from planner.planning import make_plan
     from planner.record import load_record
@@ -339,29 +340,26 @@ def _make_plan(
             "checked; run plan-job on the login node for a plan that fits the partition",
             err=True,
         )
-    model = make_plan(
-        spec, record, partition, str(calibration_path), deadline_hours=deadline, nodes=nodes
-    )
-    correction = None
+    path = str(calibration_path)
+    model = make_plan(spec, record, partition, path, deadline_hours=deadline, nodes=nodes)
+    corrections = {}
     if correct:
         try:
-            correction = history.correction_for(
-                history.workload_key(spec), history.partition_key(model), history_file
-            )
-        except history.HistoryError as exc:
+            corrections = corrections_for(spec, partition, history_file)
+        except HistoryError as exc:
             click.echo(f"warning: {exc}; planned without the history's correction", err=True)
-    if correction is None:
-        return _Planned(model, None, model)
-    scaled = history.corrected_record(record, correction.factor)
+    if not corrections:
+        return _Planned(model, model, False)
     plan = make_plan(
-        history.spec_with_spread(spec, correction),
-        scaled,
+        spec,
+        record,
         partition,
-        str(calibration_path),
+        path,
         deadline_hours=deadline,
         nodes=nodes,
+        corrections=corrections,
     )
-    return _Planned(plan, correction, model)
+    return _Planned(plan, model, plan.wall != model.wall)
 
 
 @cli.command()
@@ -392,8 +390,8 @@ def plan(
     except PlanJobError as exc:
         fail(exc)
     click.echo(plan_table(planned.plan))
-    if planned.correction is not None:
-        click.echo("\n" + correction_text(planned.correction, planned.model, planned.plan))
+    if planned.corrected:
+        click.echo("\n" + correction_text(planned.model, planned.plan))
 
 
 @cli.command()
@@ -421,7 +419,11 @@ def plan(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Your template extending segment.sbatch.j2 (blocks: header, prologue, command, epilogue).",
 )
-@click.option("--force", is_flag=True, help="Replace an existing run folder.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace an existing run folder that plan-job emit wrote (nothing else is replaced).",
+)
 @click.option("--print", "print_scripts", is_flag=True, help="Also print the scripts.")
 @_HISTORY
 @_NO_CORRECTION
@@ -442,7 +444,6 @@ def emit(
     """Write the sbatch scripts that run SPEC's plan to its last step into a run folder."""
     from planner import history
     from planner.history_report import correction_text
-    from planner.plan_file import EMIT_FILE, EmitSettings, save_emit_settings
     from planner.plan_report import summary_table
     from planner.scripts import EmitOptions
     from planner.scripts import emit as write_run
@@ -452,23 +453,17 @@ def emit(
             spec_path, calibration_path, sets, deadline, nodes, history_file, not no_correction
         )
         result = planned.plan
-        options = EmitOptions(out_dir, Path.cwd(), python, template, force)
+        factor = result.step_correction if result.step_correction != 1.0 else None
+        options = EmitOptions(out_dir, Path.cwd(), python, template, force, factor)
         run = write_run(result, options)
-        # What resubmit needs to render more segments the same way; the plan does not know it.
-        factor = planned.correction.factor if planned.correction else None
-        workdir, chosen = Path.cwd().resolve(), template.resolve() if template else None
-        settings = EmitSettings(workdir, python, chosen, factor, EMIT_FILE)
-        save_emit_settings(run.folder, settings)
     except PlanJobError as exc:
         fail(exc)
-    _record_history(
-        lambda: history.record_plan(
-            result, run.folder, planned.correction, planned.model, history_file
-        )
-    )
+    _record_history(lambda: history.record_plan(result, run.folder, planned.model, history_file))
+    for warning in run.warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(summary_table(result))
-    if planned.correction is not None:
-        click.echo("\n" + correction_text(planned.correction, planned.model, result))
+    if planned.corrected:
+        click.echo("\n" + correction_text(planned.model, result))
     if print_scripts:
         for script in run.scripts:
             click.echo(f"\n# ===== {script} =====\n{script.read_text()}")
@@ -482,7 +477,13 @@ def emit(
 @click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Print the sbatch commands; submit nothing.")
 @click.option("--after", metavar="JOBID", help="Start the chain after this job ends.")
-def submit(run_dir: Path, dry_run: bool, after: str | None) -> None:
+@click.option(
+    "--resume-foreign",
+    is_flag=True,
+    help="Submit even though checkpoint.dir holds another run's checkpoints: the first job "
+    "resumes from the newest of them.",
+)
+def submit(run_dir: Path, dry_run: bool, after: str | None, resume_foreign: bool) -> None:
     """Submit RUN_DIR's segments as a chain (each afterany the previous) and print the job ids."""
     import shlex
 
@@ -499,7 +500,7 @@ def submit(run_dir: Path, dry_run: bool, after: str | None) -> None:
         def on_submitted(job: Any) -> None:
             click.echo(f"submitted segment {job.segment}: job {job.job_id}", err=True)
 
-        jobs = submit_chain(run_dir, after, on_submitted)
+        jobs = submit_chain(run_dir, after, on_submitted, resume_foreign)
     except KeyboardInterrupt:
         raise PlanJobClickError(
             "interrupted: cancelled the segments already submitted", EXIT_INTERRUPTED

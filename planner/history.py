@@ -1,38 +1,27 @@
-"""What plan-job predicted and what the jobs then did: a local SQLite database, and the
-correction new plans learn from it.
+"""What plan-job predicted and what the jobs then did: a local SQLite database.
 
 Tables: calibrations (one per record `plan-job calibrate` writes), plans (one per run folder
-`plan-job emit` writes: predicted P50/P95, workload, partition, nodes, fingerprint) and
-outcomes (one per ended job of a run, read from sacct by `resubmit` or `history --update`:
-state, elapsed, steps done, and the time the run's plan predicted for exactly those steps).
-
-Correction. Each outcome's bias is its elapsed time over the model's prediction for the work
-it did (start-up or resume, its steps, its saves); a plan that already carried a correction
-is divided by it first, so the bias is always against the uncorrected model. A new plan of
-the same workload on the same partition is scaled by the median bias of the newest RECENT
-outcomes: recent beats global, as the machine, the data and the software drift. When the
-newest job ran over its own prediction, the factor is at least the mean of the last two
-(Tsafrir, Etsion and Feitelson, "Backfilling using system-generated predictions rather than
-user runtime estimates", IEEE TPDS 18(6), 2007: the average of a user's last two jobs, and a
-prediction that was exceeded raises the next). The same newest outcomes give the run-to-run
-spread a plan's P95 uses when the spec's is smaller: a machine that drifts from run to run
-widens the band its plans promise. Torch-free.
+`plan-job emit` writes: predicted P50/P95, workload, partition, nodes, fingerprint, the step
+correction it carried) and outcomes (one per ended job of a run, read from sacct by
+`resubmit` or `history --update`: state, elapsed, steps done, the time the run's plan
+predicted for exactly those steps, and the job's own steady step time beside the step the
+model gave). The correction new plans learn from the outcomes: planner.history_correction.
+Torch-free.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import sqlite3
-import statistics
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from jobs.stats import steady_estimate
 from planner.errors import BadInputError
+from planner.partition import PartitionLimits
 from planner.plan import Plan
 from planner.record import CalibrationRecord
 from planner.spec import RunSpec
@@ -41,10 +30,8 @@ if TYPE_CHECKING:  # only for a type: calibrate and emit need not import the run
     from planner.run_state import RunState
 
 ENV = "PLANJOB_HISTORY"
-RECENT = 5
-MIN_OUTCOMES = 2
-MIN_SPREAD_OUTCOMES = 3  # a standard deviation of two jobs says little
-SCHEMA_VERSION = 1
+MIN_STEPS_TIMED = 10  # a job's own step time from fewer steps is mostly its warm-up
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calibrations (
     id INTEGER PRIMARY KEY, recorded REAL NOT NULL, path TEXT NOT NULL, name TEXT,
@@ -63,29 +50,16 @@ CREATE TABLE IF NOT EXISTS outcomes (
     job_id TEXT NOT NULL, state TEXT, state_source TEXT, inferred INTEGER,
     start_time REAL, end_time REAL, elapsed_s REAL, time_limit_s REAL,
     from_step INTEGER, steps INTEGER, predicted_s REAL, plan_correction REAL,
+    step_s REAL, model_step_s REAL,
     UNIQUE (run_dir, job_id)
 );
 """
+# Columns added after schema 1, with their types: ALTER TABLE adds them to older databases.
+_ADDED_COLUMNS = {"outcomes": {"step_s": "REAL", "model_step_s": "REAL"}}
 
 
 class HistoryError(BadInputError):
     """The history database cannot be opened, created or written."""
-
-
-@dataclass(frozen=True)
-class Correction:
-    workload: str
-    partition: str
-    factor: float  # multiply the model's times by this
-    outcomes: int  # jobs it rests on
-    recent_median: float
-    overall_median: float
-    latest: float  # the newest job's bias
-    rule: str  # how the factor was chosen, in words
-    # Sample standard deviation of the newest jobs' biases over the factor: how far one run
-    # strays from the corrected pace (0.0 with fewer than MIN_SPREAD_OUTCOMES jobs). A plan
-    # whose plan.run_to_run_spread is below it takes it for its P95.
-    spread: float = 0.0
 
 
 def history_path(explicit: Path | None = None) -> Path:
@@ -117,6 +91,7 @@ def connect(path: Path | None = None) -> Iterator[sqlite3.Connection]:
             )
         with db:
             db.executescript(_SCHEMA)
+            _add_columns(db)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         with db:
             yield db
@@ -124,6 +99,14 @@ def connect(path: Path | None = None) -> Iterator[sqlite3.Connection]:
         raise HistoryError(f"history {where}: {exc}") from exc
     finally:
         db.close()
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 def workload_key(spec: RunSpec) -> str:
@@ -135,7 +118,11 @@ def workload_key(spec: RunSpec) -> str:
 
 
 def partition_key(plan: Plan) -> str:
-    name = plan.spec.cluster.partition or (plan.partition.name if plan.partition else None)
+    return partition_name(plan.spec, plan.partition)
+
+
+def partition_name(spec: RunSpec, partition: PartitionLimits | None) -> str:
+    name = spec.cluster.partition or (partition.name if partition else None)
     return name or "(default)"
 
 
@@ -167,15 +154,15 @@ def record_calibration(
 def record_plan(
     plan: Plan,
     run_dir: Path,
-    correction: Correction | None = None,
     model: Plan | None = None,
     path: Path | None = None,
     source: str = "emit",
 ) -> None:
-    """A run folder's plan; ``model`` is the uncorrected plan when ``correction`` applied."""
+    """A run folder's plan; ``model`` is the uncorrected plan when a correction applied."""
     base = model or plan
+    factor = plan.step_correction if plan.step_correction != 1.0 else None
     with connect(path) as db:
-        _insert_plan(db, plan, base, run_dir, correction.factor if correction else None, source)
+        _insert_plan(db, plan, base, run_dir, factor, source)
 
 
 def record_outcomes(state: RunState, path: Path | None = None) -> int:
@@ -190,19 +177,25 @@ def record_outcomes(state: RunState, path: Path | None = None) -> int:
         if row is None:
             _insert_plan(db, plan, plan, state.run_dir, None, "plan.yaml")
         correction = row["correction"] if row is not None else None
+        # The step the model gave before any correction: what a step bias is measured on.
+        model_step = plan.step_s / (correction or 1.0)
+        logs = {job.job_id: job for job in state.history.jobs if job.job_id}
         for job_id, outcome in state.accounting.outcomes.items():
             steps = state.job_steps.get(job_id)
             from_step, done = (steps.from_step, steps.steps) if steps else (0, 0)
+            step_s = job_step_s(logs[job_id].step_times) if job_id in logs else None
             db.execute(
                 "INSERT INTO outcomes (recorded, run_dir, job_id, state, state_source, inferred,"
                 " start_time, end_time, elapsed_s, time_limit_s, from_step, steps, predicted_s,"
-                " plan_correction) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " plan_correction, step_s, model_step_s)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (run_dir, job_id) DO UPDATE SET recorded = excluded.recorded,"
                 " state = excluded.state, state_source = excluded.state_source,"
                 " inferred = excluded.inferred, start_time = excluded.start_time,"
                 " end_time = excluded.end_time, elapsed_s = excluded.elapsed_s,"
                 " time_limit_s = excluded.time_limit_s, from_step = excluded.from_step,"
-                " steps = excluded.steps, predicted_s = excluded.predicted_s",
+                " steps = excluded.steps, predicted_s = excluded.predicted_s,"
+                " step_s = excluded.step_s, model_step_s = excluded.model_step_s",
                 (
                     time.time(),
                     run_dir,
@@ -218,6 +211,8 @@ def record_outcomes(state: RunState, path: Path | None = None) -> int:
                     done,
                     predicted_job_s(plan, from_step, from_step + done) if done else None,
                     correction,
+                    step_s,
+                    model_step if step_s is not None else None,
                 ),
             )
             count += 1
@@ -239,93 +234,11 @@ def predicted_job_s(plan: Plan, from_step: int, to_step: int) -> float:
     return overhead + steps * plan.step_s + saves * plan.checkpoint.save_s + evals
 
 
-def biases(workload: str, partition: str, path: Path | None = None) -> list[tuple[float, float]]:
-    """(bias against the model, ratio against the plan as emitted) per ended job, oldest
-    first, of jobs that ran steps."""
-    if not history_path(path).exists():
-        return []  # a plan only reads: it creates no database
-    with connect(path) as db:
-        rows = db.execute(
-            "SELECT o.elapsed_s, o.predicted_s, o.plan_correction FROM outcomes o"
-            " JOIN plans p ON p.id = (SELECT MAX(id) FROM plans WHERE run_dir = o.run_dir)"
-            " WHERE p.workload = ? AND p.partition = ? AND o.steps > 0"
-            " AND o.elapsed_s > 0 AND o.predicted_s > 0"
-            " ORDER BY COALESCE(o.end_time, o.recorded), o.id",
-            (workload, partition),
-        ).fetchall()
-    out = []
-    for row in rows:
-        ratio = row["elapsed_s"] / row["predicted_s"]
-        out.append((ratio * (row["plan_correction"] or 1.0), ratio))
-    return out
-
-
-def correction_for(workload: str, partition: str, path: Path | None = None) -> Correction | None:
-    """The factor a new plan of ``workload`` on ``partition`` is scaled by; None with fewer
-    than MIN_OUTCOMES jobs to learn from."""
-    pairs = biases(workload, partition, path)
-    if len(pairs) < MIN_OUTCOMES:
+def job_step_s(step_times: Sequence[float]) -> float | None:
+    """A job's steady step time (its warm-up cut), from at least MIN_STEPS_TIMED steps."""
+    if len(step_times) < MIN_STEPS_TIMED:
         return None
-    model = [bias for bias, _ in pairs]
-    recent = model[-RECENT:]
-    factor = statistics.median(recent)
-    rule = f"median actual/predicted of the newest {len(recent)} jobs"
-    if pairs[-1][1] > 1:
-        last_two = statistics.fmean(model[-2:])
-        if last_two > factor:
-            factor = last_two
-            rule = (
-                "the newest job ran over its prediction: the mean actual/predicted of the last "
-                "two jobs (Tsafrir, Etsion and Feitelson 2007), above the median of the newest "
-                f"{len(recent)}"
-            )
-    spread = statistics.stdev(recent) / factor if len(recent) >= MIN_SPREAD_OUTCOMES else 0.0
-    return Correction(
-        spread=spread,
-        workload=workload,
-        partition=partition,
-        factor=factor,
-        outcomes=len(model),
-        recent_median=statistics.median(recent),
-        overall_median=statistics.median(model),
-        latest=model[-1],
-        rule=rule,
-    )
-
-
-def spec_with_spread(spec: RunSpec, correction: Correction) -> RunSpec:
-    """The spec with the history's run-to-run spread when it is wider than the spec's."""
-    if correction.spread <= spec.plan.run_to_run_spread:
-        return spec
-    plan = dataclasses.replace(spec.plan, run_to_run_spread=correction.spread)
-    return dataclasses.replace(spec, plan=plan)
-
-
-def corrected_record(record: CalibrationRecord, factor: float) -> CalibrationRecord:
-    """The calibration with every time a plan is made of scaled, so that make_plan sizes
-    steps, saves, segments and the reserve at the corrected pace. The bias is measured on
-    whole jobs, so it cannot tell slow steps from slow saves: all of them move together.
-    (The modelled all-reduce of multi-GPU steps is not in the record and stays as it is.)"""
-    m = record.measurement
-    scaled = {
-        name: getattr(m, name) * factor
-        for name in (
-            "step_mean_s",
-            "step_median_s",
-            "step_std_s",
-            "step_ci_half_s",
-            "step_p90_s",
-            "startup_s",
-            "import_s",
-            "build_s",
-            "warmup_extra_s",
-            "checkpoint_save_s",
-            "checkpoint_load_s",
-            "eval_s",
-        )
-        if hasattr(m, name)
-    }
-    return dataclasses.replace(record, measurement=dataclasses.replace(m, **scaled))
+    return steady_estimate(step_times).mean
 
 
 def _insert_plan(

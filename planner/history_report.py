@@ -10,14 +10,13 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from planner.history import (
+from planner.history import connect, history_path
+from planner.history_correction import (
     MIN_OUTCOMES,
     RECENT,
-    Correction,
-    biases,
-    connect,
     correction_for,
-    history_path,
+    node_counts,
+    step_biases,
 )
 from planner.plan import Plan
 from planner.units import fmt_duration
@@ -51,12 +50,12 @@ def history_text(path: Path | None = None, limit: int = 20) -> str:
         parts.append(tabulate([_run_row(r) for r in runs], headers=_RUN_HEADERS))
     else:
         parts.append("no runs recorded yet: `plan-job emit` records one")
-    bias_rows = [_bias_row(w, p, path) for w, p in pairs]
+    bias_rows = [_bias_row(w, p, n, path) for w, p in pairs for n in node_counts(w, p, path)]
     bias_rows = [row for row in bias_rows if row is not None]
     if bias_rows:
         parts.append(
-            f"bias (actual / model prediction, per job that ran steps; newest {RECENT} beat "
-            "the rest)"
+            f"step bias (a job's steady step / the model's step, per node count; newest "
+            f"{RECENT} beat the rest): the next plan's steps at that node count are scaled"
         )
         parts.append(tabulate(bias_rows, headers=_BIAS_HEADERS))
     if calibrations:
@@ -118,6 +117,7 @@ def _run_row(row: sqlite3.Row) -> tuple[object, ...]:
 _BIAS_HEADERS = (
     "workload",
     "partition",
+    "nodes",
     "jobs",
     f"newest {RECENT}",
     "all",
@@ -126,17 +126,22 @@ _BIAS_HEADERS = (
 )
 
 
-def _bias_row(workload: str, partition: str, path: Path | None) -> tuple[object, ...] | None:
-    model = [bias for bias, _ in biases(workload, partition, path)]
+def _bias_row(
+    workload: str, partition: str, nodes: int, path: Path | None
+) -> tuple[object, ...] | None:
+    model = [bias for bias, _ in step_biases(workload, partition, nodes, path)]
     if not model:
         return None
-    correction = correction_for(workload, partition, path)
+    correction = correction_for(workload, partition, nodes, path)
     factor = f"x{correction.factor:.2f}" if correction else f"none (< {MIN_OUTCOMES} jobs)"
+    if correction and correction.capped:
+        factor += f" (capped; learned x{correction.learned:.2f})"
     if correction and correction.spread:
         factor += f", spread {correction.spread:.1%}"
     return (
         workload,
         partition,
+        nodes,
         len(model),
         f"{statistics.median(model[-RECENT:]):.2f}",
         f"{statistics.median(model):.2f}",
@@ -149,27 +154,16 @@ def _when(moment: float) -> str:
     return dt.datetime.fromtimestamp(moment).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
-def correction_text(correction: Correction, model: Plan, plan: Plan) -> str:
-    """The correction a plan carries, said plainly: where it comes from and what it moved."""
-    return (
-        f"history correction x{correction.factor:.2f} for {correction.workload} on partition "
-        f"{correction.partition}: {correction.rule} ({correction.outcomes} jobs recorded; "
-        f"median of all {correction.overall_median:.2f}, newest {correction.latest:.2f}). "
-        f"The calibration's times (steps, start-up, warm-up, saves, loads) were scaled by "
-        f"it: P50 "
-        f"{fmt_duration(model.wall.p50_s)} -> {fmt_duration(plan.wall.p50_s)}, P95 "
-        f"{fmt_duration(model.wall.p95_s)} -> {fmt_duration(plan.wall.p95_s)}, "
-        f"{len(model.segments)} -> {len(plan.segments)} job(s).{_spread_text(correction, model)}"
-        " --no-correction plans without it."
+def correction_text(model: Plan, plan: Plan) -> str:
+    """What the history's correction moved, said plainly (its source is in the plan's notes)."""
+    what = (
+        f"steps x{plan.step_correction:.2f} at {plan.nodes} node(s)"
+        if plan.step_correction != 1.0
+        else "the run-to-run spread"
     )
-
-
-def _spread_text(correction: Correction, model: Plan) -> str:
-    spec_spread = model.spec.plan.run_to_run_spread
-    if correction.spread <= spec_spread:
-        return ""
     return (
-        f" The newest jobs strayed {correction.spread:.1%} (standard deviation) from that "
-        f"pace, more than plan.run_to_run_spread ({spec_spread:.1%}): the P95 uses "
-        f"{correction.spread:.1%}."
+        f"history correction ({what}): P50 {fmt_duration(model.wall.p50_s)} -> "
+        f"{fmt_duration(plan.wall.p50_s)}, P95 {fmt_duration(model.wall.p95_s)} -> "
+        f"{fmt_duration(plan.wall.p95_s)}, {len(model.segments)} -> {len(plan.segments)} "
+        "job(s); start-up, saves and loads are as calibrated. --no-correction plans without it."
     )

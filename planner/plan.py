@@ -151,6 +151,10 @@ class Plan:
     # far the chosen node count lies beyond the measured ones; "": a one-device calibration.
     scaling_model: str = ""
     extrapolation: str = ""
+    # The history's step correction at the chosen node count (1.0: none), and one line each
+    # on what the plan rests on beyond its calibration (planner.plan_limits).
+    step_correction: float = 1.0
+    notes: tuple[str, ...] = ()
 
     @property
     def gpus(self) -> int:

@@ -72,6 +72,7 @@ def summary_table(plan: Plan) -> str:
         ),
         *_segment_rows(plan.segments),
     ]
+    rows += [("note", note) for note in plan.notes]
     if plan.partition:
         p = plan.partition
         max_time = fmt_duration(p.max_time_s) if p.max_time_s is not None else "UNLIMITED"

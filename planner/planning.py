@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from planner.baselines import baselines
 from planner.errors import SpecError
+from planner.history_correction import Correction
 from planner.interval import choose_interval
 from planner.partition import PartitionLimitError, PartitionLimits, check_partition, node_limit
 from planner.plan import (
@@ -36,6 +38,13 @@ from planner.plan import (
     NodeOption,
     Plan,
     TimeEstimate,
+)
+from planner.plan_limits import (
+    corrected_step,
+    correction_for_nodes,
+    correction_note,
+    node_cap,
+    weak_calibration,
 )
 from planner.record import CalibrationRecord
 from planner.scaling import ScalingModel, StepTime, efficiency, ring_model, step_at
@@ -74,6 +83,8 @@ class _Candidate:
     wall: TimeEstimate
     efficiency: float
     gpu_hours: float
+    correction: Correction | None = None  # the history's, at this node count
+    spread: float = 0.0  # the run-to-run spread its P95 used
 
 
 def make_plan(
@@ -85,8 +96,11 @@ def make_plan(
     deadline_hours: float | None = None,
     nodes: int | None = None,
     scaling: ScalingModel | None = None,
+    corrections: Mapping[int, Correction] | None = None,
 ) -> Plan:
-    """The plan; deadline_hours replaces plan.deadline_hours, nodes forces a node count."""
+    """The plan; deadline_hours replaces plan.deadline_hours, nodes forces a node count,
+    corrections are the history's step corrections by node count
+    (planner.history_correction.corrections_for): the CLI passes them, and so can a caller."""
     check_calibration(spec, record, calibration_path)
     check_partition(spec, partition)
     if deadline_hours is None:
@@ -104,11 +118,19 @@ def make_plan(
         limit = min(limit, spec.cluster.nodes)
     if nodes is not None and not 1 <= nodes <= limit:
         raise PartitionLimitError("--nodes", nodes, f"must be between 1 and {limit}", spec.source)
+    cap = node_cap(spec, record, limit, nodes)
+    limit = cap.limit
+    spread, weak = weak_calibration(spec, record)
     one_node = step_at(spec, model, 1)[1].total_s
     results: list[_Candidate | SpecError] = []
     for n in range(1, limit + 1):
         try:
-            results.append(_evaluate(spec, record, totals, model, partition, n, one_node, eval_s))
+            correction = correction_for_nodes(corrections, n)
+            results.append(
+                _evaluate(
+                    spec, record, totals, model, partition, n, one_node, eval_s, spread, correction
+                )
+            )
         except (BatchSplitError, PartitionLimitError) as exc:
             results.append(exc)
     chosen, why = _choose(spec, results, deadline_hours, nodes)
@@ -161,6 +183,17 @@ def make_plan(
         extrapolation=(
             extrapolation(record.scaling.node_counts, chosen.nodes) if record.scaling else ""
         ),
+        step_correction=chosen.correction.factor if chosen.correction else 1.0,
+        notes=tuple(
+            note
+            for note in (
+                cap.note,
+                weak,
+                correction_note(chosen.correction) if chosen.correction else "",
+                _spread_note(spec, chosen),
+            )
+            if note
+        ),
     )
 
 
@@ -198,10 +231,15 @@ def _evaluate(
     n: int,
     one_node_s: float,
     eval_s: float,
+    spread: float,
+    correction: Correction | None,
 ) -> _Candidate:
     m = record.measurement
     accum, step = step_at(spec, model, n)
-    stats = step_stats(spec, m, step.total_s)
+    step = corrected_step(step, correction)
+    if correction is not None:
+        spread = max(spread, correction.spread)
+    stats = step_stats(spec, m, step.total_s, spread)
     gpus = n * _gpus_per_node(spec)
     resume = _resume_s(record)
     checkpoint = choose_interval(spec, m.checkpoint_save_s, resume, stats.mean_s, gpus)
@@ -230,6 +268,20 @@ def _evaluate(
         wall=wall,
         efficiency=efficiency(one_node_s, n, step.total_s),
         gpu_hours=wall.p50_s * gpus / 3600,
+        correction=correction,
+        spread=spread,
+    )
+
+
+def _spread_note(spec: RunSpec, chosen: _Candidate) -> str:
+    """The history's spread, when it is what widened the P95."""
+    c = chosen.correction
+    if c is None or c.spread <= spec.plan.run_to_run_spread or chosen.spread != c.spread:
+        return ""
+    return (
+        f"the newest jobs strayed {fmt_percent(c.spread)} (standard deviation) from the "
+        f"corrected pace, more than plan.run_to_run_spread "
+        f"({fmt_percent(spec.plan.run_to_run_spread)}): the P95 uses {fmt_percent(c.spread)}"
     )
 
 

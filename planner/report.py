@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
+from planner.plan_limits import WEAK_CI_FACTOR
 from planner.record import CalibrationRecord
 from planner.units import fmt_bytes, fmt_count, fmt_duration, fmt_percent
 
@@ -48,6 +49,7 @@ def calibration_table(record: CalibrationRecord, path: str | None = None) -> str
             f"{fmt_duration(m.step_median_s)}, p90 {fmt_duration(m.step_p90_s)})",
         ),
         ("stopped by", _STOP_TEXT[m.stopped_by].format(target=target)),
+        *_weak_rows(m.step_ci_relative, m.target_ci),
         (
             "throughput",
             f"{fmt_count(d.samples_per_s)} samples/s, {fmt_count(d.tokens_per_s)} tokens/s",
@@ -73,6 +75,14 @@ def calibration_table(record: CalibrationRecord, path: str | None = None) -> str
             ),
         ),
         ("warm-up", f"{m.warmup_steps} steps, {fmt_duration(m.warmup_extra_s)} beyond steady"),
+        *[
+            (
+                "slowdown",
+                f"steps {first}-{last} ran x{ratio:.2f} the median (noise such as a load "
+                "spike, not warm-up): kept in the steady mean, widening its CI",
+            )
+            for first, last, ratio in m.slowdowns
+        ],
         ("data loading", f"{fmt_percent(m.data_share)} of the steady step"),
         ("peak memory", f"{fmt_bytes(m.peak_memory_bytes)} ({m.memory_kind.replace('_', ' ')})"),
         (
@@ -99,3 +109,16 @@ def calibration_table(record: CalibrationRecord, path: str | None = None) -> str
     if path:
         rows.append(("record", path))
     return tabulate(rows, tablefmt="simple", headers=("calibration", spec.name))
+
+
+def _weak_rows(ci: float, target: float) -> list[tuple[str, str]]:
+    if not ci > WEAK_CI_FACTOR * target:
+        return []
+    return [
+        (
+            "warning",
+            f"the step time is known to ±{fmt_percent(ci)}, more than {WEAK_CI_FACTOR:g}x the "
+            f"{fmt_percent(target)} target: plans from it widen their P95 to match; calibrate "
+            "longer (--max-seconds, calibration.max_steps) or on a quieter node",
+        )
+    ]

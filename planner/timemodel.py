@@ -114,11 +114,16 @@ def count_work(spec: RunSpec, m: Measurement) -> Totals:
     return Totals(samples, samples * per_sample, steps, per_sample, m.token_unit)
 
 
-def step_stats(spec: RunSpec, m: Measurement, step_s: float) -> StepStats:
+def step_stats(
+    spec: RunSpec, m: Measurement, step_s: float, spread: float | None = None
+) -> StepStats:
+    """``spread``: the run-to-run spread to use when not the spec's (a noisy calibration, the
+    history's)."""
     mean_rel = m.step_ci_half_s / _CI_Z / m.step_mean_s
+    spread = spec.plan.run_to_run_spread if spread is None else spread
     return StepStats(
         mean_s=step_s,
-        rel_sigma=math.hypot(mean_rel, spec.plan.run_to_run_spread),
+        rel_sigma=math.hypot(mean_rel, spread),
         noise_s=m.step_std_s / m.step_mean_s * step_s,
     )
 

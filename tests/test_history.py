@@ -9,26 +9,29 @@ from pathlib import Path
 import pytest
 import yaml
 
-from planner import history
+from planner import history, history_correction
 from planner.history_report import history_text
-from planner.planning import make_plan
 from planner.record import save_record
 from planner.run_state import inspect_run
 from tests.cli_helpers import cli_env, run_cli, write_spec
 from tests.run_folders import FakeSlurm, accounted, stopped_folder
 from tests.test_planning import SPEC, plan_for, record_for, spec_with
 
+MODEL_STEP_S = 1.06  # the one-node reference plan's step (tests/test_planning.py)
+
 
 def add_outcomes(
     db: Path, run_dir: str, ratios: list[float], correction: float | None = None
 ) -> None:
-    """More ended jobs of ``run_dir``, each ``ratio`` x its 100 s prediction, newest last."""
+    """More ended jobs of ``run_dir``, newest last: each ran 10 steps of ``ratio`` x the
+    model's 1.06 s step (and ``ratio`` x its 100 s prediction as a whole job)."""
     with history.connect(db) as conn:
         first = conn.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0]
         for index, ratio in enumerate(ratios, start=first):
             conn.execute(
                 "INSERT INTO outcomes (recorded, run_dir, job_id, state, end_time, elapsed_s, "
-                "steps, predicted_s, plan_correction) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "steps, predicted_s, plan_correction, step_s, model_step_s)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     0.0,
                     run_dir,
@@ -39,14 +42,17 @@ def add_outcomes(
                     10,
                     100,
                     correction,
+                    MODEL_STEP_S * ratio * (correction or 1.0),
+                    MODEL_STEP_S,
                 ),
             )
 
 
-def recorded_run(db: Path, tmp_path: Path, name: str) -> str:
+def recorded_run(db: Path, tmp_path: Path, name: str, nodes: int = 1) -> str:
     folder = tmp_path / name
     folder.mkdir()
-    history.record_plan(plan_for(), folder, path=db)
+    plan = plan_for(spec_with(plan__max_nodes=8), nodes=nodes)
+    history.record_plan(plan, folder, path=db)
     return str(folder.resolve())
 
 
@@ -81,7 +87,8 @@ def test_calibration_plan_and_outcomes_round_trip(tmp_path: Path) -> None:
     with history.connect(db) as conn:
         plans = conn.execute("SELECT workload, partition, nodes, source FROM plans").fetchall()
         outcomes = conn.execute(
-            "SELECT job_id, state, steps, elapsed_s, predicted_s FROM outcomes ORDER BY job_id"
+            "SELECT job_id, state, steps, elapsed_s, predicted_s, step_s, model_step_s"
+            " FROM outcomes ORDER BY job_id"
         ).fetchall()
         calibrations = conn.execute("SELECT name, workload FROM calibrations").fetchall()
     # No plan was recorded at emit: the run folder's plan.yaml stands in for it.
@@ -93,8 +100,12 @@ def test_calibration_plan_and_outcomes_round_trip(tmp_path: Path) -> None:
     # its stop save (10 x 60 s): 1727 s predicted, 1567 s elapsed.
     assert (first["job_id"], first["state"], first["steps"]) == ("11", "NODE_FAIL", 950)
     assert first["predicted_s"] == pytest.approx(100 + 20 + 950 * 1.06 + 10 * 60)
+    # Its steps, from its progress lines: 1.06 s each, the model's 1.06 s step.
+    assert (first["step_s"], first["model_step_s"]) == pytest.approx((1.06, 1.06))
     assert [o["predicted_s"] for o in outcomes[1:]] == [None] * 4  # never ran
-    assert history.biases("jit:tiny", "gpu", db) == [pytest.approx((1567 / 1727, 1567 / 1727))]
+    assert [o["step_s"] for o in outcomes[1:]] == [None] * 4
+    assert history_correction.step_biases("jit:tiny", "gpu", 1, db) == [pytest.approx((1, 1))]
+    assert history_correction.step_biases("jit:tiny", "gpu", 2, db) == []
     text = history_text(db)
     assert "950/3,907  26 min 07 s so far" in text
     assert "0.91" in text and "none (< 2 jobs)" in text and "plan-test" in text
@@ -104,19 +115,19 @@ def test_recent_outcomes_beat_old_ones(tmp_path: Path) -> None:
     db = tmp_path / "h.sqlite"
     run = recorded_run(db, tmp_path, "a")
     add_outcomes(db, run, [0.5])
-    assert history.correction_for("jit:tiny", "gpu", db) is None  # one job is not enough
+    assert history_correction.correction_for("jit:tiny", "gpu", 1, db) is None  # one job
     add_outcomes(db, run, [2.0, 1.2, 1.1, 1.3, 0.9])
-    correction = history.correction_for("jit:tiny", "gpu", db)
+    correction = history_correction.correction_for("jit:tiny", "gpu", 1, db)
     assert correction is not None
     assert correction.outcomes == 6 and correction.overall_median == pytest.approx(1.15)
     assert correction.factor == pytest.approx(1.2)  # median of the newest five
-    assert history.correction_for("gpt:124M", "gpu", db) is None
+    assert history_correction.correction_for("gpt:124M", "gpu", 1, db) is None
 
 
 def test_a_prediction_that_was_exceeded_raises_the_next(tmp_path: Path) -> None:
     db = tmp_path / "h.sqlite"
     add_outcomes(db, recorded_run(db, tmp_path, "a"), [1.0, 1.0, 1.0, 1.4, 1.6])
-    correction = history.correction_for("jit:tiny", "gpu", db)
+    correction = history_correction.correction_for("jit:tiny", "gpu", 1, db)
     assert correction is not None
     # The median of the newest five is 1.0, but the newest ran 60% over: the mean of the last
     # two (Tsafrir, Etsion and Feitelson 2007).
@@ -126,49 +137,68 @@ def test_a_prediction_that_was_exceeded_raises_the_next(tmp_path: Path) -> None:
 
 def test_the_bias_is_against_the_uncorrected_model(tmp_path: Path) -> None:
     db = tmp_path / "h.sqlite"
-    # A plan already scaled by 1.5 whose jobs then took exactly as long as it said.
+    # A plan whose steps were already scaled by 1.5, and whose jobs then ran exactly that.
     add_outcomes(db, recorded_run(db, tmp_path, "a"), [1.0, 1.0, 1.0], correction=1.5)
-    correction = history.correction_for("jit:tiny", "gpu", db)
+    correction = history_correction.correction_for("jit:tiny", "gpu", 1, db)
     assert correction is not None and correction.factor == pytest.approx(1.5)
+
+
+def test_a_correction_applies_only_at_the_node_count_it_was_learned_at(tmp_path: Path) -> None:
+    db = tmp_path / "h.sqlite"
+    add_outcomes(db, recorded_run(db, tmp_path, "two", nodes=2), [1.3, 1.3])
+    spec = spec_with(plan__max_nodes=1)
+    corrections = history_correction.corrections_for(spec, None, db)
+    assert list(corrections) == [2] and corrections[2].factor == pytest.approx(1.3)
+    # A 1-node plan: nothing learnt at 1 node, so nothing changes.
+    assert plan_for(spec, corrections=corrections) == plan_for(spec)
+    # A 2-node plan: only its step time moves, by 1.3.
+    spec2 = spec_with(plan__max_nodes=2)
+    model = plan_for(spec2, nodes=2)
+    corrected = plan_for(spec2, nodes=2, corrections=corrections)
+    assert corrected.step_s == pytest.approx(1.3 * model.step_s)
+    assert corrected.step_correction == pytest.approx(1.3)
+    assert corrected.wall.startup_s == model.wall.startup_s
+    assert corrected.wall.warmup_s == model.wall.warmup_s
+    assert corrected.checkpoint.save_s == model.checkpoint.save_s
+    assert corrected.resume_s == model.resume_s
+    assert any("steps x1.30 at 2 node(s)" in note for note in corrected.notes)
+
+
+def test_a_large_factor_is_capped_and_said(tmp_path: Path) -> None:
+    db = tmp_path / "h.sqlite"
+    # The mis-scaled 2-node run of the issue: planned 9.93 ms steps, ran 59.6 ms (x6.0).
+    add_outcomes(db, recorded_run(db, tmp_path, "two", nodes=2), [6.0, 6.0])
+    corrections = history_correction.corrections_for(spec_with(), None, db)
+    assert corrections[2].learned == pytest.approx(6.0)
+    assert corrections[2].factor == history_correction.MAX_FACTOR and corrections[2].capped
+    spec = spec_with(plan__max_nodes=2)
+    model = plan_for(spec, nodes=2)
+    corrected = plan_for(spec, nodes=2, corrections=corrections)
+    assert corrected.step_s == pytest.approx(2.0 * model.step_s)
+    note = next(n for n in corrected.notes if n.startswith("history:"))
+    assert "capped at x2.00: those jobs ran x6.00" in note
 
 
 def test_the_newest_jobs_spread_widens_the_band_only_past_the_specs(tmp_path: Path) -> None:
     db = tmp_path / "h.sqlite"
     run = recorded_run(db, tmp_path, "a")
     add_outcomes(db, run, [1.0, 1.0])
-    two = history.correction_for("jit:tiny", "gpu", db)
+    two = history_correction.correction_for("jit:tiny", "gpu", 1, db)
     assert two is not None and two.spread == 0.0  # two jobs: no spread learnt
     add_outcomes(db, run, [1.2, 0.8, 1.1, 0.9, 1.0])
-    correction = history.correction_for("jit:tiny", "gpu", db)
+    correction = history_correction.correction_for("jit:tiny", "gpu", 1, db)
     assert correction is not None and correction.factor == pytest.approx(1.0)
     # Newest five 1.2, 0.8, 1.1, 0.9, 1.0: sample sd sqrt(0.1 / 4) over the factor 1.0.
     assert correction.spread == pytest.approx(0.158114, rel=1e-5)
-    spec = spec_with()
+    corrections = {1: correction}
+    spec = spec_with(plan__max_nodes=1)
     assert spec.plan.run_to_run_spread < correction.spread
-    widened = history.spec_with_spread(spec, correction)
-    assert widened.plan.run_to_run_spread == pytest.approx(correction.spread)
-    steady = spec_with(plan__run_to_run_spread=0.5)
-    assert history.spec_with_spread(steady, correction) is steady
-
-
-def test_a_corrected_record_slows_the_whole_plan() -> None:
-    spec = spec_with(plan__max_nodes=1, checkpoint={"interval_steps": 100})
-    record = record_for(spec, step_std_s=0.05, step_ci_half_s=0.01)
-    scaled = history.corrected_record(record, 1.5)
-    m, s = record.measurement, scaled.measurement
-    assert (s.step_mean_s, s.step_std_s, s.startup_s) == pytest.approx(
-        (1.5 * m.step_mean_s, 1.5 * m.step_std_s, 1.5 * m.startup_s)
-    )
-    assert s.checkpoint_save_s == pytest.approx(1.5 * m.checkpoint_save_s)
-    assert scaled.fingerprint == record.fingerprint
-    model = make_plan(spec, record, None, "cal.yaml")
-    corrected = make_plan(spec, scaled, None, "cal.yaml")
-    # The compute part of a step scales; the modelled all-reduce (0.06 s on 4 GPUs) does not.
-    comm = next(o.comm_s for o in model.options if o.chosen)
-    assert comm == pytest.approx(0.06, abs=0.01)
-    assert corrected.step_s == pytest.approx(comm + 1.5 * (model.step_s - comm))
-    # Saves every 100 steps as the spec fixes; only the all-reduce (234 s of 6740) stays.
-    assert 1.45 * model.wall.p50_s < corrected.wall.p50_s < 1.5 * model.wall.p50_s
+    model, widened = plan_for(spec), plan_for(spec, corrections=corrections)
+    assert widened.wall.p50_s == pytest.approx(model.wall.p50_s)
+    assert widened.wall.p95_s - widened.wall.p50_s > 3 * (model.wall.p95_s - model.wall.p50_s)
+    steady = spec_with(plan__max_nodes=1, plan__run_to_run_spread=0.5)
+    # A spread below the spec's changes nothing: the same times, only the plan's note.
+    assert plan_for(steady, corrections=corrections).wall == plan_for(steady).wall
 
 
 # -- the command line --------------------------------------------------------------------------
@@ -181,7 +211,8 @@ def no_slurm_env(db: Path) -> dict[str, str]:
 
 @pytest.fixture
 def planned(tmp_path: Path) -> tuple[Path, Path]:
-    spec = write_spec(tmp_path, SPEC)
+    # One node: the history's outcomes below were recorded at one node.
+    spec = write_spec(tmp_path, {**SPEC, "plan": {**SPEC["plan"], "max_nodes": 1}})
     save_record(record_for(spec_with()), tmp_path / "cal.yaml")
     return spec, tmp_path / "cal.yaml"
 
@@ -195,7 +226,8 @@ def test_plan_and_emit_print_and_apply_the_correction(
     env = no_slurm_env(db)
     proc = run_cli(["plan", str(spec), "--calibration", str(cal)], cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "history correction x1.50 for jit:tiny on partition gpu" in proc.stdout
+    assert "history: steps x1.50 at 1 node(s), learned from 2 job(s) of jit:tiny" in proc.stdout
+    assert "history correction (steps x1.50 at 1 node(s)): P50" in proc.stdout
     plain = run_cli(
         ["plan", str(spec), "--calibration", str(cal), "--no-correction"], cwd=tmp_path, env=env
     )
@@ -205,7 +237,7 @@ def test_plan_and_emit_print_and_apply_the_correction(
         ["emit", str(spec), "--calibration", str(cal), "-o", "run"], cwd=tmp_path, env=env
     )
     assert proc.returncode == 0, proc.stderr
-    assert "history correction x1.50" in proc.stdout
+    assert "history correction (steps x1.50 at 1 node(s))" in proc.stdout
     settings = yaml.safe_load((tmp_path / "run" / "emit.yaml").read_text())
     assert settings["correction"] == pytest.approx(1.5)
     assert settings["workdir"] == str(tmp_path.resolve())
@@ -214,7 +246,11 @@ def test_plan_and_emit_print_and_apply_the_correction(
             "SELECT correction, p50_s, model_p50_s FROM plans WHERE run_dir = ?",
             (str((tmp_path / "run").resolve()),),
         ).fetchone()
-    assert row["correction"] == pytest.approx(1.5) and row["p50_s"] > 1.4 * row["model_p50_s"]
+    assert row["correction"] == pytest.approx(1.5) and row["p50_s"] > row["model_p50_s"]
+    # Only the steps move: 3907 steps of 1.06 s x 1.5; start-up and saves as calibrated.
+    wall = yaml.safe_load((tmp_path / "run" / "plan.yaml").read_text())["wall"]
+    assert wall["steps_s"] == pytest.approx(3907 * 1.06 * 1.5)
+    assert (wall["startup_s"], wall["warmup_s"]) == pytest.approx((100.0, 20.0))
     proc = run_cli(["history"], cwd=tmp_path, env=env)
     assert proc.returncode == 0 and "(x1.50)" in proc.stdout and "x1.50" in proc.stdout
 
@@ -257,3 +293,22 @@ def test_an_unwritable_history_only_warns(planned: tuple[Path, Path], tmp_path: 
     assert "warning: history" in proc.stderr and "nothing recorded" in proc.stderr
     proc = run_cli(["history"], cwd=tmp_path, env=env)
     assert proc.returncode == 2 and "cannot open" in proc.stderr
+
+
+def test_a_schema_1_database_gains_the_step_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "old.sqlite"
+    with sqlite3.connect(db) as conn:  # the outcomes table as schema 1 made it
+        conn.execute(
+            "CREATE TABLE outcomes (id INTEGER PRIMARY KEY, recorded REAL NOT NULL, run_dir TEXT"
+            " NOT NULL, job_id TEXT NOT NULL, state TEXT, state_source TEXT, inferred INTEGER,"
+            " start_time REAL, end_time REAL, elapsed_s REAL, time_limit_s REAL, from_step"
+            " INTEGER, steps INTEGER, predicted_s REAL, plan_correction REAL,"
+            " UNIQUE (run_dir, job_id))"
+        )
+        conn.execute("PRAGMA user_version = 1")
+    with history.connect(db) as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(outcomes)")}
+        assert {"step_s", "model_step_s"} <= columns
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2

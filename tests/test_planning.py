@@ -51,6 +51,9 @@ SPEC: dict[str, Any] = {
         "mtbf_hours": 24,
         "run_to_run_spread": 0.0,
         "max_nodes": 8,
+        # The reference case plans node counts from the network model: its tests are of the
+        # model. Without this the plan stays on the calibrated node count (test_safety.py).
+        "allow_unmeasured_scaling": True,
     },
 }
 
@@ -364,7 +367,8 @@ def test_spec_asking_more_than_the_partition_has() -> None:
 
 
 def test_node_counts_follow_the_partition() -> None:
-    plan = plan_for(spec_with(plan={}), partition(max_nodes=4))  # 16 nodes, 4 per job
+    allowed = {"allow_unmeasured_scaling": True}
+    plan = plan_for(spec_with(plan=allowed), partition(max_nodes=4))  # 16 nodes, 4 per job
     assert [o.nodes for o in plan.options] == [1, 2, 3, 4]
     capped = plan_for(spec_with(plan__max_nodes=2), partition())
     assert [o.nodes for o in capped.options] == [1, 2]
