@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from planner.baselines import baselines
 from planner.errors import SpecError
 from planner.interval import choose_interval
-from planner.partition import PartitionLimitError, PartitionLimits, check_partition, node_limit
+from planner.node_cap import node_cap
+from planner.partition import PartitionLimitError, PartitionLimits, check_partition
 from planner.plan import (
     SIGNAL,
     SIGNAL_MARGIN_S,
@@ -97,13 +98,12 @@ def make_plan(
     totals = count_work(spec, m)
     eval_s = eval_seconds(spec, m, calibration_path)
     model = scaling or _scaling_model(spec, record)
-    limit = node_limit(spec, partition)
-    if m.params <= 0:
-        # A command that reported no parameter count gives no all-reduce size: more nodes
-        # than the spec asks for would look free. Report params (jobs.report) to have them.
-        limit = min(limit, spec.cluster.nodes)
+    cap = node_cap(spec, partition, m.params)
+    limit = cap.limit
     if nodes is not None and not 1 <= nodes <= limit:
-        raise PartitionLimitError("--nodes", nodes, f"must be between 1 and {limit}", spec.source)
+        raise PartitionLimitError(
+            "--nodes", nodes, f"must be between 1 and {limit}: {cap.reason}", spec.source
+        )
     one_node = step_at(spec, model, 1)[1].total_s
     results: list[_Candidate | SpecError] = []
     for n in range(1, limit + 1):
