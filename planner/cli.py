@@ -121,7 +121,7 @@ def cli() -> None:
 @click.option(
     "--target-ci",
     type=float,
-    help="Stop when the 95%% CI half-width / mean reaches this [calibration.target_ci].",
+    help="Stop when the 95% CI half-width / mean reaches this [calibration.target_ci].",
 )
 @click.option(
     "--time-limit",
