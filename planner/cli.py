@@ -251,13 +251,9 @@ def calibrate(
     _record_history(lambda: history.record_calibration(record, out_path, history_file))
     click.echo(calibration_table(record, str(out_path)))
     if record.scaling is not None:
-        from tabulate import tabulate
+        from planner.report import scaling_table
 
-        from planner.scaling_fit import scaling_rows
-
-        rows = scaling_rows(record.scaling)
-        headers = ("scaling", "each node count measured, and the model fitted to them")
-        click.echo("\n" + tabulate(rows, headers=headers, tablefmt="simple"))
+        click.echo("\n" + scaling_table(record.scaling))
 
 
 def _node_list(text: str) -> str:
@@ -486,9 +482,8 @@ def submit(run_dir: Path, dry_run: bool, after: str | None) -> None:
     """Submit RUN_DIR's segments as a chain (each afterany the previous) and print the job ids."""
     import shlex
 
-    from tabulate import tabulate
-
     from planner.chain import planned_commands, submit_chain
+    from planner.run_report import jobs_table
 
     try:
         if dry_run:
@@ -506,8 +501,7 @@ def submit(run_dir: Path, dry_run: bool, after: str | None) -> None:
         ) from None
     except PlanJobError as exc:
         fail(exc)
-    rows = [(j.segment, j.job_id, j.script, j.dependency or "-") for j in jobs]
-    click.echo(tabulate(rows, headers=("segment", "job id", "script", "after (afterany)")))
+    click.echo(jobs_table(jobs))
     click.echo(f"job ids recorded in {run_dir / 'jobs.yaml'}")
 
 
@@ -591,11 +585,9 @@ def resubmit(
     """
     import shlex
 
-    from tabulate import tabulate
-
     from planner import history
     from planner import resubmit as resubmission
-    from planner.run_report import resubmission_text
+    from planner.run_report import jobs_table, resubmission_text
     from planner.run_state import inspect_run
 
     try:
@@ -621,8 +613,7 @@ def resubmit(
         ) from None
     except PlanJobError as exc:
         fail(exc)
-    rows = [(j.segment, j.job_id, j.script, j.dependency or "-") for j in jobs]
-    click.echo("\n" + tabulate(rows, headers=("segment", "job id", "script", "after (afterany)")))
+    click.echo("\n" + jobs_table(jobs))
     click.echo(f"recorded in {resubmission.record_path(plan)} and {state.run_dir / 'jobs.yaml'}")
 
 

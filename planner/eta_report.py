@@ -12,12 +12,11 @@ from typing import TextIO
 
 from planner.eta import Eta
 from planner.eta_chain import ChainOutlook, SegmentOutlook
+from planner.textwidth import fit_table
 from planner.units import fmt_duration, fmt_percent
 
 
-def eta_table(eta: Eta) -> str:
-    from tabulate import tabulate
-
+def eta_table(eta: Eta, width: int | None = None) -> str:
     rows: list[tuple[str, str]] = [("source", _source_text(eta))]
     rows.append(
         (
@@ -69,7 +68,7 @@ def eta_table(eta: Eta) -> str:
         rows += _chain_rows(eta.chain)
     for index, note in enumerate(eta.notes):
         rows.append(("notes" if index == 0 else "", note))
-    return tabulate(rows, tablefmt="simple", headers=("eta", _clock(eta.now, eta.now)))
+    return fit_table(rows, ("eta", _clock(eta.now, eta.now)), width=width)
 
 
 def eta_json(eta: Eta, indent: int | None = 2) -> str:

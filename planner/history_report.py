@@ -8,8 +8,6 @@ import sqlite3
 import statistics
 from pathlib import Path
 
-from tabulate import tabulate
-
 from planner.history import (
     MIN_OUTCOMES,
     RECENT,
@@ -20,6 +18,7 @@ from planner.history import (
     history_path,
 )
 from planner.plan import Plan
+from planner.textwidth import fit_table, wrap_text
 from planner.units import fmt_duration
 
 _RUNS = """
@@ -33,7 +32,7 @@ GROUP BY p.id ORDER BY p.recorded
 """
 
 
-def history_text(path: Path | None = None, limit: int = 20) -> str:
+def history_text(path: Path | None = None, limit: int = 20, width: int | None = None) -> str:
     where = history_path(path)
     with connect(path) as db:
         runs = db.execute(_RUNS).fetchall()[-limit:]
@@ -45,20 +44,24 @@ def history_text(path: Path | None = None, limit: int = 20) -> str:
             "SELECT recorded, name, workload, device, step_mean_s, path FROM calibrations"
             " ORDER BY id DESC LIMIT 5"
         ).fetchall()
-    parts = [f"history: {where}"]
+    parts = [wrap_text(f"history: {where}", width)]
     if runs:
         parts.append("runs: predicted (as emitted) vs actual (the jobs' elapsed time)")
-        parts.append(tabulate([_run_row(r) for r in runs], headers=_RUN_HEADERS))
+        rows = [_run_row(r) for r in runs]
+        # The names, the prediction and the actual time wrap; the counts stay whole.
+        wrap = {0: 12, 1: 12, 4: 12, 7: 10, 8: 9}
+        parts.append(fit_table(rows, _RUN_HEADERS, wrap=wrap, width=width))
     else:
         parts.append("no runs recorded yet: `plan-job emit` records one")
     bias_rows = [_bias_row(w, p, path) for w, p in pairs]
     bias_rows = [row for row in bias_rows if row is not None]
     if bias_rows:
-        parts.append(
+        title = (
             f"bias (actual / model prediction, per job that ran steps; newest {RECENT} beat "
             "the rest)"
         )
-        parts.append(tabulate(bias_rows, headers=_BIAS_HEADERS))
+        parts.append(wrap_text(title, width))
+        parts.append(fit_table(bias_rows, _BIAS_HEADERS, wrap={0: 12, -1: 14}, width=width))
     if calibrations:
         parts.append("newest calibrations")
         rows = [
@@ -72,9 +75,9 @@ def history_text(path: Path | None = None, limit: int = 20) -> str:
             )
             for c in calibrations
         ]
-        parts.append(
-            tabulate(rows, headers=("recorded", "name", "workload", "device", "step", "record"))
-        )
+        headers = ("recorded", "name", "workload", "device", "step", "record")
+        wrap = {1: 12, 2: 12, 3: 12, -1: 16}
+        parts.append(fit_table(rows, headers, wrap=wrap, width=width))
     return "\n\n".join(parts)
 
 
@@ -87,7 +90,7 @@ _RUN_HEADERS = (
     "jobs",
     "steps",
     "actual",
-    "actual/predicted",
+    "actual / predicted",
 )
 
 
@@ -149,9 +152,11 @@ def _when(moment: float) -> str:
     return dt.datetime.fromtimestamp(moment).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
-def correction_text(correction: Correction, model: Plan, plan: Plan) -> str:
+def correction_text(
+    correction: Correction, model: Plan, plan: Plan, width: int | None = None
+) -> str:
     """The correction a plan carries, said plainly: where it comes from and what it moved."""
-    return (
+    text = (
         f"history correction x{correction.factor:.2f} for {correction.workload} on partition "
         f"{correction.partition}: {correction.rule} ({correction.outcomes} jobs recorded; "
         f"median of all {correction.overall_median:.2f}, newest {correction.latest:.2f}). "
@@ -162,6 +167,7 @@ def correction_text(correction: Correction, model: Plan, plan: Plan) -> str:
         f"{len(model.segments)} -> {len(plan.segments)} job(s).{_spread_text(correction, model)}"
         " --no-correction plans without it."
     )
+    return wrap_text(text, width)
 
 
 def _spread_text(correction: Correction, model: Plan) -> str:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tabulate import tabulate
-
 from planner.record import CalibrationRecord
+from planner.scaling_fit import ScalingSection, scaling_rows
+from planner.textwidth import fit_table
 from planner.units import fmt_bytes, fmt_count, fmt_duration, fmt_percent
 
 _STOP_TEXT = {
@@ -15,7 +15,9 @@ _STOP_TEXT = {
 }
 
 
-def calibration_table(record: CalibrationRecord, path: str | None = None) -> str:
+def calibration_table(
+    record: CalibrationRecord, path: str | None = None, width: int | None = None
+) -> str:
     m, d, spec = record.measurement, record.derived, record.spec
     target = fmt_percent(m.target_ci)
     mfu = (
@@ -98,4 +100,10 @@ def calibration_table(record: CalibrationRecord, path: str | None = None) -> str
         )
     if path:
         rows.append(("record", path))
-    return tabulate(rows, tablefmt="simple", headers=("calibration", spec.name))
+    return fit_table(rows, ("calibration", spec.name), width=width)
+
+
+def scaling_table(section: ScalingSection, width: int | None = None) -> str:
+    """A multi-node calibration: each node count measured, and the model fitted to them."""
+    headers = ("scaling", "each node count measured, and the model fitted to them")
+    return fit_table(scaling_rows(section), headers, width=width)

@@ -95,7 +95,7 @@ def test_calibration_plan_and_outcomes_round_trip(tmp_path: Path) -> None:
     assert first["predicted_s"] == pytest.approx(100 + 20 + 950 * 1.06 + 10 * 60)
     assert [o["predicted_s"] for o in outcomes[1:]] == [None] * 4  # never ran
     assert history.biases("jit:tiny", "gpu", db) == [pytest.approx((1567 / 1727, 1567 / 1727))]
-    text = history_text(db)
+    text = history_text(db, width=200)  # wide: the row on one line (tests/test_table_width.py)
     assert "950/3,907  26 min 07 s so far" in text
     assert "0.91" in text and "none (< 2 jobs)" in text and "plan-test" in text
 
