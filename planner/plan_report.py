@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from planner.plan import NodeOption, Plan, Segment
+from planner.resources import units_of
 from planner.textwidth import fit_table, wrap_text
 from planner.units import fmt_count, fmt_duration, fmt_percent, slurm_minutes
 
@@ -21,6 +22,7 @@ def plan_table(plan: Plan, width: int | None = None) -> str:
 def summary_table(plan: Plan, width: int | None = None) -> str:
     spec, wall, ck = plan.spec, plan.wall, plan.checkpoint
     chosen = next(o for o in plan.options if o.chosen)
+    units = units_of(spec)
     where = f"partition {plan.partition.name}" if plan.partition else "no partition limits read"
     terms = [
         ("start-up", wall.startup_s),
@@ -41,8 +43,8 @@ def summary_table(plan: Plan, width: int | None = None) -> str:
         ),
         (
             "nodes",
-            f"{plan.nodes} x {max(plan.gpus_per_node, 1)} GPUs ({where}), grad_accum "
-            f"{plan.grad_accum}: {plan.choice_reason}",
+            f"{units.shape(plan.nodes)} ({where}), grad_accum {plan.grad_accum}: "
+            f"{units.reword(plan.choice_reason)}",
         ),
         (
             "step",
@@ -57,7 +59,7 @@ def summary_table(plan: Plan, width: int | None = None) -> str:
             f"(sigma {fmt_duration(wall.sigma_s)})",
         ),
         ("why (P50)", why),
-        ("GPU-hours", _gpu_hours(plan)),
+        (units.hours, _gpu_hours(plan)),
         ("checkpoint", _checkpoint_text(plan)),
         *_eval_rows(plan),
         (
@@ -107,9 +109,11 @@ def options_table(plan: Plan, width: int | None = None) -> str:
     shown = [o for o in plan.options if o.feasible or len(infeasible) <= _MAX_INFEASIBLE_ROWS]
     measured = any(o.measured_efficiency is not None for o in plan.options)
     rows = [_option_row(o, cost, measured) for o in shown]
-    headers = ["nodes", "GPUs", "accum", "step", "efficiency"]
+    units = units_of(plan.spec)
+    rows = [[*row[:-1], units.reword(row[-1])] for row in rows]
+    headers = ["nodes", units.devices, "accum", "step", "efficiency"]
     headers += ["measured (step)"] if measured else []
-    headers += ["P50", "P95", "jobs", "GPU-h"]
+    headers += ["P50", "P95", "jobs", units.hours_short]
     headers += ["cost"] if cost else []
     # The note wraps first, else goes under the table; then a measured cell and the
     # durations may take two lines.
@@ -212,9 +216,16 @@ def _jobs(plan: Plan) -> str:
 
 
 def _gpu_hours(plan: Plan) -> str:
+    units = units_of(plan.spec)
     text = f"{plan.gpu_hours:,.4g} at P50"
+    if units.cpu_only:
+        text += (
+            f" = {units.core_hours(plan.gpu_hours):,.4g} core-hours (one task of "
+            f"{units.task_cpus} a node)"
+        )
     if plan.cost is not None:
-        text += f", cost {plan.cost:,.2f} at {plan.spec.plan.gpu_hour_cost:g} per GPU-hour"
+        per = units.hours.removesuffix("s")
+        text += f", cost {plan.cost:,.2f} at {plan.spec.plan.gpu_hour_cost:g} per {per}"
     if plan.deadline_hours is not None:
         text += f"; deadline {plan.deadline_hours:g} h (P95)"
     return text
