@@ -292,6 +292,9 @@ _DEADLINE = click.option(
 _NODES = click.option("--nodes", type=int, help="Force a node count instead of choosing one.")
 
 
+_JSON = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (README: JSON output)."
+)
 _NO_CORRECTION = click.option(
     "--no-correction",
     is_flag=True,
@@ -368,6 +371,7 @@ def _make_plan(
 @_SETS
 @_HISTORY
 @_NO_CORRECTION
+@_JSON
 def plan(
     spec_path: Path,
     calibration_path: Path,
@@ -376,9 +380,11 @@ def plan(
     sets: tuple[str, ...],
     history_file: Path | None,
     no_correction: bool,
+    as_json: bool,
 ) -> None:
     """How long SPEC's full run takes, on how many nodes, in which Slurm segments, and why."""
     from planner.history_report import correction_text
+    from planner.json_report import plan_json
     from planner.plan_report import plan_table
 
     try:
@@ -387,6 +393,9 @@ def plan(
         )
     except PlanJobError as exc:
         fail(exc)
+    if as_json:
+        click.echo(plan_json(planned.plan, planned.correction, planned.model))
+        return
     click.echo(plan_table(planned.plan))
     if planned.correction is not None:
         click.echo("\n" + correction_text(planned.correction, planned.model, planned.plan))
@@ -658,18 +667,22 @@ def tighten(target: str, dry_run: bool) -> None:
 )
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @_HISTORY
-def history_command(updates: tuple[str, ...], limit: int, history_file: Path | None) -> None:
+@_JSON
+def history_command(
+    updates: tuple[str, ...], limit: int, history_file: Path | None, as_json: bool
+) -> None:
     """Predicted vs actual per run, and the bias per workload and partition that corrects
     new plans."""
     from planner import history
-    from planner.history_report import history_text
+    from planner.history_report import history_json, history_text
     from planner.run_state import inspect_run
 
     try:
         for target in updates:
             count = history.record_outcomes(inspect_run(target), history_file)
             click.echo(f"recorded {count} ended job(s) of {target}", err=True)
-        click.echo(history_text(history_file, limit))
+        show = history_json if as_json else history_text
+        click.echo(show(history_file, limit))
     except PlanJobError as exc:
         fail(exc)
 

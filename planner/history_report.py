@@ -12,11 +12,12 @@ from planner.history import (
     MIN_OUTCOMES,
     RECENT,
     Correction,
-    biases,
     connect,
     correction_for,
     history_path,
 )
+from planner.history import biases as biases_of
+from planner.json_report import HISTORY_SCHEMA, dumps
 from planner.plan import Plan
 from planner.textwidth import fit_table, wrap_text
 from planner.units import fmt_duration
@@ -34,16 +35,7 @@ GROUP BY p.id ORDER BY p.recorded
 
 def history_text(path: Path | None = None, limit: int = 20, width: int | None = None) -> str:
     where = history_path(path)
-    with connect(path) as db:
-        runs = db.execute(_RUNS).fetchall()[-limit:]
-        pairs = db.execute(
-            "SELECT DISTINCT p.workload, p.partition FROM outcomes o JOIN plans p"
-            " ON p.run_dir = o.run_dir ORDER BY p.workload, p.partition"
-        ).fetchall()
-        calibrations = db.execute(
-            "SELECT recorded, name, workload, device, step_mean_s, path FROM calibrations"
-            " ORDER BY id DESC LIMIT 5"
-        ).fetchall()
+    runs, pairs, calibrations = _read(path, limit)
     parts = [wrap_text(f"history: {where}", width)]
     if runs:
         parts.append("runs: predicted (as emitted) vs actual (the jobs' elapsed time)")
@@ -79,6 +71,62 @@ def history_text(path: Path | None = None, limit: int = 20, width: int | None = 
         wrap = {1: 12, 2: 12, 3: 12, -1: 16}
         parts.append(fit_table(rows, headers, wrap=wrap, width=width))
     return "\n\n".join(parts)
+
+
+def history_json(path: Path | None = None, limit: int = 20) -> str:
+    """The same three tables as JSON (README "JSON output"): runs oldest first, the bias
+    and next correction per workload and partition, the newest calibrations first."""
+    runs, pairs, calibrations = _read(path, limit)
+    biases = []
+    for workload, partition in pairs:
+        model = [bias for bias, _ in biases_of(workload, partition, path)]
+        if not model:
+            continue
+        correction = correction_for(workload, partition, path)
+        biases.append(
+            {
+                "workload": workload,
+                "partition": partition,
+                "jobs": len(model),
+                "recent_median": statistics.median(model[-RECENT:]),
+                "median": statistics.median(model),
+                "newest": model[-1],
+                "next_factor": correction.factor if correction else None,
+                "next_spread": correction.spread if correction else None,
+            }
+        )
+    out_runs = []
+    for row in runs:
+        run = dict(row)
+        run["actual_over_predicted"] = (
+            row["timed"] / row["predicted"] if row["timed"] and row["predicted"] else None
+        )
+        out_runs.append(run)
+    return dumps(
+        {
+            "schema": HISTORY_SCHEMA,
+            "history": str(history_path(path)),
+            "runs": out_runs,
+            "biases": biases,
+            "calibrations": [dict(row) for row in calibrations],
+        }
+    )
+
+
+def _read(
+    path: Path | None, limit: int
+) -> tuple[list[sqlite3.Row], list[sqlite3.Row], list[sqlite3.Row]]:
+    with connect(path) as db:
+        runs = db.execute(_RUNS).fetchall()[-limit:]
+        pairs = db.execute(
+            "SELECT DISTINCT p.workload, p.partition FROM outcomes o JOIN plans p"
+            " ON p.run_dir = o.run_dir ORDER BY p.workload, p.partition"
+        ).fetchall()
+        calibrations = db.execute(
+            "SELECT recorded, name, workload, device, step_mean_s, path FROM calibrations"
+            " ORDER BY id DESC LIMIT 5"
+        ).fetchall()
+    return runs, pairs, calibrations
 
 
 _RUN_HEADERS = (
@@ -130,7 +178,7 @@ _BIAS_HEADERS = (
 
 
 def _bias_row(workload: str, partition: str, path: Path | None) -> tuple[object, ...] | None:
-    model = [bias for bias, _ in biases(workload, partition, path)]
+    model = [bias for bias, _ in biases_of(workload, partition, path)]
     if not model:
         return None
     correction = correction_for(workload, partition, path)
