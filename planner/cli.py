@@ -15,7 +15,13 @@ from typing import Any, NoReturn
 
 import click
 
-from planner.errors import BadInputError, CancelledByUserError, JobError, PlanJobError
+from planner.errors import (
+    BadInputError,
+    CancelledByUserError,
+    JobError,
+    PlanJobError,
+    SlurmUnavailableError,
+)
 
 EXIT_JOB_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -600,9 +606,10 @@ def resubmit(
     from planner.run_state import inspect_run
 
     try:
-        state = inspect_run(target)
-        _record_history(lambda: history.record_outcomes(state, history_file))
-        plan = resubmission.prepare(state, nodes, max_retries)
+        state = inspect_run(target, preview=dry_run)
+        if not state.unread:  # jobs taken as ended without Slurm's word are not outcomes
+            _record_history(lambda: history.record_outcomes(state, history_file))
+        plan = resubmission.prepare(state, nodes, max_retries, preview=dry_run)
         click.echo(resubmission_text(plan))
         if dry_run:
             for name, text in plan.scripts:
@@ -610,6 +617,11 @@ def resubmit(
             click.echo("\n# dry run: would submit")
             for argv in resubmission.planned_commands(plan):
                 click.echo(" ".join(shlex.quote(arg) for arg in argv))
+            if plan.unread:
+                click.echo(
+                    "\n# a preview without Slurm (see 'not read' above): resubmit on the login "
+                    "node, where those are checked"
+                )
             return
 
         def on_submitted(job: Any) -> None:
@@ -620,6 +632,11 @@ def resubmit(
         raise PlanJobClickError(
             "interrupted: cancelled the segments already submitted", EXIT_INTERRUPTED
         ) from None
+    except SlurmUnavailableError as exc:
+        raise PlanJobClickError(
+            f"{exc}; `plan-job resubmit {target} --dry-run` previews from the run folder alone",
+            EXIT_BAD_INPUT,
+        ) from exc
     except PlanJobError as exc:
         fail(exc)
     click.echo("\n" + jobs_table(jobs))

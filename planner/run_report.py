@@ -68,6 +68,10 @@ def resubmission_text(resub: Resubmission, width: int | None = None) -> str:
     rows = state_rows(resub.state) + pace_rows(resub.state.pace)
     limit = resub.partition.max_time_s
     maximum = fmt_duration(limit) if limit is not None else "UNLIMITED"
+    if resub.partition_source == "none":
+        maximum = "unknown (not read)"
+    elif resub.partition_source != "scontrol":
+        maximum += f" (from {resub.partition_source}, not read now)"
     rows.append(("partition", f"{resub.partition.name}, MaxTime {maximum}"))
     rows.append(
         (
@@ -78,6 +82,7 @@ def resubmission_text(resub: Resubmission, width: int | None = None) -> str:
         )
     )
     rows += _notes(resub.notes)
+    rows += [("not read" if i == 0 else "", fact) for i, fact in enumerate(resub.unread)]
     table = fit_table(rows, ("resubmit", f"#{resub.number}"), width=width)
     segments = fit_table(
         [
