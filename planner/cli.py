@@ -22,6 +22,7 @@ from planner.errors import (
     PlanJobError,
     SlurmUnavailableError,
 )
+from planner.status_line import StatusLine
 
 EXIT_JOB_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -46,32 +47,6 @@ def fail(exc: PlanJobError) -> NoReturn:
         raise PlanJobClickError("\n".join(parts), EXIT_JOB_FAILED) from exc
     code = EXIT_BAD_INPUT if isinstance(exc, BadInputError) else EXIT_JOB_FAILED
     raise PlanJobClickError(str(exc), code) from exc
-
-
-class StatusLine:
-    """One live line on a terminal; a line per change (or per 30 s) in a log file."""
-
-    def __init__(self, stream: Any = None) -> None:
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.last_text = ""
-        self.last_time = 0.0
-
-    def show(self, text: str, key: str) -> None:
-        now = time.monotonic()
-        if self.tty:
-            self.stream.write("\r\033[K" + text)
-            self.stream.flush()
-        elif key != self.last_text or now - self.last_time > 30:
-            self.stream.write(text + "\n")
-            self.stream.flush()
-            self.last_time = now
-        self.last_text = key
-
-    def close(self) -> None:
-        if self.tty and self.last_text:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 _HISTORY = click.option(
@@ -493,13 +468,34 @@ def emit(
 @click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Print the sbatch commands; submit nothing.")
 @click.option("--after", metavar="JOBID", help="Start the chain after this job ends.")
-def submit(run_dir: Path, dry_run: bool, after: str | None) -> None:
-    """Submit RUN_DIR's segments as a chain (each afterany the previous) and print the job ids."""
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=1.0),
+    is_flag=False,
+    flag_value=30.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="Then follow the run with a progress bar (steps, rate, ETA), refreshed every SECONDS "
+    "(30 if none is given), until it is done or no job is left. Off by default: a chain may "
+    "wait in the queue for hours, and scripts expect submit to return. Ctrl-C stops watching; "
+    "the jobs keep running.",
+)
+def submit(run_dir: Path, dry_run: bool, after: str | None, watch: float | None) -> None:
+    """Submit RUN_DIR's segments as a chain (each afterany the previous) and print the job ids.
+
+    Put --watch after RUN_DIR: `plan-job submit runs/x --watch 10`.
+    """
     import shlex
 
     from planner.chain import planned_commands, submit_chain
     from planner.run_report import jobs_table
 
+    if dry_run and watch is not None:
+        raise PlanJobClickError(
+            f"--watch: got {watch:g}; --dry-run submits nothing, so there is nothing to watch: "
+            "drop one of them",
+            EXIT_BAD_INPUT,
+        )
     try:
         if dry_run:
             for argv in planned_commands(run_dir, after):
@@ -518,6 +514,40 @@ def submit(run_dir: Path, dry_run: bool, after: str | None) -> None:
         fail(exc)
     click.echo(jobs_table(jobs))
     click.echo(f"job ids recorded in {run_dir / 'jobs.yaml'}")
+    if watch is not None:
+        _follow_run(run_dir, watch, [job.job_id for job in jobs])
+
+
+def _follow_run(run_dir: Path, interval_s: float, job_ids: list[str]) -> None:
+    """submit --watch: the progress bar until the run is over; Ctrl-C leaves the jobs be."""
+    from planner.progress_bar import bar_key, bar_text, follow, run_progress
+
+    click.echo(
+        f"watching {run_dir} every {interval_s:g} s; Ctrl-C stops watching, not the jobs",
+        err=True,
+    )
+    line = StatusLine()
+    try:
+        try:
+            final = follow(
+                lambda: run_progress(run_dir),
+                lambda p: line.show(bar_text(p), bar_key(p)),
+                interval_s,
+            )
+        finally:
+            line.close()
+    except KeyboardInterrupt:
+        # Not an error: the jobs are submitted and run on.
+        click.echo(
+            f"stopped watching; the submitted jobs keep running: `plan-job eta {run_dir} "
+            f"--watch` watches again, `scancel {' '.join(job_ids)}` cancels them",
+            err=True,
+        )
+        click.get_current_context().exit(EXIT_INTERRUPTED)
+    except PlanJobError as exc:
+        fail(exc)
+    if final.note:
+        click.echo(final.note, err=True)
 
 
 @cli.command()
@@ -548,6 +578,7 @@ def eta(target: str, watch: float | None, as_json: bool, total_steps: int | None
     """
     from planner import eta as estimator
     from planner import eta_report
+    from planner.progress_bar import bar_key, bar_text, from_eta
     from planner.progress_sources import load_source
 
     def compute() -> Any:
@@ -557,12 +588,23 @@ def eta(target: str, watch: float | None, as_json: bool, total_steps: int | None
     render = eta_report.eta_table
     if as_json:
         render = eta_report.eta_json if watch is None else eta_report.eta_json_line
+    line = StatusLine()
+
+    def show_bar(result: Any) -> None:
+        progress = from_eta(result)
+        line.show(bar_text(progress), bar_key(progress))
+
     try:
         if watch is None:
             click.echo(render(compute()))
         else:
             stream = click.get_text_stream("stdout")
-            eta_report.watch(compute, render, watch, stream)
+            # JSON Lines are for a script: no bar beside them.
+            bar = None if as_json else show_bar
+            try:
+                eta_report.watch(compute, render, watch, stream, on_refresh=bar)
+            finally:
+                line.close()
     except KeyboardInterrupt:
         click.echo("", err=True)
         click.get_current_context().exit(EXIT_INTERRUPTED)

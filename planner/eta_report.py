@@ -87,9 +87,11 @@ def watch(
     interval_s: float,
     stream: TextIO,
     sleep: Callable[[float], None] = time.sleep,
+    on_refresh: Callable[[Eta], None] | None = None,
 ) -> Eta:
     """Redraw every ``interval_s`` until the run is done or no job is left; on a terminal in
-    place, elsewhere one block after another. Ctrl-C propagates (the CLI exits 130)."""
+    place, elsewhere one block after another. ``on_refresh`` follows each redraw (the
+    progress bar). Ctrl-C propagates (the CLI exits 130)."""
     tty = stream.isatty()
     while True:
         eta = compute()
@@ -100,6 +102,8 @@ def watch(
             # A blank line between tables; JSON Lines stay one object a line.
             stream.write(text + ("\n\n" if "\n" in text else "\n"))
         stream.flush()
+        if on_refresh is not None:
+            on_refresh(eta)
         if eta.watch_over:
             return eta
         sleep(interval_s)
