@@ -15,7 +15,14 @@ from typing import Any, NoReturn
 
 import click
 
-from planner.errors import BadInputError, CancelledByUserError, JobError, PlanJobError
+from planner.errors import (
+    BadInputError,
+    CancelledByUserError,
+    JobError,
+    PlanJobError,
+    SlurmUnavailableError,
+)
+from planner.status_line import StatusLine
 
 EXIT_JOB_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -40,32 +47,6 @@ def fail(exc: PlanJobError) -> NoReturn:
         raise PlanJobClickError("\n".join(parts), EXIT_JOB_FAILED) from exc
     code = EXIT_BAD_INPUT if isinstance(exc, BadInputError) else EXIT_JOB_FAILED
     raise PlanJobClickError(str(exc), code) from exc
-
-
-class StatusLine:
-    """One live line on a terminal; a line per change (or per 30 s) in a log file."""
-
-    def __init__(self, stream: Any = None) -> None:
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.last_text = ""
-        self.last_time = 0.0
-
-    def show(self, text: str, key: str) -> None:
-        now = time.monotonic()
-        if self.tty:
-            self.stream.write("\r\033[K" + text)
-            self.stream.flush()
-        elif key != self.last_text or now - self.last_time > 30:
-            self.stream.write(text + "\n")
-            self.stream.flush()
-            self.last_time = now
-        self.last_text = key
-
-    def close(self) -> None:
-        if self.tty and self.last_text:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 _HISTORY = click.option(
@@ -121,7 +102,7 @@ def cli() -> None:
 @click.option(
     "--target-ci",
     type=float,
-    help="Stop when the 95%% CI half-width / mean reaches this [calibration.target_ci].",
+    help="Stop when the 95% CI half-width / mean reaches this [calibration.target_ci].",
 )
 @click.option(
     "--time-limit",
@@ -251,13 +232,9 @@ def calibrate(
     _record_history(lambda: history.record_calibration(record, out_path, history_file))
     click.echo(calibration_table(record, str(out_path)))
     if record.scaling is not None:
-        from tabulate import tabulate
+        from planner.report import scaling_table
 
-        from planner.scaling_fit import scaling_rows
-
-        rows = scaling_rows(record.scaling)
-        headers = ("scaling", "each node count measured, and the model fitted to them")
-        click.echo("\n" + tabulate(rows, headers=headers, tablefmt="simple"))
+        click.echo("\n" + scaling_table(record.scaling))
 
 
 def _node_list(text: str) -> str:
@@ -296,6 +273,9 @@ _DEADLINE = click.option(
 _NODES = click.option("--nodes", type=int, help="Force a node count instead of choosing one.")
 
 
+_JSON = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (README: JSON output)."
+)
 _NO_CORRECTION = click.option(
     "--no-correction",
     is_flag=True,
@@ -370,6 +350,7 @@ def _make_plan(
 @_SETS
 @_HISTORY
 @_NO_CORRECTION
+@_JSON
 def plan(
     spec_path: Path,
     calibration_path: Path,
@@ -378,9 +359,11 @@ def plan(
     sets: tuple[str, ...],
     history_file: Path | None,
     no_correction: bool,
+    as_json: bool,
 ) -> None:
     """How long SPEC's full run takes, on how many nodes, in which Slurm segments, and why."""
     from planner.history_report import correction_text
+    from planner.json_report import plan_json
     from planner.plan_report import plan_table
 
     try:
@@ -389,6 +372,9 @@ def plan(
         )
     except PlanJobError as exc:
         fail(exc)
+    if as_json:
+        click.echo(plan_json(planned.plan, planned.model))
+        return
     click.echo(plan_table(planned.plan))
     if planned.corrected:
         click.echo("\n" + correction_text(planned.model, planned.plan))
@@ -483,14 +469,36 @@ def emit(
     help="Submit even though checkpoint.dir holds another run's checkpoints: the first job "
     "resumes from the newest of them.",
 )
-def submit(run_dir: Path, dry_run: bool, after: str | None, resume_foreign: bool) -> None:
-    """Submit RUN_DIR's segments as a chain (each afterany the previous) and print the job ids."""
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=1.0),
+    is_flag=False,
+    flag_value=30.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="Then follow the run with a progress bar (steps, rate, ETA), refreshed every SECONDS "
+    "(30 if none is given), until it is done or no job is left. Off by default: a chain may "
+    "wait in the queue for hours, and scripts expect submit to return. Ctrl-C stops watching; "
+    "the jobs keep running.",
+)
+def submit(
+    run_dir: Path, dry_run: bool, after: str | None, resume_foreign: bool, watch: float | None
+) -> None:
+    """Submit RUN_DIR's segments as a chain (each afterany the previous) and print the job ids.
+
+    Put --watch after RUN_DIR: `plan-job submit runs/x --watch 10`.
+    """
     import shlex
 
-    from tabulate import tabulate
-
     from planner.chain import planned_commands, submit_chain
+    from planner.run_report import jobs_table
 
+    if dry_run and watch is not None:
+        raise PlanJobClickError(
+            f"--watch: got {watch:g}; --dry-run submits nothing, so there is nothing to watch: "
+            "drop one of them",
+            EXIT_BAD_INPUT,
+        )
     try:
         if dry_run:
             for argv in planned_commands(run_dir, after):
@@ -507,9 +515,42 @@ def submit(run_dir: Path, dry_run: bool, after: str | None, resume_foreign: bool
         ) from None
     except PlanJobError as exc:
         fail(exc)
-    rows = [(j.segment, j.job_id, j.script, j.dependency or "-") for j in jobs]
-    click.echo(tabulate(rows, headers=("segment", "job id", "script", "after (afterany)")))
+    click.echo(jobs_table(jobs))
     click.echo(f"job ids recorded in {run_dir / 'jobs.yaml'}")
+    if watch is not None:
+        _follow_run(run_dir, watch, [job.job_id for job in jobs])
+
+
+def _follow_run(run_dir: Path, interval_s: float, job_ids: list[str]) -> None:
+    """submit --watch: the progress bar until the run is over; Ctrl-C leaves the jobs be."""
+    from planner.progress_bar import bar_key, bar_text, follow, run_progress
+
+    click.echo(
+        f"watching {run_dir} every {interval_s:g} s; Ctrl-C stops watching, not the jobs",
+        err=True,
+    )
+    line = StatusLine()
+    try:
+        try:
+            final = follow(
+                lambda: run_progress(run_dir),
+                lambda p: line.show(bar_text(p), bar_key(p)),
+                interval_s,
+            )
+        finally:
+            line.close()
+    except KeyboardInterrupt:
+        # Not an error: the jobs are submitted and run on.
+        click.echo(
+            f"stopped watching; the submitted jobs keep running: `plan-job eta {run_dir} "
+            f"--watch` watches again, `scancel {' '.join(job_ids)}` cancels them",
+            err=True,
+        )
+        click.get_current_context().exit(EXIT_INTERRUPTED)
+    except PlanJobError as exc:
+        fail(exc)
+    if final.note:
+        click.echo(final.note, err=True)
 
 
 @cli.command()
@@ -540,6 +581,7 @@ def eta(target: str, watch: float | None, as_json: bool, total_steps: int | None
     """
     from planner import eta as estimator
     from planner import eta_report
+    from planner.progress_bar import bar_key, bar_text, from_eta
     from planner.progress_sources import load_source
 
     def compute() -> Any:
@@ -549,12 +591,23 @@ def eta(target: str, watch: float | None, as_json: bool, total_steps: int | None
     render = eta_report.eta_table
     if as_json:
         render = eta_report.eta_json if watch is None else eta_report.eta_json_line
+    line = StatusLine()
+
+    def show_bar(result: Any) -> None:
+        progress = from_eta(result)
+        line.show(bar_text(progress), bar_key(progress))
+
     try:
         if watch is None:
             click.echo(render(compute()))
         else:
             stream = click.get_text_stream("stdout")
-            eta_report.watch(compute, render, watch, stream)
+            # JSON Lines are for a script: no bar beside them.
+            bar = None if as_json else show_bar
+            try:
+                eta_report.watch(compute, render, watch, stream, on_refresh=bar)
+            finally:
+                line.close()
     except KeyboardInterrupt:
         click.echo("", err=True)
         click.get_current_context().exit(EXIT_INTERRUPTED)
@@ -592,17 +645,16 @@ def resubmit(
     """
     import shlex
 
-    from tabulate import tabulate
-
     from planner import history
     from planner import resubmit as resubmission
-    from planner.run_report import resubmission_text
+    from planner.run_report import jobs_table, resubmission_text
     from planner.run_state import inspect_run
 
     try:
-        state = inspect_run(target)
-        _record_history(lambda: history.record_outcomes(state, history_file))
-        plan = resubmission.prepare(state, nodes, max_retries)
+        state = inspect_run(target, preview=dry_run)
+        if not state.unread:  # jobs taken as ended without Slurm's word are not outcomes
+            _record_history(lambda: history.record_outcomes(state, history_file))
+        plan = resubmission.prepare(state, nodes, max_retries, preview=dry_run)
         click.echo(resubmission_text(plan))
         if dry_run:
             for name, text in plan.scripts:
@@ -610,6 +662,11 @@ def resubmit(
             click.echo("\n# dry run: would submit")
             for argv in resubmission.planned_commands(plan):
                 click.echo(" ".join(shlex.quote(arg) for arg in argv))
+            if plan.unread:
+                click.echo(
+                    "\n# a preview without Slurm (see 'not read' above): resubmit on the login "
+                    "node, where those are checked"
+                )
             return
 
         def on_submitted(job: Any) -> None:
@@ -620,10 +677,14 @@ def resubmit(
         raise PlanJobClickError(
             "interrupted: cancelled the segments already submitted", EXIT_INTERRUPTED
         ) from None
+    except SlurmUnavailableError as exc:
+        raise PlanJobClickError(
+            f"{exc}; `plan-job resubmit {target} --dry-run` previews from the run folder alone",
+            EXIT_BAD_INPUT,
+        ) from exc
     except PlanJobError as exc:
         fail(exc)
-    rows = [(j.segment, j.job_id, j.script, j.dependency or "-") for j in jobs]
-    click.echo("\n" + tabulate(rows, headers=("segment", "job id", "script", "after (afterany)")))
+    click.echo("\n" + jobs_table(jobs))
     click.echo(f"recorded in {resubmission.record_path(plan)} and {state.run_dir / 'jobs.yaml'}")
 
 
@@ -668,18 +729,22 @@ def tighten(target: str, dry_run: bool) -> None:
 )
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @_HISTORY
-def history_command(updates: tuple[str, ...], limit: int, history_file: Path | None) -> None:
+@_JSON
+def history_command(
+    updates: tuple[str, ...], limit: int, history_file: Path | None, as_json: bool
+) -> None:
     """Predicted vs actual per run, and the bias per workload and partition that corrects
     new plans."""
     from planner import history
-    from planner.history_report import history_text
+    from planner.history_report import history_json, history_text
     from planner.run_state import inspect_run
 
     try:
         for target in updates:
             count = history.record_outcomes(inspect_run(target), history_file)
             click.echo(f"recorded {count} ended job(s) of {target}", err=True)
-        click.echo(history_text(history_file, limit))
+        show = history_json if as_json else history_text
+        click.echo(show(history_file, limit))
     except PlanJobError as exc:
         fail(exc)
 

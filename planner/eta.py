@@ -100,7 +100,7 @@ class Eta:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["fraction"] = self.fraction
-        for key in ("finish_p50", "finish_p95"):
+        for key in ("now", "finish_p50", "finish_p95"):
             out[f"{key}_local"] = _iso(getattr(self, key))
         if self.segment is not None:
             out["segment"]["end_time_local"] = _iso(self.segment.end_time)

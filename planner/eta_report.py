@@ -3,22 +3,22 @@ the --watch loop that redraws them."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import time
 from collections.abc import Callable
 from typing import TextIO
 
+from planner.clock import clock_text, moment_text
 from planner.eta import Eta
 from planner.eta_chain import ChainOutlook, SegmentOutlook
+from planner.textwidth import fit_table
 from planner.units import fmt_duration, fmt_percent
 
 
-def eta_table(eta: Eta) -> str:
-    from tabulate import tabulate
-
-    rows: list[tuple[str, str]] = [("source", _source_text(eta))]
+def eta_table(eta: Eta, width: int | None = None) -> str:
+    rows: list[tuple[str, str]] = [("now", clock_text(eta.now, seconds=True))]
+    rows.append(("source", _source_text(eta)))
     rows.append(
         (
             "progress",
@@ -53,7 +53,7 @@ def eta_table(eta: Eta) -> str:
                 f"({', '.join(parts)})",
             )
         )
-    rows.append(("projected finish", _finish_text(eta)))
+    rows += _finish_rows(eta)
     if eta.baseline is not None:
         b = eta.baseline
         rows.append(
@@ -69,7 +69,7 @@ def eta_table(eta: Eta) -> str:
         rows += _chain_rows(eta.chain)
     for index, note in enumerate(eta.notes):
         rows.append(("notes" if index == 0 else "", note))
-    return tabulate(rows, tablefmt="simple", headers=("eta", _clock(eta.now, eta.now)))
+    return fit_table(rows, ("eta", eta.target), width=width)
 
 
 def eta_json(eta: Eta, indent: int | None = 2) -> str:
@@ -87,9 +87,11 @@ def watch(
     interval_s: float,
     stream: TextIO,
     sleep: Callable[[float], None] = time.sleep,
+    on_refresh: Callable[[Eta], None] | None = None,
 ) -> Eta:
     """Redraw every ``interval_s`` until the run is done or no job is left; on a terminal in
-    place, elsewhere one block after another. Ctrl-C propagates (the CLI exits 130)."""
+    place, elsewhere one block after another. ``on_refresh`` follows each redraw (the
+    progress bar). Ctrl-C propagates (the CLI exits 130)."""
     tty = stream.isatty()
     while True:
         eta = compute()
@@ -100,6 +102,8 @@ def watch(
             # A blank line between tables; JSON Lines stay one object a line.
             stream.write(text + ("\n\n" if "\n" in text else "\n"))
         stream.flush()
+        if on_refresh is not None:
+            on_refresh(eta)
         if eta.watch_over:
             return eta
         sleep(interval_s)
@@ -112,21 +116,24 @@ def _source_text(eta: Eta) -> str:
     return f"{where} ({what}{jobs})"
 
 
-def _finish_text(eta: Eta) -> str:
+def _finish_rows(eta: Eta) -> list[tuple[str, str]]:
+    """The finish as a date, a time and its zone, and how far off: never a bare clock."""
     if eta.status == "done":
-        return f"done at {_clock(eta.finish_p50, eta.now)}" if eta.finish_p50 else "done"
+        return [("finished", moment_text(eta.finish_p50, eta.now) if eta.finish_p50 else "done")]
     if eta.finish_p50 is None:
         if eta.chain is not None and not eta.chain.enough_p50:
-            return "not with the jobs queued (see chain)"
-        return "unknown: no job of the run is running" if eta.remaining else "unknown"
+            return [("finish", "not with the jobs queued (see chain)")]
+        return [("finish", "unknown: no job of the run is running" if eta.remaining else "unknown")]
     p95 = eta.finish_p95
-    tail = f", {_clock(p95, eta.now)} P95" if p95 is not None else ", P95 beyond the queued jobs"
-    return f"{_clock(eta.finish_p50, eta.now)} P50{tail}"
+    return [
+        ("finish P50", moment_text(eta.finish_p50, eta.now)),
+        ("finish P95", moment_text(p95, eta.now) if p95 is not None else "beyond the queued jobs"),
+    ]
 
 
 def _segment_rows(eta: Eta, seg: SegmentOutlook) -> list[tuple[str, str]]:
     now = eta.now
-    rows = [("segment", f"job {seg.job_id} {seg.state}, ends {_clock(seg.end_time, now)}")]
+    rows = [("segment", f"job {seg.job_id} {seg.state}, ends {moment_text(seg.end_time, now)}")]
     rows[0] = (rows[0][0], rows[0][1] + f" by {seg.end_source}")
     if seg.finishes_run:
         rows.append(("segment stop", "none: the run finishes before the job's end"))
@@ -135,7 +142,7 @@ def _segment_rows(eta: Eta, seg: SegmentOutlook) -> list[tuple[str, str]]:
             (
                 "segment stop",
                 f"~step {seg.stop_step_p50:,} P50 ({seg.stop_step_p95:,} P95), stepping ends "
-                f"{_clock(seg.stop_time, now)}; its save is done "
+                f"{moment_text(seg.stop_time, now)}; its save is done "
                 f"{fmt_duration(seg.end_time - seg.stop_time - seg.save_s)} before the end",
             )
         )
@@ -144,8 +151,8 @@ def _segment_rows(eta: Eta, seg: SegmentOutlook) -> list[tuple[str, str]]:
         rows.append(
             (
                 "next checkpoint",
-                f"step {seg.next_checkpoint_step:,} at {_clock(seg.next_checkpoint_time, now)}: "
-                f"{verdict}",
+                f"step {seg.next_checkpoint_step:,} at "
+                f"{moment_text(seg.next_checkpoint_time, now)}: {verdict}",
             )
         )
     return rows
@@ -181,16 +188,3 @@ def _fmt_step(seconds: float) -> str:
         return "-"
     value, unit = (seconds * 1e3, "ms") if seconds < 1 else (seconds, "s")
     return f"{value:.0f} {unit}" if value >= 100 else f"{value:#.3g} {unit}"
-
-
-def _clock(moment: float | None, now: float) -> str:
-    if moment is None:
-        return "unknown"
-    local = dt.datetime.fromtimestamp(moment).astimezone()
-    same_day = local.date() == dt.datetime.fromtimestamp(now).astimezone().date()
-    text = local.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M")
-    delta = moment - now
-    if abs(delta) < 1:
-        return text
-    span = fmt_duration(abs(delta))
-    return f"{text} (in {span})" if delta > 0 else f"{text} ({span} ago)"

@@ -8,8 +8,6 @@ import sqlite3
 import statistics
 from pathlib import Path
 
-from tabulate import tabulate
-
 from planner.history import connect, history_path
 from planner.history_correction import (
     MIN_OUTCOMES,
@@ -18,7 +16,9 @@ from planner.history_correction import (
     node_counts,
     step_biases,
 )
+from planner.json_report import HISTORY_SCHEMA, dumps
 from planner.plan import Plan
+from planner.textwidth import fit_table, wrap_text
 from planner.units import fmt_duration
 
 _RUNS = """
@@ -32,32 +32,27 @@ GROUP BY p.id ORDER BY p.recorded
 """
 
 
-def history_text(path: Path | None = None, limit: int = 20) -> str:
+def history_text(path: Path | None = None, limit: int = 20, width: int | None = None) -> str:
     where = history_path(path)
-    with connect(path) as db:
-        runs = db.execute(_RUNS).fetchall()[-limit:]
-        pairs = db.execute(
-            "SELECT DISTINCT p.workload, p.partition FROM outcomes o JOIN plans p"
-            " ON p.run_dir = o.run_dir ORDER BY p.workload, p.partition"
-        ).fetchall()
-        calibrations = db.execute(
-            "SELECT recorded, name, workload, device, step_mean_s, path FROM calibrations"
-            " ORDER BY id DESC LIMIT 5"
-        ).fetchall()
-    parts = [f"history: {where}"]
+    runs, pairs, calibrations = _read(path, limit)
+    parts = [wrap_text(f"history: {where}", width)]
     if runs:
         parts.append("runs: predicted (as emitted) vs actual (the jobs' elapsed time)")
-        parts.append(tabulate([_run_row(r) for r in runs], headers=_RUN_HEADERS))
+        rows = [_run_row(r) for r in runs]
+        # The names, the prediction and the actual time wrap; the counts stay whole.
+        wrap = {0: 12, 1: 12, 4: 12, 7: 10, 8: 9}
+        parts.append(fit_table(rows, _RUN_HEADERS, wrap=wrap, width=width))
     else:
         parts.append("no runs recorded yet: `plan-job emit` records one")
     bias_rows = [_bias_row(w, p, n, path) for w, p in pairs for n in node_counts(w, p, path)]
     bias_rows = [row for row in bias_rows if row is not None]
     if bias_rows:
-        parts.append(
+        title = (
             f"step bias (a job's steady step / the model's step, per node count; newest "
             f"{RECENT} beat the rest): the next plan's steps at that node count are scaled"
         )
-        parts.append(tabulate(bias_rows, headers=_BIAS_HEADERS))
+        parts.append(wrap_text(title, width))
+        parts.append(fit_table(bias_rows, _BIAS_HEADERS, wrap={0: 12, -1: 14}, width=width))
     if calibrations:
         parts.append("newest calibrations")
         rows = [
@@ -71,10 +66,69 @@ def history_text(path: Path | None = None, limit: int = 20) -> str:
             )
             for c in calibrations
         ]
-        parts.append(
-            tabulate(rows, headers=("recorded", "name", "workload", "device", "step", "record"))
-        )
+        headers = ("recorded", "name", "workload", "device", "step", "record")
+        wrap = {1: 12, 2: 12, 3: 12, -1: 16}
+        parts.append(fit_table(rows, headers, wrap=wrap, width=width))
     return "\n\n".join(parts)
+
+
+def history_json(path: Path | None = None, limit: int = 20) -> str:
+    """The same three tables as JSON (README "JSON output"): runs oldest first, the step bias
+    and next correction per workload, partition and node count, the newest calibrations first."""
+    runs, pairs, calibrations = _read(path, limit)
+    biases = []
+    for workload, partition in pairs:
+        for nodes in node_counts(workload, partition, path):
+            model = [bias for bias, _ in step_biases(workload, partition, nodes, path)]
+            if not model:
+                continue
+            correction = correction_for(workload, partition, nodes, path)
+            biases.append(
+                {
+                    "workload": workload,
+                    "partition": partition,
+                    "nodes": nodes,
+                    "jobs": len(model),
+                    "recent_median": statistics.median(model[-RECENT:]),
+                    "median": statistics.median(model),
+                    "newest": model[-1],
+                    "next_factor": correction.factor if correction else None,
+                    "learned_factor": correction.learned if correction else None,
+                    "next_spread": correction.spread if correction else None,
+                }
+            )
+    out_runs = []
+    for row in runs:
+        run = dict(row)
+        run["actual_over_predicted"] = (
+            row["timed"] / row["predicted"] if row["timed"] and row["predicted"] else None
+        )
+        out_runs.append(run)
+    return dumps(
+        {
+            "schema": HISTORY_SCHEMA,
+            "history": str(history_path(path)),
+            "runs": out_runs,
+            "biases": biases,
+            "calibrations": [dict(row) for row in calibrations],
+        }
+    )
+
+
+def _read(
+    path: Path | None, limit: int
+) -> tuple[list[sqlite3.Row], list[sqlite3.Row], list[sqlite3.Row]]:
+    with connect(path) as db:
+        runs = db.execute(_RUNS).fetchall()[-limit:]
+        pairs = db.execute(
+            "SELECT DISTINCT p.workload, p.partition FROM outcomes o JOIN plans p"
+            " ON p.run_dir = o.run_dir ORDER BY p.workload, p.partition"
+        ).fetchall()
+        calibrations = db.execute(
+            "SELECT recorded, name, workload, device, step_mean_s, path FROM calibrations"
+            " ORDER BY id DESC LIMIT 5"
+        ).fetchall()
+    return runs, pairs, calibrations
 
 
 _RUN_HEADERS = (
@@ -86,7 +140,7 @@ _RUN_HEADERS = (
     "jobs",
     "steps",
     "actual",
-    "actual/predicted",
+    "actual / predicted",
 )
 
 
@@ -154,16 +208,17 @@ def _when(moment: float) -> str:
     return dt.datetime.fromtimestamp(moment).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
-def correction_text(model: Plan, plan: Plan) -> str:
+def correction_text(model: Plan, plan: Plan, width: int | None = None) -> str:
     """What the history's correction moved, said plainly (its source is in the plan's notes)."""
     what = (
         f"steps x{plan.step_correction:.2f} at {plan.nodes} node(s)"
         if plan.step_correction != 1.0
         else "the run-to-run spread"
     )
-    return (
+    text = (
         f"history correction ({what}): P50 {fmt_duration(model.wall.p50_s)} -> "
         f"{fmt_duration(plan.wall.p50_s)}, P95 {fmt_duration(model.wall.p95_s)} -> "
         f"{fmt_duration(plan.wall.p95_s)}, {len(model.segments)} -> {len(plan.segments)} "
         "job(s); start-up, saves and loads are as calibrated. --no-correction plans without it."
     )
+    return wrap_text(text, width)

@@ -45,6 +45,9 @@ def job_mtbf(spec: RunSpec, gpus: int) -> tuple[float, str]:
     if plan.mtbf_hours is not None:
         return plan.mtbf_hours * 3600.0, "plan.mtbf_hours"
     rate = plan.interruptions_per_gpu_day
+    if spec.cluster.gpus_per_node == 0:
+        # CPU only: each task (one per node) is counted as one GPU would be.
+        return _DAY_S / (rate * gpus), f"{rate:g} interruptions per GPU-day x {gpus} CPU task(s)"
     return _DAY_S / (rate * gpus), f"{rate:g} interruptions per GPU-day x {gpus} GPUs"
 
 

@@ -194,14 +194,6 @@ def check_partition(spec: RunSpec, partition: PartitionLimits | None) -> None:
             raise PartitionLimitError(field, value, f"at most {allowed}: {text}", spec.source)
 
 
-def node_limit(spec: RunSpec, partition: PartitionLimits | None) -> int:
-    """The most nodes to consider: plan.max_nodes, the partition's MaxNodes and its size."""
-    if partition is None:
-        return spec.plan.max_nodes or spec.cluster.nodes
-    caps = [partition.total_nodes, partition.max_nodes, spec.plan.max_nodes]
-    return max(1, min(c for c in caps if c is not None))
-
-
 def _scontrol(run: Runner, name: str | None) -> list[dict[str, str]]:
     argv = ["scontrol", "-o", "show", "partition"] + ([name] if name else [])
     try:

@@ -26,7 +26,7 @@ WEAK_CI_FACTOR = 2.0  # a CI this many times its target is reported, and widens 
 
 
 @dataclass(frozen=True)
-class NodeCap:
+class MeasuredCap:
     limit: int  # the most nodes the plan considers
     note: str  # "" when nothing was held back
 
@@ -38,12 +38,14 @@ def measured_nodes(record: CalibrationRecord) -> int:
     return record.measurement.nodes
 
 
-def node_cap(spec: RunSpec, record: CalibrationRecord, limit: int, forced: int | None) -> NodeCap:
+def measured_cap(
+    spec: RunSpec, record: CalibrationRecord, limit: int, forced: int | None
+) -> MeasuredCap:
     """``limit`` (the partition's and the spec's cap), held to the measured node counts unless
     the user forced a count or allowed unmeasured scaling."""
     measured = measured_nodes(record)
     if limit <= measured:
-        return NodeCap(limit, "")
+        return MeasuredCap(limit, "")
     how = (
         f"measure them with `plan-job calibrate SPEC --nodes 1,{measured + 1} --executor "
         "slurm`, or set plan.allow_unmeasured_scaling: true to let the model choose them"
@@ -55,14 +57,14 @@ def node_cap(spec: RunSpec, record: CalibrationRecord, limit: int, forced: int |
                 f"--nodes {forced}: scaling beyond the calibrated {measured} node(s) is "
                 f"modelled, not measured; {how.split(', or')[0]}"
             )
-        return NodeCap(limit, note)
+        return MeasuredCap(limit, note)
     if spec.plan.allow_unmeasured_scaling:
-        return NodeCap(
+        return MeasuredCap(
             limit,
             f"node counts above the calibrated {measured} are modelled, not measured "
             "(plan.allow_unmeasured_scaling)",
         )
-    return NodeCap(
+    return MeasuredCap(
         measured,
         f"planned on the calibrated {measured} node(s) only: scaling to more (up to {limit}) "
         f"is modelled, not measured; {how}",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from tabulate import tabulate
-
 from planner.plan import NodeOption, Plan, Segment
+from planner.resources import units_of
+from planner.textwidth import fit_table, wrap_text
 from planner.units import fmt_count, fmt_duration, fmt_percent, slurm_minutes
 
 # More rows than this of one kind are summarised: a large partition has many node counts.
@@ -14,13 +14,15 @@ _MAX_SEGMENT_ROWS = 6
 _MAX_INFEASIBLE_ROWS = 5
 
 
-def plan_table(plan: Plan) -> str:
-    return "\n\n".join([summary_table(plan), options_table(plan), baselines_table(plan)])
+def plan_table(plan: Plan, width: int | None = None) -> str:
+    tables = (summary_table, options_table, baselines_table)
+    return "\n\n".join(table(plan, width) for table in tables)
 
 
-def summary_table(plan: Plan) -> str:
+def summary_table(plan: Plan, width: int | None = None) -> str:
     spec, wall, ck = plan.spec, plan.wall, plan.checkpoint
     chosen = next(o for o in plan.options if o.chosen)
+    units = units_of(spec)
     where = f"partition {plan.partition.name}" if plan.partition else "no partition limits read"
     terms = [
         ("start-up", wall.startup_s),
@@ -41,8 +43,8 @@ def summary_table(plan: Plan) -> str:
         ),
         (
             "nodes",
-            f"{plan.nodes} x {max(plan.gpus_per_node, 1)} GPUs ({where}), grad_accum "
-            f"{plan.grad_accum}: {plan.choice_reason}",
+            f"{units.shape(plan.nodes)} ({where}), grad_accum {plan.grad_accum}: "
+            f"{units.reword(plan.choice_reason)}",
         ),
         (
             "step",
@@ -57,7 +59,7 @@ def summary_table(plan: Plan) -> str:
             f"(sigma {fmt_duration(wall.sigma_s)})",
         ),
         ("why (P50)", why),
-        ("GPU-hours", _gpu_hours(plan)),
+        (units.hours, _gpu_hours(plan)),
         ("checkpoint", _checkpoint_text(plan)),
         *_eval_rows(plan),
         (
@@ -83,7 +85,7 @@ def summary_table(plan: Plan) -> str:
                 f"GPUs and {p.cpus_per_node} CPUs",
             )
         )
-    return tabulate(rows, tablefmt="simple", headers=("plan", spec.name))
+    return fit_table(rows, ("plan", spec.name), width=width)
 
 
 def _eval_rows(plan: Plan) -> list[tuple[str, str]]:
@@ -102,28 +104,39 @@ def _eval_rows(plan: Plan) -> list[tuple[str, str]]:
     ]
 
 
-def options_table(plan: Plan) -> str:
+def options_table(plan: Plan, width: int | None = None) -> str:
     cost = plan.spec.plan.gpu_hour_cost is not None
     infeasible = [o for o in plan.options if not o.feasible]
     shown = [o for o in plan.options if o.feasible or len(infeasible) <= _MAX_INFEASIBLE_ROWS]
     measured = any(o.measured_efficiency is not None for o in plan.options)
     rows = [_option_row(o, cost, measured) for o in shown]
-    headers = ["nodes", "GPUs", "accum", "step", "efficiency"]
+    units = units_of(plan.spec)
+    rows = [[*row[:-1], units.reword(row[-1])] for row in rows]
+    headers = ["nodes", units.devices, "accum", "step", "efficiency"]
     headers += ["measured (step)"] if measured else []
-    headers += ["P50", "P95", "jobs", "GPU-h"]
+    headers += ["P50", "P95", "jobs", units.hours_short]
     headers += ["cost"] if cost else []
-    table = tabulate(rows, headers=[*headers, "note"], tablefmt="simple", disable_numparse=True)
+    # The note wraps first, else goes under the table; then a measured cell and the
+    # durations may take two lines.
+    wrap = {-1: 30, headers.index("P50"): 6, headers.index("P95"): 6}
+    if measured:
+        wrap[headers.index("measured (step)")] = 8
+    table = fit_table(
+        rows, [*headers, "note"], wrap=wrap, width=width, detach=-1, disable_numparse=True
+    )
     if len(infeasible) > _MAX_INFEASIBLE_ROWS:
         counts = ", ".join(str(o.nodes) for o in infeasible[:8])
         more = ", ..." if len(infeasible) > 8 else ""
-        table += (
-            f"\nnot possible on {len(infeasible)} node counts ({counts}{more}): "
-            f"{infeasible[0].reason}"
+        table += "\n" + wrap_text(
+            f"not possible on {len(infeasible)} node counts ({counts}{more}): "
+            f"{infeasible[0].reason}",
+            width,
+            indent="    ",
         )
     return table
 
 
-def baselines_table(plan: Plan) -> str:
+def baselines_table(plan: Plan, width: int | None = None) -> str:
     b, p50 = plan.baselines, plan.wall.p50_s
     rows = [
         ("this plan (P50)", fmt_duration(p50), "", "calibrated step, scaling, the terms above"),
@@ -141,9 +154,8 @@ def baselines_table(plan: Plan) -> str:
             "evaluation, all-reduce",
         ),
     ]
-    return tabulate(
-        rows, headers=("estimate", "wall time", "vs P50", "what it counts"), tablefmt="simple"
-    )
+    headers = ("estimate", "wall time", "vs P50", "what it counts")
+    return fit_table(rows, headers, wrap={0: 16, -1: 24}, width=width)
 
 
 def _option_row(o: NodeOption, cost: bool, measured: bool = False) -> list[str]:
@@ -205,9 +217,16 @@ def _jobs(plan: Plan) -> str:
 
 
 def _gpu_hours(plan: Plan) -> str:
+    units = units_of(plan.spec)
     text = f"{plan.gpu_hours:,.4g} at P50"
+    if units.cpu_only:
+        text += (
+            f" = {units.core_hours(plan.gpu_hours):,.4g} core-hours (one task of "
+            f"{units.task_cpus} a node)"
+        )
     if plan.cost is not None:
-        text += f", cost {plan.cost:,.2f} at {plan.spec.plan.gpu_hour_cost:g} per GPU-hour"
+        per = units.hours.removesuffix("s")
+        text += f", cost {plan.cost:,.2f} at {plan.spec.plan.gpu_hour_cost:g} per {per}"
     if plan.deadline_hours is not None:
         text += f"; deadline {plan.deadline_hours:g} h (P95)"
     return text

@@ -26,7 +26,8 @@ from planner.baselines import baselines
 from planner.errors import SpecError
 from planner.history_correction import Correction
 from planner.interval import choose_interval
-from planner.partition import PartitionLimitError, PartitionLimits, check_partition, node_limit
+from planner.node_cap import node_cap
+from planner.partition import PartitionLimitError, PartitionLimits, check_partition
 from planner.plan import (
     SIGNAL,
     SIGNAL_MARGIN_S,
@@ -43,7 +44,7 @@ from planner.plan_limits import (
     corrected_step,
     correction_for_nodes,
     correction_note,
-    node_cap,
+    measured_cap,
     weak_calibration,
 )
 from planner.record import CalibrationRecord
@@ -111,15 +112,14 @@ def make_plan(
     totals = count_work(spec, m)
     eval_s = eval_seconds(spec, m, calibration_path)
     model = scaling or _scaling_model(spec, record)
-    limit = node_limit(spec, partition)
-    if m.params <= 0:
-        # A command that reported no parameter count gives no all-reduce size: more nodes
-        # than the spec asks for would look free. Report params (jobs.report) to have them.
-        limit = min(limit, spec.cluster.nodes)
-    if nodes is not None and not 1 <= nodes <= limit:
-        raise PartitionLimitError("--nodes", nodes, f"must be between 1 and {limit}", spec.source)
-    cap = node_cap(spec, record, limit, nodes)
+    cap = node_cap(spec, partition, m.params)
     limit = cap.limit
+    if nodes is not None and not 1 <= nodes <= limit:
+        raise PartitionLimitError(
+            "--nodes", nodes, f"must be between 1 and {limit}: {cap.reason}", spec.source
+        )
+    held = measured_cap(spec, record, limit, nodes)
+    limit = held.limit
     spread, weak = weak_calibration(spec, record)
     one_node = step_at(spec, model, 1)[1].total_s
     results: list[_Candidate | SpecError] = []
@@ -187,7 +187,7 @@ def make_plan(
         notes=tuple(
             note
             for note in (
-                cap.note,
+                held.note,
                 weak,
                 correction_note(chosen.correction) if chosen.correction else "",
                 _spread_note(spec, chosen),

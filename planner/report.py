@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tabulate import tabulate
-
 from planner.plan_limits import WEAK_CI_FACTOR
 from planner.record import CalibrationRecord
+from planner.scaling_fit import ScalingSection, scaling_rows
+from planner.textwidth import fit_table
 from planner.units import fmt_bytes, fmt_count, fmt_duration, fmt_percent
 
 _STOP_TEXT = {
@@ -16,7 +16,9 @@ _STOP_TEXT = {
 }
 
 
-def calibration_table(record: CalibrationRecord, path: str | None = None) -> str:
+def calibration_table(
+    record: CalibrationRecord, path: str | None = None, width: int | None = None
+) -> str:
     m, d, spec = record.measurement, record.derived, record.spec
     target = fmt_percent(m.target_ci)
     mfu = (
@@ -108,7 +110,13 @@ def calibration_table(record: CalibrationRecord, path: str | None = None) -> str
         )
     if path:
         rows.append(("record", path))
-    return tabulate(rows, tablefmt="simple", headers=("calibration", spec.name))
+    return fit_table(rows, ("calibration", spec.name), width=width)
+
+
+def scaling_table(section: ScalingSection, width: int | None = None) -> str:
+    """A multi-node calibration: each node count measured, and the model fitted to them."""
+    headers = ("scaling", "each node count measured, and the model fitted to them")
+    return fit_table(scaling_rows(section), headers, width=width)
 
 
 def _weak_rows(ci: float, target: float) -> list[tuple[str, str]]:

@@ -38,6 +38,7 @@ from planner.plan_file import (
     resubmissions,
     resubmitted_segments,
 )
+from planner.preview import preview_partition
 from planner.run_state import RunState
 from planner.scripts import EmitOptions, render
 from planner.slurm_jobs import Runner
@@ -65,6 +66,8 @@ class Resubmission:
     settings: EmitSettings
     scripts: tuple[tuple[str, str], ...]  # (file name, text)
     notes: tuple[str, ...]
+    unread: tuple[str, ...] = ()  # a preview without Slurm: what it could not read
+    partition_source: str = "scontrol"  # or, previewing without Slurm: plan.yaml, none
 
 
 def check_resubmittable(state: RunState, nodes: int | None, max_retries: int) -> None:
@@ -124,12 +127,18 @@ def prepare(
     nodes: int | None = None,
     max_retries: int = DEFAULT_MAX_RETRIES,
     runner: Runner | None = None,
+    preview: bool = False,
 ) -> Resubmission:
-    """The new segments and their scripts; refuses as check_resubmittable does."""
+    """The new segments and their scripts; refuses as check_resubmittable does. ``preview``
+    (a dry run) goes on without Slurm, from plan.yaml's partition if it has one."""
     check_resubmittable(state, nodes, max_retries)
     pace, plan, folder = state.pace, state.plan, state.run_dir
     notes = list(state.notes) + list(pace.notes)
-    partition = read_partition(plan.spec.cluster.partition, runner)
+    if preview:
+        partition, source, unread = preview_partition(plan, runner)
+    else:
+        partition = read_partition(plan.spec.cluster.partition, runner)
+        source, unread = "scontrol", ()
     from_step = state.checkpoint.step
     steps = state.total_steps - from_step
     segments = split_segments(
@@ -171,6 +180,8 @@ def prepare(
         settings=settings,
         scripts=scripts,
         notes=tuple(notes),
+        unread=state.unread + unread,
+        partition_source=source,
     )
 
 

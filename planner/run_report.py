@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from tabulate import tabulate
+from collections.abc import Sequence
 
 from planner.accounting import JobOutcome
+from planner.chain import SubmittedJob
 from planner.resubmit import Resubmission
 from planner.run_pace import RunPace
 from planner.run_state import RunState
+from planner.textwidth import fit_table
 from planner.tighten import TightenPlan
 from planner.units import fmt_duration, slurm_minutes
 
@@ -62,10 +64,14 @@ def pace_rows(pace: RunPace) -> list[tuple[str, str]]:
     ]
 
 
-def resubmission_text(resub: Resubmission) -> str:
+def resubmission_text(resub: Resubmission, width: int | None = None) -> str:
     rows = state_rows(resub.state) + pace_rows(resub.state.pace)
     limit = resub.partition.max_time_s
     maximum = fmt_duration(limit) if limit is not None else "UNLIMITED"
+    if resub.partition_source == "none":
+        maximum = "unknown (not read)"
+    elif resub.partition_source != "scontrol":
+        maximum += f" (from {resub.partition_source}, not read now)"
     rows.append(("partition", f"{resub.partition.name}, MaxTime {maximum}"))
     rows.append(
         (
@@ -76,8 +82,9 @@ def resubmission_text(resub: Resubmission) -> str:
         )
     )
     rows += _notes(resub.notes)
-    table = tabulate(rows, tablefmt="simple", headers=("resubmit", f"#{resub.number}"))
-    segments = tabulate(
+    rows += [("not read" if i == 0 else "", fact) for i, fact in enumerate(resub.unread)]
+    table = fit_table(rows, ("resubmit", f"#{resub.number}"), width=width)
+    segments = fit_table(
         [
             (
                 f"segment-{s.index:02d}.sbatch",
@@ -87,21 +94,22 @@ def resubmission_text(resub: Resubmission) -> str:
             )
             for s in resub.segments
         ],
-        headers=("new script", "--time", "--time-min", "steps (P95)"),
+        ("new script", "--time", "--time-min", "steps (P95)"),
+        width=width,
     )
     return f"{table}\n\n{segments}"
 
 
-def tighten_text(plan: TightenPlan) -> str:
+def tighten_text(plan: TightenPlan, width: int | None = None) -> str:
     rows = [("run", str(plan.run_dir)), *pace_rows(plan.pace)]
     rows.append(
         ("pending from", f"step {plan.from_step:,} of {plan.total_steps:,} ({plan.from_what})")
     )
     rows += _notes(plan.notes)
-    table = tabulate(rows, tablefmt="simple", headers=("tighten", ""))
+    table = fit_table(rows, ("tighten", ""), width=width)
     if not plan.changes:
         return table
-    changes = tabulate(
+    changes = fit_table(
         [
             (
                 c.job_id,
@@ -112,7 +120,8 @@ def tighten_text(plan: TightenPlan) -> str:
             )
             for c in plan.changes
         ],
-        headers=("job", "segment", "--time now", "new --time", "why"),
+        ("job", "segment", "--time now", "new --time", "why"),
+        width=width,
     )
     return f"{table}\n\n{changes}"
 
@@ -133,3 +142,10 @@ def _outcome(o: JobOutcome) -> str:
 
 def _notes(notes: tuple[str, ...]) -> list[tuple[str, str]]:
     return [("notes" if i == 0 else "", note) for i, note in enumerate(notes)]
+
+
+def jobs_table(jobs: Sequence[SubmittedJob], width: int | None = None) -> str:
+    """The jobs submit and resubmit submitted; a long script path wraps."""
+    rows = [(j.segment, j.job_id, j.script, j.dependency or "-") for j in jobs]
+    headers = ("segment", "job id", "script", "after (afterany)")
+    return fit_table(rows, headers, wrap={2: 20}, width=width)

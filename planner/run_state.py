@@ -21,9 +21,10 @@ from jobs.progress import read_progress
 from jobs.train_config import TrainConfig
 from planner.accounting import Accounting, JobOutcome, job_outcomes, with_inferred
 from planner.chain import SubmittedJob
-from planner.errors import BadInputError
+from planner.errors import BadInputError, SlurmUnavailableError
 from planner.plan import Plan
 from planner.plan_file import load_plan
+from planner.preview import unread_job_facts
 from planner.progress_sources import History, Source, load_source
 from planner.run_pace import RunPace, job_timings, measure_pace
 from planner.scripts import TRAIN_FILE
@@ -66,6 +67,7 @@ class RunState:
     checkpoint: CheckpointState
     pace: RunPace
     notes: tuple[str, ...]
+    unread: tuple[str, ...] = ()  # facts a preview without Slurm could not read (preview.py)
 
     @property
     def history(self) -> History:
@@ -84,8 +86,11 @@ class RunState:
         return self.checkpoint.step >= self.total_steps
 
 
-def inspect_run(target: str, runner: Runner | None = None) -> RunState:
-    """Read a run folder (or the folder of a job id) and ask Slurm about its jobs."""
+def inspect_run(target: str, runner: Runner | None = None, preview: bool = False) -> RunState:
+    """Read a run folder (or the folder of a job id) and ask Slurm about its jobs.
+
+    ``preview``: without a working Slurm client, go on from the folder alone and list what
+    could not be read in RunState.unread (resubmit --dry-run)."""
     source = load_source(target, runner=runner)
     if source.run_dir is None or source.history.kind != "progress":
         raise BadInputError(
@@ -101,7 +106,13 @@ def inspect_run(target: str, runner: Runner | None = None) -> RunState:
     if source.job is not None:
         ids.append(source.job.job_id)
     ids = list(dict.fromkeys(ids))
-    queue = queued(ids, runner)
+    unread: tuple[str, ...] = ()
+    try:
+        queue = queued(ids, runner)
+    except SlurmUnavailableError as exc:
+        if not preview:
+            raise
+        queue, unread = {}, unread_job_facts(str(exc))
     active = tuple(queue[i] for i in ids if i in queue and queue[i].active)
     ended = [i for i in ids if i not in {job.job_id for job in active}]
     logs = {job.job_id: job for job in history.jobs if job.job_id}
@@ -142,6 +153,7 @@ def inspect_run(target: str, runner: Runner | None = None) -> RunState:
         ),
         pace=pace,
         notes=tuple(notes),
+        unread=unread,
     )
 
 

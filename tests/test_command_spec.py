@@ -208,6 +208,6 @@ def test_history_and_calibration_table_name_the_command(tmp_path: Path) -> None:
 
     spec = command_spec()
     assert workload_key(spec) == f"command:{RUN}"
-    table = calibration_table(record_for(spec, params=0), "cal.yaml")
+    table = calibration_table(record_for(spec, params=0), "cal.yaml", width=200)  # unwrapped
     assert f"command `{RUN}`" in table and "unreported parameters" in table
     assert yaml.safe_load(yaml.safe_dump(spec.to_dict()))["command"]["run"] == RUN

@@ -106,7 +106,7 @@ def test_calibration_plan_and_outcomes_round_trip(tmp_path: Path) -> None:
     assert [o["step_s"] for o in outcomes[1:]] == [None] * 4
     assert history_correction.step_biases("jit:tiny", "gpu", 1, db) == [pytest.approx((1, 1))]
     assert history_correction.step_biases("jit:tiny", "gpu", 2, db) == []
-    text = history_text(db)
+    text = history_text(db, width=200)  # wide: the row on one line (tests/test_table_width.py)
     assert "950/3,907  26 min 07 s so far" in text
     assert "0.91" in text and "none (< 2 jobs)" in text and "plan-test" in text
 
