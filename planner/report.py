@@ -61,7 +61,11 @@ def calibration_table(record: CalibrationRecord, path: str | None = None) -> str
             "start-up",
             f"{fmt_duration(m.startup_s)} to the first step"
             + (
-                f" (import {fmt_duration(m.import_s)}, build {fmt_duration(m.build_s)})"
+                f" of a fresh `python -m jobs.train` (this job's own, under submitit: "
+                f"{fmt_duration(m.harness_startup_s)}; import {fmt_duration(m.import_s)}, "
+                f"build {fmt_duration(m.build_s)})"
+                if m.fresh_steps
+                else f" (import {fmt_duration(m.import_s)}, build {fmt_duration(m.build_s)})"
                 if spec.command is None
                 else " (the command's start to its first step's)"
             )
@@ -72,7 +76,15 @@ def calibration_table(record: CalibrationRecord, path: str | None = None) -> str
                 else ""
             ),
         ),
-        ("warm-up", f"{m.warmup_steps} steps, {fmt_duration(m.warmup_extra_s)} beyond steady"),
+        (
+            "warm-up",
+            f"{m.warmup_steps} steps, {fmt_duration(m.warmup_extra_s)} beyond steady"
+            + (
+                f" in the fresh process (this job's own: {fmt_duration(m.harness_warmup_extra_s)})"
+                if m.fresh_steps
+                else ""
+            ),
+        ),
         ("data loading", f"{fmt_percent(m.data_share)} of the steady step"),
         ("peak memory", f"{fmt_bytes(m.peak_memory_bytes)} ({m.memory_kind.replace('_', ' ')})"),
         (
@@ -93,7 +105,12 @@ def calibration_table(record: CalibrationRecord, path: str | None = None) -> str
             (
                 "evaluation",
                 f"{fmt_duration(m.eval_s)} for {m.eval_batches} held-out batches of "
-                f"{spec.batch.micro_batch} (forward only, data included)",
+                f"{spec.batch.micro_batch} (forward only, data included)"
+                + (
+                    f"; the second of two, the first {fmt_duration(m.eval_first_s)}"
+                    if m.eval_first_s
+                    else ""
+                ),
             ),
         )
     if path:

@@ -3,6 +3,11 @@ makes, the evaluation it pays, its start-up and warm-up. CPU, tiny presets, real
 
 from __future__ import annotations
 
+import atexit
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -10,8 +15,10 @@ from typing import Any
 import pytest
 
 from jobs import train
+from jobs.workloads import jit
+from jobs.workloads.base import Workload, WorkloadConfig
 from planner.timemodel import job_saves, run_saves
-from tests.test_train import events, make_config, run_in_process
+from tests.test_train import REPO, env, events, make_config, run_in_process
 
 
 def _count_probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -80,3 +87,94 @@ def test_two_jobs_save_as_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         # e.g. a stop at 6: 4 and 6, then 8 and 12; the plan's 2 jobs: ceil(12 / 4) + 1 stop
         # save + the probe = 5 = 2 + 2 + the probe.
         assert run_saves(12, 4, segments=2) == len(first) + len(second) + 1
+
+
+# --- evaluation, start-up, warm-up and exit, as a training job pays them ---------------------
+
+FIRST_PROCESS_MARK = "PLANJOB_TEST_FIRST_PROCESS_MARK"
+
+
+def first_use_jit(config: WorkloadConfig) -> Workload:
+    """The tiny JiT with the costs a new process pays, in sleeps a reader can add up: every
+    process's first step 0.3 s (a kernel's first use), the first process's on this "node" 0.5 s
+    more (a cold page cache); the first evaluation 0.3 s; the exit 0.4 s."""
+    workload = jit.build(config)
+    step, evaluate = workload.train_step, workload.eval_step
+    assert evaluate is not None
+    paid = {"step": False, "eval": False}
+
+    def train_step(batch: Any) -> Any:
+        if not paid["step"]:
+            paid["step"] = True
+            time.sleep(0.3)
+            mark = Path(os.environ[FIRST_PROCESS_MARK])
+            if not mark.exists():
+                mark.touch()
+                time.sleep(0.5)
+        return step(batch)
+
+    def eval_step(batch: Any) -> Any:
+        if not paid["eval"]:
+            paid["eval"] = True
+            time.sleep(0.3)
+        return evaluate(batch)
+
+    atexit.register(time.sleep, 0.4)
+    workload.train_step, workload.eval_step = train_step, eval_step
+    return workload
+
+
+_CALIBRATE_LATE = """
+import dataclasses, json, sys, time
+time.sleep(5.0)  # what submitit does before the harness runs: its start, the unpickling
+from jobs import harness
+from jobs.measurement import CalibrationRequest
+m = harness.calibrate(CalibrationRequest(**json.loads(sys.argv[1])))
+print(json.dumps(dataclasses.asdict(m)))
+"""
+
+
+def test_start_up_warm_up_exit_and_evaluation_as_a_job_pays_them(tmp_path: Path) -> None:
+    request = {
+        "builder_path": "tests.test_fixed_terms:first_use_jit",
+        "workload_name": "jit",
+        "preset": "tiny",
+        "overrides": {},
+        "micro_batch": 2,
+        "grad_accum": 1,
+        "precision": "fp32",
+        "device": "cpu",
+        "seed": 0,
+        "min_steps": 10,
+        "max_steps": 40,
+        "max_seconds": 3.0,
+        "target_ci": 0.2,
+        "scratch_dir": str(tmp_path / "probe"),
+        "eval_batches": 3,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _CALIBRATE_LATE, json.dumps(request)],
+        cwd=REPO,
+        env=env(**{FIRST_PROCESS_MARK: str(tmp_path / "node-touched")}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Start-up: the calibration process waited 5 s before calibrating, which its own figure
+    # counts; the training entry it started (python -m jobs.train) has no such wait.
+    assert m["harness_startup_s"] >= 5.0 > m["startup_s"] > 0
+    assert m["fresh_steps"] >= 6  # at least the first step and 5 steady ones after it
+    # Warm-up: the calibration process's first step paid 0.3 + 0.5 s; a new process pays the
+    # 0.3 s only (the 0.5 s is the node's first process's). The plan takes the latter. (Each
+    # give or take the few milliseconds the other warm-up steps are off the steady mean.)
+    assert m["harness_warmup_extra_s"] > 0.7
+    assert 0.25 < m["warmup_extra_s"] < 0.7
+    # Evaluation: the first paid 0.3 s more than three forward passes; the second is what
+    # each of a run's evaluations costs.
+    assert m["eval_first_s"] >= 0.3 > m["eval_s"] > 0
+    # Exit: the training entry's 0.4 s after its last line, in the job's end until a Slurm
+    # job's script says otherwise.
+    assert m["job_end_s"] >= 0.4
