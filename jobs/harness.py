@@ -14,12 +14,14 @@ of the training entry itself, which the harness starts after its steps (jobs.fre
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gc
 import json
 import os
 import platform
 import resource
 import socket
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs import allreduce_timing, distributed, fresh_start, runtime
+from jobs import allreduce_timing, compiling, distributed, fresh_start, runtime
 from jobs.distributed import Group
 from jobs.measurement import (
     JOB_START_ENV,
@@ -57,6 +59,9 @@ def process_age_s() -> float:
 # The CI (an MSER pass over all steps so far: milliseconds once there are thousands) is
 # recomputed this often, not after every step, where it would cost more than a small step.
 CI_CHECK_EVERY_S = 0.2
+# workload.compile: eager steps timed before compiling, at most this many, for this share of
+# calibration.max_seconds (at least EAGER_MIN_S).
+EAGER_MAX_STEPS, EAGER_SHARE, EAGER_MIN_S = 50, 0.1, 2.0
 # The training entry's timing run (jobs.fresh_start) is given this long plus twice this
 # process's age: its start-up and a few of the steps this process ran.
 FRESH_START_TIMEOUT_S = 120.0
@@ -133,6 +138,9 @@ def _calibrate(
     built = time.perf_counter()
     joining_s = (started - starting) + (built - made) if group.size > 1 else 0.0
     try:
+        eager, compiled_first = [], 0.0
+        if request.compile:
+            eager, compiled_first = _compile(workload, request, sync, group, device, torch)
         steps = _run_steps(workload, request, sync, group)
         eval_first_s, eval_s = _time_evaluation(workload, request, sync, group.world.rank)
     except torch.cuda.OutOfMemoryError as exc:
@@ -150,6 +158,13 @@ def _calibrate(
     own_startup_s = clock.age_at_entry + (first_step_at - clock.entry)
     del workload  # freed for the training entry's own build on this device
     fresh = _fresh_start(request, est, group, device, torch)
+    compile_s = 0.0
+    if request.compile:
+        # What a compiling job pays beyond an eager one's warm-up (the eager steps paid the
+        # kernels' first use): its first compiled step beyond steady, the compiled steps'
+        # warm-up, and its first evaluation (another graph) beyond the next.
+        compile_s = max(compiled_first - est.mean, 0.0) + own_warmup_s
+        compile_s += max(eval_first_s - eval_s, 0.0)
     measurement = Measurement(
         host=socket.gethostname(),
         device_kind=device.type,
@@ -193,6 +208,9 @@ def _calibrate(
         harness_startup_s=own_startup_s,
         harness_warmup_extra_s=own_warmup_s,
         fresh_steps=len(fresh.step_times),
+        compile_s=compile_s,
+        eager_step_s=statistics.median(eager[1:] or eager) if eager else 0.0,
+        eager_steps=len(eager),
         nodes=nodes,
         ranks=group.size,
         tasks_per_node=tasks_per_node,
@@ -204,6 +222,34 @@ def _calibrate(
     # process is about to exit anyway.
     group.close()
     return measurement
+
+
+def _compile(
+    workload: Workload,
+    request: CalibrationRequest,
+    sync: Callable[[], None],
+    group: Group,
+    device: Any,
+    torch: Any,
+) -> tuple[list[float], float]:
+    """workload.compile: eager steps first (the step compiling replaces, the kernels' first
+    use paid), then the model compiled as jobs.train compiles it and its first step, which
+    compiles, timed on its own: the steady steps' time cap starts after it. Returns (the
+    eager step times, the first compiled step's time)."""
+    compiling.check(workload, device, torch)  # before spending the eager steps
+    budget = max(EAGER_MIN_S, EAGER_SHARE * request.max_seconds)
+    quiet = dataclasses.replace(
+        request, progress_path=None, min_steps=EAGER_MAX_STEPS, target_ci=0.0
+    )
+    eager = _run_steps(
+        workload,
+        dataclasses.replace(quiet, max_steps=EAGER_MAX_STEPS, max_seconds=budget),
+        sync,
+        group,
+    )
+    compiling.compile_model(workload, device, torch)
+    first = _run_steps(workload, dataclasses.replace(quiet, max_steps=1), sync, group)
+    return eager.step_times, first.step_times[0]
 
 
 def _fresh_start(
@@ -378,10 +424,11 @@ def _run_steps(
                     f"the calibration job reached its time limit at step {len(step_times) + 1}: "
                     "raise calibration.time_limit_minutes or lower calibration.max_seconds",
                 ) from exc
-            raise CalibrationFailed(
+            what = f"training step {len(step_times) + 1}"
+            failed = compiling.failure(exc, request.compile, what)
+            raise failed or CalibrationFailed(
                 "workload_error",
-                f"training step {len(step_times) + 1} "
-                f"raised {type(exc).__name__}: {exc}{runtime.where(exc)}",
+                f"{what} raised {type(exc).__name__}: {exc}{runtime.where(exc)}",
             ) from exc
         sync()
         losses.append(float(loss))

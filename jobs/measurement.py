@@ -48,6 +48,7 @@ class CalibrationRequest:
     stop_grace_s: float = 30.0
     workdir: str = ""  # the command's working directory ('' : the job's)
     checkpoint_interval_steps: int = 0  # the command saves this often; 0: the harness picks
+    compile: bool = False  # workload.compile: torch.compile the model (jobs.compiling)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,13 @@ class Measurement:
     harness_startup_s: float = 0.0
     harness_warmup_extra_s: float = 0.0
     fresh_steps: int = 0
+    # workload.compile (0.0 / 0 without it): what compiling costs a job that starts (its
+    # first compiled step beyond the steady one, the compiled steps' own warm-up and, when it
+    # evaluates, its first evaluation beyond the second), and the eager step it replaces, the
+    # median of eager_steps steps timed before compiling (after the first).
+    compile_s: float = 0.0
+    eager_step_s: float = 0.0
+    eager_steps: int = 0
 
     def __post_init__(self) -> None:
         # A record read back from YAML gives lists of lists: make them the declared tuples

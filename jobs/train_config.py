@@ -47,6 +47,7 @@ class TrainConfig:
     report: str = "progress"  # how the command reports its steps: one of REPORT_MODES
     output_dir: str = ""  # the Hugging Face Trainer's output_dir (report "trainer_state")
     stop_grace_s: float = 30.0  # after the stop signal, before the command is killed
+    compile: bool = False  # torch.compile the model (workload.compile; jobs.compiling)
 
     def __post_init__(self) -> None:
         if isinstance(self.command, list):
@@ -129,12 +130,13 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "float": (int, float),
     "Mapping[str, Any]": (Mapping,),
     "tuple[str, ...]": (tuple,),
+    "bool": (bool,),
 }
 
 
 def _check_type(name: str, value: object, annotation: object) -> None:
     allowed = _TYPES[str(annotation)]
-    if isinstance(value, bool) or not isinstance(value, allowed):
+    if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
         raise ValueError(
             f"train config: field {name!r}: got {type(value).__name__} {value!r}; "
             f"must be {annotation}"

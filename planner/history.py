@@ -230,7 +230,8 @@ def predicted_job_s(plan: Plan, from_step: int, to_step: int) -> float:
     start-up (and warm-up) or resume, the steps and the saves it makes (timemodel.job_saves:
     those due on the way, its stop save unless it stopped on one, the first job's probe)."""
     wall = plan.wall
-    overhead = wall.startup_s + wall.warmup_s if from_step == 0 else plan.resume_s
+    first = wall.startup_s + plan.compile_s + wall.warmup_s
+    overhead = first if from_step == 0 else plan.resume_s
     interval = plan.checkpoint_interval_steps
     saves = job_saves(from_step, to_step, interval, first_job=from_step == 0)
     steps = to_step - from_step
@@ -324,6 +325,8 @@ def corrected_record(record: CalibrationRecord, factor: float) -> CalibrationRec
             "checkpoint_save_s",
             "checkpoint_load_s",
             "eval_s",
+            "compile_s",
+            "eager_step_s",
         )
         if hasattr(m, name)
     }

@@ -15,6 +15,20 @@ _STOP_TEXT = {
 }
 
 
+def _compile_rows(record: CalibrationRecord) -> list[tuple[str, str]]:
+    m = record.measurement
+    if not record.spec.workload.compile:
+        return []
+    text = f"{fmt_duration(m.compile_s)} per job start (first compiled step and evaluation)"
+    if m.eager_step_s > 0:
+        text += (
+            f"; eager step {fmt_duration(m.eager_step_s)} (median of {m.eager_steps} before "
+            f"compiling), compiled {fmt_duration(m.step_mean_s)}: "
+            f"{m.eager_step_s / m.step_mean_s:.2f}x"
+        )
+    return [("torch.compile", text)]
+
+
 def calibration_table(record: CalibrationRecord, path: str | None = None) -> str:
     m, d, spec = record.measurement, record.derived, record.spec
     target = fmt_percent(m.target_ci)
@@ -85,6 +99,7 @@ def calibration_table(record: CalibrationRecord, path: str | None = None) -> str
                 else ""
             ),
         ),
+        *_compile_rows(record),
         ("data loading", f"{fmt_percent(m.data_share)} of the steady step"),
         ("peak memory", f"{fmt_bytes(m.peak_memory_bytes)} ({m.memory_kind.replace('_', ' ')})"),
         (

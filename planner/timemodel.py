@@ -18,6 +18,7 @@ Wall time, P50 (step = the P50 optimizer step at the node count, planner.scaling
     + floor(total_steps / eval_interval) x eval_s         eval_s: plan.eval_s, else the
                                                           calibration's, per held-out batch
     + (k - 1) x (startup + checkpoint_load_s + warmup_extra)   resuming segments 2..k
+    + k x compile_s                                       workload.compile: every job compiles
     + failures: (the sum above / MTBF) x ((tau + save_s) / 2 + resume), resume as above
 P95 = P50 + 1.645 sigma, where sigma adds in quadrature
     the calibration's uncertainty of the mean, ci_half_width / 1.96 (systematic: every step),
@@ -198,7 +199,9 @@ def estimate_time(
         "steps_s": steps_s,
         "checkpoints_s": saves * checkpoint.save_s,
         "evals_s": evals_s,
-        "resumes_s": (segments - 1) * resume_s,
+        # resume_s holds a later job's compile: it is shown with the first job's.
+        "resumes_s": (segments - 1) * (resume_s - m.compile_s),
+        "compile_s": segments * m.compile_s,
     }
     before_failures = sum(terms.values())
     per_failure = (checkpoint.interval_s + checkpoint.save_s) / 2 + resume_s
