@@ -113,9 +113,10 @@ def _compile_rows(plan: Plan) -> list[tuple[str, str]]:
     if plan.eager_steps_s > 0:
         saved = plan.eager_steps_s - plan.wall.steps_s
         net = saved - cost
+        gain = f"saves {fmt_duration(saved)}" if saved >= 0 else f"costs {fmt_duration(-saved)}"
         text += (
             f"; the steps take {fmt_duration(plan.wall.steps_s)} compiled, "
-            f"{fmt_duration(plan.eager_steps_s)} eager: saves {fmt_duration(saved)}, "
+            f"{fmt_duration(plan.eager_steps_s)} eager: {gain}, "
             + (
                 f"net {fmt_duration(net)} faster"
                 if net >= 0

@@ -11,17 +11,21 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from jobs import harness, train
 from jobs.compiling import missing_compiler
 from jobs.measurement import CalibrationFailed, CalibrationRequest
 from jobs.train_config import TrainConfig
 from planner.errors import SpecError
+from planner.eta_steps import StepTime, resume_time
 from planner.history import predicted_job_s
 from planner.plan import CalibrationMismatchError
 from planner.plan_report import plan_table
+from planner.progress_sources import History, read_plan_facts
 from planner.record import make_record
 from planner.report import calibration_table
+from planner.run_pace import JobTiming, _resume
 from planner.spec import parse_spec
 from tests.test_planning import SPEC, partition, plan_for, record_for, spec_with
 from tests.test_train import REPO, command, env, events, make_config, run_in_process
@@ -193,3 +197,28 @@ def test_a_compiled_run_resumes_eagerly_and_the_other_way(tmp_path: Path) -> Non
     state = torch.load(tmp_path / "ck" / "ckpt-000000012.pt", weights_only=False)
     assert not any(key.startswith("_orig_mod") for key in state["model"])
     assert os.path.exists(tmp_path / "progress.jsonl")
+
+
+def test_the_eta_lets_a_resumed_jobs_warm_up_replace_the_planned_compile(tmp_path: Path) -> None:
+    spec = spec_with(plan__max_nodes=1, workload=COMPILED, checkpoint={"interval_steps": 100})
+    plan = plan_for(spec, partition(1800), record=record_for(spec, compile_s=30.0))
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan.to_dict()))
+    facts = read_plan_facts(path)
+    assert facts is not None and facts.compile_s == 30.0 and facts.resume_s == 180.0
+    # A compiled run's resumed jobs showed 35 s of warm-up (their first step compiles): it
+    # replaces the plan's warm-up (20 s) and compile (30 s): 180 - 20 - 30 + 35 = 165 s.
+    step = StepTime(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 100, (5,), 35.0, False)
+    history = History("progress", tmp_path / "progress.jsonl", 3907, (), "step_s", False, 100)
+    assert resume_time(history, facts, step) == pytest.approx(165.0)
+
+
+def test_resubmit_charges_the_compile_when_only_the_first_job_was_seen() -> None:
+    spec = spec_with(plan__max_nodes=1, workload=COMPILED, checkpoint={"interval_steps": 100})
+    plan = plan_for(spec, partition(1800), record=record_for(spec, compile_s=30.0))
+    # The first job began stepping 12 s after Slurm started it and a load took 4 s (another
+    # run's): a resumed job costs 12 + 4 + the plan's warm-up 20 s + its compile 30 s = 66 s.
+    first = JobTiming("11", False, 1012.0, None)
+    loaded = JobTiming("12", False, None, 4.0)
+    cost, source = _resume(plan, None, [first, loaded], {"11": 1000.0}, [])
+    assert (cost, source) == (pytest.approx(66.0), "run")
