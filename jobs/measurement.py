@@ -128,10 +128,11 @@ class Measurement:
     harness_startup_s: float = 0.0
     harness_warmup_extra_s: float = 0.0
     fresh_steps: int = 0
-    # workload.compile (0.0 / 0 without it): what compiling costs a job that starts (its
-    # first compiled step beyond the steady one, the compiled steps' own warm-up and, when it
-    # evaluates, its first evaluation beyond the second), and the eager step it replaces, the
-    # median of eager_steps steps timed before compiling (after the first).
+    # workload.compile (0.0 / 0 without it): what compiling costs a job that starts (the
+    # compile call, torch._dynamo's import, and its first compiled step beyond the steady one,
+    # the compiled steps' own warm-up and, when it evaluates, its first evaluation beyond the
+    # second), and the eager step it replaces, the median of eager_steps steps timed before
+    # compiling (after the first).
     compile_s: float = 0.0
     eager_step_s: float = 0.0
     eager_steps: int = 0
