@@ -84,9 +84,14 @@ def calibration_table(record: CalibrationRecord, path: str | None = None) -> str
                 else " (the command's start to its first step's)"
             )
             + (
-                f"; job script and srun {fmt_duration(m.job_start_s)} before it, exit and "
-                f"job end {fmt_duration(m.job_end_s)} after the last step"
-                if m.job_start_s or m.job_end_s
+                f"; job script and srun {fmt_duration(m.job_start_s)} before it"
+                if m.job_start_s
+                else ""
+            )
+            # A local job's is the training entry's exit alone (jobs.fresh_start).
+            + (
+                f"; exit and job end {fmt_duration(m.job_end_s)} after the last step"
+                if m.job_end_s
                 else ""
             ),
         ),
