@@ -10,14 +10,51 @@ it, in every job that starts. torch is passed in, so importing this module stays
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from jobs.measurement import CalibrationFailed
+from jobs.measurement import CalibrationFailed, CalibrationRequest
 from jobs.workloads.base import Workload
 
 SETTING = "workload.compile"
+# The calibration's eager steps before compiling: at most this many, for this share of
+# calibration.max_seconds (at least EAGER_MIN_S).
+EAGER_MAX_STEPS, EAGER_SHARE, EAGER_MIN_S = 50, 0.1, 2.0
+
+
+class _Steps(Protocol):
+    step_times: list[float]
+
+
+def eager_then_compiled(
+    workload: Workload,
+    request: CalibrationRequest,
+    device: Any,
+    torch: Any,
+    run_steps: Callable[[CalibrationRequest], _Steps],
+) -> tuple[list[float], float]:
+    """The calibration's side of workload.compile, ``run_steps`` being its step loop: eager
+    steps first (the step compiling replaces; the kernels' first use paid), then the model
+    compiled as jobs.train compiles it and its first step, which compiles, timed on its own
+    (the steady steps' time cap starts after it). Returns (the eager step times, the compile
+    call and the first compiled step's time: a training job pays both between its start and
+    the end of its first step)."""
+    check(workload, device, torch)  # before spending the eager steps
+    budget = max(EAGER_MIN_S, EAGER_SHARE * request.max_seconds)
+    # No progress lines (the CLI shows the steady steps') and no CI stop: a count and a time.
+    quiet = dataclasses.replace(
+        request, progress_path=None, min_steps=EAGER_MAX_STEPS, target_ci=0.0
+    )
+    eager = run_steps(dataclasses.replace(quiet, max_steps=EAGER_MAX_STEPS, max_seconds=budget))
+    calling = time.perf_counter()
+    compile_model(workload, device, torch)  # imports torch._dynamo: ~0.8 s on a CPU
+    called = time.perf_counter()
+    first = run_steps(dataclasses.replace(quiet, max_steps=1))
+    return eager.step_times, called - calling + first.step_times[0]
 
 
 def compile_model(workload: Workload, device: Any, torch: Any) -> None:

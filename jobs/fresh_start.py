@@ -25,6 +25,7 @@ torch is not imported here: this runs in the calibration job before it reports.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import statistics
@@ -33,10 +34,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from jobs.measurement import CalibrationFailed, CalibrationRequest
 from jobs.progress import read_progress
 from jobs.train_config import TrainConfig
+
+if TYPE_CHECKING:
+    from jobs.distributed import Group
 
 # Steps after the warm-up that give the fresh process's own steady reference.
 TAIL_STEPS = 5
@@ -47,6 +52,9 @@ BUDGET_SHARE, MIN_BUDGET_S = 0.05, 2.0
 # Variables that would make the training entry a rank of the calibration's world (see
 # jobs.distributed.detect) or give it a stop time (and so a probe save before its first step).
 _LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_STEP_ID", "PLANJOB_STOP_AT")
+# The training entry is given this long plus twice the calibration process's age (its own
+# start-up and steps, of which the entry runs a few).
+TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,29 @@ def warmup_beyond(step_times: list[float], warmup: int) -> float:
     """The first ``warmup`` steps' time beyond the median of the rest (never negative)."""
     reference = statistics.median(step_times[warmup:])
     return max(sum(step_times[:warmup]) - warmup * reference, 0.0)
+
+
+def on_rank_0(
+    request: CalibrationRequest,
+    warmup_steps: int,
+    step_mean_s: float,
+    group: Group,
+    device: Any,
+    torch: Any,
+) -> FreshStart:
+    """The calibration's side: rank 0, its own model freed by the caller (collected here,
+    and CUDA's cache emptied: the entry builds its own on the same device), times the entry;
+    the other ranks wait for its figures."""
+    from jobs.harness import process_age_s
+
+    found = None
+    if group.is_main:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        timeout = TIMEOUT_S + 2 * process_age_s()
+        found = measure(request, warmup_steps, step_mean_s, timeout)
+    return group.broadcast(found, "rank 0's timing of the training entry")
 
 
 def measure(

@@ -14,8 +14,7 @@ of the training entry itself, which the harness starts after its steps (jobs.fre
 from __future__ import annotations
 
 import collections
-import dataclasses
-import gc
+import functools
 import json
 import os
 import platform
@@ -59,12 +58,6 @@ def process_age_s() -> float:
 # The CI (an MSER pass over all steps so far: milliseconds once there are thousands) is
 # recomputed this often, not after every step, where it would cost more than a small step.
 CI_CHECK_EVERY_S = 0.2
-# workload.compile: eager steps timed before compiling, at most this many, for this share of
-# calibration.max_seconds (at least EAGER_MIN_S).
-EAGER_MAX_STEPS, EAGER_SHARE, EAGER_MIN_S = 50, 0.1, 2.0
-# The training entry's timing run (jobs.fresh_start) is given this long plus twice this
-# process's age: its start-up and a few of the steps this process ran.
-FRESH_START_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -140,7 +133,10 @@ def _calibrate(
     try:
         eager, compiled_first = [], 0.0
         if request.compile:
-            eager, compiled_first = _compile(workload, request, sync, group, device, torch)
+            steps_of = functools.partial(_run_steps, workload, sync=sync, group=group)
+            eager, compiled_first = compiling.eager_then_compiled(
+                workload, request, device, torch, steps_of
+            )
         steps = _run_steps(workload, request, sync, group)
         eval_first_s, eval_s = _time_evaluation(workload, request, sync, group.world.rank)
     except torch.cuda.OutOfMemoryError as exc:
@@ -157,7 +153,7 @@ def _calibrate(
     own_warmup_s = max(sum(steps.step_times[:steady_start]) - steady_start * est.mean, 0.0)
     own_startup_s = clock.age_at_entry + (first_step_at - clock.entry)
     del workload  # freed for the training entry's own build on this device
-    fresh = _fresh_start(request, est, group, device, torch)
+    fresh = fresh_start.on_rank_0(request, est.warmup_steps, est.mean, group, device, torch)
     compile_s = 0.0
     if request.compile:
         # What a compiling job pays beyond an eager one's warm-up (the eager steps paid the
@@ -222,52 +218,6 @@ def _calibrate(
     # process is about to exit anyway.
     group.close()
     return measurement
-
-
-def _compile(
-    workload: Workload,
-    request: CalibrationRequest,
-    sync: Callable[[], None],
-    group: Group,
-    device: Any,
-    torch: Any,
-) -> tuple[list[float], float]:
-    """workload.compile: eager steps first (the step compiling replaces, the kernels' first
-    use paid), then the model compiled as jobs.train compiles it and its first step, which
-    compiles, timed on its own: the steady steps' time cap starts after it. Returns (the
-    eager step times, the compile call and the first compiled step's time: a training job
-    pays both between its start and the end of its first step)."""
-    compiling.check(workload, device, torch)  # before spending the eager steps
-    budget = max(EAGER_MIN_S, EAGER_SHARE * request.max_seconds)
-    quiet = dataclasses.replace(
-        request, progress_path=None, min_steps=EAGER_MAX_STEPS, target_ci=0.0
-    )
-    eager = _run_steps(
-        workload,
-        dataclasses.replace(quiet, max_steps=EAGER_MAX_STEPS, max_seconds=budget),
-        sync,
-        group,
-    )
-    calling = time.perf_counter()
-    compiling.compile_model(workload, device, torch)  # imports torch._dynamo: ~0.8 s on a CPU
-    called = time.perf_counter()
-    first = _run_steps(workload, dataclasses.replace(quiet, max_steps=1), sync, group)
-    return eager.step_times, called - calling + first.step_times[0]
-
-
-def _fresh_start(
-    request: CalibrationRequest, est: Any, group: Group, device: Any, torch: Any
-) -> fresh_start.FreshStart:
-    """Rank 0 times the training entry's start-up, warm-up and exit (jobs.fresh_start) once
-    its own model is freed; the other ranks wait for its figures."""
-    found = None
-    if group.is_main:
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        timeout = FRESH_START_TIMEOUT_S + 2 * process_age_s()
-        found = fresh_start.measure(request, est.warmup_steps, est.mean, timeout)
-    return group.broadcast(found, "rank 0's timing of the training entry")
 
 
 def _layout(group: Group) -> tuple[int, int]:
