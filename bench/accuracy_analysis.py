@@ -79,7 +79,7 @@ def analyse(
 ) -> RunResult:
     events = read_progress(folder / "run" / "progress.jsonl")
     m = record.measurement
-    run_steps = [e["step_s"] for e in events if e["event"] == "step" and e.get("step_s")]
+    run_steps = _steady_steps(events)
     steps_ms = {
         "calibrated_mean": m.step_mean_s * 1e3,
         "calibrated_median": m.step_median_s * 1e3,
@@ -92,7 +92,7 @@ def analyse(
         "p95_s": wall["p95_s"],
         "method1_s": base["method1_s"],
         "flops_s": base["flops_s"],
-        **{f"term_{k}": wall[k] for k in _TERMS},
+        **{f"term_{k}": wall.get(k, 0.0) for k in _TERMS},
     }
     add_at_run_step(predicted, steps_ms)
     jobs = [_job_part(r, _events_of(events, r.job_id)) for r in records]
@@ -148,7 +148,23 @@ _TERMS = (
     "evals_s",
     "resumes_s",
     "failures_s",
+    "compile_s",
 )
+
+
+def _steady_steps(events: list[dict[str, Any]]) -> list[float]:
+    """The step times the run saw, each job's first step left out: it holds the job's first
+    use of the kernels and, compiling, its compile, which the plan counts as terms of their
+    own (warm-up, compile), not in its step."""
+    times, first = [], False
+    for event in events:
+        if event["event"] == "start":
+            first = True
+        elif event["event"] == "step" and event.get("step_s"):
+            if not first:
+                times.append(event["step_s"])
+            first = False
+    return times
 
 
 def add_at_run_step(predicted: dict[str, float], steps_ms: dict[str, float]) -> None:

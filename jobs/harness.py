@@ -6,17 +6,21 @@ data-parallel, as jobs.train trains (see jobs.distributed): the step times then 
 gradient exchange, and all-reduces of the gradient's size are timed after the steps
 (jobs.allreduce_timing).
 
-torch is imported inside calibrate() so the time to import it is measured as start-up.
+torch is imported inside calibrate() so the time to import it is measured as start-up. That
+is this process's start-up, under submitit; the start-up and warm-up the plan uses are those
+of the training entry itself, which the harness starts after its steps (jobs.fresh_start).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import platform
 import resource
 import socket
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +28,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs import allreduce_timing, distributed, runtime
+from jobs import allreduce_timing, compiling, distributed, fresh_start, runtime
 from jobs.distributed import Group
 from jobs.measurement import (
     JOB_START_ENV,
@@ -115,16 +119,26 @@ def _calibrate(
     sync = runtime.synchronizer(device, torch)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    starting = time.perf_counter()
     group = distributed.start(world, device)
+    started = time.perf_counter()
     workload = _build(request, device)
+    made = time.perf_counter()
     if group.size > 1:
         distributed.join_data_parallel(workload, group, "plan-job calibrate")
     # Joining the others (the rendezvous waits for the slowest rank, rank 0's weights are
     # sent) is start-up that every job of a multi-node run pays: it counts as build.
     built = time.perf_counter()
+    joining_s = (started - starting) + (built - made) if group.size > 1 else 0.0
     try:
+        eager, compiled_first = [], 0.0
+        if request.compile:
+            steps_of = functools.partial(_run_steps, workload, sync=sync, group=group)
+            eager, compiled_first = compiling.eager_then_compiled(
+                workload, request, device, torch, steps_of
+            )
         steps = _run_steps(workload, request, sync, group)
-        eval_s = _time_evaluation(workload, request, sync, group.world.rank)
+        eval_first_s, eval_s = _time_evaluation(workload, request, sync, group.world.rank)
     except torch.cuda.OutOfMemoryError as exc:
         raise _oom(request, device, exc) from exc
     first_step_at = built  # the first step starts right after the build
@@ -136,6 +150,17 @@ def _calibrate(
     est = steady_estimate(steps.step_times)
     steady_start = est.warmup_steps
     steady_total = sum(steps.step_times[steady_start:])
+    own_warmup_s = max(sum(steps.step_times[:steady_start]) - steady_start * est.mean, 0.0)
+    own_startup_s = clock.age_at_entry + (first_step_at - clock.entry)
+    del workload  # freed for the training entry's own build on this device
+    fresh = fresh_start.on_rank_0(request, est.warmup_steps, est.mean, group, device, torch)
+    compile_s = 0.0
+    if request.compile:
+        # What a compiling job pays beyond an eager one's warm-up (the eager steps paid the
+        # kernels' first use): compiling and its first compiled step beyond steady, the
+        # compiled steps' warm-up, and its first evaluation (another graph) beyond the next.
+        compile_s = max(compiled_first - est.mean, 0.0) + own_warmup_s
+        compile_s += max(eval_first_s - eval_s, 0.0)
     measurement = Measurement(
         host=socket.gethostname(),
         device_kind=device.type,
@@ -146,11 +171,12 @@ def _calibrate(
         tokens_per_sample=counts.tokens_per_sample,
         token_unit=counts.token_unit,
         flops_per_step=float(counts.flops_per_step),
-        startup_s=clock.age_at_entry + (first_step_at - clock.entry),
+        # A multi-rank job's rendezvous and join are its own: the entry ran as one process.
+        startup_s=fresh.startup_s + joining_s,
         import_s=clock.age_at_entry + (clock.imported - clock.entry),
         build_s=built - clock.imported,
         warmup_steps=est.warmup_steps,
-        warmup_extra_s=max(sum(steps.step_times[:steady_start]) - steady_start * est.mean, 0.0),
+        warmup_extra_s=fresh.warmup_extra_s,
         steps_run=len(steps.step_times),
         steady_steps=est.n,
         step_mean_s=est.mean,
@@ -171,8 +197,16 @@ def _calibrate(
         step_times_s=tuple(steps.step_times),
         load_times_s=tuple(steps.load_times),
         eval_s=eval_s,
+        eval_first_s=eval_first_s,
         eval_batches=request.eval_batches,
         job_start_s=clock.launched_s,
+        job_end_s=fresh.exit_s,  # until the login node reads the job's own end
+        harness_startup_s=own_startup_s,
+        harness_warmup_extra_s=own_warmup_s,
+        fresh_steps=len(fresh.step_times),
+        compile_s=compile_s,
+        eager_step_s=statistics.median(eager[1:] or eager) if eager else 0.0,
+        eager_steps=len(eager),
         nodes=nodes,
         ranks=group.size,
         tasks_per_node=tasks_per_node,
@@ -344,10 +378,11 @@ def _run_steps(
                     f"the calibration job reached its time limit at step {len(step_times) + 1}: "
                     "raise calibration.time_limit_minutes or lower calibration.max_seconds",
                 ) from exc
-            raise CalibrationFailed(
+            what = f"training step {len(step_times) + 1}"
+            failed = compiling.failure(exc, request.compile, what)
+            raise failed or CalibrationFailed(
                 "workload_error",
-                f"training step {len(step_times) + 1} "
-                f"raised {type(exc).__name__}: {exc}{runtime.where(exc)}",
+                f"{what} raised {type(exc).__name__}: {exc}{runtime.where(exc)}",
             ) from exc
         sync()
         losses.append(float(loss))
@@ -410,15 +445,18 @@ class _StopRule:
 
 def _time_evaluation(
     workload: Workload, request: CalibrationRequest, sync: Callable[[], None], rank: int = 0
-) -> float:
-    """One evaluation as the run will do it, after the steps: the model is warm, as it is
-    at the run's first evaluation; each rank its own held-out batches, as jobs.train does.
-    0.0 when the spec asks for none."""
+) -> tuple[float, float]:
+    """Two evaluations as the run does them, after the steps, each rank its own held-out
+    batches as jobs.train: (the first, the second). The first pays the forward-only kernels'
+    first use (on an H200 679 ms against 278-323 ms for every evaluation of the run after
+    it), the second is what the run's evaluations cost. (0.0, 0.0) when the spec asks for
+    none."""
     if request.eval_batches <= 0:
-        return 0.0
+        return 0.0, 0.0
     first = rank * request.eval_batches
-    seconds, _loss = runtime.evaluate(workload, request.eval_batches, sync, first)
-    return seconds
+    once, _loss = runtime.evaluate(workload, request.eval_batches, sync, first)
+    again, _loss = runtime.evaluate(workload, request.eval_batches, sync, first)
+    return once, again
 
 
 def _ci_if_ready(step_times: list[float], min_steps: int) -> float | None:

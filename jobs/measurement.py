@@ -48,6 +48,7 @@ class CalibrationRequest:
     stop_grace_s: float = 30.0
     workdir: str = ""  # the command's working directory ('' : the job's)
     checkpoint_interval_steps: int = 0  # the command saves this often; 0: the harness picks
+    compile: bool = False  # workload.compile: torch.compile the model (jobs.compiling)
 
 
 @dataclass(frozen=True)
@@ -63,12 +64,15 @@ class Measurement:
     tokens_per_sample: int
     token_unit: str
     flops_per_step: float
-    # time
+    # time. startup_s and warmup_extra_s are a training job's (jobs.fresh_start: a fresh
+    # `python -m jobs.train`, when fresh_steps > 0); import_s and build_s are this job's own
+    # process's, under submitit.
     startup_s: float  # process start to the first step's start
     import_s: float  # process start to torch imported
     build_s: float  # model, optimizer and data set-up
-    warmup_steps: int
-    warmup_extra_s: float  # warm-up steps' time beyond the steady mean
+    warmup_steps: int  # the calibration's steps before its steady state (MSER's cut)
+    # warm-up steps' time beyond the steady mean (the fresh process's first max(cut, 1))
+    warmup_extra_s: float
     steps_run: int
     steady_steps: int
     step_mean_s: float
@@ -91,14 +95,20 @@ class Measurement:
     load_times_s: tuple[float, ...] = field(default=())
     # One evaluation of eval_batches held-out batches, data included (defaults: records
     # written before evaluation was measured, or a spec without it).
-    eval_s: float = 0.0
+    eval_s: float = 0.0  # the second evaluation: what each of the run's costs
     eval_batches: int = 0
+    # The first evaluation, kernels' first use included (0.0: not timed, or a record from
+    # before it was). Shown, not planned: a run's first evaluation was not slower than its
+    # others on an H200 (278-323 ms each; the calibration's first 679 ms).
+    eval_first_s: float = 0.0
     # The batch script's start to this process's start (the shell, srun launching the task):
     # every job of the run pays it before its start-up. 0.0: not measured (a local job).
     job_start_s: float = 0.0
     # The harness's return to the end of the batch script: the interpreter's exit (freeing
     # torch and the model takes a good half second on a CPU), srun's and the script's end.
-    # Every job pays it after its last save. Filled in by the login node; 0.0: not measured.
+    # Every job pays it after its last save. Filled in by the login node from the script's
+    # end; until then (a local job: always) the training entry's own exit after its last
+    # save (jobs.fresh_start); 0.0: not measured.
     job_end_s: float = 0.0
     returned_at: float = 0.0  # Unix time the harness returned, for job_end_s
     # The data-parallel world the steps ran in (defaults: one process, as every record written
@@ -115,6 +125,20 @@ class Measurement:
     # (first step, last step, times the median) of slow stretches after the warm-up: noise
     # such as a load spike, counted in the steady mean and its CI, not as warm-up.
     slowdowns: tuple[tuple[int, int, float], ...] = ()
+    # The calibration process's own start-up and warm-up (under submitit, the node's first
+    # process to run the step), beside the training entry's above; steps that entry ran (0:
+    # the figures above are the process's own: a user's command, or a record from before).
+    harness_startup_s: float = 0.0
+    harness_warmup_extra_s: float = 0.0
+    fresh_steps: int = 0
+    # workload.compile (0.0 / 0 without it): what compiling costs a job that starts (the
+    # compile call, torch._dynamo's import, and its first compiled step beyond the steady one,
+    # the compiled steps' own warm-up and, when it evaluates, its first evaluation beyond the
+    # second), and the eager step it replaces, the median of eager_steps steps timed before
+    # compiling (after the first).
+    compile_s: float = 0.0
+    eager_step_s: float = 0.0
+    eager_steps: int = 0
 
     def __post_init__(self) -> None:
         # A record read back from YAML gives lists of lists: make them the declared tuples

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs import distributed, runtime
+from jobs import compiling, distributed, runtime
 from jobs.checkpoint_owner import Owner, read_owner, write_owner
 from jobs.distributed import Group, World
 from jobs.measurement import CalibrationFailed, parse_failure
@@ -222,6 +222,10 @@ def _train(
         workload = runtime.build_workload(config.builder_path, workload_config, device)
         if group.size > 1:
             distributed.join_data_parallel(workload, group, "plan-job train")
+        if config.compile:
+            import torch
+
+            compiling.compile_model(workload, device, torch)  # as the calibration did
         run = Run(config, workload, device, progress, stop, job, group)
         if resumed is None:
             progress.start(first, config.total_steps, job.restart)
@@ -522,7 +526,8 @@ class Run:
         except CalibrationFailed:
             raise  # e.g. the gradient exchange: its message already says what failed
         except Exception as exc:
-            raise CalibrationFailed(
+            failed = compiling.failure(exc, self.config.compile, f"training step {number}")
+            raise failed or CalibrationFailed(
                 "workload_error",
                 f"training step {number} raised {type(exc).__name__}: {exc}{runtime.where(exc)}",
             ) from exc

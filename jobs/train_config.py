@@ -50,6 +50,7 @@ class TrainConfig:
     # The run folder's id (planner.run_folder): the checkpoint folder is marked with it, so a
     # later run does not resume from this one's checkpoints unknowingly. '': not emitted.
     run_id: str = ""
+    compile: bool = False  # torch.compile the model (workload.compile; jobs.compiling)
 
     def __post_init__(self) -> None:
         if isinstance(self.command, list):
@@ -132,12 +133,13 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "float": (int, float),
     "Mapping[str, Any]": (Mapping,),
     "tuple[str, ...]": (tuple,),
+    "bool": (bool,),
 }
 
 
 def _check_type(name: str, value: object, annotation: object) -> None:
     allowed = _TYPES[str(annotation)]
-    if isinstance(value, bool) or not isinstance(value, allowed):
+    if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
         raise ValueError(
             f"train config: field {name!r}: got {type(value).__name__} {value!r}; "
             f"must be {annotation}"

@@ -56,6 +56,7 @@ def build_request(spec: RunSpec, folder: Path, grad_accum: int | None = None) ->
         progress_path=str(folder.resolve() / PROGRESS_FILE),
         # Timed when the run will evaluate: the plan's eval term comes from it.
         eval_batches=spec.plan.eval_batches if spec.plan.eval_interval_steps else 0,
+        compile=spec.workload.compile,
         **_command_fields(spec, scratch),
     )
 

@@ -160,10 +160,12 @@ def save_time(history: History, plan: PlanFacts | None) -> float:
 def resume_time(history: History, plan: PlanFacts | None, step: StepTime) -> float:
     """Start-up and checkpoint load of a new segment, plus its warm-up beyond steady: the
     plan's (which counts the calibration's warm-up), with the warm-up the run's resumed jobs
-    showed in its place once there is one."""
+    showed in its place once there is one (a compiled run's first steps hold its compile,
+    so that replaces the plan's compile too)."""
     if plan and plan.resume_s:
         if step.warmup_excess_s > 0:
-            return plan.resume_s - (plan.warmup_s or 0.0) + step.warmup_excess_s
+            planned = (plan.warmup_s or 0.0) + (plan.compile_s or 0.0)
+            return plan.resume_s - planned + step.warmup_excess_s
         return plan.resume_s
     loads = [job.load_s for job in history.jobs if job.load_s is not None]
     base = statistics.median(loads) if loads else 0.0

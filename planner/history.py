@@ -25,6 +25,7 @@ from planner.partition import PartitionLimits
 from planner.plan import Plan
 from planner.record import CalibrationRecord
 from planner.spec import RunSpec
+from planner.timemodel import job_saves
 
 if TYPE_CHECKING:  # only for a type: calibrate and emit need not import the run readers
     from planner.run_state import RunState
@@ -221,11 +222,13 @@ def record_outcomes(state: RunState, path: Path | None = None) -> int:
 
 def predicted_job_s(plan: Plan, from_step: int, to_step: int) -> float:
     """What the plan predicts for one job going from ``from_step`` to ``to_step``: its
-    start-up (and warm-up) or resume, the steps, the saves due on the way and its stop save."""
+    start-up (and warm-up) or resume, the steps and the saves it makes (timemodel.job_saves:
+    those due on the way, its stop save unless it stopped on one, the first job's probe)."""
     wall = plan.wall
-    overhead = wall.startup_s + wall.warmup_s if from_step == 0 else plan.resume_s
+    first = wall.startup_s + plan.compile_s + wall.warmup_s
+    overhead = first if from_step == 0 else plan.resume_s
     interval = plan.checkpoint_interval_steps
-    saves = to_step // interval - from_step // interval + 1
+    saves = job_saves(from_step, to_step, interval, first_job=from_step == 0)
     steps = to_step - from_step
     evals = 0.0
     every = plan.spec.plan.eval_interval_steps

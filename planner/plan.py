@@ -55,6 +55,8 @@ class TimeEstimate:
     evals_s: float
     resumes_s: float  # per extra segment: start-up, checkpoint load and warm-up
     failures_s: float  # expected cost of interruptions: lost work plus restart
+    # workload.compile: every job's compile (the later jobs' is not in resumes_s); 0: eager
+    compile_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,10 @@ class Plan:
     # on what the plan rests on beyond its calibration (planner.plan_limits).
     step_correction: float = 1.0
     notes: tuple[str, ...] = ()
+    # workload.compile: what compiling costs each job that starts (also in resume_s), and
+    # the steps term at the calibration's eager step instead (0.0: eager, or not measured).
+    compile_s: float = 0.0
+    eager_steps_s: float = 0.0
 
     @property
     def gpus(self) -> int:

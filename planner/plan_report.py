@@ -31,6 +31,7 @@ def summary_table(plan: Plan, width: int | None = None) -> str:
         ("checkpoints", wall.checkpoints_s),
         ("evaluation", wall.evals_s),
         ("resumes", wall.resumes_s),
+        ("compile", wall.compile_s),
         ("interruptions", wall.failures_s),
     ]
     why = " + ".join(f"{name} {fmt_duration(s)}" for name, s in terms if s > 0)
@@ -62,6 +63,7 @@ def summary_table(plan: Plan, width: int | None = None) -> str:
         (units.hours, _gpu_hours(plan)),
         ("checkpoint", _checkpoint_text(plan)),
         *_eval_rows(plan),
+        *_compile_rows(plan),
         (
             "interruptions",
             f"job MTBF {fmt_duration(ck.mtbf_s)} ({ck.mtbf_source}); "
@@ -102,6 +104,31 @@ def _eval_rows(plan: Plan) -> list[tuple[str, str]]:
             f"({source})",
         )
     ]
+
+
+def _compile_rows(plan: Plan) -> list[tuple[str, str]]:
+    """workload.compile: what it costs (every job compiles) against what it saves."""
+    if not plan.spec.workload.compile:
+        return []
+    jobs = len(plan.segments)
+    cost = plan.wall.compile_s
+    text = f"{fmt_duration(plan.compile_s)} per job start x {jobs} job(s) = {fmt_duration(cost)}"
+    if plan.eager_steps_s > 0:
+        saved = plan.eager_steps_s - plan.wall.steps_s
+        net = saved - cost
+        gain = f"saves {fmt_duration(saved)}" if saved >= 0 else f"costs {fmt_duration(-saved)}"
+        text += (
+            f"; the steps take {fmt_duration(plan.wall.steps_s)} compiled, "
+            f"{fmt_duration(plan.eager_steps_s)} eager: {gain}, "
+            + (
+                f"net {fmt_duration(net)} faster"
+                if net >= 0
+                else f"net {fmt_duration(-net)} slower"
+            )
+        )
+    else:
+        text += "; the saving is unknown (the calibration timed no eager step)"
+    return [("torch.compile", text)]
 
 
 def options_table(plan: Plan, width: int | None = None) -> str:

@@ -194,6 +194,8 @@ def make_plan(
             )
             if note
         ),
+        compile_s=m.compile_s,
+        eager_steps_s=_eager_steps_s(record, totals, chosen),
     )
 
 
@@ -206,8 +208,13 @@ def check_calibration(spec: RunSpec, record: CalibrationRecord, path: str) -> No
     if record.fingerprint == spec.step_fingerprint():
         return
     ours, theirs = spec.to_dict(), record.spec.to_dict()
-    pairs = [(f"workload.{k}", v, theirs["workload"][k]) for k, v in ours["workload"].items()]
+    pairs = [
+        (f"workload.{k}", v, theirs["workload"][k])
+        for k, v in ours["workload"].items()
+        if k != "compile"
+    ]
     pairs += [
+        ("workload.compile", spec.workload.compile, record.spec.workload.compile),
         ("batch.micro_batch", spec.batch.micro_batch, record.spec.batch.micro_batch),
         ("precision", spec.precision, record.spec.precision),
     ]
@@ -374,16 +381,29 @@ def _counts(candidates: list[_Candidate]) -> str:
 
 def _first_overhead_s(record: CalibrationRecord) -> float:
     """The first job's time beyond its steps and saves: its script, srun and start-up, its
-    warm-up, the probe save that times a save before it can decide when to stop, its exit."""
+    compile (workload.compile) and warm-up, the probe save that times a save before it can
+    decide when to stop, its exit."""
     m = record.measurement
-    return job_overhead_s(m) + m.warmup_extra_s + m.checkpoint_save_s
+    return job_overhead_s(m) + m.compile_s + m.warmup_extra_s + m.checkpoint_save_s
 
 
 def _resume_s(record: CalibrationRecord) -> float:
     """What a job after the first pays beyond its steady steps and saves: its script and srun
-    start a new process, which loads the checkpoint and warms up again, and exits."""
+    start a new process, which loads the checkpoint, compiles (workload.compile) and warms up
+    again, and exits."""
     m = record.measurement
-    return job_overhead_s(m) + m.checkpoint_load_s + m.warmup_extra_s
+    return job_overhead_s(m) + m.checkpoint_load_s + m.compile_s + m.warmup_extra_s
+
+
+def _eager_steps_s(record: CalibrationRecord, totals: Totals, chosen: _Candidate) -> float:
+    """workload.compile: the steps term had the run stayed eager, from the eager step the
+    calibration timed before compiling (0.0 when it timed none). The difference is compute,
+    per micro-batch, so it scales with the chosen node count's accumulation."""
+    m = record.measurement
+    if m.eager_step_s <= 0 or m.compile_s <= 0:
+        return 0.0
+    per_micro_batch = (m.eager_step_s - m.step_mean_s) / record.spec.batch.grad_accum
+    return totals.steps * (chosen.stats.mean_s + per_micro_batch * chosen.grad_accum)
 
 
 def _gpus_per_node(spec: RunSpec) -> int:

@@ -107,6 +107,7 @@ class PlanFacts:
     segment_limits_s: tuple[int, ...]  # each segment's --time
     run_to_run_spread: float | None
     warmup_s: float | None = None  # the calibration's warm-up beyond steady, in resume_s
+    compile_s: float | None = None  # workload.compile: each job's compile, in resume_s
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,7 @@ def read_plan_facts(path: Path) -> PlanFacts | None:
         ),
         run_to_run_spread=_float(spec_plan.get("run_to_run_spread")),
         warmup_s=_float((raw.get("wall") or {}).get("warmup_s")),
+        compile_s=_float(raw.get("compile_s")),
     )
 
 

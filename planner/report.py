@@ -16,6 +16,20 @@ _STOP_TEXT = {
 }
 
 
+def _compile_rows(record: CalibrationRecord) -> list[tuple[str, str]]:
+    m = record.measurement
+    if not record.spec.workload.compile:
+        return []
+    text = f"{fmt_duration(m.compile_s)} per job start (first compiled step and evaluation)"
+    if m.eager_step_s > 0:
+        text += (
+            f"; eager step {fmt_duration(m.eager_step_s)} (median of {m.eager_steps} before "
+            f"compiling), compiled {fmt_duration(m.step_mean_s)}: "
+            f"{m.eager_step_s / m.step_mean_s:.2f}x"
+        )
+    return [("torch.compile", text)]
+
+
 def calibration_table(
     record: CalibrationRecord, path: str | None = None, width: int | None = None
 ) -> str:
@@ -65,18 +79,35 @@ def calibration_table(
             "start-up",
             f"{fmt_duration(m.startup_s)} to the first step"
             + (
-                f" (import {fmt_duration(m.import_s)}, build {fmt_duration(m.build_s)})"
+                f" of a fresh `python -m jobs.train` (this job's own, under submitit: "
+                f"{fmt_duration(m.harness_startup_s)}; import {fmt_duration(m.import_s)}, "
+                f"build {fmt_duration(m.build_s)})"
+                if m.fresh_steps
+                else f" (import {fmt_duration(m.import_s)}, build {fmt_duration(m.build_s)})"
                 if spec.command is None
                 else " (the command's start to its first step's)"
             )
             + (
-                f"; job script and srun {fmt_duration(m.job_start_s)} before it, exit and "
-                f"job end {fmt_duration(m.job_end_s)} after the last step"
-                if m.job_start_s or m.job_end_s
+                f"; job script and srun {fmt_duration(m.job_start_s)} before it"
+                if m.job_start_s
+                else ""
+            )
+            # A local job's is the training entry's exit alone (jobs.fresh_start).
+            + (
+                f"; exit and job end {fmt_duration(m.job_end_s)} after the last step"
+                if m.job_end_s
                 else ""
             ),
         ),
-        ("warm-up", f"{m.warmup_steps} steps, {fmt_duration(m.warmup_extra_s)} beyond steady"),
+        (
+            "warm-up",
+            f"{m.warmup_steps} steps, {fmt_duration(m.warmup_extra_s)} beyond steady"
+            + (
+                f" in the fresh process (this job's own: {fmt_duration(m.harness_warmup_extra_s)})"
+                if m.fresh_steps
+                else ""
+            ),
+        ),
         *[
             (
                 "slowdown",
@@ -85,6 +116,7 @@ def calibration_table(
             )
             for first, last, ratio in m.slowdowns
         ],
+        *_compile_rows(record),
         ("data loading", f"{fmt_percent(m.data_share)} of the steady step"),
         ("peak memory", f"{fmt_bytes(m.peak_memory_bytes)} ({m.memory_kind.replace('_', ' ')})"),
         (
@@ -105,7 +137,12 @@ def calibration_table(
             (
                 "evaluation",
                 f"{fmt_duration(m.eval_s)} for {m.eval_batches} held-out batches of "
-                f"{spec.batch.micro_batch} (forward only, data included)",
+                f"{spec.batch.micro_batch} (forward only, data included)"
+                + (
+                    f"; the second of two, the first {fmt_duration(m.eval_first_s)}"
+                    if m.eval_first_s
+                    else ""
+                ),
             ),
         )
     if path:

@@ -169,11 +169,14 @@ def _resume(
     if resumed:
         # Jobs after the first were seen: their start-up with the load, their warm-up.
         return statistics.median(resumed) + warmup, "run"
-    beyond_startup = max(plan.resume_s - plan.wall.startup_s, 0.0)  # load and warm-up
+    # load, compile (workload.compile) and warm-up
+    beyond_startup = max(plan.resume_s - plan.wall.startup_s, 0.0)
     if fresh:
         loads = [t.load_s for t in timings if t.load_s is not None]
         if loads:
-            return statistics.median(fresh) + statistics.median(loads) + plan.wall.warmup_s, "run"
+            # A compiled run's compile comes with its first step, after first_step_begin.
+            planned = plan.wall.warmup_s + plan.compile_s
+            return statistics.median(fresh) + statistics.median(loads) + planned, "run"
         return statistics.median(fresh) + beyond_startup, "run, with the plan's load and warm-up"
     notes.append(
         "no job's start is known from Slurm: the resume cost is the plan's start-up, checkpoint "

@@ -92,6 +92,7 @@ def train_config(plan: Plan, run_dir: Path, workdir: Path, run_id: str = "") -> 
         run_id=run_id,
         eval_interval_steps=spec.plan.eval_interval_steps or 0,
         eval_batches=spec.plan.eval_batches,
+        compile=spec.workload.compile,
         **_command_fields(plan, workdir),
     )
 

@@ -38,6 +38,8 @@ class WorkloadSpec:
     preset: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
     function: str | None = None  # "module:function" for a user workload
+    # torch.compile the model (nn.Module.compile) in the calibration and the training alike.
+    compile: bool = False
 
     @property
     def builder_path(self) -> str:
@@ -171,6 +173,9 @@ class RunSpec:
         out = asdict(self)
         out.pop("source")
         out["workload"]["overrides"] = dict(self.workload.overrides)
+        if not self.workload.compile:
+            # Records and step fingerprints written before workload.compile read the same.
+            out["workload"].pop("compile")
         if self.command is None:
             out.pop("command")  # records written before commands existed read the same
         else:
@@ -360,8 +365,9 @@ def _workload(sec: Section) -> WorkloadSpec:
         name = sec.string("name", "custom")
         preset = sec.string("preset", "default")
         overrides = sec.mapping("overrides")
+        compile_ = _compile(sec)
         sec.done()
-        return WorkloadSpec(name, preset, overrides, function)
+        return WorkloadSpec(name, preset, overrides, function, compile_)
     name = sec.choice("name", sorted(BUILTIN))
     builtin = BUILTIN[name]
     preset = sec.choice("preset", sorted(builtin.presets))
@@ -384,8 +390,16 @@ def _workload(sec: Section) -> WorkloadSpec:
         builtin.resolve(preset, overrides)
     except (TypeError, ValueError) as exc:
         raise sec.error("overrides", overrides, str(exc)) from exc
+    compile_ = _compile(sec)
     sec.done()
-    return WorkloadSpec(name, preset, overrides, None)
+    return WorkloadSpec(name, preset, overrides, None, compile_)
+
+
+def _compile(sec: Section) -> bool:
+    value = sec.get("compile", False)
+    if not isinstance(value, bool):
+        raise sec.error("compile", value, "expected true or false")
+    return value
 
 
 def _data(sec: Section) -> DataSpec:

@@ -11,11 +11,14 @@ Wall time, P50 (step = the P50 optimizer step at the node count, planner.scaling
                                                           (job_start_s), the process's start-
                                                           up, its exit and the job's end
                                                           (job_end_s): job_overhead_s
-    + (ceil(total_steps / interval) + k) x save_s         periodic saves, a save per segment
-                                                          end, and the first job's probe save
+    + (ceil(total_steps / interval) + k) x save_s         saves as jobs.train makes them
+                                                          (run_saves): every interval and at
+                                                          the last step, one per segment end,
+                                                          and the first job's probe save
     + floor(total_steps / eval_interval) x eval_s         eval_s: plan.eval_s, else the
                                                           calibration's, per held-out batch
     + (k - 1) x (startup + checkpoint_load_s + warmup_extra)   resuming segments 2..k
+    + k x compile_s                                       workload.compile: every job compiles
     + failures: (the sum above / MTBF) x ((tau + save_s) / 2 + resume), resume as above
 P95 = P50 + 1.645 sigma, where sigma adds in quadrature
     the calibration's uncertainty of the mean, ci_half_width / 1.96 (systematic: every step),
@@ -153,6 +156,33 @@ def eval_seconds(spec: RunSpec, m: Measurement, calibration_path: str = "--calib
     return m.eval_s / m.eval_batches * plan.eval_batches
 
 
+def job_saves(from_step: int, to_step: int, interval: int, first_job: bool) -> int:
+    """The saves one Slurm job of jobs.train makes training from ``from_step`` to ``to_step``.
+
+    jobs.train saves after every step that is a multiple of the interval and after the run's
+    last step, and a job that stops before the end (its signal, its stop time) saves the step
+    it stopped at unless that step was just saved: so one save per multiple of the interval
+    passed, and one more when ``to_step`` is not a multiple. The first job of a run also
+    writes (and deletes) a probe save before its first step: it is given a stop time
+    ($PLANJOB_STOP_AT, which every emitted segment sets) and needs a save time to honour it,
+    and no earlier job of the run has timed one. A direct ``python -m jobs.train`` without a
+    stop time makes no probe: the plan models the Slurm segment.
+    """
+    if to_step <= from_step:
+        return 1 if first_job else 0  # the probe comes before the (first) step
+    periodic = to_step // interval - from_step // interval
+    last = 0 if to_step % interval == 0 else 1
+    return periodic + last + (1 if first_job else 0)
+
+
+def run_saves(total_steps: int, interval: int, segments: int) -> int:
+    """Saves of a run of ``segments`` jobs: ceil(total / interval) (the multiples of the
+    interval and the last step, saved once when it is a multiple), one at each of the first
+    segments - 1 jobs' stops (a stop that lands on a multiple is rare: not modelled) and the
+    first job's probe."""
+    return -(-total_steps // interval) + segments - 1 + 1
+
+
 def estimate_time(
     spec: RunSpec,
     m: Measurement,
@@ -164,9 +194,7 @@ def estimate_time(
     eval_s: float = 0.0,
 ) -> TimeEstimate:
     steps_s = totals.steps * step.mean_s
-    # The first job also writes (and deletes) one probe save: it needs the save time to know
-    # when to stop before its limit, and has no earlier save of the run to take it from.
-    saves = -(-totals.steps // checkpoint.interval_steps) + segments - 1 + 1
+    saves = run_saves(totals.steps, checkpoint.interval_steps, segments)
     evals_s = 0.0
     if spec.plan.eval_interval_steps:
         evals_s = totals.steps // spec.plan.eval_interval_steps * eval_s
@@ -176,7 +204,9 @@ def estimate_time(
         "steps_s": steps_s,
         "checkpoints_s": saves * checkpoint.save_s,
         "evals_s": evals_s,
-        "resumes_s": (segments - 1) * resume_s,
+        # resume_s holds a later job's compile: it is shown with the first job's.
+        "resumes_s": (segments - 1) * (resume_s - m.compile_s),
+        "compile_s": segments * m.compile_s,
     }
     before_failures = sum(terms.values())
     per_failure = (checkpoint.interval_s + checkpoint.save_s) / 2 + resume_s

@@ -96,10 +96,11 @@ def test_calibration_plan_and_outcomes_round_trip(tmp_path: Path) -> None:
     assert [tuple(c) for c in calibrations] == [("plan-test", "jit:tiny")]
     assert len(outcomes) == 5
     first = outcomes[0]
-    # Job 11: start-up 100 s and warm-up 20 s, 950 steps of 1.06 s, saves at 100..900 and
-    # its stop save (10 x 60 s): 1727 s predicted, 1567 s elapsed.
+    # Job 11: start-up 100 s and warm-up 20 s, 950 steps of 1.06 s, saves at 100..900, its
+    # stop save at 950 and, being the first job, its probe save (11 x 60 s): 1787 s
+    # predicted, 1567 s elapsed.
     assert (first["job_id"], first["state"], first["steps"]) == ("11", "NODE_FAIL", 950)
-    assert first["predicted_s"] == pytest.approx(100 + 20 + 950 * 1.06 + 10 * 60)
+    assert first["predicted_s"] == pytest.approx(100 + 20 + 950 * 1.06 + 11 * 60)
     # Its steps, from its progress lines: 1.06 s each, the model's 1.06 s step.
     assert (first["step_s"], first["model_step_s"]) == pytest.approx((1.06, 1.06))
     assert [o["predicted_s"] for o in outcomes[1:]] == [None] * 4  # never ran
@@ -108,7 +109,7 @@ def test_calibration_plan_and_outcomes_round_trip(tmp_path: Path) -> None:
     assert history_correction.step_biases("jit:tiny", "gpu", 2, db) == []
     text = history_text(db, width=200)  # wide: the row on one line (tests/test_table_width.py)
     assert "950/3,907  26 min 07 s so far" in text
-    assert "0.91" in text and "none (< 2 jobs)" in text and "plan-test" in text
+    assert "0.88" in text and "none (< 2 jobs)" in text and "plan-test" in text
 
 
 def test_recent_outcomes_beat_old_ones(tmp_path: Path) -> None:

@@ -1,0 +1,180 @@
+"""The time model's fixed terms against what the training entry really does: the saves it
+makes, the evaluation it pays, its start-up and warm-up. CPU, tiny presets, real runs."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobs import train
+from jobs.workloads import jit
+from jobs.workloads.base import Workload, WorkloadConfig
+from planner.timemodel import job_saves, run_saves
+from tests.test_train import REPO, env, events, make_config, run_in_process
+
+
+def _count_probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The probe saves of the jobs run in this process (the probe leaves no file or event)."""
+    probes: list[int] = []
+    real = train.Run._probe_save
+
+    def counted(self: train.Run) -> float:
+        probes.append(self.saved_step)
+        return real(self)
+
+    monkeypatch.setattr(train.Run, "_probe_save", counted)
+    return probes
+
+
+@pytest.mark.parametrize(
+    ("interval", "saved_at"),
+    [
+        # 12 steps, a save every 4: 4, 8 and 12, the last step being a multiple (no extra).
+        (4, [4, 8, 12]),
+        # every 5: 5, 10 and the last step, 12: ceil(12 / 5) = 3 as well.
+        (5, [5, 10, 12]),
+    ],
+)
+def test_one_job_saves_as_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: int, saved_at: list[int]
+) -> None:
+    probes = _count_probes(monkeypatch)
+    config = make_config(tmp_path, "jit", checkpoint_interval_steps=interval)
+    # A stop time, as every emitted segment has ($PLANJOB_STOP_AT): the job probes one save.
+    assert run_in_process(config, stop_at=time.time() + 3600) == train.EXIT_OK
+    made = [e["step"] for e in events(tmp_path, "checkpoint")]
+    assert made == saved_at
+    assert probes == [0]
+    # The plan's count: 3 saves + the probe = 4, for the job and for the one-job run.
+    assert job_saves(0, 12, interval, first_job=True) == len(made) + len(probes) == 4
+    assert run_saves(12, interval, segments=1) == 4
+
+
+def test_without_a_stop_time_no_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A direct `python -m jobs.train` with neither --stop-at nor $PLANJOB_STOP_AT: 3 saves,
+    # no probe. A benchmark comparing with the plan must give its run a stop time.
+    probes = _count_probes(monkeypatch)
+    config = make_config(tmp_path, "jit", checkpoint_interval_steps=5)
+    assert run_in_process(config) == train.EXIT_OK
+    assert len(events(tmp_path, "checkpoint")) == 3 and probes == []
+
+
+def test_two_jobs_save_as_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    probes = _count_probes(monkeypatch)
+    # Steps of 0.25 s against a stop time 3.5 s away: the first job stops part-way.
+    config = make_config(
+        tmp_path, "jit", slow="slower", stop_lead_s=1.0, checkpoint_interval_steps=4
+    )
+    assert run_in_process(config, time.time() + 3.5) == train.EXIT_OK
+    stopped = events(tmp_path, "stop")[-1]["step"]
+    assert 0 < stopped < 12
+    first: list[Any] = [e["step"] for e in events(tmp_path, "checkpoint")]
+    assert run_in_process(config, time.time() + 3600) == train.EXIT_OK
+    second = [e["step"] for e in events(tmp_path, "checkpoint")][len(first) :]
+    # The second job reads the first one's save time from the progress file: no probe.
+    assert probes == [0]
+    assert len(first) + 1 == job_saves(0, stopped, 4, first_job=True)
+    assert len(second) == job_saves(stopped, 12, 4, first_job=False)
+    if stopped % 4:
+        # e.g. a stop at 6: 4 and 6, then 8 and 12; the plan's 2 jobs: ceil(12 / 4) + 1 stop
+        # save + the probe = 5 = 2 + 2 + the probe.
+        assert run_saves(12, 4, segments=2) == len(first) + len(second) + 1
+
+
+# --- evaluation, start-up, warm-up and exit, as a training job pays them ---------------------
+
+FIRST_PROCESS_MARK = "PLANJOB_TEST_FIRST_PROCESS_MARK"
+
+
+def first_use_jit(config: WorkloadConfig) -> Workload:
+    """The tiny JiT with the costs a new process pays, in sleeps a reader can add up: every
+    process's first step 0.3 s (a kernel's first use), the first process's on this "node" 0.5 s
+    more (a cold page cache); the first evaluation 0.3 s; the exit 0.4 s."""
+    workload = jit.build(config)
+    step, evaluate = workload.train_step, workload.eval_step
+    assert evaluate is not None
+    paid = {"step": False, "eval": False}
+
+    def train_step(batch: Any) -> Any:
+        if not paid["step"]:
+            paid["step"] = True
+            time.sleep(0.3)
+            mark = Path(os.environ[FIRST_PROCESS_MARK])
+            if not mark.exists():
+                mark.touch()
+                time.sleep(0.5)
+        return step(batch)
+
+    def eval_step(batch: Any) -> Any:
+        if not paid["eval"]:
+            paid["eval"] = True
+            time.sleep(0.3)
+        return evaluate(batch)
+
+    atexit.register(time.sleep, 0.4)
+    workload.train_step, workload.eval_step = train_step, eval_step
+    return workload
+
+
+_CALIBRATE_LATE = """
+import dataclasses, json, sys, time
+time.sleep(5.0)  # what submitit does before the harness runs: its start, the unpickling
+from jobs import harness
+from jobs.measurement import CalibrationRequest
+m = harness.calibrate(CalibrationRequest(**json.loads(sys.argv[1])))
+print(json.dumps(dataclasses.asdict(m)))
+"""
+
+
+def test_start_up_warm_up_exit_and_evaluation_as_a_job_pays_them(tmp_path: Path) -> None:
+    request = {
+        "builder_path": "tests.test_fixed_terms:first_use_jit",
+        "workload_name": "jit",
+        "preset": "tiny",
+        "overrides": {},
+        "micro_batch": 2,
+        "grad_accum": 1,
+        "precision": "fp32",
+        "device": "cpu",
+        "seed": 0,
+        "min_steps": 10,
+        "max_steps": 40,
+        "max_seconds": 3.0,
+        "target_ci": 0.2,
+        "scratch_dir": str(tmp_path / "probe"),
+        "eval_batches": 3,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _CALIBRATE_LATE, json.dumps(request)],
+        cwd=REPO,
+        env=env(**{FIRST_PROCESS_MARK: str(tmp_path / "node-touched")}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Start-up: the calibration process waited 5 s before calibrating, which its own figure
+    # counts; the training entry it started (python -m jobs.train) has no such wait.
+    assert m["harness_startup_s"] >= 5.0 > m["startup_s"] > 0
+    assert m["fresh_steps"] >= 6  # at least the first step and 5 steady ones after it
+    # Warm-up: the calibration process's first step paid 0.3 + 0.5 s; a new process pays the
+    # 0.3 s only (the 0.5 s is the node's first process's). The plan takes the latter. (Each
+    # give or take the few milliseconds the other warm-up steps are off the steady mean.)
+    assert m["harness_warmup_extra_s"] > 0.7
+    assert 0.25 < m["warmup_extra_s"] < 0.7
+    # Evaluation: the first paid 0.3 s more than three forward passes; the second is what
+    # each of a run's evaluations costs.
+    assert m["eval_first_s"] >= 0.3 > m["eval_s"] > 0
+    # Exit: the training entry's 0.4 s after its last line, in the job's end until a Slurm
+    # job's script says otherwise.
+    assert m["job_end_s"] >= 0.4
