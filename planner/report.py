@@ -108,14 +108,7 @@ def calibration_table(
                 else ""
             ),
         ),
-        *[
-            (
-                "slowdown",
-                f"steps {first}-{last} ran x{ratio:.2f} the median (noise such as a load "
-                "spike, not warm-up): kept in the steady mean, widening its CI",
-            )
-            for first, last, ratio in m.slowdowns
-        ],
+        *_slowdown_rows(m.slowdowns),
         *_compile_rows(record),
         ("data loading", f"{fmt_percent(m.data_share)} of the steady step"),
         ("peak memory", f"{fmt_bytes(m.peak_memory_bytes)} ({m.memory_kind.replace('_', ' ')})"),
@@ -167,3 +160,34 @@ def _weak_rows(ci: float, target: float) -> list[tuple[str, str]]:
             "longer (--max-seconds, calibration.max_steps) or on a quieter node",
         )
     ]
+
+
+# More slow stretches than this are summed up in one row: a machine that busy has said so.
+_MAX_SLOWDOWN_ROWS = 3
+
+
+def _slowdown_rows(slowdowns: tuple[tuple[int, int, float], ...]) -> list[tuple[str, str]]:
+    rows = []
+    for first, last, ratio in slowdowns[:_MAX_SLOWDOWN_ROWS]:
+        if first == 1:
+            # MSER found no warm-up to cut: the noise after this stretch hides where one ends.
+            why = "at the start, not told apart from the noise after it"
+        else:
+            why = "noise such as a load spike, not warm-up"
+        rows.append(
+            (
+                "slowdown",
+                f"steps {first}-{last} ran x{ratio:.2f} the median ({why}): kept in the steady "
+                "mean, widening its CI",
+            )
+        )
+    rest = slowdowns[_MAX_SLOWDOWN_ROWS:]
+    if rest:
+        rows.append(
+            (
+                "slowdown",
+                f"{len(rest)} more slow stretch(es), steps {rest[0][0]}-{rest[-1][1]}, up to "
+                f"x{max(r for _, _, r in rest):.2f} the median",
+            )
+        )
+    return rows

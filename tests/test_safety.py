@@ -260,3 +260,14 @@ def test_a_calibration_far_off_its_ci_target_widens_the_p95() -> None:
     assert fair.notes == ()
     assert fair.wall.sigma_s == pytest.approx(math.hypot(0.039 / 1.96, 0.02) * fair.wall.steps_s)
     assert "warning" not in calibration_table(record_for(spec, step_ci_half_s=0.039))
+
+
+def test_many_slowdowns_are_summed_up_and_one_at_the_start_is_not_called_a_spike() -> None:
+    from planner.report import calibration_table
+
+    stretches = ((1, 20, 6.1), (26, 40, 2.69), (56, 65, 7.84), (151, 160, 4.67), (246, 255, 13.9))
+    table = " ".join(calibration_table(record_for(spec_with(), slowdowns=stretches)).split())
+    assert "steps 1-20 ran x6.10 the median (at the start, not told apart" in table
+    assert "steps 26-40 ran x2.69 the median (noise such as a load spike" in table
+    assert "steps 151-160" not in table  # past the third: summed up
+    assert "2 more slow stretch(es), steps 151-255, up to x13.90 the median" in table
