@@ -156,7 +156,7 @@ def spec_for(config: Config, samples: int, steps: int | None = None) -> dict[str
 
 def run_config(config: Config, folder: Path, env: dict[str, str]) -> RunResult:
     """calibrate -> plan -> emit -> submit -> wait -> sacct, in ``folder``."""
-    from planner.record import load_record
+    from planner.calibration.record import load_record
 
     folder.mkdir(parents=True)
     # A history of its own: corrections learnt from earlier runs must not change this plan.

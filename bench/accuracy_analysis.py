@@ -10,7 +10,7 @@ from typing import Any
 
 from bench.accuracy_slurm import JobRecord
 from jobs.progress import read_progress
-from planner.record import CalibrationRecord
+from planner.calibration.record import CalibrationRecord
 
 METHODS = (("plan-job P50", "p50_s"), ("method 1", "method1_s"), ("FLOP estimate", "flops_s"))
 # The plan with its steps term at the step time the run saw instead of the calibrated one:

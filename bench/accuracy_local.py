@@ -66,7 +66,7 @@ from bench.accuracy_report import report  # noqa: E402
 from bench.accuracy_slurm import JobRecord  # noqa: E402
 
 CLI_TIMEOUT_S = 600
-# A segment's prologue sets its stop time this long before the job's end (planner.scripts).
+# A segment's prologue sets its stop time this long before the job's end (planner.runs.emit).
 STOP_MARGIN_S = 20
 TARGETS = "targets on a GPU: plan-job median |error| <= 2%, max <= 5%; every run inside its --time"
 
@@ -143,7 +143,7 @@ def spec_for(config: LocalConfig, gpu: bool, samples: int, steps: int | None = N
 
 def run_config(config: LocalConfig, gpu: bool, folder: Path, env: dict[str, str]) -> RunResult:
     """calibrate -> plan -> emit -> python -m jobs.train with a stop time, in ``folder``."""
-    from planner.record import load_record
+    from planner.calibration.record import load_record
 
     folder.mkdir(parents=True)
     # A history of its own: corrections learnt from earlier runs must not change this plan.

@@ -23,7 +23,7 @@ PLAN_JOB = Path(sys.executable).parent / "plan-job"
 
 
 def main() -> None:
-    from planner.record import load_record
+    from planner.calibration.record import load_record
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from jobs.measurement import STOP_REASONS
-from planner.record import CalibrationRecord, load_record
+from planner.calibration.record import CalibrationRecord, load_record
 
 REPO = Path(__file__).resolve().parent.parent
 PLAN_JOB = Path(sys.executable).parent / "plan-job"

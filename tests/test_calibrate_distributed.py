@@ -207,7 +207,7 @@ def test_new_fields_read_back_from_yaml_and_old_records_load() -> None:
     pairs = ((250, 1e-4), (1000, 2e-4), (4000, 5e-4))
     fields = {"nodes": 2, "ranks": 8, "tasks_per_node": 4, "backend": "nccl"}
     m = Measurement(**old, **fields, allreduce_times=pairs)
-    text = yaml.safe_dump(dataclasses.asdict(m))  # as planner.record writes it
+    text = yaml.safe_dump(dataclasses.asdict(m))  # as planner.calibration.record writes it
     read = yaml.safe_load(text)
     assert read["allreduce_times"] == [list(pair) for pair in pairs]  # YAML has no tuples
     back = Measurement(**read)

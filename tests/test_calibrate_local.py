@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.record import load_record
+from planner.calibration.record import load_record
 from tests.cli_helpers import (
     PLAN_JOB,
     REPO,

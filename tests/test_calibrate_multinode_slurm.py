@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from planner.record import load_record
+from planner.calibration.record import load_record
 from tests.cli_helpers import TINY_JIT, cli_env, run_cli, write_spec
 from tests.slurm_cluster import SlurmCluster
 from tests.test_calibrate_slurm import squeue

@@ -349,7 +349,7 @@ def test_an_unchanged_trainer_script_calibrates_from_its_checkpoint_folders(
 
     import yaml
 
-    from planner.record import load_record
+    from planner.calibration.record import load_record
     from tests.cli_helpers import REPO, run_cli
 
     example = REPO / "examples" / "user_train_hf.py"

@@ -16,11 +16,11 @@ import yaml
 from jobs.command_fields import render
 from jobs.progress import ProgressWriter, read_progress
 from jobs.train_config import TrainConfig
-from planner.calibrate import build_request
+from planner.calibration.calibrate import build_request
 from planner.errors import SpecError
-from planner.run_state import newest_logged_checkpoint
-from planner.scripts import EmitOptions, emit
-from planner.spec import COMMAND_WORKLOAD, RunSpec, load_spec, parse_spec
+from planner.followup.state import newest_logged_checkpoint
+from planner.runs.emit import EmitOptions, emit
+from planner.spec.run_spec import COMMAND_WORKLOAD, RunSpec, load_spec, parse_spec
 from tests.cli_helpers import run_cli, write_spec
 from tests.test_emit import HOSTILE
 from tests.test_planning import SPEC, plan_for, record_for
@@ -203,8 +203,8 @@ def test_params_unreported_keeps_the_plan_to_the_nodes_asked(tmp_path: Path) -> 
 
 
 def test_history_and_calibration_table_name_the_command(tmp_path: Path) -> None:
-    from planner.history import workload_key
-    from planner.report import calibration_table
+    from planner.calibration.report import calibration_table
+    from planner.history.database import workload_key
 
     spec = command_spec()
     assert workload_key(spec) == f"command:{RUN}"

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from planner.chain import NotARunFolderError, planned_commands
 from planner.errors import SpecError
-from planner.plan import Plan
-from planner.scripts import (
+from planner.model.plan import Plan
+from planner.runs.chain import NotARunFolderError, planned_commands
+from planner.runs.emit import (
     EmitOptions,
     RunFolderExistsError,
     emit,

@@ -24,14 +24,14 @@ import yaml
 
 from jobs.progress import ProgressWriter
 from jobs.stats import mser_truncation, t_quantile_975
-from planner import eta as estimator
-from planner import eta_report
-from planner.chain import SubmittedJob
 from planner.errors import BadInputError
-from planner.progress_sources import load_progress, load_source
-from planner.scripts import EmitOptions, emit
+from planner.eta import estimate as estimator
+from planner.eta import report as eta_report
+from planner.eta.source import load_progress, load_source
+from planner.runs.chain import SubmittedJob
+from planner.runs.emit import EmitOptions, emit
 from planner.shell import CommandResult
-from planner.slurm_jobs import (
+from planner.slurm.queue import (
     UnknownJobError,
     find_job,
     job_from_scontrol,

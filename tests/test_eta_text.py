@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from planner import eta as estimator
 from planner.clock import moment_text, short_moment_text
-from planner.eta_report import eta_table
-from planner.progress_sources import load_source
+from planner.eta import estimate as estimator
+from planner.eta.report import eta_table
+from planner.eta.source import load_source
 from tests.cli_helpers import cli_env, run_cli
 from tests.test_eta import T0, Log, wobble
 

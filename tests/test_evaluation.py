@@ -16,8 +16,8 @@ from jobs import harness, runtime, train
 from jobs.measurement import CalibrationFailed, CalibrationRequest
 from jobs.progress import ProgressWriter
 from jobs.workloads.base import WorkloadConfig
-from planner.record import load_record, save_record
-from planner.scripts import train_config
+from planner.calibration.record import load_record, save_record
+from planner.runs.emit import train_config
 from tests.fixtures.user_workloads import linear_regression
 from tests.test_planning import plan_for, record_for, spec_with
 from tests.test_train import events, final_model, make_config, run_in_process

@@ -17,7 +17,7 @@ import pytest
 from jobs import train
 from jobs.workloads import jit
 from jobs.workloads.base import Workload, WorkloadConfig
-from planner.timemodel import job_saves, run_saves
+from planner.model.timemodel import job_saves, run_saves
 from tests.test_train import REPO, env, events, make_config, run_in_process
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from planner import history, history_correction
-from planner.history_report import history_text
-from planner.record import save_record
-from planner.run_state import inspect_run
+from planner.calibration.record import save_record
+from planner.followup.state import inspect_run
+from planner.history import correction as history_correction
+from planner.history import database as history
+from planner.history.report import history_text
 from tests.cli_helpers import cli_env, run_cli, write_spec
 from tests.run_folders import FakeSlurm, accounted, stopped_folder
 from tests.test_planning import SPEC, plan_for, record_for, spec_with

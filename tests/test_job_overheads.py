@@ -15,8 +15,8 @@ import pytest
 from jobs import harness, train
 from jobs.measurement import JOB_START_ENV, Measurement
 from jobs.progress import ProgressWriter
-from planner.calibrate import with_job_end
-from planner.submission import make_executor
+from planner.calibration.calibrate import with_job_end
+from planner.slurm.submission import make_executor
 from tests.test_planning import MEASUREMENT, partition, plan_for, record_for, spec_with
 from tests.test_train import events, make_config, run_in_process
 

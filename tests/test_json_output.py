@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from planner import history
+from planner.history import database as history
 from tests.cli_helpers import run_cli
 from tests.test_history import add_outcomes, recorded_run
 from tests.test_planning import record_for, spec_with

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from planner.errors import SpecError
-from planner.submission import count_local_gpus, local_gpu_parameters, make_executor
+from planner.slurm.submission import count_local_gpus, local_gpu_parameters, make_executor
 from tests.test_planning import spec_with
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from planner.errors import CommandError, SlurmUnavailableError, SpecError
-from planner.partition import (
+from planner.shell import CommandResult
+from planner.slurm.partition import (
     PartitionLimits,
     gres_gpu_count,
     parse_scontrol_partitions,
@@ -16,7 +17,6 @@ from planner.partition import (
     parse_slurm_duration,
     read_partition,
 )
-from planner.shell import CommandResult
 from tests.slurm_cluster import SlurmCluster
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

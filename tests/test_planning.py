@@ -17,22 +17,22 @@ import pytest
 import yaml
 
 from jobs.measurement import Measurement
+from planner.calibration.record import CalibrationRecord, JobInfo, make_record
 from planner.errors import BadInputError, SpecError
-from planner.interval import daly_interval_s, expected_overhead, job_mtbf, young_interval_s
-from planner.partition import PartitionLimits
-from planner.plan import (
+from planner.model.interval import daly_interval_s, expected_overhead, job_mtbf, young_interval_s
+from planner.model.plan import (
     BatchSplitError,
     CalibrationMismatchError,
     DeadlineError,
     PartitionLimitError,
     Plan,
 )
-from planner.plan_report import plan_table
-from planner.planning import make_plan
-from planner.record import CalibrationRecord, JobInfo, make_record
-from planner.scaling import RingAllReduce, efficiency, grad_accum_for
-from planner.spec import RunSpec, parse_spec
-from planner.timemodel import count_work
+from planner.model.planning import make_plan
+from planner.model.report import plan_table
+from planner.model.scaling import RingAllReduce, efficiency, grad_accum_for
+from planner.model.timemodel import count_work
+from planner.slurm.partition import PartitionLimits
+from planner.spec.run_spec import RunSpec, parse_spec
 from planner.units import slurm_minutes
 
 Z95 = 1.6448536269514722

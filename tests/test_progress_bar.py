@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from planner import eta_report
-from planner.progress_bar import Progress, bar_key, bar_text, follow, run_progress
-from planner.scripts import EmitOptions, emit
-from planner.status_line import StatusLine
+from planner.cli.status_line import StatusLine
+from planner.eta import report as eta_report
+from planner.eta.progress_bar import Progress, bar_key, bar_text, follow, run_progress
+from planner.runs.emit import EmitOptions, emit
 from tests.cli_helpers import PLAN_JOB, cli_env, paced_spec, run_cli, write_spec
 from tests.slurm_cluster import SlurmCluster
 from tests.test_chain_slurm import wait_for_chain

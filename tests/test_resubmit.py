@@ -19,17 +19,17 @@ import torch
 import yaml
 
 from jobs.progress import read_progress
-from planner.accounting import (
+from planner.eta.source import load_progress, load_source
+from planner.followup.resubmit import RefusedError, planned_commands, prepare, record
+from planner.followup.state import inspect_run, newest_checkpoint
+from planner.followup.tighten import plan_tightening
+from planner.runs.plan_file import EmitSettings, load_emit_settings, save_emit_settings
+from planner.slurm.accounting import (
     infer_outcome,
     job_outcomes,
     outcome_from_scontrol,
     parse_sacct_outcomes,
 )
-from planner.plan_file import EmitSettings, load_emit_settings, save_emit_settings
-from planner.progress_sources import load_progress, load_source
-from planner.resubmit import RefusedError, planned_commands, prepare, record
-from planner.run_state import inspect_run, newest_checkpoint
-from planner.tighten import plan_tightening
 from tests.cli_helpers import PACE_S, cli_env, run_cli, write_spec
 from tests.cli_helpers import paced_spec as shared_paced_spec
 from tests.run_folders import FakeSlurm, accounted, running_folder, stopped_folder

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from planner.scripts import EmitOptions, emit
+from planner.runs.emit import EmitOptions, emit
 from tests.cli_helpers import run_cli
 from tests.run_folders import stopped_folder
 from tests.test_eta import STEP_S, Log

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from planner.record import load_record, save_record
-from planner.record_checks import RecordFieldError
-from planner.run_folder import MARKER, read_marker
+from planner.calibration.record import load_record, save_record
+from planner.calibration.record_checks import RecordFieldError
+from planner.runs.run_folder import MARKER, read_marker
 from tests.cli_helpers import TINY_JIT, cli_env, run_cli, write_spec
 from tests.test_planning import SPEC, record_for, spec_with
 
@@ -196,7 +196,7 @@ def test_a_hand_edited_record_is_refused_naming_the_field(
 
 
 def test_a_recorded_slowdown_is_shown_as_noise(tmp_path: Path) -> None:
-    from planner.report import calibration_table
+    from planner.calibration.report import calibration_table
 
     record = record_for(spec_with(), slowdowns=((41, 85, 1.99),))
     save_record(record, tmp_path / "cal.yaml")
@@ -241,7 +241,7 @@ def test_the_cli_says_the_plan_kept_to_the_calibrated_nodes(project: Path) -> No
 def test_a_calibration_far_off_its_ci_target_widens_the_p95() -> None:
     import math
 
-    from planner.report import calibration_table
+    from planner.calibration.report import calibration_table
     from tests.test_planning import plan_for
 
     spec = spec_with(plan__max_nodes=1, plan__run_to_run_spread=0.02)
@@ -263,7 +263,7 @@ def test_a_calibration_far_off_its_ci_target_widens_the_p95() -> None:
 
 
 def test_many_slowdowns_are_summed_up_and_one_at_the_start_is_not_called_a_spike() -> None:
-    from planner.report import calibration_table
+    from planner.calibration.report import calibration_table
 
     stretches = ((1, 20, 6.1), (26, 40, 2.69), (56, 65, 7.84), (151, 160, 4.67), (246, 255, 13.9))
     table = " ".join(calibration_table(record_for(spec_with(), slowdowns=stretches)).split())

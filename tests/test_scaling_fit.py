@@ -20,12 +20,12 @@ import pytest
 import yaml
 
 from jobs.measurement import Measurement
-from planner.calibrate import CalibrationRun, calibration_runs, check_node_counts
+from planner.calibration.calibrate import CalibrationRun, calibration_runs, check_node_counts
+from planner.calibration.record import JobInfo, load_record, make_record, save_record
 from planner.errors import BadInputError, SpecError
-from planner.plan_report import options_table, plan_table
-from planner.record import JobInfo, load_record, make_record, save_record
-from planner.scaling import RingAllReduce
-from planner.scaling_fit import (
+from planner.model.report import options_table, plan_table
+from planner.model.scaling import RingAllReduce
+from planner.model.scaling_fit import (
     MeasuredScaling,
     ScalingPoint,
     extrapolation,
@@ -33,8 +33,8 @@ from planner.scaling_fit import (
     make_section,
     measured_scaling,
 )
-from planner.spec import parse_spec
-from planner.submission import make_executor
+from planner.slurm.submission import make_executor
+from planner.spec.run_spec import parse_spec
 from tests.cli_helpers import TINY_JIT, run_cli, write_spec
 from tests.test_planning import MEASUREMENT, SPEC, partition, plan_for, spec_with
 
@@ -430,7 +430,7 @@ class FakeRunner:
         self.job = job
 
     def wait(self) -> Any:
-        from planner.submission import Finished
+        from planner.slurm.submission import Finished
 
         job, ranks = self.job, self.job.nodes * self.job.tasks
         expected = point(job.nodes, 1.06, tasks=job.tasks)
@@ -452,7 +452,7 @@ class FakeRunner:
 
 
 def fake_slurm(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, str]]:
-    from planner import calibrate as calibration
+    from planner.calibration import calibrate as calibration
 
     submitted: list[tuple[int, int, str]] = []
 
@@ -477,7 +477,7 @@ def fake_slurm(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, str]]:
 def test_calibrate_runs_one_job_per_node_count(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from planner.calibrate import calibrate
+    from planner.calibration.calibrate import calibrate
 
     submitted = fake_slurm(monkeypatch)
     spec = spec_with(calibration={"executor": "slurm", "nodes": [2, 1]})
@@ -505,7 +505,7 @@ def test_calibrate_runs_one_job_per_node_count(
 def test_a_job_that_did_not_run_data_parallel_fails(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from planner.calibrate import calibrate
+    from planner.calibration.calibrate import calibrate
     from planner.errors import JobFailedError
 
     fake_slurm(monkeypatch)

@@ -15,19 +15,19 @@ from pathlib import Path
 import pytest
 from tabulate import tabulate
 
-from planner import eta as estimator
-from planner import history
-from planner.chain import SubmittedJob
-from planner.eta_report import eta_table
-from planner.history_report import history_text
-from planner.plan_report import plan_table
-from planner.progress_sources import load_source
-from planner.report import calibration_table, scaling_table
-from planner.resubmit import prepare
-from planner.run_report import jobs_table, resubmission_text, tighten_text
-from planner.run_state import inspect_run
+from planner.calibration.report import calibration_table, scaling_table
+from planner.eta import estimate as estimator
+from planner.eta.report import eta_table
+from planner.eta.source import load_source
+from planner.followup.report import jobs_table, resubmission_text, tighten_text
+from planner.followup.resubmit import prepare
+from planner.followup.state import inspect_run
+from planner.followup.tighten import plan_tightening
+from planner.history import database as history
+from planner.history.report import history_text
+from planner.model.report import plan_table
+from planner.runs.chain import SubmittedJob
 from planner.textwidth import fit_table, output_width
-from planner.tighten import plan_tightening
 from tests.cli_helpers import run_cli
 from tests.run_folders import FakeSlurm, accounted, running_folder, stopped_folder
 from tests.test_eta import fake_runner, queue_text

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from jobs.progress import read_progress
-from planner.record import load_record
+from planner.calibration.record import load_record
 from tests.cli_helpers import REPO, cli_env, run_cli, write_spec
 from tests.slurm_cluster import SlurmCluster
 from tests.test_chain_slurm import wait_for_chain

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from planner.plan import Plan
-from planner.plan_report import plan_table
+from planner.model.plan import Plan
+from planner.model.report import plan_table
 from tests.cli_helpers import run_cli
 from tests.test_planning import plan_for, record_for, spec_with
 

@@ -7,7 +7,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from planner.record import save_record
+from planner.calibration.record import save_record
 from tests.cli_helpers import cli_env, write_spec
 from tests.test_planning import SPEC, record_for, spec_with
 

@@ -1,0 +1,5 @@
+"""`python -m planner.cli`, as `plan-job`."""
+
+from planner.cli import main
+
+main()

@@ -1,0 +1,273 @@
+"""plan-job resubmit: the rest of a run whose jobs have ended short of its last step.
+
+From the run's own record (planner.followup.state): the steps left after the newest checkpoint,
+at the step time the run showed (planner.followup.pace), cut into segments no longer than the
+partition's MaxTime by planner.model.timemodel.split_segments, the planner's own rule. The new
+scripts are rendered by planner.runs.emit with the run's plan (its #SBATCH lines, template
+slots, working directory and Python), numbered after the folder's existing ones
+(segment-03.sbatch, ...), so train.json and progress.jsonl stay shared and the training
+resumes from the checkpoint. They are submitted as an afterany chain whose job ids are
+appended to jobs.yaml, and resubmit-K.yaml records what was decided and why.
+
+It refuses (BadInputError), with what to change: while a job of the run is queued or
+running; when the run is done; after an out-of-memory failure (the same batch fails again);
+after a failure of the launch itself (exit 2); with another node count (a checkpoint
+resumes only with the world size that wrote it); past --max-retries resubmissions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from planner.atomic import write_text_atomic
+from planner.errors import BadInputError
+from planner.followup.preview import preview_partition
+from planner.followup.state import RunState
+from planner.model.plan import Plan, Segment
+from planner.model.timemodel import split_segments
+from planner.runs.chain import JOBS_FILE, SubmittedJob, sbatch_argv, segment_scripts, submit_scripts
+from planner.runs.emit import EmitOptions, render
+from planner.runs.plan_file import (
+    EmitSettings,
+    load_emit_settings,
+    resubmissions,
+    resubmitted_segments,
+)
+from planner.slurm.accounting import OOM_RE, job_log_text
+from planner.slurm.partition import PartitionLimits, read_partition
+from planner.slurm.queue import Runner
+
+DEFAULT_MAX_RETRIES = 3
+_SCRIPT_RE = re.compile(r"^segment-(\d+)\.sbatch$")
+
+
+class RefusedError(BadInputError):
+    """Resubmitting would not help, or would break the run: the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Resubmission:
+    number: int  # K of resubmit-K.yaml
+    state: RunState
+    from_step: int
+    steps: int
+    partition: PartitionLimits
+    segments: tuple[Segment, ...]  # numbered after the folder's existing scripts
+    p50_s: float
+    p95_s: float
+    plan: Plan  # the run's plan with the new segments and signal lead, for rendering
+    settings: EmitSettings
+    scripts: tuple[tuple[str, str], ...]  # (file name, text)
+    notes: tuple[str, ...]
+    unread: tuple[str, ...] = ()  # a preview without Slurm: what it could not read
+    partition_source: str = "scontrol"  # or, previewing without Slurm: plan.yaml, none
+
+
+def check_resubmittable(state: RunState, nodes: int | None, max_retries: int) -> None:
+    """Raise RefusedError with the reason and what to change; return when it may go on."""
+    folder = state.run_dir
+    if state.active:
+        jobs = ", ".join(f"{job.job_id} {job.state}" for job in state.active)
+        raise RefusedError(
+            f"{folder}: still running (job {jobs}); see `plan-job eta {folder}`. Resubmit once "
+            f"its jobs have ended; to shorten the pending segments' --time to the measured pace "
+            f"use `plan-job tighten {folder}`"
+        )
+    last = state.last
+    if state.done:
+        what = "the run ended"
+        if last is not None:
+            how = last.source + (", inferred" if last.inferred else "")
+            what = f"the last job {last.job_id} ended {last.state} ({how})"
+        raise RefusedError(
+            f"{folder}: nothing to do: {what} and the checkpoint of step {state.checkpoint.step:,}"
+            f" is the run's last (total_steps {state.total_steps:,})"
+        )
+    if last is not None and _out_of_memory(state):
+        raise RefusedError(
+            f"{folder}: job {last.job_id} ran out of memory ({last.state}, from {last.source}): "
+            f"the same batch would fail again. Lower batch.micro_batch and raise "
+            f"batch.grad_accum (the global batch stays), calibrate and plan again "
+            f"(`plan-job calibrate`, `plan-job emit`)"
+        )
+    if last is not None and last.state == "FAILED" and last.exit_code == 2:
+        raise RefusedError(
+            f"{folder}: job {last.job_id} FAILED with exit code 2: the training refused its "
+            f"train.json, arguments or launch environment, or the batch script did not parse "
+            f"(bash exits 2 too), and would again; see its log in {folder / 'logs'}"
+        )
+    if nodes is not None and nodes != state.plan.nodes:
+        ranks = state.plan.nodes * max(state.plan.gpus_per_node, 1)
+        raise RefusedError(
+            f"--nodes {nodes}: the run's checkpoints were written by {ranks} ranks on "
+            f"{state.plan.nodes} node(s), and jobs.train resumes a checkpoint only with the "
+            f"world size that wrote it (the global batch and the ranks' data streams would "
+            f"change mid-run). Resubmit with --nodes {state.plan.nodes}, or start a new run "
+            f"with `plan-job emit --nodes {nodes}`"
+        )
+    done = resubmissions(folder)
+    if len(done) >= max_retries:
+        names = ", ".join(p.name for p in done)
+        raise RefusedError(
+            f"{folder}: already resubmitted {len(done)} times ({names}), the limit of "
+            f"--max-retries {max_retries}: a run that keeps stopping short needs a look at its "
+            f"logs ({folder / 'logs'}); pass --max-retries {len(done) + 1} to go on"
+        )
+
+
+def prepare(
+    state: RunState,
+    nodes: int | None = None,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    runner: Runner | None = None,
+    preview: bool = False,
+) -> Resubmission:
+    """The new segments and their scripts; refuses as check_resubmittable does. ``preview``
+    (a dry run) goes on without Slurm, from plan.yaml's partition if it has one."""
+    check_resubmittable(state, nodes, max_retries)
+    pace, plan, folder = state.pace, state.plan, state.run_dir
+    notes = list(state.notes) + list(pace.notes)
+    if preview:
+        partition, source, unread = preview_partition(plan, runner)
+    else:
+        partition = read_partition(plan.spec.cluster.partition, runner)
+        source, unread = "scontrol", ()
+    from_step = state.checkpoint.step
+    steps = state.total_steps - from_step
+    segments = split_segments(
+        pace.work,
+        steps,
+        pace.resume_s,
+        pace.resume_s,
+        pace.lead_s,
+        partition.max_time_s,
+        f"partition {partition.name}",
+    )
+    existing = segment_scripts(folder)
+    first = 1 + max((_index(p) for p in existing), default=0)
+    segments = tuple(dataclasses.replace(s, index=first + i) for i, s in enumerate(segments))
+    count = len(segments)
+    p50 = count * pace.resume_s + pace.work.p50(steps) + (count - 1) * pace.save_s
+    p95 = count * pace.resume_s + pace.work.p95(steps) + (count - 1) * pace.save_s
+    earlier, _ = resubmitted_segments(folder)
+    full = dataclasses.replace(
+        plan, segments=(*plan.segments, *earlier, *segments), signal_lead_s=pace.signal_lead_s
+    )
+    settings = load_emit_settings(folder, existing)
+    options = EmitOptions(folder, settings.workdir, settings.python, settings.template)
+    scripts = tuple(
+        (f"segment-{s.index:02d}.sbatch", render(full, s, options, folder)) for s in segments
+    )
+    if settings.source != "emit.yaml":
+        notes.append(f"working directory and Python read from {settings.source}")
+    return Resubmission(
+        number=len(resubmissions(folder)) + 1,
+        state=state,
+        from_step=from_step,
+        steps=steps,
+        partition=partition,
+        segments=segments,
+        p50_s=p50,
+        p95_s=p95,
+        plan=full,
+        settings=settings,
+        scripts=scripts,
+        notes=tuple(notes),
+        unread=state.unread + unread,
+        partition_source=source,
+    )
+
+
+def planned_commands(resub: Resubmission) -> list[list[str]]:
+    """What submit() runs, the dependency on the previous new job shown symbolically."""
+    commands, previous = [], None
+    for name, _ in resub.scripts:
+        commands.append(sbatch_argv(resub.state.run_dir / name, previous))
+        previous = f"<job id of {name}>"
+    return commands
+
+
+def submit(
+    resub: Resubmission, on_submitted: Callable[[SubmittedJob], None] = lambda _job: None
+) -> list[SubmittedJob]:
+    """Write the scripts, submit them as a chain, record resubmit-K.yaml; all or nothing."""
+    folder = resub.state.run_dir
+    paths = [folder / name for name, _ in resub.scripts]
+    clash = [p.name for p in paths if p.exists()]
+    if clash:
+        raise RefusedError(f"{folder}: {', '.join(clash)} already exist; nothing was submitted")
+    jobs_file = folder / JOBS_FILE
+    before = jobs_file.read_text(encoding="utf-8") if jobs_file.is_file() else None
+    try:
+        for path, (_, text) in zip(paths, resub.scripts, strict=True):
+            write_text_atomic(path, text, mode=0o755)
+        jobs = submit_scripts(folder, paths, resub.segments[0].index, None, on_submitted)
+    except BaseException:
+        # The folder stays as it was (submit_scripts cancelled what it had submitted), so a
+        # second try numbers its scripts the same.
+        for path in paths:
+            path.unlink(missing_ok=True)
+        if before is not None:
+            write_text_atomic(jobs_file, before)
+        else:
+            jobs_file.unlink(missing_ok=True)
+        raise
+    write_text_atomic(record_path(resub), yaml.safe_dump(record(resub, jobs), sort_keys=False))
+    return jobs
+
+
+def record_path(resub: Resubmission) -> Path:
+    return resub.state.run_dir / f"resubmit-{resub.number}.yaml"
+
+
+def record(resub: Resubmission, jobs: list[SubmittedJob]) -> dict[str, object]:
+    state, pace, last = resub.state, resub.state.pace, resub.state.last
+    return {
+        "number": resub.number,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "last_job": dataclasses.asdict(last) if last else None,
+        "checkpoint_step": state.checkpoint.step,
+        "checkpoint_note": state.checkpoint.note,
+        "total_steps": state.total_steps,
+        "remaining_steps": resub.steps,
+        "step_s": pace.stats.mean_s,
+        "step_p95_s": pace.step_p95_s,
+        "step_source": pace.step_source,
+        "steps_timed": pace.steps_timed,
+        "resume_s": pace.resume_s,
+        "resume_source": pace.resume_source,
+        "save_s": pace.save_s,
+        "save_source": pace.save_source,
+        "lead_s": pace.lead_s,
+        "signal_lead_s": pace.signal_lead_s,
+        "max_time_s": resub.partition.max_time_s,
+        "p50_s": resub.p50_s,
+        "p95_s": resub.p95_s,
+        "segments": [dataclasses.asdict(s) for s in resub.segments],
+        "jobs": [dataclasses.asdict(j) for j in jobs],
+        "notes": list(resub.notes),
+    }
+
+
+def _out_of_memory(state: RunState) -> bool:
+    last = state.last
+    if last is None:
+        return False
+    if last.state == "OUT_OF_MEMORY":
+        return True
+    if last.state not in ("FAILED", "UNKNOWN"):
+        return False
+    text = job_log_text(state.run_dir, last.job_id)
+    return bool(text and OOM_RE.search(text))
+
+
+def _index(path: Path) -> int:
+    match = _SCRIPT_RE.match(path.name)
+    return int(match.group(1)) if match else 0

@@ -1,0 +1,261 @@
+"""Where a run stands once its jobs have ended: their final states, the newest checkpoint,
+and the pace the run itself showed. What resubmit decides from, and history records.
+
+The newest checkpoint. The training writes ckpt-NNNNNNNNN.pt atomically (temp file, fsync,
+rename), then a `checkpoint` progress line: a checkpoint file without its line (killed in
+between) is whole, a line without its file was pruned or deleted. Whether a file loads can
+only be checked with torch, which the login node does without: the newest non-empty file is
+taken, and the next job (jobs.train.newest_readable) falls back to an older one should it be
+torn. Torch-free.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobs.progress import read_progress
+from jobs.train_config import TrainConfig
+from planner.errors import BadInputError, SlurmUnavailableError
+from planner.eta.source import History, Source, load_source
+from planner.followup.pace import RunPace, job_timings, measure_pace
+from planner.followup.preview import unread_job_facts
+from planner.model.plan import Plan
+from planner.runs.chain import SubmittedJob
+from planner.runs.emit import TRAIN_FILE
+from planner.runs.plan_file import load_plan
+from planner.slurm.accounting import Accounting, JobOutcome, job_outcomes, with_inferred
+from planner.slurm.queue import Runner, SlurmJob, queued
+
+_CHECKPOINT_RE = re.compile(r"ckpt-(\d{9,})\.pt")
+
+
+@dataclass(frozen=True)
+class CheckpointState:
+    step: int  # where the next job resumes (0: from scratch)
+    path: Path | None
+    nbytes: int
+    logged_step: int | None  # the progress file's newest `checkpoint` line
+    note: str
+
+
+@dataclass(frozen=True)
+class JobSteps:
+    job_id: str
+    from_step: int
+    last_step: int
+    stop_reason: str | None
+
+    @property
+    def steps(self) -> int:
+        return max(self.last_step - self.from_step, 0)
+
+
+@dataclass(frozen=True)
+class RunState:
+    run_dir: Path
+    plan: Plan
+    train: TrainConfig
+    source: Source
+    active: tuple[SlurmJob, ...]  # jobs of the run still queued or running
+    accounting: Accounting  # ended jobs, inferred where Slurm no longer tells
+    last: JobOutcome | None  # the job that ran last
+    job_steps: dict[str, JobSteps]
+    checkpoint: CheckpointState
+    pace: RunPace
+    notes: tuple[str, ...]
+    unread: tuple[str, ...] = ()  # facts a preview without Slurm could not read (preview.py)
+
+    @property
+    def history(self) -> History:
+        return self.source.history
+
+    @property
+    def chain(self) -> tuple[SubmittedJob, ...]:
+        return self.source.chain
+
+    @property
+    def total_steps(self) -> int:
+        return self.train.total_steps
+
+    @property
+    def done(self) -> bool:
+        return self.checkpoint.step >= self.total_steps
+
+
+def inspect_run(target: str, runner: Runner | None = None, preview: bool = False) -> RunState:
+    """Read a run folder (or the folder of a job id) and ask Slurm about its jobs.
+
+    ``preview``: without a working Slurm client, go on from the folder alone and list what
+    could not be read in RunState.unread (resubmit --dry-run)."""
+    source = load_source(target, runner=runner)
+    if source.run_dir is None or source.history.kind != "progress":
+        raise BadInputError(
+            f"{target}: not a run folder written by `plan-job emit` (resubmit needs its "
+            f"plan.yaml, train.json and progress.jsonl); pass the run folder or a job id of it"
+        )
+    run_dir = source.run_dir.resolve()
+    plan = load_plan(run_dir)
+    train = _train_config(run_dir)
+    history = source.history
+    ids = [job.job_id for job in source.chain]
+    ids += [job.job_id for job in history.jobs if job.job_id]
+    if source.job is not None:
+        ids.append(source.job.job_id)
+    ids = list(dict.fromkeys(ids))
+    unread: tuple[str, ...] = ()
+    try:
+        queue = queued(ids, runner)
+    except SlurmUnavailableError as exc:
+        if not preview:
+            raise
+        queue, unread = {}, unread_job_facts(str(exc))
+    active = tuple(queue[i] for i in ids if i in queue and queue[i].active)
+    ended = [i for i in ids if i not in {job.job_id for job in active}]
+    logs = {job.job_id: job for job in history.jobs if job.job_id}
+    accounting = with_inferred(job_outcomes(ended, runner), ended, logs, run_dir)
+    events = read_progress(history.path)
+    starts = {
+        o.job_id: o.start_time
+        for o in accounting.outcomes.values()
+        if o.start_time is not None and not o.inferred
+    }
+    pace = measure_pace(
+        history,
+        plan,
+        job_timings(events),
+        starts,
+        train.checkpoint_interval_steps,
+        train.eval_interval_steps,
+        [float(e["eval_s"]) for e in events if e.get("event") == "eval" and e.get("eval_s")],
+    )
+    notes = [n for n in (accounting.missing_note(),) if n]
+    return RunState(
+        run_dir=run_dir,
+        plan=plan,
+        train=train,
+        source=source,
+        active=active,
+        accounting=accounting,
+        last=_last_job(accounting, history, source.chain),
+        job_steps={
+            job.job_id: JobSteps(job.job_id, job.start_step, job.last_step, job.stop_reason)
+            for job in history.jobs
+            if job.job_id
+        },
+        checkpoint=(
+            newest_logged_checkpoint(events)
+            if train.command
+            else newest_checkpoint(Path(train.checkpoint_dir), history)
+        ),
+        pace=pace,
+        notes=tuple(notes),
+        unread=unread,
+    )
+
+
+def newest_checkpoint(folder: Path, history: History) -> CheckpointState:
+    logged = [step for job in history.jobs for step, _ in job.saves]
+    logged_step = logged[-1] if logged else None
+    files = sorted(
+        (
+            (int(m.group(1)), path)
+            for path in (folder.iterdir() if folder.is_dir() else ())
+            if (m := _CHECKPOINT_RE.fullmatch(path.name))
+        ),
+        reverse=True,
+    )
+    empty = []
+    for step, path in files:
+        size = _size(path)
+        if size > 0:
+            return CheckpointState(step, path, size, logged_step, _note(step, logged_step, empty))
+        empty.append(path.name)
+    where = f"no checkpoint in {folder}"
+    if logged_step is not None:
+        where += f" (the progress file names one of step {logged_step:,}: deleted or moved?)"
+    if empty:
+        where += f"; empty (torn) files: {', '.join(empty)}"
+    return CheckpointState(0, None, 0, logged_step, where + ": the run starts again from step 0")
+
+
+def newest_logged_checkpoint(events: Sequence[dict[str, Any]]) -> CheckpointState:
+    """A user command's checkpoints are in its own format and naming: the progress file's
+    ``checkpoint`` lines say which it saved; the newest whose path still exists counts."""
+    saved = [e for e in events if e.get("event") == "checkpoint" and e.get("path")]
+    logged_step = int(saved[-1]["step"]) if saved else None
+    missing = []
+    for event in reversed(saved):
+        path = Path(str(event["path"]))
+        if path.exists():
+            step = int(event["step"])
+            note = f"step {step:,}: the newest checkpoint line whose path exists ({path})"
+            if missing:
+                note += f"; missing on disk: {', '.join(missing)}"
+            return CheckpointState(step, path, _size(path), logged_step, note)
+        missing.append(str(path))
+    where = "no checkpoint line in the progress file"
+    if missing:
+        where = f"none of the progress file's checkpoint paths exists ({', '.join(missing)})"
+    return CheckpointState(0, None, 0, logged_step, where + ": the run starts again from step 0")
+
+
+def _note(step: int, logged: int | None, empty: Sequence[str]) -> str:
+    text = f"step {step:,}: the newest non-empty checkpoint file"
+    if logged == step:
+        text += ", also the progress file's newest checkpoint line"
+    elif logged is None or step > logged:
+        text += (
+            " (no progress line for it: the job was killed right after the save; checkpoints "
+            "are renamed into place whole, so it counts)"
+        )
+    else:
+        text += f" (the progress file's newest, step {logged:,}, is missing or empty on disk)"
+    if empty:
+        text += f"; skipped empty (torn) files: {', '.join(empty)}"
+    return text + (
+        ". Not loaded here (the login node has no torch): if it is torn, the next job falls "
+        "back to the one before"
+    )
+
+
+def _last_job(
+    accounting: Accounting, history: History, chain: Sequence[SubmittedJob]
+) -> JobOutcome | None:
+    """The job that started last; the progress file's newest writer if no start is known.
+
+    A job cancelled while pending has a start time in scontrol (the moment it was cancelled)
+    but never ran: only jobs that ran for some time or wrote progress count."""
+    wrote = {job.job_id for job in history.jobs if job.job_id}
+    started = [
+        o
+        for o in accounting.outcomes.values()
+        if o.start_time is not None and (o.job_id in wrote or (o.elapsed_s or 0) > 0)
+    ]
+    if started:
+        return max(started, key=lambda o: o.start_time or 0.0)
+    for job_id in (history.current.job_id, chain[-1].job_id if chain else None):
+        if job_id and job_id in accounting.outcomes:
+            return accounting.outcomes[job_id]
+    return None
+
+
+def _train_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / TRAIN_FILE
+    try:
+        return TrainConfig.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{path}: not a usable train config ({exc})") from exc
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of the files in a folder (a Trainer's checkpoint-N)."""
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -1,0 +1,277 @@
+"""What plan-job predicted and what the jobs then did: a local SQLite database.
+
+Tables: calibrations (one per record `plan-job calibrate` writes), plans (one per run folder
+`plan-job emit` writes: predicted P50/P95, workload, partition, nodes, fingerprint, the step
+correction it carried) and outcomes (one per ended job of a run, read from sacct by
+`resubmit` or `history --update`: state, elapsed, steps done, the time the run's plan
+predicted for exactly those steps, and the job's own steady step time beside the step the
+model gave). The correction new plans learn from the outcomes: planner.history.correction.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from jobs.stats import steady_estimate
+from planner.calibration.record import CalibrationRecord
+from planner.errors import BadInputError
+from planner.model.plan import Plan
+from planner.model.timemodel import job_saves
+from planner.slurm.partition import PartitionLimits
+from planner.spec.run_spec import RunSpec
+
+if TYPE_CHECKING:  # only for a type: calibrate and emit need not import the run readers
+    from planner.followup.state import RunState
+
+ENV = "PLANJOB_HISTORY"
+MIN_STEPS_TIMED = 10  # a job's own step time from fewer steps is mostly its warm-up
+SCHEMA_VERSION = 2
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calibrations (
+    id INTEGER PRIMARY KEY, recorded REAL NOT NULL, path TEXT NOT NULL, name TEXT,
+    workload TEXT NOT NULL, fingerprint TEXT NOT NULL, host TEXT, device TEXT,
+    step_mean_s REAL, step_ci_half_s REAL, startup_s REAL, save_s REAL
+);
+CREATE TABLE IF NOT EXISTS plans (
+    id INTEGER PRIMARY KEY, recorded REAL NOT NULL, run_dir TEXT NOT NULL, name TEXT,
+    workload TEXT NOT NULL, partition TEXT NOT NULL, nodes INTEGER, gpus INTEGER,
+    fingerprint TEXT, total_steps INTEGER, step_s REAL, p50_s REAL, p95_s REAL,
+    model_p50_s REAL, model_p95_s REAL, correction REAL, source TEXT
+);
+CREATE INDEX IF NOT EXISTS plans_run ON plans (run_dir);
+CREATE TABLE IF NOT EXISTS outcomes (
+    id INTEGER PRIMARY KEY, recorded REAL NOT NULL, run_dir TEXT NOT NULL,
+    job_id TEXT NOT NULL, state TEXT, state_source TEXT, inferred INTEGER,
+    start_time REAL, end_time REAL, elapsed_s REAL, time_limit_s REAL,
+    from_step INTEGER, steps INTEGER, predicted_s REAL, plan_correction REAL,
+    step_s REAL, model_step_s REAL,
+    UNIQUE (run_dir, job_id)
+);
+"""
+# Columns added after schema 1, with their types: ALTER TABLE adds them to older databases.
+_ADDED_COLUMNS = {"outcomes": {"step_s": "REAL", "model_step_s": "REAL"}}
+
+
+class HistoryError(BadInputError):
+    """The history database cannot be opened, created or written."""
+
+
+def history_path(explicit: Path | None = None) -> Path:
+    """--history, else $PLANJOB_HISTORY, else ~/.local/share/plan-job/history.sqlite."""
+    if explicit is not None:
+        return explicit.expanduser()
+    if os.environ.get(ENV):
+        return Path(os.environ[ENV]).expanduser()
+    data = os.environ.get("XDG_DATA_HOME") or str(Path("~/.local/share").expanduser())
+    return Path(data) / "plan-job" / "history.sqlite"
+
+
+@contextlib.contextmanager
+def connect(path: Path | None = None) -> Iterator[sqlite3.Connection]:
+    """A connection with the schema in place; commits on success (one transaction)."""
+    where = history_path(path)
+    try:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(where, timeout=10)
+    except (OSError, sqlite3.Error) as exc:
+        raise HistoryError(f"history {where}: cannot open ({exc}); pass --history PATH") from exc
+    try:
+        db.row_factory = sqlite3.Row
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise HistoryError(
+                f"history {where}: written by a newer plan-job (schema {version}); pass "
+                f"--history PATH for another file"
+            )
+        with db:
+            db.executescript(_SCHEMA)
+            _add_columns(db)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        with db:
+            yield db
+    except sqlite3.Error as exc:
+        raise HistoryError(f"history {where}: {exc}") from exc
+    finally:
+        db.close()
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+
+def workload_key(spec: RunSpec) -> str:
+    """The workload a correction is learned for: a user function or command, or
+    built-in:preset."""
+    if spec.command is not None:
+        return f"command:{spec.command.run}"
+    return spec.workload.function or f"{spec.workload.name}:{spec.workload.preset}"
+
+
+def partition_key(plan: Plan) -> str:
+    return partition_name(plan.spec, plan.partition)
+
+
+def partition_name(spec: RunSpec, partition: PartitionLimits | None) -> str:
+    name = spec.cluster.partition or (partition.name if partition else None)
+    return name or "(default)"
+
+
+def record_calibration(
+    record: CalibrationRecord, record_path: Path, path: Path | None = None
+) -> None:
+    m = record.measurement
+    with connect(path) as db:
+        db.execute(
+            "INSERT INTO calibrations (recorded, path, name, workload, fingerprint, host, "
+            "device, step_mean_s, step_ci_half_s, startup_s, save_s) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                time.time(),
+                str(record_path.resolve()),
+                record.spec.name,
+                workload_key(record.spec),
+                record.fingerprint,
+                m.host,
+                m.device_name,
+                m.step_mean_s,
+                m.step_ci_half_s,
+                m.startup_s,
+                m.checkpoint_save_s,
+            ),
+        )
+
+
+def record_plan(
+    plan: Plan,
+    run_dir: Path,
+    model: Plan | None = None,
+    path: Path | None = None,
+    source: str = "emit",
+) -> None:
+    """A run folder's plan; ``model`` is the uncorrected plan when a correction applied."""
+    base = model or plan
+    factor = plan.step_correction if plan.step_correction != 1.0 else None
+    with connect(path) as db:
+        _insert_plan(db, plan, base, run_dir, factor, source)
+
+
+def record_outcomes(state: RunState, path: Path | None = None) -> int:
+    """The ended jobs of a run, as sacct (or the fallbacks) told; returns how many."""
+    run_dir = str(state.run_dir.resolve())
+    plan = state.plan
+    count = 0
+    with connect(path) as db:
+        row = db.execute(
+            "SELECT correction FROM plans WHERE run_dir = ? ORDER BY id DESC LIMIT 1", (run_dir,)
+        ).fetchone()
+        if row is None:
+            _insert_plan(db, plan, plan, state.run_dir, None, "plan.yaml")
+        correction = row["correction"] if row is not None else None
+        # The step the model gave before any correction: what a step bias is measured on.
+        model_step = plan.step_s / (correction or 1.0)
+        logs = {job.job_id: job for job in state.history.jobs if job.job_id}
+        for job_id, outcome in state.accounting.outcomes.items():
+            steps = state.job_steps.get(job_id)
+            from_step, done = (steps.from_step, steps.steps) if steps else (0, 0)
+            step_s = job_step_s(logs[job_id].step_times) if job_id in logs else None
+            db.execute(
+                "INSERT INTO outcomes (recorded, run_dir, job_id, state, state_source, inferred,"
+                " start_time, end_time, elapsed_s, time_limit_s, from_step, steps, predicted_s,"
+                " plan_correction, step_s, model_step_s)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (run_dir, job_id) DO UPDATE SET recorded = excluded.recorded,"
+                " state = excluded.state, state_source = excluded.state_source,"
+                " inferred = excluded.inferred, start_time = excluded.start_time,"
+                " end_time = excluded.end_time, elapsed_s = excluded.elapsed_s,"
+                " time_limit_s = excluded.time_limit_s, from_step = excluded.from_step,"
+                " steps = excluded.steps, predicted_s = excluded.predicted_s,"
+                " step_s = excluded.step_s, model_step_s = excluded.model_step_s",
+                (
+                    time.time(),
+                    run_dir,
+                    job_id,
+                    outcome.state,
+                    outcome.source,
+                    int(outcome.inferred),
+                    outcome.start_time,
+                    outcome.end_time,
+                    outcome.elapsed_s,
+                    outcome.time_limit_s,
+                    from_step,
+                    done,
+                    predicted_job_s(plan, from_step, from_step + done) if done else None,
+                    correction,
+                    step_s,
+                    model_step if step_s is not None else None,
+                ),
+            )
+            count += 1
+    return count
+
+
+def predicted_job_s(plan: Plan, from_step: int, to_step: int) -> float:
+    """What the plan predicts for one job going from ``from_step`` to ``to_step``: its
+    start-up (and warm-up) or resume, the steps and the saves it makes (timemodel.job_saves:
+    those due on the way, its stop save unless it stopped on one, the first job's probe)."""
+    wall = plan.wall
+    first = wall.startup_s + plan.compile_s + wall.warmup_s
+    overhead = first if from_step == 0 else plan.resume_s
+    interval = plan.checkpoint_interval_steps
+    saves = job_saves(from_step, to_step, interval, first_job=from_step == 0)
+    steps = to_step - from_step
+    evals = 0.0
+    every = plan.spec.plan.eval_interval_steps
+    if every:
+        evals = (to_step // every - from_step // every) * plan.eval_s
+    return overhead + steps * plan.step_s + saves * plan.checkpoint.save_s + evals
+
+
+def job_step_s(step_times: Sequence[float]) -> float | None:
+    """A job's steady step time (its warm-up cut), from at least MIN_STEPS_TIMED steps."""
+    if len(step_times) < MIN_STEPS_TIMED:
+        return None
+    return steady_estimate(step_times).mean
+
+
+def _insert_plan(
+    db: sqlite3.Connection,
+    plan: Plan,
+    model: Plan,
+    run_dir: Path,
+    correction: float | None,
+    source: str,
+) -> None:
+    db.execute(
+        "INSERT INTO plans (recorded, run_dir, name, workload, partition, nodes, gpus, "
+        "fingerprint, total_steps, step_s, p50_s, p95_s, model_p50_s, model_p95_s, correction, "
+        "source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            time.time(),
+            str(run_dir.resolve()),
+            plan.spec.name,
+            workload_key(plan.spec),
+            partition_key(plan),
+            plan.nodes,
+            plan.gpus,
+            plan.fingerprint,
+            plan.total_steps,
+            plan.step_s,
+            plan.wall.p50_s,
+            plan.wall.p95_s,
+            model.wall.p50_s,
+            model.wall.p95_s,
+            correction,
+            source,
+        ),
+    )

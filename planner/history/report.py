@@ -1,0 +1,224 @@
+"""plan-job history's tables: predicted vs actual per run, the bias per workload and
+partition (and the correction a new plan gets), the newest calibrations."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import statistics
+from pathlib import Path
+
+from planner.history.correction import (
+    MIN_OUTCOMES,
+    RECENT,
+    correction_for,
+    node_counts,
+    step_biases,
+)
+from planner.history.database import connect, history_path
+from planner.model.plan import Plan
+from planner.model.plan_json import HISTORY_SCHEMA, dumps
+from planner.textwidth import fit_table, wrap_text
+from planner.units import fmt_duration
+
+_RUNS = """
+SELECT p.run_dir, p.name, p.workload, p.partition, p.nodes, p.total_steps, p.p50_s, p.p95_s,
+       p.correction, COUNT(o.id) AS jobs, SUM(o.elapsed_s) AS elapsed,
+       SUM(CASE WHEN o.predicted_s > 0 AND o.elapsed_s > 0 THEN o.elapsed_s END) AS timed,
+       SUM(o.predicted_s) AS predicted, MAX(o.from_step + o.steps) AS reached
+FROM plans p LEFT JOIN outcomes o ON o.run_dir = p.run_dir
+WHERE p.id IN (SELECT MAX(id) FROM plans GROUP BY run_dir)
+GROUP BY p.id ORDER BY p.recorded
+"""
+
+
+def history_text(path: Path | None = None, limit: int = 20, width: int | None = None) -> str:
+    where = history_path(path)
+    runs, pairs, calibrations = _read(path, limit)
+    parts = [wrap_text(f"history: {where}", width)]
+    if runs:
+        parts.append("runs: predicted (as emitted) vs actual (the jobs' elapsed time)")
+        rows = [_run_row(r) for r in runs]
+        # The names, the prediction and the actual time wrap; the counts stay whole.
+        wrap = {0: 12, 1: 12, 4: 12, 7: 10, 8: 9}
+        parts.append(fit_table(rows, _RUN_HEADERS, wrap=wrap, width=width))
+    else:
+        parts.append("no runs recorded yet: `plan-job emit` records one")
+    bias_rows = [_bias_row(w, p, n, path) for w, p in pairs for n in node_counts(w, p, path)]
+    bias_rows = [row for row in bias_rows if row is not None]
+    if bias_rows:
+        title = (
+            f"step bias (a job's steady step / the model's step, per node count; newest "
+            f"{RECENT} beat the rest): the next plan's steps at that node count are scaled"
+        )
+        parts.append(wrap_text(title, width))
+        parts.append(fit_table(bias_rows, _BIAS_HEADERS, wrap={0: 12, -1: 14}, width=width))
+    if calibrations:
+        parts.append("newest calibrations")
+        rows = [
+            (
+                _when(c["recorded"]),
+                c["name"],
+                c["workload"],
+                c["device"],
+                fmt_duration(c["step_mean_s"]),
+                c["path"],
+            )
+            for c in calibrations
+        ]
+        headers = ("recorded", "name", "workload", "device", "step", "record")
+        wrap = {1: 12, 2: 12, 3: 12, -1: 16}
+        parts.append(fit_table(rows, headers, wrap=wrap, width=width))
+    return "\n\n".join(parts)
+
+
+def history_json(path: Path | None = None, limit: int = 20) -> str:
+    """The same three tables as JSON (README "JSON output"): runs oldest first, the step bias
+    and next correction per workload, partition and node count, the newest calibrations first."""
+    runs, pairs, calibrations = _read(path, limit)
+    biases = []
+    for workload, partition in pairs:
+        for nodes in node_counts(workload, partition, path):
+            model = [bias for bias, _ in step_biases(workload, partition, nodes, path)]
+            if not model:
+                continue
+            correction = correction_for(workload, partition, nodes, path)
+            biases.append(
+                {
+                    "workload": workload,
+                    "partition": partition,
+                    "nodes": nodes,
+                    "jobs": len(model),
+                    "recent_median": statistics.median(model[-RECENT:]),
+                    "median": statistics.median(model),
+                    "newest": model[-1],
+                    "next_factor": correction.factor if correction else None,
+                    "learned_factor": correction.learned if correction else None,
+                    "next_spread": correction.spread if correction else None,
+                }
+            )
+    out_runs = []
+    for row in runs:
+        run = dict(row)
+        run["actual_over_predicted"] = (
+            row["timed"] / row["predicted"] if row["timed"] and row["predicted"] else None
+        )
+        out_runs.append(run)
+    return dumps(
+        {
+            "schema": HISTORY_SCHEMA,
+            "history": str(history_path(path)),
+            "runs": out_runs,
+            "biases": biases,
+            "calibrations": [dict(row) for row in calibrations],
+        }
+    )
+
+
+def _read(
+    path: Path | None, limit: int
+) -> tuple[list[sqlite3.Row], list[sqlite3.Row], list[sqlite3.Row]]:
+    with connect(path) as db:
+        runs = db.execute(_RUNS).fetchall()[-limit:]
+        pairs = db.execute(
+            "SELECT DISTINCT p.workload, p.partition FROM outcomes o JOIN plans p"
+            " ON p.run_dir = o.run_dir ORDER BY p.workload, p.partition"
+        ).fetchall()
+        calibrations = db.execute(
+            "SELECT recorded, name, workload, device, step_mean_s, path FROM calibrations"
+            " ORDER BY id DESC LIMIT 5"
+        ).fetchall()
+    return runs, pairs, calibrations
+
+
+_RUN_HEADERS = (
+    "run",
+    "workload",
+    "partition",
+    "nodes",
+    "predicted P50 / P95",
+    "jobs",
+    "steps",
+    "actual",
+    "actual / predicted",
+)
+
+
+def _run_row(row: sqlite3.Row) -> tuple[object, ...]:
+    reached, total = row["reached"] or 0, row["total_steps"] or 0
+    actual = fmt_duration(row["elapsed"]) if row["elapsed"] else "-"
+    if row["elapsed"] and reached < total:
+        actual += " so far"
+    ratio = "-"
+    if row["timed"] and row["predicted"]:
+        ratio = f"{row['timed'] / row['predicted']:.2f}"
+    predicted = f"{fmt_duration(row['p50_s'])} / {fmt_duration(row['p95_s'])}"
+    if row["correction"]:
+        predicted += f" (x{row['correction']:.2f})"
+    return (
+        Path(row["run_dir"]).name,
+        row["workload"],
+        row["partition"],
+        row["nodes"],
+        predicted,
+        row["jobs"],
+        f"{reached:,}/{total:,}",
+        actual,
+        ratio,
+    )
+
+
+_BIAS_HEADERS = (
+    "workload",
+    "partition",
+    "nodes",
+    "jobs",
+    f"newest {RECENT}",
+    "all",
+    "newest",
+    "next plan",
+)
+
+
+def _bias_row(
+    workload: str, partition: str, nodes: int, path: Path | None
+) -> tuple[object, ...] | None:
+    model = [bias for bias, _ in step_biases(workload, partition, nodes, path)]
+    if not model:
+        return None
+    correction = correction_for(workload, partition, nodes, path)
+    factor = f"x{correction.factor:.2f}" if correction else f"none (< {MIN_OUTCOMES} jobs)"
+    if correction and correction.capped:
+        factor += f" (capped; learned x{correction.learned:.2f})"
+    if correction and correction.spread:
+        factor += f", spread {correction.spread:.1%}"
+    return (
+        workload,
+        partition,
+        nodes,
+        len(model),
+        f"{statistics.median(model[-RECENT:]):.2f}",
+        f"{statistics.median(model):.2f}",
+        f"{model[-1]:.2f}",
+        factor,
+    )
+
+
+def _when(moment: float) -> str:
+    return dt.datetime.fromtimestamp(moment).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def correction_text(model: Plan, plan: Plan, width: int | None = None) -> str:
+    """What the history's correction moved, said plainly (its source is in the plan's notes)."""
+    what = (
+        f"steps x{plan.step_correction:.2f} at {plan.nodes} node(s)"
+        if plan.step_correction != 1.0
+        else "the run-to-run spread"
+    )
+    text = (
+        f"history correction ({what}): P50 {fmt_duration(model.wall.p50_s)} -> "
+        f"{fmt_duration(plan.wall.p50_s)}, P95 {fmt_duration(model.wall.p95_s)} -> "
+        f"{fmt_duration(plan.wall.p95_s)}, {len(model.segments)} -> {len(plan.segments)} "
+        "job(s); start-up, saves and loads are as calibrated. --no-correction plans without it."
+    )
+    return wrap_text(text, width)

@@ -1,0 +1,167 @@
+"""Submit a run folder's segments as one Slurm chain (afterany) and remember the job ids.
+
+afterany, not afterok: a segment that stops at its time limit, or on the signal before it,
+has done its share and saved a checkpoint; the next one resumes from it whatever the state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from jobs.train_config import TrainConfig
+from planner.atomic import write_text_atomic
+from planner.errors import BadInputError, CommandError, JobError
+from planner.runs.checkpoint_dir import prepare_for_submission
+from planner.runs.run_folder import JOBS_FILE, TRAIN_FILE
+from planner.shell import run_command
+
+
+class NotARunFolderError(BadInputError):
+    """The folder holds no emitted scripts."""
+
+
+class SubmissionError(JobError):
+    """sbatch refused a segment; the segments already submitted were cancelled."""
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    segment: int
+    script: str
+    job_id: str
+    dependency: str | None
+    submitted: str  # ISO time
+
+
+def segment_scripts(folder: Path) -> list[Path]:
+    scripts = sorted(folder.glob("segment-*.sbatch"))
+    if not scripts:
+        raise NotARunFolderError(
+            f"{folder}: no segment-*.sbatch here; write them first with "
+            f"`plan-job emit SPEC --calibration CAL -o {folder}`"
+        )
+    return scripts
+
+
+def sbatch_argv(script: Path, after: str | None) -> list[str]:
+    argv = ["sbatch", "--parsable"]
+    if after is not None:
+        argv.append(f"--dependency=afterany:{after}")
+    return [*argv, str(script)]
+
+
+def planned_commands(folder: Path, after: str | None = None) -> list[list[str]]:
+    """What `submit` would run, with the dependency on the previous job shown symbolically."""
+    commands = []
+    previous = after
+    for index, script in enumerate(segment_scripts(folder), start=1):
+        commands.append(sbatch_argv(script, previous))
+        previous = f"<job id of segment {index}>"
+    return commands
+
+
+def submit_chain(
+    folder: Path,
+    after: str | None = None,
+    on_submitted: Callable[[SubmittedJob], None] = lambda _job: None,
+    resume_foreign: bool = False,
+) -> list[SubmittedJob]:
+    """Submit every segment, each after the previous; all or none stay queued.
+
+    ``after`` chains the first segment behind an existing job. The run's checkpoint.dir must
+    be writable and hold no other run's checkpoints (unless ``resume_foreign``): the first job
+    would resume from them. Ctrl-C or a refused sbatch cancels what was already submitted.
+    """
+    scripts = segment_scripts(folder)
+    check_checkpoint_dir(folder, resume_foreign)
+    return _submit(folder, scripts, 1, after, on_submitted, [])
+
+
+def check_checkpoint_dir(folder: Path, resume_foreign: bool) -> None:
+    """checkpoint_dir of the run's train.json
+    (planner.runs.checkpoint_dir.prepare_for_submission)."""
+    try:
+        config = TrainConfig.from_json((folder / TRAIN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise NotARunFolderError(
+            f"{folder / TRAIN_FILE}: not a usable train config ({exc}); emit the run again"
+        ) from exc
+    checkpoints = Path(config.checkpoint_dir)
+    run_dir = folder.resolve()
+    command = bool(config.command)
+    prepare_for_submission(run_dir, checkpoints, config.run_id, command, resume_foreign)
+
+
+def submit_scripts(
+    folder: Path,
+    scripts: Sequence[Path],
+    first_segment: int,
+    after: str | None = None,
+    on_submitted: Callable[[SubmittedJob], None] = lambda _job: None,
+) -> list[SubmittedJob]:
+    """Submit more segments of a run (a resubmission) as a chain of their own, numbered from
+    ``first_segment``; their job ids are appended to jobs.yaml after the earlier ones."""
+    return _submit(folder, scripts, first_segment, after, on_submitted, load_jobs(folder))
+
+
+def _submit(
+    folder: Path,
+    scripts: Sequence[Path],
+    first_segment: int,
+    after: str | None,
+    on_submitted: Callable[[SubmittedJob], None],
+    earlier: list[SubmittedJob],
+) -> list[SubmittedJob]:
+    submitted: list[SubmittedJob] = []
+    previous = after
+    try:
+        for index, script in enumerate(scripts, start=first_segment):
+            out = run_command(sbatch_argv(script, previous), timeout=60).stdout
+            job_id = out.strip().split(";")[0]
+            job = SubmittedJob(index, script.name, job_id, previous, _now())
+            submitted.append(job)
+            _save(folder, [*earlier, *submitted])
+            on_submitted(job)
+            previous = job_id
+    except CommandError as exc:
+        _cancel(submitted)
+        cancelled = ", ".join(job.job_id for job in submitted) or "none"
+        raise SubmissionError(
+            f"sbatch refused {exc.argv[-1]}: {exc.stderr.strip() or exc.stdout.strip()} "
+            f"(exit {exc.returncode}); cancelled the segments already submitted: {cancelled}"
+        ) from exc
+    except KeyboardInterrupt:
+        _cancel(submitted)
+        raise
+    return submitted
+
+
+def load_jobs(folder: Path) -> list[SubmittedJob]:
+    path = folder / JOBS_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError:
+        return []
+    return [SubmittedJob(**job) for job in raw.get("jobs", [])]
+
+
+def _save(folder: Path, jobs: Sequence[SubmittedJob]) -> None:
+    text = yaml.safe_dump({"jobs": [asdict(job) for job in jobs]}, sort_keys=False)
+    write_text_atomic(folder / JOBS_FILE, text)
+
+
+def _cancel(jobs: Sequence[SubmittedJob]) -> None:
+    if jobs:
+        # Best effort on a failure path: the error being raised matters more.
+        with contextlib.suppress(CommandError):
+            run_command(["scancel", *(job.job_id for job in jobs)], timeout=60)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

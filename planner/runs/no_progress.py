@@ -1,0 +1,102 @@
+"""Why a submitted run has no progress line yet: still queued, or its jobs already ended.
+
+A run whose first job failed within seconds (an older run's checkpoint in checkpoint.dir, a
+wrong Python) writes no progress line, and eta, resubmit, tighten and history used to say it
+was "still queued or starting". The chain's jobs are asked for: queued ones are named with
+squeue's state and reason; ended ones with their final state from sacct (scontrol, or their
+log, where accounting is missing), exit code, log path and the log's last lines. Torch-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from planner.errors import BadInputError, JobFailedError, PlanJobError, SlurmUnavailableError
+from planner.runs.chain import SubmittedJob
+from planner.runs.run_folder import LOGS_DIR
+from planner.slurm.accounting import JobOutcome, job_outcomes, with_inferred
+from planner.slurm.queue import Runner, queued
+from planner.units import fmt_duration
+
+TAIL_LINES = 15
+
+
+class RunNotStartedError(BadInputError):
+    """The run's jobs are still queued: there is nothing to estimate from yet."""
+
+
+class RunFailedError(JobFailedError):
+    """Every job of the run ended without writing a progress line."""
+
+
+def no_progress_error(
+    folder: Path, chain: Sequence[SubmittedJob], runner: Runner | None = None
+) -> PlanJobError | None:
+    """What to tell about a run folder with submitted jobs and no progress line; None when
+    Slurm cannot be asked and no job left a log (nothing to tell beyond 'no progress')."""
+    ids = [job.job_id for job in chain]
+    segment = {job.job_id: job.segment for job in chain}
+    try:
+        queue = queued(ids, runner)
+    except SlurmUnavailableError:
+        queue = None
+    if queue:
+        active = [queue[i] for i in ids if i in queue and queue[i].active]
+        if active:
+            job = active[0]
+            reason = f" ({job.reason})" if job.reason else ""
+            return RunNotStartedError(
+                f"{folder}: no progress line yet: segment {segment[job.job_id]} (job "
+                f"{job.job_id}) is {job.state}{reason}; try again once it has run some steps, "
+                f"or follow it with `plan-job eta {folder} --watch`"
+            )
+    ended = [i for i in ids if not queue or i not in queue]
+    accounting = job_outcomes(ended, runner) if queue is not None else None
+    outcomes = with_inferred(accounting, ended, {}, folder) if accounting else None
+    logs = {i: _log_path(folder.resolve(), i) for i in ended}
+    if outcomes is None and not any(logs.values()):
+        return None
+    lines = []
+    first_failed: str | None = None
+    for job_id in ended:
+        outcome = outcomes.outcomes.get(job_id) if outcomes is not None else None
+        lines.append(f"  segment {segment[job_id]}, job {job_id}: {_describe(outcome)}")
+        if first_failed is None and logs[job_id] is not None:
+            first_failed = job_id
+    first_failed = first_failed or (ended[0] if ended else None)
+    log = logs.get(first_failed) if first_failed else None
+    failed = [o for o in (outcomes.outcomes.values() if outcomes else ()) if o.state != "COMPLETED"]
+    what = failed[0].state if failed else "ended"
+    return RunFailedError(
+        f"{folder}: the run's jobs ended ({what}) without a progress line: none of them got "
+        f"to train\n" + "\n".join(lines) + "\nfix the cause the log shows, then submit again",
+        job_id=first_failed,
+        log_path=log,
+        stderr_tail=_tail(log) if log else "",
+    )
+
+
+def _describe(outcome: JobOutcome | None) -> str:
+    if outcome is None:
+        return "state unknown (no Slurm client here)"
+    text = outcome.state
+    if outcome.exit_code is not None:
+        text += f", exit code {outcome.exit_code}"
+    if outcome.elapsed_s is not None:
+        text += f", ran {fmt_duration(outcome.elapsed_s)}"
+    text += f" ({outcome.source}{', inferred' if outcome.inferred else ''})"
+    return text
+
+
+def _log_path(folder: Path, job_id: str) -> Path | None:
+    paths = sorted((folder / LOGS_DIR).glob(f"*-{job_id}.out"))
+    return paths[-1] if paths else None
+
+
+def _tail(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-TAIL_LINES:])

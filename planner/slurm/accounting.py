@@ -1,0 +1,205 @@
+"""How the jobs of a run ended: sacct, else scontrol, else the job's log and progress lines.
+
+sacct (the accounting database) keeps a job's final state, exit code and elapsed time for
+good. Sites run without it (no slurmdbd, or AccountingStorageType=none) or it can fail; then
+`scontrol show job` still knows a job for MinJobAge after its end (300 s by default), with
+the same state. Past that, the job's own output file may hold slurmstepd's
+"*** JOB n ... CANCELLED AT ... DUE TO TIME LIMIT ***" line, and the progress file tells
+whether the training stopped cleanly (a stop line) or was killed (none). Every answer says
+where it came from, and what was inferred is marked so. Torch-free.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.errors import CommandError
+from planner.eta.source import JobLog
+from planner.shell import run_command
+from planner.slurm.queue import (
+    Runner,
+    parse_scontrol_job,
+    parse_slurm_time,
+    parse_time_limit,
+)
+
+SACCT_FIELDS = "JobID,State,ExitCode,Start,End,ElapsedRaw,Timelimit,NNodes"
+# slurmstepd's line in the job's output when Slurm ends it; the reason names the state.
+_STEPD_RE = re.compile(r"\*\*\* JOB (\d+) ON \S+ CANCELLED AT \S+(?: DUE TO ([A-Z ]+))? \*\*\*")
+_STEPD_REASONS = {"TIME LIMIT": "TIMEOUT", "PREEMPTION": "PREEMPTED", "NODE FAILURE": "NODE_FAIL"}
+# The training's own report of a CUDA OOM (jobs.runtime.oom_failure), torch's message, and
+# the kernel OOM killer's as slurmstepd relays it.
+OOM_RE = re.compile(r"plan-job train: (?:rank [^:]*: )?oom:|CUDA out of memory|oom[_-]kill", re.I)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    job_id: str
+    state: str  # Slurm's name (TIMEOUT, COMPLETED, ...); "UNKNOWN" when nothing tells
+    source: str  # sacct, scontrol, job log, progress log
+    inferred: bool  # the state is a reading of indirect evidence, not Slurm's record
+    exit_code: int | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    elapsed_s: float | None = None
+    time_limit_s: int | None = None
+    nodes: int | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Accounting:
+    outcomes: dict[str, JobOutcome]
+    sacct_error: str | None  # why sacct gave nothing; None when it answered
+
+    def missing_note(self) -> str | None:
+        if self.sacct_error is None:
+            return None
+        sources = sorted({o.source for o in self.outcomes.values()})
+        return (
+            f"no accounting (sacct: {self.sacct_error}): final states, exit codes and elapsed "
+            f"times come from {', '.join(sources) or 'nowhere'}; scontrol forgets a job "
+            f"MinJobAge after its end, and what the job log and progress file suggest is "
+            f"marked as inferred"
+        )
+
+
+def parse_sacct_outcomes(text: str) -> dict[str, JobOutcome]:
+    """Outcomes by job id from `sacct -X -n -P -o SACCT_FIELDS` output."""
+    found = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 8:
+            continue
+        job_id, state, exit_code, start, end, elapsed, limit, nodes = parts[:8]
+        found[job_id] = JobOutcome(
+            job_id=job_id,
+            state=state.split()[0] if state.strip() else "UNKNOWN",  # "CANCELLED by 0"
+            source="sacct",
+            inferred=False,
+            exit_code=_exit_code(exit_code),
+            start_time=parse_slurm_time(start),
+            end_time=parse_slurm_time(end),
+            elapsed_s=float(elapsed) if elapsed.strip().isdigit() else None,
+            time_limit_s=parse_time_limit(limit),
+            nodes=int(nodes) if nodes.strip().isdigit() else None,
+        )
+    return found
+
+
+def outcome_from_scontrol(text: str) -> JobOutcome | None:
+    fields = parse_scontrol_job(text)
+    if not fields.get("JobId"):
+        return None
+    start, end = parse_slurm_time(fields.get("StartTime", "")), None
+    state = fields.get("JobState", "") or "UNKNOWN"
+    if state not in ("PENDING", "RUNNING"):
+        end = parse_slurm_time(fields.get("EndTime", ""))
+    nodes = fields.get("NumNodes", "").split("-")[0]
+    return JobOutcome(
+        job_id=fields["JobId"],
+        state=state,
+        source="scontrol",
+        inferred=False,
+        exit_code=_exit_code(fields.get("ExitCode", "")),
+        start_time=start,
+        end_time=end,
+        elapsed_s=parse_time_limit(fields.get("RunTime", "")),
+        time_limit_s=parse_time_limit(fields.get("TimeLimit", "")),
+        nodes=int(nodes) if nodes.isdigit() else None,
+    )
+
+
+def job_outcomes(job_ids: Iterable[str], runner: Runner | None = None) -> Accounting:
+    """What Slurm still knows of each job: sacct in one call, scontrol for the rest."""
+    run = runner or run_command
+    ids = [job_id for job_id in dict.fromkeys(job_ids) if job_id]
+    if not ids:
+        return Accounting({}, None)
+    found: dict[str, JobOutcome] = {}
+    error = None
+    try:
+        argv = ["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o", SACCT_FIELDS]
+        found = {k: v for k, v in parse_sacct_outcomes(run(argv).stdout).items() if k in ids}
+        if not found:
+            error = "it knows none of these jobs"
+    except CommandError as exc:
+        lines = (exc.stderr or exc.stdout).strip().splitlines()
+        error = lines[-1].strip() if lines else f"exit {exc.returncode}"
+    for job_id in ids:
+        if job_id in found:
+            continue
+        try:
+            text = run(["scontrol", "-o", "show", "job", job_id]).stdout
+        except CommandError:
+            continue  # "Invalid job id": the controller has forgotten it too
+        outcome = outcome_from_scontrol(text)
+        if outcome is not None:
+            found[job_id] = outcome
+    return Accounting(found, error)
+
+
+def infer_outcome(job_id: str, job: JobLog | None, log_text: str | None) -> JobOutcome:
+    """The state Slurm no longer tells, read from the job's output and progress lines."""
+    if log_text:
+        if OOM_RE.search(log_text):
+            return JobOutcome(job_id, "OUT_OF_MEMORY", "job log", True, note="out of memory")
+        for match in _STEPD_RE.finditer(log_text):
+            if match.group(1) == job_id:
+                state = _STEPD_REASONS.get((match.group(2) or "").strip(), "CANCELLED")
+                return JobOutcome(job_id, state, "job log", True, note=match.group(0))
+    if job is None:
+        return JobOutcome(job_id, "UNKNOWN", "progress log", True, note="it wrote no progress")
+    elapsed = None
+    if job.start_time is not None and job.last_time is not None:
+        elapsed = job.last_time - job.start_time  # from the start line: start-up not counted
+    if job.stop_reason == "done":
+        state, note = "COMPLETED", "the training reached total_steps"
+    elif job.stop_reason is not None:
+        state = "COMPLETED"
+        note = f"the training stopped cleanly ({job.stop_reason}) and exits 0"
+    else:
+        state = "TIMEOUT"
+        note = (
+            "no stop line: the job was killed; a time limit is the usual cause, a node "
+            "failure, preemption or crash reads the same"
+        )
+    return JobOutcome(job_id, state, "progress log", True, elapsed_s=elapsed, note=note)
+
+
+def job_log_text(run_dir: Path, job_id: str, limit_bytes: int = 200_000) -> str | None:
+    """The tail of the job's output file (logs/segment-NN-JOBID.out), if it is there."""
+    paths = sorted((run_dir / "logs").glob(f"*-{job_id}.out"))
+    if not paths:
+        return None
+    try:
+        with open(paths[-1], "rb") as handle:
+            handle.seek(0, 2)
+            handle.seek(max(handle.tell() - limit_bytes, 0))
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def with_inferred(
+    accounting: Accounting,
+    job_ids: Iterable[str],
+    jobs: Mapping[str, JobLog],
+    run_dir: Path,
+) -> Accounting:
+    """Fill the jobs Slurm no longer knows from their logs and progress lines."""
+    outcomes = dict(accounting.outcomes)
+    for job_id in job_ids:
+        known = outcomes.get(job_id)
+        if known is not None and known.state != "UNKNOWN":
+            continue
+        outcomes[job_id] = infer_outcome(job_id, jobs.get(job_id), job_log_text(run_dir, job_id))
+    return Accounting(outcomes, accounting.sacct_error)
+
+
+def _exit_code(text: str) -> int | None:
+    code = text.strip().split(":")[0]
+    return int(code) if code.isdigit() else None

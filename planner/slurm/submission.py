@@ -1,0 +1,351 @@
+"""Submit a function through submitit, watch it, cancel it on Ctrl-C, bring its result back.
+
+submitit is imported lazily: it is light, but `plan-job --help` needs none of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobs.measurement import JOB_END_FILE, JOB_START_ENV, parse_failure
+from planner.errors import (
+    CancelledByUserError,
+    CommandError,
+    JobFailedError,
+    OutOfMemoryError,
+    PendingTimeoutError,
+    SlurmUnavailableError,
+    SpecError,
+)
+from planner.shell import run_command
+from planner.spec.run_spec import RunSpec
+
+POLL_S = 1.0
+# submitit always asks Slurm for a time-limit signal (USR2); 90 s, its default, would eat most
+# of a short calibration job's limit.
+SIGNAL_DELAY_S = 30
+SLURM_SIGNAL_JITTER_S = 60
+STARTUP_ALLOWANCE_S = 60
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job_id: str
+    state: str  # PENDING, RUNNING, COMPLETING, FINISHED, ...
+    reason: str  # squeue's reason while pending ("Resources", "Priority", ...)
+    elapsed_s: float  # since submission
+    node: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    result: Any
+    job_id: str
+    folder: Path
+    stdout: Path
+    stderr: Path
+    queue_wait_s: float | None
+    wall_s: float
+
+
+def slurm_available() -> bool:
+    """Whether this machine has Slurm's client commands (a login node, or the test cluster)."""
+    return shutil.which("sbatch") is not None and shutil.which("scontrol") is not None
+
+
+def slurm_partitions() -> list[str]:
+    """Partitions the Slurm controller reports; SlurmUnavailableError when there is no Slurm."""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        raise SlurmUnavailableError(
+            "--executor slurm: no Slurm client here (sbatch/sinfo not on PATH). Run plan-job on "
+            "the cluster's login node, or use --executor local to calibrate on this machine."
+        )
+    try:
+        out = run_command(["sinfo", "-h", "-o", "%R"], timeout=30).stdout
+    except CommandError as exc:
+        raise SlurmUnavailableError(
+            f"--executor slurm: Slurm is installed but the controller does not answer "
+            f"(sinfo exited {exc.returncode}: {exc.stderr.strip()}). Check SLURM_CONF / "
+            f"slurmctld, or use --executor local."
+        ) from exc
+    return sorted({line.strip() for line in out.splitlines() if line.strip()})
+
+
+def check_time_limit(time_limit_minutes: int, max_seconds: float) -> None:
+    """The calibration must end before submitit's time-limit signal can arrive.
+
+    Slurm sends --signal=USR2@SIGNAL_DELAY_S up to 60 s earlier than asked, and submitit's
+    handler then ends a function that cannot checkpoint: the steps, start-up and checkpoint
+    probe must fit before the earliest moment it may come.
+    """
+    needed = max_seconds + STARTUP_ALLOWANCE_S + SIGNAL_DELAY_S + SLURM_SIGNAL_JITTER_S
+    if time_limit_minutes * 60 < needed:
+        minutes = math.ceil(needed / 60)
+        raise SpecError(
+            "calibration.time_limit_minutes",
+            time_limit_minutes,
+            f"must be at least {minutes} with calibration.max_seconds = {max_seconds:g} "
+            f"(steps + {STARTUP_ALLOWANCE_S} s start-up and checkpoint probe + "
+            f"{SIGNAL_DELAY_S} s signal lead + {SLURM_SIGNAL_JITTER_S} s Slurm may signal early); "
+            f"raise it or lower calibration.max_seconds",
+        )
+
+
+def check_submission(spec: RunSpec) -> None:
+    """Every check that needs no job: raises before a folder or a job exists."""
+    cal = spec.calibration
+    if cal.executor == "local":
+        return
+    partitions = slurm_partitions()
+    partition = spec.cluster.partition
+    if partition is not None and partition not in partitions:
+        raise SpecError(
+            "cluster.partition",
+            partition,
+            f"partitions on this cluster: {', '.join(partitions) or '(none)'}",
+        )
+    check_time_limit(cal.time_limit_minutes, cal.max_seconds)
+
+
+def job_timing_lines(folder: Path) -> list[str]:
+    """Lines of the calibration's batch script before its srun: they make its job start and
+    end the way a run's jobs do, and time both (jobs.measurement.Measurement.job_start_s,
+    job_end_s)."""
+    end_file = shlex.quote(str(folder.resolve() / JOB_END_FILE.format(job_id="")))
+    return [
+        f'export {JOB_START_ENV}="$(date +%s.%N)"',
+        # A run's segment asks squeue for its end time before its srun: so does this job.
+        'squeue -h -j "$SLURM_JOB_ID" -o %e >/dev/null 2>&1',
+        f'_planjob_job_end={end_file}"$SLURM_JOB_ID"',
+        """trap 'date +%s.%N > "$_planjob_job_end"' EXIT""",
+    ]
+
+
+def make_executor(
+    spec: RunSpec, folder: Path, job_name: str, nodes: int = 1, tasks_per_node: int = 1
+) -> Any:
+    """submitit's executor for a calibration job of ``nodes`` x ``tasks_per_node`` ranks, one
+    GPU each on a GPU cluster (the local executor runs one task on this machine)."""
+    import submitit
+
+    cal = spec.calibration
+    if cal.executor == "local":
+        executor = submitit.LocalExecutor(folder=folder)
+        gpus = local_gpu_parameters(cal.device, tasks_per_node, os.environ, count_local_gpus())
+        executor.update_parameters(timeout_min=cal.time_limit_minutes, **gpus)
+        return executor
+    cluster = spec.cluster
+    executor = submitit.SlurmExecutor(folder=folder)
+    params: dict[str, Any] = {
+        "job_name": job_name,
+        "time": cal.time_limit_minutes,
+        "signal_delay_s": SIGNAL_DELAY_S,
+        "nodes": nodes,
+        "ntasks_per_node": tasks_per_node,
+        "cpus_per_task": cluster.cpus_per_task,
+        "setup": job_timing_lines(folder),
+    }
+    # One device per rank: a one-task calibration measures one device and the plan scales it;
+    # a data-parallel one runs a rank per GPU as the run's jobs do.
+    if cluster.gpus_per_node > 0:
+        params["gres"] = f"gpu:{tasks_per_node}"
+    optional = {
+        "partition": cluster.partition,
+        "mem": cluster.mem,
+        "account": cluster.account,
+        "qos": cluster.qos,
+    }
+    params.update({k: v for k, v in optional.items() if v is not None})
+    executor.update_parameters(**params)
+    return executor
+
+
+def count_local_gpus(proc: Path = Path("/proc/driver/nvidia/gpus")) -> int:
+    """NVIDIA GPUs on this machine, from the driver's /proc entries: the login side must not
+    import torch to ask, and nvidia-smi can take seconds to answer."""
+    try:
+        return sum(1 for _ in proc.iterdir())
+    except OSError:
+        return 0
+
+
+def local_gpu_parameters(
+    device: str, tasks: int, environ: Mapping[str, str], gpus_here: int
+) -> dict[str, Any]:
+    """submitit.LocalExecutor parameters that let the local job see the GPUs it needs.
+
+    The local executor sets CUDA_VISIBLE_DEVICES to its first gpus_per_node GPUs, which is
+    empty by default: a `--device cuda` calibration would see none. A job that needs CUDA
+    (calibration.device cuda, or auto on a machine with a GPU) gets one GPU per task, chosen
+    among those the user's own CUDA_VISIBLE_DEVICES leaves visible.
+    """
+    if device == "cpu" or (device == "auto" and gpus_here == 0):
+        return {}  # submitit hides every GPU: a CPU calibration stays off them
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return {"gpus_per_node": tasks}
+    ids = [part.strip() for part in visible.split(",") if part.strip()]
+    if len(ids) < tasks:
+        raise SpecError(
+            "calibration.device",
+            device,
+            f"the local job needs {tasks} GPU(s) but CUDA_VISIBLE_DEVICES={visible!r} leaves "
+            f"{len(ids)} visible: unset it, list more GPUs, or use --device cpu",
+        )
+    if all(part.isdigit() for part in ids):
+        return {"gpus_per_node": tasks, "visible_gpus": [int(part) for part in ids]}
+    # GPU UUIDs or MIG names: submitit's visible_gpus takes indices only. Its setup lines run
+    # in the job's shell after its own CUDA_VISIBLE_DEVICES, so this export wins.
+    chosen = ",".join(ids[:tasks])
+    return {"setup": [f"export CUDA_VISIBLE_DEVICES={shlex.quote(chosen)}"]}
+
+
+class JobRunner:
+    """Owns one submitted job until it ends: shows its state, cancels it on Ctrl-C."""
+
+    def __init__(
+        self,
+        job: Any,
+        executor_kind: str,
+        pending_timeout_s: float,
+        on_status: Callable[[JobStatus], None],
+        partition: str | None = None,
+    ) -> None:
+        self.job = job
+        self.kind = executor_kind
+        self.pending_timeout_s = pending_timeout_s
+        self.on_status = on_status
+        self.partition = partition
+        self.submitted = time.monotonic()
+        self.started: float | None = None
+
+    def wait(self) -> Finished:
+        try:
+            self._watch()
+            result = self._result()
+        except KeyboardInterrupt:
+            self._cancel()
+            raise CancelledByUserError(
+                f"interrupted: cancelled job {self.job.job_id}",
+                job_id=str(self.job.job_id),
+                log_path=Path(self.job.paths.stderr),
+            ) from None
+        paths = self.job.paths
+        queue = self.started - self.submitted if self.started is not None else None
+        return Finished(
+            result,
+            str(self.job.job_id),
+            Path(paths.folder),
+            Path(paths.stdout),
+            Path(paths.stderr),
+            queue,
+            time.monotonic() - self.submitted,
+        )
+
+    def status(self) -> JobStatus:
+        elapsed = time.monotonic() - self.submitted
+        if self.kind == "local":
+            state = self.job.state
+            return JobStatus(str(self.job.job_id), state, "", elapsed, "localhost")
+        return self._squeue_status(elapsed)
+
+    def _squeue_status(self, elapsed: float) -> JobStatus:
+        job_id = str(self.job.job_id)
+        try:
+            out = run_command(
+                ["squeue", "-h", "-j", job_id, "-o", "%T|%r|%N"], check=False, timeout=30
+            ).stdout.strip()
+        except CommandError:
+            out = ""
+        if not out:
+            return JobStatus(job_id, "FINISHED", "", elapsed, "")
+        state, reason, node = [*out.splitlines()[0].split("|"), "", "", ""][:3]
+        return JobStatus(job_id, state, "" if reason == "None" else reason, elapsed, node)
+
+    def _watch(self) -> None:
+        while True:
+            status = self.status()
+            if status.state in ("RUNNING", "COMPLETING") and self.started is None:
+                self.started = time.monotonic()
+            self.on_status(status)
+            if status.state not in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING"):
+                return
+            if status.state == "PENDING" and status.elapsed_s > self.pending_timeout_s:
+                self._cancel()
+                raise PendingTimeoutError(
+                    f"job {status.job_id} was still pending after {status.elapsed_s:.0f} s "
+                    f"(calibration.pending_timeout_s = {self.pending_timeout_s:g}) in partition "
+                    f"{self.partition or '(default)'}; squeue's reason: "
+                    f"{status.reason or 'none given'}. Cancelled it.",
+                    job_id=status.job_id,
+                )
+            time.sleep(POLL_S)
+
+    def _result(self) -> Any:
+        from submitit.core.utils import FailedJobError, UncompletedJobError
+
+        try:
+            # results(), not result(): for a job of several tasks (a multi-node calibration)
+            # result() asserts on its sub-jobs; task 0's result is the calibration's.
+            return self.job.results()[0]
+        except FailedJobError as exc:
+            raise self._failure(str(exc)) from None
+        except UncompletedJobError as exc:
+            raise JobFailedError(
+                f"job {self.job.job_id} ended without a result: {exc}",
+                job_id=str(self.job.job_id),
+                log_path=Path(self.job.paths.stderr),
+                stderr_tail=self._stderr_tail(),
+            ) from None
+
+    def _failure(self, text: str) -> JobFailedError:
+        parsed = parse_failure(text)
+        job_id = str(self.job.job_id)
+        log_path = Path(self.job.paths.stderr)
+        tail = self._stderr_tail()
+        if parsed is not None and parsed.get("kind") == "oom":
+            return OutOfMemoryError(
+                parsed["message"], job_id=job_id, log_path=log_path, stderr_tail=tail
+            )
+        if parsed is not None:
+            return JobFailedError(
+                f"job {job_id} failed: {parsed['message']}",
+                job_id=job_id,
+                log_path=log_path,
+                stderr_tail=tail,
+            )
+        last = [line for line in text.strip().splitlines() if line.strip()]
+        summary = last[-1] if last else "no error text"
+        return JobFailedError(
+            f"job {job_id} failed: {summary}", job_id=job_id, log_path=log_path, stderr_tail=tail
+        )
+
+    def _stderr_tail(self, lines: int = 15) -> str:
+        try:
+            text = Path(self.job.paths.stderr).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.rstrip().splitlines()[-lines:])
+
+    def _cancel(self) -> None:
+        # Best effort: we are already on a failure path and must not mask it.
+        with contextlib.suppress(Exception):
+            self.job.cancel(check=False)
+        if self.kind == "local":
+            # submitit's local cancel sends SIGINT only; make sure the process is gone.
+            process = getattr(self.job, "_process", None)
+            if process is not None:
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()

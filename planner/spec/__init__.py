@@ -1,0 +1,3 @@
+"""The run spec: what to train, on how much data, with which batch, on which cluster, how to
+calibrate and plan it. Frozen dataclasses, read from YAML and --set overrides with every field
+validated (an unknown key fails with its close match). Torch-free."""
