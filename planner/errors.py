@@ -1,7 +1,9 @@
-"""plan-job's errors. The library raises these; only planner.cli turns them into exit codes.
+"""Every error plan-job raises on purpose, in one place. The library raises these; only
+planner.cli turns them into exit codes.
 
-BadInputError and its subclasses mean the user must change something (exit 2).
-JobError and its subclasses mean a job did not do its work (exit 1).
+BadInputError and its subclasses mean the user must change something (exit 2): nothing was
+submitted or written. JobError and its subclasses mean a job did not do its work (exit 1).
+CommandError (a shell command failed) is neither until a caller decides (exit 1 if it gets out).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from typing import Any
 
 class PlanJobError(Exception):
     """Base of every error plan-job raises on purpose."""
+
+
+# --- bad input (exit 2) ---------------------------------------------------------------------
 
 
 class BadInputError(PlanJobError):
@@ -58,8 +63,67 @@ def close_match(word: str, candidates: Iterable[str], cutoff: float = 0.75) -> s
     return found[0] if found else None
 
 
+class RecordFieldError(SpecError):
+    """A calibration record holds a value no calibration can have measured."""
+
+
+class CalibrationMismatchError(SpecError):
+    """The calibration record measured another workload, micro-batch or precision."""
+
+
+class BatchSplitError(SpecError):
+    """The global batch cannot be split evenly over the GPUs of a node count."""
+
+
+class PartitionLimitError(SpecError):
+    """The spec asks for more than the partition has, or its MaxTime allows no progress."""
+
+
+class DeadlineError(SpecError):
+    """No node count finishes within the deadline at P95."""
+
+
 class SlurmUnavailableError(BadInputError):
     """--executor slurm was asked for on a machine without a working Slurm client."""
+
+
+class UnknownJobError(BadInputError):
+    """Neither the controller nor the accounting database knows the job id."""
+
+
+class RunFolderExistsError(BadInputError):
+    """emit would overwrite an earlier run's scripts (and the record of their jobs)."""
+
+
+class UnsafeRunFolderError(BadInputError):
+    """The -o folder is one that --force must never replace."""
+
+
+class NotARunFolderError(BadInputError):
+    """The folder holds no emitted scripts, or no usable train.json."""
+
+
+class PlanFileError(BadInputError):
+    """plan.yaml is missing or is not what `plan-job emit` writes."""
+
+
+class ForeignCheckpointsError(BadInputError):
+    """checkpoint.dir holds checkpoints of another run; submitting would resume from them."""
+
+
+class RunNotStartedError(BadInputError):
+    """The run's jobs are still queued: there is nothing to estimate from yet."""
+
+
+class RefusedError(BadInputError):
+    """Resubmitting would not help, or would break the run: the message says what to do."""
+
+
+class HistoryError(BadInputError):
+    """The history database cannot be opened, created or written."""
+
+
+# --- a job did not do its work (exit 1) -----------------------------------------------------
 
 
 class JobError(PlanJobError):
@@ -87,12 +151,23 @@ class OutOfMemoryError(JobFailedError):
     """The workload ran out of device memory; names the micro-batch it failed at."""
 
 
+class RunFailedError(JobFailedError):
+    """Every job of the run ended without writing a progress line."""
+
+
 class PendingTimeoutError(JobError):
     """The job stayed pending past the limit and was cancelled."""
 
 
 class CancelledByUserError(JobError):
     """Ctrl-C: the job plan-job submitted was cancelled."""
+
+
+class SubmissionError(JobError):
+    """sbatch refused a segment; the segments already submitted were cancelled."""
+
+
+# --- a shell command failed --------------------------------------------------------------------
 
 
 class CommandError(PlanJobError):

@@ -19,12 +19,11 @@ from jobs.measurement import CalibrationFailed, CalibrationRequest
 from jobs.train_config import TrainConfig
 from planner.calibration.record import make_record
 from planner.calibration.report import calibration_table
-from planner.errors import SpecError
+from planner.errors import CalibrationMismatchError, SpecError
 from planner.eta.source import History, read_plan_facts
 from planner.eta.steps import StepTime, resume_time
 from planner.followup.pace import JobTiming, _resume
 from planner.history.database import predicted_job_s
-from planner.model.plan import CalibrationMismatchError
 from planner.model.report import plan_table
 from planner.spec.run_spec import parse_spec
 from tests.test_planning import SPEC, partition, plan_for, record_for, spec_with

@@ -15,16 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from planner.errors import SpecError
+from planner.errors import NotARunFolderError, RunFolderExistsError, SpecError
 from planner.model.plan import Plan
-from planner.runs.chain import NotARunFolderError, planned_commands
-from planner.runs.emit import (
-    EmitOptions,
-    RunFolderExistsError,
-    emit,
-    render,
-    sbatch_options,
-)
+from planner.runs.chain import planned_commands
+from planner.runs.emit import EmitOptions, emit, render, sbatch_options
 from tests.cli_helpers import run_cli
 from tests.test_planning import partition, plan_for, spec_with
 

@@ -24,7 +24,7 @@ import yaml
 
 from jobs.progress import ProgressWriter
 from jobs.stats import mser_truncation, t_quantile_975
-from planner.errors import BadInputError
+from planner.errors import BadInputError, UnknownJobError
 from planner.eta import estimate as estimator
 from planner.eta import report as eta_report
 from planner.eta.source import load_progress, load_source
@@ -32,7 +32,6 @@ from planner.runs.chain import SubmittedJob
 from planner.runs.emit import EmitOptions, emit
 from planner.shell import CommandResult
 from planner.slurm.queue import (
-    UnknownJobError,
     find_job,
     job_from_scontrol,
     parse_sacct,

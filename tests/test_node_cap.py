@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from planner.errors import PartitionLimitError
 from planner.model.node_cap import NodeCap, node_cap, tightest
-from planner.model.plan import PartitionLimitError
 from tests.cli_helpers import run_cli
 from tests.test_planning import partition, plan_for, record_for, spec_with
 from tests.text_helpers import no_slurm_env, reference_files

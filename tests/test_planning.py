@@ -18,15 +18,16 @@ import yaml
 
 from jobs.measurement import Measurement
 from planner.calibration.record import CalibrationRecord, JobInfo, make_record
-from planner.errors import BadInputError, SpecError
-from planner.model.interval import daly_interval_s, expected_overhead, job_mtbf, young_interval_s
-from planner.model.plan import (
+from planner.errors import (
+    BadInputError,
     BatchSplitError,
     CalibrationMismatchError,
     DeadlineError,
     PartitionLimitError,
-    Plan,
+    SpecError,
 )
+from planner.model.interval import daly_interval_s, expected_overhead, job_mtbf, young_interval_s
+from planner.model.plan import Plan
 from planner.model.planning import make_plan
 from planner.model.report import plan_table
 from planner.model.scaling import RingAllReduce, efficiency, grad_accum_for

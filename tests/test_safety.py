@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from planner.calibration.record import load_record, save_record
-from planner.calibration.record_checks import RecordFieldError
+from planner.errors import RecordFieldError
 from planner.runs.run_folder import MARKER, read_marker
 from tests.cli_helpers import TINY_JIT, cli_env, run_cli, write_spec
 from tests.test_planning import SPEC, record_for, spec_with

@@ -15,11 +15,10 @@ from typing import Any
 
 from jobs.measurement import JOB_END_FILE, CalibrationRequest, Measurement
 from planner.calibration.record import CalibrationRecord, JobInfo, make_record
-from planner.errors import JobFailedError, SpecError
-from planner.model.plan import BatchSplitError
+from planner.errors import BatchSplitError, JobFailedError, PartitionLimitError, SpecError
 from planner.model.scaling_fit import ScalingPoint, make_section
 from planner.runs.checkpoint_dir import check_writable
-from planner.slurm.partition import PartitionLimitError, PartitionLimits, read_partition
+from planner.slurm.partition import PartitionLimits, read_partition
 from planner.slurm.submission import JobRunner, JobStatus, check_submission, make_executor
 from planner.spec.run_spec import RunSpec
 

@@ -13,17 +13,13 @@ import math
 from typing import Any
 
 from jobs.measurement import STOP_REASONS, Measurement
-from planner.errors import SpecError
+from planner.errors import RecordFieldError
 
 # Fields that are divided by, or that a plan multiplies by the step count: zero is as wrong
 # as a negative value.
 _POSITIVE = {"step_mean_s", "step_median_s", "samples_per_step", "target_ci", "ranks", "nodes"}
 _POSITIVE_POINT = {"nodes", "ranks", "tasks_per_node", "grad_accum", "step_mean_s"}
 _ALLOWED = {"stopped_by": STOP_REASONS, "device_kind": ("cpu", "cuda")}
-
-
-class RecordFieldError(SpecError):
-    """A calibration record holds a value no calibration can have measured."""
 
 
 def check_measurement(m: Measurement, source: str) -> None:

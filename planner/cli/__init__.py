@@ -59,7 +59,7 @@ _HISTORY = click.option(
 
 def _record_history(action: Any) -> None:
     """The history is a by-product: failing to write it must not fail the command."""
-    from planner.history.database import HistoryError
+    from planner.errors import HistoryError
 
     try:
         action()
@@ -302,8 +302,8 @@ def _make_plan(
     """Spec + calibration record + the partition's limits -> Plan (raises PlanJobError),
     with the history's step corrections for the workload and partition, if it has any."""
     from planner.calibration.record import load_record
+    from planner.errors import HistoryError
     from planner.history.correction import corrections_for
-    from planner.history.database import HistoryError
     from planner.model.planning import make_plan
     from planner.slurm.partition import read_partition
     from planner.slurm.submission import slurm_available

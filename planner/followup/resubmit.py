@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from planner.atomic import write_text_atomic
-from planner.errors import BadInputError
+from planner.errors import RefusedError
 from planner.followup.preview import preview_partition
 from planner.followup.state import RunState
 from planner.model.plan import Plan, Segment
@@ -46,10 +46,6 @@ from planner.slurm.queue import Runner
 
 DEFAULT_MAX_RETRIES = 3
 _SCRIPT_RE = re.compile(r"^segment-(\d+)\.sbatch$")
-
-
-class RefusedError(BadInputError):
-    """Resubmitting would not help, or would break the run: the message says what to do."""
 
 
 @dataclass(frozen=True)

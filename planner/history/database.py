@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from jobs.stats import steady_estimate
 from planner.calibration.record import CalibrationRecord
-from planner.errors import BadInputError
+from planner.errors import HistoryError
 from planner.model.plan import Plan
 from planner.model.timemodel import job_saves
 from planner.slurm.partition import PartitionLimits
@@ -57,10 +57,6 @@ CREATE TABLE IF NOT EXISTS outcomes (
 """
 # Columns added after schema 1, with their types: ALTER TABLE adds them to older databases.
 _ADDED_COLUMNS = {"outcomes": {"step_s": "REAL", "model_step_s": "REAL"}}
-
-
-class HistoryError(BadInputError):
-    """The history database cannot be opened, created or written."""
 
 
 def history_path(explicit: Path | None = None) -> Path:

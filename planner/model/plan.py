@@ -10,8 +10,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from planner.errors import SpecError
-from planner.slurm.partition import PartitionLimitError as PartitionLimitError
 from planner.slurm.partition import PartitionLimits
 from planner.spec.run_spec import RunSpec
 
@@ -27,18 +25,6 @@ SIGNAL_SLACK_S = 60
 SIGNAL_MARGIN_S = 10
 # One-sided 95% quantile of the normal distribution.
 Z95 = 1.6448536269514722
-
-
-class CalibrationMismatchError(SpecError):
-    """The calibration record measured another workload, micro-batch or precision."""
-
-
-class BatchSplitError(SpecError):
-    """The global batch cannot be split evenly over the GPUs of a node count."""
-
-
-class DeadlineError(SpecError):
-    """No node count finishes within the deadline at P95."""
 
 
 @dataclass(frozen=True)

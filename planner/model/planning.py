@@ -24,7 +24,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from planner.calibration.record import CalibrationRecord
-from planner.errors import SpecError
+from planner.errors import (
+    BatchSplitError,
+    CalibrationMismatchError,
+    DeadlineError,
+    PartitionLimitError,
+    SpecError,
+)
 from planner.history.correction import Correction
 from planner.model.baselines import baselines
 from planner.model.interval import choose_interval
@@ -33,10 +39,7 @@ from planner.model.plan import (
     SIGNAL,
     SIGNAL_MARGIN_S,
     SIGNAL_SLACK_S,
-    BatchSplitError,
-    CalibrationMismatchError,
     CheckpointChoice,
-    DeadlineError,
     NodeOption,
     Plan,
     TimeEstimate,
@@ -67,7 +70,7 @@ from planner.model.timemodel import (
     split_segments,
     step_stats,
 )
-from planner.slurm.partition import PartitionLimitError, PartitionLimits, check_partition
+from planner.slurm.partition import PartitionLimits, check_partition
 from planner.spec.run_spec import RunSpec
 from planner.units import fmt_duration, fmt_percent
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from planner.model.plan import BatchSplitError
+from planner.errors import BatchSplitError
 from planner.spec.run_spec import PlanSpec, RunSpec
 
 GRAD_BYTES_PER_PARAM = 4

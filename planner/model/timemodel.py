@@ -36,14 +36,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from jobs.measurement import Measurement
-from planner.errors import SpecError
+from planner.errors import PartitionLimitError, SpecError
 from planner.model.plan import (
     Z95,
     CheckpointChoice,
     Segment,
     TimeEstimate,
 )
-from planner.slurm.partition import PartitionLimitError
 from planner.spec.run_spec import RunSpec
 from planner.units import fmt_duration
 

@@ -16,18 +16,10 @@ import yaml
 
 from jobs.train_config import TrainConfig
 from planner.atomic import write_text_atomic
-from planner.errors import BadInputError, CommandError, JobError
+from planner.errors import CommandError, NotARunFolderError, SubmissionError
 from planner.runs.checkpoint_dir import prepare_for_submission
 from planner.runs.run_folder import JOBS_FILE, TRAIN_FILE
 from planner.shell import run_command
-
-
-class NotARunFolderError(BadInputError):
-    """The folder holds no emitted scripts."""
-
-
-class SubmissionError(JobError):
-    """sbatch refused a segment; the segments already submitted were cancelled."""
 
 
 @dataclass(frozen=True)

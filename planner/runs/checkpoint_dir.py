@@ -17,13 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.checkpoint_owner import Owner, read_owner, saved_files, write_owner
-from planner.errors import BadInputError, SpecError
+from planner.errors import ForeignCheckpointsError, SpecError
 
 FIELD = "checkpoint.dir"
-
-
-class ForeignCheckpointsError(BadInputError):
-    """checkpoint.dir holds checkpoints of another run; submitting would resume from them."""
 
 
 @dataclass(frozen=True)

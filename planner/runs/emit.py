@@ -19,7 +19,7 @@ import yaml
 
 from jobs.train_config import TrainConfig
 from planner.atomic import write_text_atomic
-from planner.errors import SpecError
+from planner.errors import RunFolderExistsError, SpecError
 from planner.model.plan import Plan, Segment
 from planner.runs.checkpoint_dir import FIELD as CHECKPOINT_FIELD
 from planner.runs.checkpoint_dir import check_writable, foreign_checkpoints
@@ -31,7 +31,6 @@ from planner.runs.run_folder import (
     PLAN_FILE,
     PROGRESS_FILE,
     TRAIN_FILE,
-    RunFolderExistsError,
     check_output_folder,
     new_marker,
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from planner.errors import BadInputError, JobFailedError, PlanJobError, SlurmUnavailableError
+from planner.errors import PlanJobError, RunFailedError, RunNotStartedError, SlurmUnavailableError
 from planner.runs.chain import SubmittedJob
 from planner.runs.run_folder import LOGS_DIR
 from planner.slurm.accounting import JobOutcome, job_outcomes, with_inferred
@@ -20,14 +20,6 @@ from planner.slurm.queue import Runner, queued
 from planner.units import fmt_duration
 
 TAIL_LINES = 15
-
-
-class RunNotStartedError(BadInputError):
-    """The run's jobs are still queued: there is nothing to estimate from yet."""
-
-
-class RunFailedError(JobFailedError):
-    """Every job of the run ended without writing a progress line."""
 
 
 def no_progress_error(

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from planner.atomic import write_text_atomic
-from planner.errors import BadInputError, PlanJobError
+from planner.errors import PlanFileError, PlanJobError
 from planner.model.plan import Baselines, CheckpointChoice, NodeOption, Plan, Segment, TimeEstimate
 from planner.runs.run_folder import EMIT_FILE, PLAN_FILE
 from planner.slurm.partition import PartitionLimits
@@ -32,10 +32,6 @@ _NESTED: dict[str, type] = {
     "baselines": Baselines,
 }
 _SEQUENCES: dict[str, type] = {"segments": Segment, "options": NodeOption}
-
-
-class PlanFileError(BadInputError):
-    """plan.yaml is missing or is not what `plan-job emit` writes."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.errors import BadInputError
+from planner.errors import RunFolderExistsError, UnsafeRunFolderError
 
 MARKER = ".plan-job-run"
 MARKER_FORMAT = "plan-job/run/v1"
@@ -40,14 +40,6 @@ OWN_NAMES = (
     "resubmit-*.yaml",
     ".*.tmp",
 )
-
-
-class RunFolderExistsError(BadInputError):
-    """emit would overwrite an earlier run's scripts (and the record of their jobs)."""
-
-
-class UnsafeRunFolderError(BadInputError):
-    """The -o folder is one that --force must never replace."""
 
 
 @dataclass(frozen=True)

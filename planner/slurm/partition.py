@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from planner.errors import CommandError, SlurmUnavailableError, SpecError
+from planner.errors import CommandError, PartitionLimitError, SlurmUnavailableError, SpecError
 from planner.shell import CommandResult, run_command
 from planner.spec.run_spec import RunSpec
 
@@ -27,10 +27,6 @@ _DURATION_FORMATS = (
     "minutes, minutes:seconds, hours:minutes:seconds, days-hours, days-hours:minutes, "
     "days-hours:minutes:seconds, or UNLIMITED"
 )
-
-
-class PartitionLimitError(SpecError):
-    """The spec asks for more than the partition has, or its MaxTime allows no progress."""
 
 
 @dataclass(frozen=True)

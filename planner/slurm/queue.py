@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from planner.errors import BadInputError, CommandError, SlurmUnavailableError
+from planner.errors import CommandError, SlurmUnavailableError, UnknownJobError
 from planner.shell import CommandResult, run_command
 
 Runner = Callable[[Sequence[str]], CommandResult]
@@ -47,10 +47,6 @@ JOB_ID_RE = re.compile(r"^\d+(?:_\d+)?$")
 # spaces too: a new pair starts only where a capitalised key and "=" follow a space.
 _SCONTROL_KEY_RE = re.compile(r"(?:^| )([A-Z][A-Za-z0-9/:_]*)=")
 _DURATION_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
-
-
-class UnknownJobError(BadInputError):
-    """Neither the controller nor the accounting database knows the job id."""
 
 
 @dataclass(frozen=True)
