@@ -1,0 +1,147 @@
+"""What every plan-job command shares: the exit codes and the one place a planner error
+becomes one, the options several commands take, and writing the history without letting it
+fail a command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from planner.errors import BadInputError, CancelledByUserError, JobError, PlanJobError
+
+EXIT_JOB_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class PlanJobClickError(click.ClickException):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def fail(exc: PlanJobError) -> NoReturn:
+    if isinstance(exc, CancelledByUserError):
+        raise PlanJobClickError(str(exc), EXIT_INTERRUPTED) from exc
+    if isinstance(exc, JobError):
+        parts = [str(exc)]
+        if exc.stderr_tail:
+            parts.append("--- last lines of the job's stderr ---\n" + exc.stderr_tail)
+        if exc.log_path:
+            parts.append(f"log: {exc.log_path}")
+        raise PlanJobClickError("\n".join(parts), EXIT_JOB_FAILED) from exc
+    code = EXIT_BAD_INPUT if isinstance(exc, BadInputError) else EXIT_JOB_FAILED
+    raise PlanJobClickError(str(exc), code) from exc
+
+
+HISTORY = click.option(
+    "--history",
+    "history_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The history database [env PLANJOB_HISTORY; ~/.local/share/plan-job/history.sqlite].",
+)
+
+
+def record_history(action: Any) -> None:
+    """The history is a by-product: failing to write it must not fail the command."""
+    from planner.errors import HistoryError
+
+    try:
+        action()
+    except HistoryError as exc:
+        click.echo(f"warning: {exc}; nothing recorded in the history", err=True)
+
+
+SETS = click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY.PATH=VALUE",
+    help="Override any spec field, e.g. --set plan.deadline_hours=48 (repeatable).",
+)
+CALIBRATION = click.option(
+    "--calibration",
+    "calibration_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The record `plan-job calibrate` wrote for this spec.",
+)
+DEADLINE = click.option(
+    "--deadline",
+    type=float,
+    metavar="HOURS",
+    help="Finish within this many hours at P95 [spec: plan.deadline_hours].",
+)
+NODES = click.option("--nodes", type=int, help="Force a node count instead of choosing one.")
+
+
+JSON = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (README: JSON output)."
+)
+NO_CORRECTION = click.option(
+    "--no-correction",
+    is_flag=True,
+    help="Plan from the calibration alone, without the history's correction.",
+)
+
+
+@dataclass(frozen=True)
+class _Planned:
+    plan: Any  # the plan to use: corrected where the history had a correction
+    model: Any  # the uncorrected plan
+    corrected: bool  # the history changed the plan
+
+
+def make_plan_from_files(
+    spec_path: Path,
+    calibration_path: Path,
+    sets: tuple[str, ...],
+    deadline: float | None,
+    nodes: int | None,
+    history_file: Path | None = None,
+    correct: bool = True,
+) -> _Planned:
+    """Spec + calibration record + the partition's limits -> Plan (raises PlanJobError),
+    with the history's step corrections for the workload and partition, if it has any."""
+    from planner.calibration.record import load_record
+    from planner.errors import HistoryError
+    from planner.history.correction import corrections_for
+    from planner.model.planning import make_plan
+    from planner.slurm.partition import read_partition
+    from planner.slurm.submission import slurm_available
+    from planner.spec.run_spec import load_spec
+
+    spec = load_spec(spec_path, sets)
+    record = load_record(calibration_path)
+    partition = None
+    if slurm_available():
+        partition = read_partition(spec.cluster.partition)
+    else:
+        click.echo(
+            "note: no Slurm client here, so the partition's MaxTime and node limits are not "
+            "checked; run plan-job on the login node for a plan that fits the partition",
+            err=True,
+        )
+    path = str(calibration_path)
+    model = make_plan(spec, record, partition, path, deadline_hours=deadline, nodes=nodes)
+    corrections = {}
+    if correct:
+        try:
+            corrections = corrections_for(spec, partition, history_file)
+        except HistoryError as exc:
+            click.echo(f"warning: {exc}; planned without the history's correction", err=True)
+    if not corrections:
+        return _Planned(model, model, False)
+    plan = make_plan(
+        spec,
+        record,
+        partition,
+        path,
+        deadline_hours=deadline,
+        nodes=nodes,
+        corrections=corrections,
+    )
+    return _Planned(plan, model, plan.wall != model.wall)

@@ -1,0 +1,73 @@
+"""plan-job eta: when a run will finish, from its own recent steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from planner.cli.common import EXIT_INTERRUPTED, fail
+from planner.cli.status_line import StatusLine
+from planner.errors import PlanJobError
+
+
+@click.command()
+@click.argument("target", metavar="TARGET")
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=1.0),
+    is_flag=False,
+    flag_value=30.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="Refresh every SECONDS (30 if none is given) until the run is done or no job is left.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON object.")
+@click.option(
+    "--total-steps",
+    type=click.IntRange(min=1),
+    help="The run's last step, for progress files without a `start` line.",
+)
+def eta(target: str, watch: float | None, as_json: bool, total_steps: int | None) -> None:
+    """When a run will finish, from its own recent step times.
+
+    \b
+    TARGET is a progress.jsonl, a Hugging Face trainer_state.json, a run folder
+    (`plan-job emit -o FOLDER`) or a Slurm job id of the run. On the cluster it also reads
+    the running job's end from squeue and checks that the queued segments reach the last step.
+    Put --watch after TARGET: `plan-job eta runs/x --watch 60`.
+    """
+    from planner.eta import estimate as estimator
+    from planner.eta import report as eta_report
+    from planner.eta.progress_bar import bar_key, bar_text, from_eta
+    from planner.eta.source import load_source
+
+    def compute() -> Any:
+        source = load_source(target, total_steps)
+        return estimator.estimate(source, estimator.observe_slurm(source))
+
+    render = eta_report.eta_table
+    if as_json:
+        render = eta_report.eta_json if watch is None else eta_report.eta_json_line
+    line = StatusLine()
+
+    def show_bar(result: Any) -> None:
+        progress = from_eta(result)
+        line.show(bar_text(progress), bar_key(progress))
+
+    try:
+        if watch is None:
+            click.echo(render(compute()))
+        else:
+            stream = click.get_text_stream("stdout")
+            # JSON Lines are for a script: no bar beside them.
+            bar = None if as_json else show_bar
+            try:
+                eta_report.watch(compute, render, watch, stream, on_refresh=bar)
+            finally:
+                line.close()
+    except KeyboardInterrupt:
+        click.echo("", err=True)
+        click.get_current_context().exit(EXIT_INTERRUPTED)
+    except PlanJobError as exc:
+        fail(exc)

@@ -1,0 +1,40 @@
+"""plan-job history: predicted vs actual per run, and the correction new plans get."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from planner.cli.common import HISTORY, JSON, fail
+from planner.errors import PlanJobError
+
+
+@click.command("history")
+@click.option(
+    "--update",
+    "updates",
+    multiple=True,
+    metavar="RUN",
+    help="First record how the jobs of this run folder (or job id) ended (repeatable).",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@HISTORY
+@JSON
+def history_command(
+    updates: tuple[str, ...], limit: int, history_file: Path | None, as_json: bool
+) -> None:
+    """Predicted vs actual per run, and the bias per workload and partition that corrects
+    new plans."""
+    from planner.followup.state import inspect_run
+    from planner.history import database as history
+    from planner.history.report import history_json, history_text
+
+    try:
+        for target in updates:
+            count = history.record_outcomes(inspect_run(target), history_file)
+            click.echo(f"recorded {count} ended job(s) of {target}", err=True)
+        show = history_json if as_json else history_text
+        click.echo(show(history_file, limit))
+    except PlanJobError as exc:
+        fail(exc)

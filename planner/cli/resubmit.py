@@ -1,0 +1,91 @@
+"""plan-job resubmit: the rest of a run whose jobs ended short of its last step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from planner.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    HISTORY,
+    PlanJobClickError,
+    fail,
+    record_history,
+)
+from planner.errors import PlanJobError, SlurmUnavailableError
+
+
+@click.command()
+@click.argument("target", metavar="TARGET")
+@click.option(
+    "--nodes",
+    type=click.IntRange(min=1),
+    help="Node count of the new jobs; only the run's own (its checkpoints' world size).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the scripts and sbatch commands only.")
+@click.option(
+    "--max-retries",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Refuse when the run folder records this many resubmissions already.",
+)
+@HISTORY
+def resubmit(
+    target: str, nodes: int | None, dry_run: bool, max_retries: int, history_file: Path | None
+) -> None:
+    """Submit the rest of a run whose jobs ended short of its last step.
+
+    \b
+    TARGET is the run folder or a Slurm job id of the run. Reads how the last job ended
+    (sacct; without accounting scontrol, its log and the progress file), the newest
+    checkpoint and the pace the run showed, then writes segment-NN.sbatch scripts numbered
+    after the existing ones, sized from that pace and the partition's MaxTime, and submits
+    them as an afterany chain (job ids appended to jobs.yaml, resubmit-K.yaml records why).
+    """
+    import shlex
+
+    from planner.followup import resubmit as resubmission
+    from planner.followup.report import jobs_table, resubmission_text
+    from planner.followup.state import inspect_run
+    from planner.history import database as history
+
+    try:
+        state = inspect_run(target, preview=dry_run)
+        if not state.unread:  # jobs taken as ended without Slurm's word are not outcomes
+            record_history(lambda: history.record_outcomes(state, history_file))
+        plan = resubmission.prepare(state, nodes, max_retries, preview=dry_run)
+        click.echo(resubmission_text(plan))
+        if dry_run:
+            for name, text in plan.scripts:
+                click.echo(f"\n# ===== {name} (not written) =====\n{text}")
+            click.echo("\n# dry run: would submit")
+            for argv in resubmission.planned_commands(plan):
+                click.echo(" ".join(shlex.quote(arg) for arg in argv))
+            if plan.unread:
+                click.echo(
+                    "\n# a preview without Slurm (see 'not read' above): resubmit on the login "
+                    "node, where those are checked"
+                )
+            return
+
+        def on_submitted(job: Any) -> None:
+            click.echo(f"submitted segment {job.segment}: job {job.job_id}", err=True)
+
+        jobs = resubmission.submit(plan, on_submitted)
+    except KeyboardInterrupt:
+        raise PlanJobClickError(
+            "interrupted: cancelled the segments already submitted", EXIT_INTERRUPTED
+        ) from None
+    except SlurmUnavailableError as exc:
+        raise PlanJobClickError(
+            f"{exc}; `plan-job resubmit {target} --dry-run` previews from the run folder alone",
+            EXIT_BAD_INPUT,
+        ) from exc
+    except PlanJobError as exc:
+        fail(exc)
+    click.echo("\n" + jobs_table(jobs))
+    click.echo(f"recorded in {resubmission.record_path(plan)} and {state.run_dir / 'jobs.yaml'}")
