@@ -20,7 +20,8 @@ from planner.calibration.calibrate import build_request
 from planner.errors import SpecError
 from planner.followup.state import newest_logged_checkpoint
 from planner.runs.emit import EmitOptions, emit
-from planner.spec.run_spec import COMMAND_WORKLOAD, RunSpec, load_spec, parse_spec
+from planner.spec.load import load_spec, parse_spec
+from planner.spec.run_spec import COMMAND_WORKLOAD, RunSpec
 from tests.cli_helpers import run_cli, write_spec
 from tests.test_emit import HOSTILE
 from tests.test_planning import SPEC, plan_for, record_for

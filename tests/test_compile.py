@@ -25,7 +25,7 @@ from planner.eta.steps import StepTime, resume_time
 from planner.followup.pace import JobTiming, _resume
 from planner.history.database import predicted_job_s
 from planner.model.report import plan_table
-from planner.spec.run_spec import parse_spec
+from planner.spec.load import parse_spec
 from tests.test_planning import SPEC, partition, plan_for, record_for, spec_with
 from tests.test_train import REPO, command, env, events, make_config, run_in_process
 

@@ -33,7 +33,8 @@ from planner.model.report import plan_table
 from planner.model.scaling import RingAllReduce, efficiency, grad_accum_for
 from planner.model.timemodel import count_work
 from planner.slurm.partition import PartitionLimits
-from planner.spec.run_spec import RunSpec, parse_spec
+from planner.spec.load import parse_spec
+from planner.spec.run_spec import RunSpec
 from planner.units import slurm_minutes
 
 Z95 = 1.6448536269514722

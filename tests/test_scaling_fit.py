@@ -34,7 +34,7 @@ from planner.model.scaling_fit import (
     measured_scaling,
 )
 from planner.slurm.submission import make_executor
-from planner.spec.run_spec import parse_spec
+from planner.spec.load import parse_spec
 from tests.cli_helpers import TINY_JIT, run_cli, write_spec
 from tests.test_planning import MEASUREMENT, SPEC, partition, plan_for, spec_with
 

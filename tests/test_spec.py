@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from planner.errors import SpecError, UnknownKeysError
-from planner.spec.run_spec import apply_override, load_spec, parse_spec
+from planner.spec.load import apply_override, load_spec, parse_spec
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

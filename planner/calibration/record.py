@@ -23,7 +23,8 @@ from planner.calibration.record_checks import (
 )
 from planner.errors import SpecError
 from planner.model.scaling_fit import ScalingSection, section_from_dict
-from planner.spec.run_spec import RunSpec, parse_spec
+from planner.spec.load import parse_spec
+from planner.spec.run_spec import RunSpec
 
 FORMAT = "plan-job/calibration/v1"
 

@@ -95,7 +95,7 @@ def calibrate(
     from planner.calibration.record import save_record
     from planner.calibration.report import calibration_table
     from planner.history import database as history
-    from planner.spec.run_spec import load_spec
+    from planner.spec.load import load_spec
 
     flags = {
         "calibration.executor": executor,

@@ -112,7 +112,7 @@ def make_plan_from_files(
     from planner.model.planning import make_plan
     from planner.slurm.partition import read_partition
     from planner.slurm.submission import slurm_available
-    from planner.spec.run_spec import load_spec
+    from planner.spec.load import load_spec
 
     spec = load_spec(spec_path, sets)
     record = load_record(calibration_path)

@@ -23,7 +23,7 @@ from planner.errors import PlanFileError, PlanJobError
 from planner.model.plan import Baselines, CheckpointChoice, NodeOption, Plan, Segment, TimeEstimate
 from planner.runs.run_folder import EMIT_FILE, PLAN_FILE
 from planner.slurm.partition import PartitionLimits
-from planner.spec.run_spec import parse_spec
+from planner.spec.load import parse_spec
 
 RESUBMIT_GLOB = "resubmit-*.yaml"
 _NESTED: dict[str, type] = {
