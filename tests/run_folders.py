@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 
 from planner.errors import CommandError
-from planner.runs.chain import SubmittedJob
 from planner.runs.emit import EmitOptions, emit
+from planner.runs.run_folder import SubmittedJob
 from planner.shell import CommandResult
 from tests.test_eta import FIXTURES, STEP_S, T0, Log, slurm_time
 from tests.test_planning import partition, plan_for, spec_with

@@ -26,7 +26,7 @@ from planner.followup.tighten import plan_tightening
 from planner.history import database as history
 from planner.history.report import history_text
 from planner.model.report import plan_table
-from planner.runs.chain import SubmittedJob
+from planner.runs.run_folder import SubmittedJob
 from planner.textwidth import fit_table, output_width
 from tests.cli_helpers import run_cli
 from tests.run_folders import FakeSlurm, accounted, running_folder, stopped_folder

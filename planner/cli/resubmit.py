@@ -52,6 +52,7 @@ def resubmit(
     from planner.followup.report import jobs_table, resubmission_text
     from planner.followup.state import inspect_run
     from planner.history import database as history
+    from planner.runs.run_folder import JOBS_FILE
 
     try:
         state = inspect_run(target, preview=dry_run)
@@ -88,4 +89,4 @@ def resubmit(
     except PlanJobError as exc:
         fail(exc)
     click.echo("\n" + jobs_table(jobs))
-    click.echo(f"recorded in {resubmission.record_path(plan)} and {state.run_dir / 'jobs.yaml'}")
+    click.echo(f"recorded in {resubmission.record_path(plan)} and {state.run_dir / JOBS_FILE}")

@@ -45,6 +45,7 @@ def submit(
 
     from planner.followup.report import jobs_table
     from planner.runs.chain import planned_commands, submit_chain
+    from planner.runs.run_folder import JOBS_FILE
 
     if dry_run and watch is not None:
         raise PlanJobClickError(
@@ -69,7 +70,7 @@ def submit(
     except PlanJobError as exc:
         fail(exc)
     click.echo(jobs_table(jobs))
-    click.echo(f"job ids recorded in {run_dir / 'jobs.yaml'}")
+    click.echo(f"job ids recorded in {run_dir / JOBS_FILE}")
     if watch is not None:
         _follow_run(run_dir, watch, [job.job_id for job in jobs])
 

@@ -35,7 +35,8 @@ from planner.eta.outlook import (
     simulate,
     stop_reserve,
 )
-from planner.eta.source import History, Source
+from planner.eta.progress import History
+from planner.eta.source import Source
 from planner.eta.steps import (
     DEFAULT_SPREAD,
     MIN_JOB_STEPS,

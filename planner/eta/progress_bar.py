@@ -10,7 +10,6 @@ the run's queue state stands in. Torch-free.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,8 +18,7 @@ from pathlib import Path
 from planner.clock import short_moment_text
 from planner.errors import SlurmUnavailableError
 from planner.eta.estimate import Eta
-from planner.runs.chain import load_jobs
-from planner.runs.emit import TRAIN_FILE
+from planner.runs.run_folder import LOGS_DIR, load_jobs, progress_candidates, read_train_json
 from planner.slurm.queue import Runner, queued
 
 CELLS = 10
@@ -92,7 +90,7 @@ def waiting(run_dir: Path, runner: Runner | None = None, now: float | None = Non
     if not active:
         note = (
             f"no job of the run is queued or running and none wrote progress: see the logs in "
-            f"{run_dir / 'logs'}"
+            f"{run_dir / LOGS_DIR}"
         )
         return Progress(0, total, None, None, now, "no job left", True, note)
     job = active[0]
@@ -103,7 +101,7 @@ def waiting(run_dir: Path, runner: Runner | None = None, now: float | None = Non
 
 def started(run_dir: Path) -> bool:
     """Whether the run's progress file has a line yet."""
-    for path in _progress_paths(run_dir):
+    for path in progress_candidates(run_dir, read_train_json(run_dir)):
         try:
             if path.stat().st_size > 0:
                 return True
@@ -145,20 +143,6 @@ def _rate(step_s: float) -> str:
     return f"{step_s:.3g} s/step"
 
 
-def _train(run_dir: Path) -> dict[str, object]:
-    try:
-        data = json.loads((run_dir / TRAIN_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _total_steps(run_dir: Path) -> int:
-    total = _train(run_dir).get("total_steps")
+    total = read_train_json(run_dir).get("total_steps")
     return total if isinstance(total, int) else 0
-
-
-def _progress_paths(run_dir: Path) -> list[Path]:
-    named = _train(run_dir).get("progress_path")
-    paths = [Path(named)] if isinstance(named, str) and named else []
-    return [*paths, run_dir / "progress.jsonl"]

@@ -1,113 +1,43 @@
-"""Where an ETA's numbers come from: a progress file, a trainer_state.json, a run folder, a job.
-
-Every source becomes a History: the run's jobs in order, each with the step times it logged.
-A run folder adds what was planned (plan.yaml), the checkpoint interval (train.json) and the
-chain's job ids (jobs.yaml); a Slurm job id is followed to its batch script's folder.
-
-A Hugging Face Trainer's trainer_state.json holds no times at all (its log_history has
-step, epoch, loss, learning_rate, grad_norm, eval metrics; train_runtime only once train()
-has returned). Its pace is read from the modification times of the checkpoint-*/
-trainer_state.json files next to it, which the Trainer rewrites at every save: one wall-clock
-rate per save interval, checkpoint saves and evaluations included. Torch-free.
+"""Where an ETA's numbers come from: a progress file, a trainer_state.json, a run folder or a
+Slurm job id, resolved into a Source: the run's History (planner.eta.progress) and, for a run
+folder, what was planned (plan.yaml), the checkpoint interval (train.json) and the chain's job
+ids (jobs.yaml), all read through planner.runs.run_folder. A Slurm job id is followed to its
+batch script's folder. Torch-free.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import math
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from jobs.progress import read_progress
 from planner.errors import BadInputError
-from planner.runs.chain import JOBS_FILE, SubmittedJob, load_jobs
-from planner.runs.emit import PLAN_FILE, TRAIN_FILE
-from planner.runs.plan_file import resubmitted_segments
-from planner.slurm.queue import Runner, SlurmJob, find_job, looks_like_job_id
-
-PROGRESS_FILE = "progress.jsonl"
-TRAINER_STATE = "trainer_state.json"
-_CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
-_WHAT_TO_PASS = (
-    "pass a progress.jsonl (jobs.progress), a Hugging Face trainer_state.json, a run folder "
-    "(`plan-job emit -o FOLDER`) or a Slurm job id"
+from planner.eta.progress import (
+    TRAINER_STATE,
+    WHAT_TO_PASS,
+    History,
+    load_progress,
+    load_trainer_state,
+    newest_trainer_state,
+    trainer_state,
 )
-
-
-@dataclass(frozen=True)
-class JobLog:
-    """One job of a run: a ``start`` line up to the next one (or the whole file, if the
-    writer never wrote a start line)."""
-
-    index: int  # 0-based, in file order
-    job_id: str | None
-    start_time: float | None
-    start_step: int
-    load_s: float | None  # checkpoint load of a resumed job
-    steps: tuple[int, ...]  # the step number of each timed sample
-    step_times: tuple[float, ...]  # seconds per step, one per sample
-    last_step: int  # the newest step this job reached
-    last_time: float | None  # the time of its newest line
-    saves: tuple[tuple[int, float], ...]  # (step, save_s) of its checkpoints
-    stop_reason: str | None  # None: no stop line (still running, or killed)
-
-
-@dataclass(frozen=True)
-class History:
-    kind: str  # "progress" or "trainer_state"
-    path: Path
-    total_steps: int
-    jobs: tuple[JobLog, ...]
-    timing: str  # where step times come from: step_s, checkpoint_mtimes, train_runtime, none
-    includes_saves: bool  # step times already hold the checkpoint saves (wall-clock rates)
-    checkpoint_interval: int | None  # from the source itself, if it tells
-    notes: tuple[str, ...] = ()
-
-    @property
-    def current(self) -> JobLog:
-        return self.jobs[-1]
-
-    @property
-    def done_step(self) -> int:
-        return self.current.last_step
-
-    @property
-    def last_time(self) -> float | None:
-        return self.current.last_time
-
-    @property
-    def resumable_step(self) -> int:
-        """Where the next job would resume: the newest checkpoint (0 if none)."""
-        if self.kind == "trainer_state":
-            return self.done_step  # the Trainer writes the file with each checkpoint
-        saves = [step for job in self.jobs for step, _ in job.saves]
-        starts = [job.start_step for job in self.jobs]
-        return max([*saves[-1:], *starts[-1:], 0])
-
-    @property
-    def stopped(self) -> bool:
-        return self.current.stop_reason is not None
-
-
-@dataclass(frozen=True)
-class PlanFacts:
-    """What the ETA reads from a run folder's plan.yaml (fields of planner.model.plan.Plan)."""
-
-    total_steps: int | None
-    checkpoint_interval_steps: int | None
-    save_s: float | None
-    resume_s: float | None  # start-up, checkpoint load and warm-up, per segment after the first
-    signal_lead_s: float | None
-    segment_limits_s: tuple[int, ...]  # each segment's --time
-    run_to_run_spread: float | None
-    warmup_s: float | None = None  # the calibration's warm-up beyond steady, in resume_s
-    compile_s: float | None = None  # workload.compile: each job's compile, in resume_s
+from planner.model.plan import PlanFacts
+from planner.runs.no_progress import no_progress_error
+from planner.runs.run_folder import (
+    JOBS_FILE,
+    LOGS_DIR,
+    PLAN_FILE,
+    PROGRESS_FILE,
+    SEGMENT_GLOB,
+    TRAIN_FILE,
+    SubmittedJob,
+    load_chain,
+    plan_facts,
+    progress_path,
+    read_train_json,
+)
+from planner.slurm.queue import Runner, SlurmJob, find_job, looks_like_job_id
 
 
 @dataclass(frozen=True)
@@ -131,141 +61,14 @@ def load_source(
     if path.is_file():
         if path.name == TRAIN_FILE or path.name == PLAN_FILE or path.name == JOBS_FILE:
             return _from_folder(target, path.parent, total_steps, runner=runner)
-        if path.suffix == ".json" and _trainer_state(path) is not None:
+        if path.suffix == ".json" and trainer_state(path) is not None:
             return Source(target, load_trainer_state(path, total_steps))
         return Source(target, load_progress(path, total_steps))
     if looks_like_job_id(target):
         job = find_job(target.strip(), runner)
         folder = _folder_of_job(job)
         return _from_folder(target, folder, total_steps, job=job, runner=runner)
-    raise BadInputError(
-        f"{target}: no such file or folder, and not a Slurm job id; {_WHAT_TO_PASS}"
-    )
-
-
-def load_progress(
-    path: Path, total_steps: int | None = None, fallback_total: int | None = None
-) -> History:
-    """A progress file (jobs.progress format) as a History; BadInputError if it says nothing.
-
-    ``total_steps`` (the user's) beats the file's start lines, which beat ``fallback_total``
-    (a run folder's train.json or plan)."""
-    if not path.is_file():
-        raise BadInputError(
-            f"{path}: no progress file here (has the run started?); {_WHAT_TO_PASS}"
-        )
-    events = read_progress(path)
-    if not events:
-        raise BadInputError(
-            f"{path}: no progress lines (empty, or not the JSON Lines of jobs.progress); if "
-            f"its job is still queued or starting, try again once it has run some steps; "
-            f"else {_WHAT_TO_PASS}"
-        )
-    jobs = _split_jobs(events)
-    logged = next((int(e["total_steps"]) for e in reversed(events) if e.get("total_steps")), None)
-    total = total_steps or logged or fallback_total
-    if not total:
-        raise BadInputError(
-            f"{path}: no `start` line gives total_steps; pass --total-steps N (the run's last "
-            f"optimizer step)"
-        )
-    return History("progress", path, total, jobs, "step_s", False, None)
-
-
-def load_trainer_state(path: Path, total_steps: int | None = None) -> History:
-    state = _trainer_state(path)
-    if state is None:
-        raise BadInputError(f"{path}: not a trainer_state.json (no log_history); {_WHAT_TO_PASS}")
-    total = total_steps or int(state.get("max_steps") or 0)
-    if total <= 0:
-        raise BadInputError(f"{path}: max_steps is not set; pass --total-steps N")
-    global_step = int(state.get("global_step") or 0)
-    mtime = path.stat().st_mtime
-    runtime = next(
-        (e for e in reversed(state["log_history"]) if isinstance(e, dict) and "train_runtime" in e),
-        None,
-    )
-    points = _checkpoint_times(path, global_step, mtime)
-    rates = [
-        ((t1 - t0) / (s1 - s0), s1)
-        for (s0, t0), (s1, t1) in itertools.pairwise(points)
-        if s1 > s0 and t1 > t0
-    ]
-    notes = [
-        "trainer_state.json has no per-step times; the pace comes from "
-        + (
-            f"the modification times of {len(points)} checkpoint trainer_state.json files "
-            f"({len(rates)} save intervals): wall time per step with saves and evaluations "
-            f"included; copied or touched files make it wrong"
-            if rates
-            else "nowhere"
-        )
-    ]
-    timing = "checkpoint_mtimes" if rates else "none"
-    if not rates and runtime is not None and global_step > 0:
-        # Only once train() has returned; an average with start-up and evaluations, and too
-        # low if that train() call resumed from a checkpoint (it ran fewer steps).
-        rates = [(float(runtime["train_runtime"]) / global_step, global_step)]
-        timing = "train_runtime"
-        notes.append("step time = train_runtime / global_step (the whole train() call)")
-    if timing == "none":
-        notes.append(
-            "the ETA needs timing: pass the Trainer's output folder with two or more "
-            "checkpoint-*/ folders, or write progress lines with jobs.progress.ProgressWriter "
-            "from a TrainerCallback (on_step_end) and pass that file"
-        )
-    job = JobLog(
-        index=0,
-        job_id=None,
-        start_time=None,
-        start_step=0,
-        load_s=None,
-        steps=tuple(step for _, step in rates),
-        step_times=tuple(rate for rate, _ in rates),
-        last_step=global_step,
-        last_time=mtime,
-        saves=(),
-        # train() writes train_runtime when it returns: early stopping ends short of total.
-        stop_reason="done" if global_step >= total else ("stopped" if runtime else None),
-    )
-    interval = state.get("save_steps")
-    return History(
-        "trainer_state",
-        path,
-        total,
-        (job,),
-        timing,
-        True,
-        int(interval) if isinstance(interval, int) and interval > 0 else None,
-        tuple(notes),
-    )
-
-
-def read_plan_facts(path: Path) -> PlanFacts | None:
-    """The numbers the ETA needs from plan.yaml; None when the folder has none."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return None
-    if not isinstance(raw, dict):
-        return None
-    checkpoint = raw.get("checkpoint") or {}
-    spec_plan = (raw.get("spec") or {}).get("plan") or {}
-    return PlanFacts(
-        total_steps=_int(raw.get("total_steps")),
-        checkpoint_interval_steps=_int(raw.get("checkpoint_interval_steps")),
-        save_s=_float(checkpoint.get("save_s")),
-        resume_s=_float(raw.get("resume_s")),
-        signal_lead_s=_float(raw.get("signal_lead_s")),
-        segment_limits_s=tuple(
-            int(s["time_limit_minutes"]) * 60
-            for s in raw.get("segments") or []
-            if isinstance(s, dict) and _int(s.get("time_limit_minutes"))
-        ),
-        run_to_run_spread=_float(spec_plan.get("run_to_run_spread")),
-        warmup_s=_float((raw.get("wall") or {}).get("warmup_s")),
-        compile_s=_float(raw.get("compile_s")),
-    )
+    raise BadInputError(f"{target}: no such file or folder, and not a Slurm job id; {WHAT_TO_PASS}")
 
 
 def _from_folder(
@@ -275,28 +78,20 @@ def _from_folder(
     job: SlurmJob | None = None,
     runner: Runner | None = None,
 ) -> Source:
-    train = _read_json(folder / TRAIN_FILE)
-    plan = read_plan_facts(folder / PLAN_FILE)
-    added, lead = resubmitted_segments(folder)
-    if plan is not None and added:  # `plan-job resubmit` numbered its segments after these
-        limits = plan.segment_limits_s + tuple(s.time_limit_minutes * 60 for s in added)
-        plan = replace(plan, segment_limits_s=limits, signal_lead_s=lead or plan.signal_lead_s)
-    progress = _progress_path(folder, train)
-    state = _newest_trainer_state(folder)
+    train = read_train_json(folder)
+    plan = plan_facts(folder)
+    progress = progress_path(folder, train)
+    state = newest_trainer_state(folder)
     if progress is None and state is not None:
         return Source(target, load_trainer_state(state, total_steps), job=job)
     if progress is None:
-        markers = ", ".join((PROGRESS_FILE, TRAIN_FILE, PLAN_FILE, "segment-*.sbatch"))
+        markers = ", ".join((PROGRESS_FILE, TRAIN_FILE, PLAN_FILE, SEGMENT_GLOB))
         raise BadInputError(
-            f"{folder}: not a run folder (none of {markers}) and no {TRAINER_STATE}; "
-            f"{_WHAT_TO_PASS}"
+            f"{folder}: not a run folder (none of {markers}) and no {TRAINER_STATE}; {WHAT_TO_PASS}"
         )
     fallback = _int(train.get("total_steps")) or (plan.total_steps if plan else None)
-    chain = _chain(folder)
+    chain = load_chain(folder)
     if chain and not read_progress(progress):
-        # Imported here: planner.slurm.accounting reads this module's JobLog.
-        from planner.runs.no_progress import no_progress_error
-
         error = no_progress_error(folder, chain, runner)
         if error is not None:
             raise error
@@ -311,29 +106,6 @@ def _from_folder(
     )
 
 
-def _chain(folder: Path) -> tuple[SubmittedJob, ...]:
-    try:
-        return tuple(load_jobs(folder))
-    except (yaml.YAMLError, TypeError, AttributeError) as exc:
-        raise BadInputError(
-            f"{folder / JOBS_FILE}: not the job list `plan-job submit` writes ({exc}); move it "
-            f"away to estimate without the chain"
-        ) from exc
-
-
-def _progress_path(folder: Path, train: Mapping[str, Any]) -> Path | None:
-    named = train.get("progress_path")
-    candidates = [Path(named)] if isinstance(named, str) and named else []
-    # A run folder moved since emit: its progress file moved with it.
-    candidates.append(folder / PROGRESS_FILE)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    is_run = bool(train) or (folder / PLAN_FILE).is_file() or any(folder.glob("segment-*.sbatch"))
-    # A run folder whose job has not written yet: say so by the file it will write.
-    return candidates[0] if is_run else None
-
-
 def _folder_of_job(job: SlurmJob) -> Path:
     """The run folder of a job: its batch script's folder (plan-job's segment-NN.sbatch live
     in the run folder), else its output file's (logs/ in a run folder), else its working dir."""
@@ -342,7 +114,7 @@ def _folder_of_job(job: SlurmJob) -> Path:
         candidates.append(Path(job.script).parent)
     if job.stdout:
         logs = Path(job.stdout).parent
-        candidates += [logs.parent, logs] if logs.name == "logs" else [logs]
+        candidates += [logs.parent, logs] if logs.name == LOGS_DIR else [logs]
     if job.workdir:
         candidates.append(Path(job.workdir))
     for folder in candidates:
@@ -355,88 +127,5 @@ def _folder_of_job(job: SlurmJob) -> Path:
     )
 
 
-def _split_jobs(events: Sequence[Mapping[str, Any]]) -> tuple[JobLog, ...]:
-    groups: list[list[Mapping[str, Any]]] = []
-    for event in events:
-        if event.get("event") == "start" or not groups:
-            groups.append([])
-        groups[-1].append(event)
-    return tuple(_job_log(index, group) for index, group in enumerate(groups))
-
-
-def _job_log(index: int, events: Sequence[Mapping[str, Any]]) -> JobLog:
-    start = events[0] if events[0].get("event") == "start" else {}
-    timed = [
-        e
-        for e in events
-        if e.get("event") == "step" and _finite(e.get("step_s")) and _int(e.get("step")) is not None
-    ]
-    steps = [int(e["step"]) for e in events if _int(e.get("step")) is not None]
-    resume = next((e for e in events if e.get("event") == "resume"), {})
-    stop = next((e for e in reversed(events) if e.get("event") == "stop"), None)
-    times = [float(e["time"]) for e in events if _finite(e.get("time"))]
-    return JobLog(
-        index=index,
-        job_id=str(start["job_id"]) if start.get("job_id") else None,
-        start_time=_float(start.get("time")),
-        start_step=_int(start.get("step")) or 0,
-        load_s=_float(resume.get("load_s")),
-        steps=tuple(int(e["step"]) for e in timed),
-        step_times=tuple(float(e["step_s"]) for e in timed),
-        last_step=max(steps, default=_int(start.get("step")) or 0),
-        last_time=max(times, default=None),
-        saves=tuple(
-            (int(e["step"]), float(e["save_s"]))
-            for e in events
-            if e.get("event") == "checkpoint" and _finite(e.get("save_s"))
-        ),
-        stop_reason=str(stop.get("reason")) if stop is not None else None,
-    )
-
-
-def _trainer_state(path: Path) -> dict[str, Any] | None:
-    data = _read_json(path)
-    return data if isinstance(data.get("log_history"), list) else None
-
-
-def _checkpoint_times(path: Path, global_step: int, mtime: float) -> list[tuple[int, float]]:
-    """(global_step, mtime) of this trainer_state.json and its sibling checkpoints', by step."""
-    output_dir = path.parent.parent if _CHECKPOINT_DIR_RE.match(path.parent.name) else path.parent
-    points = {global_step: mtime}
-    for state_path in output_dir.glob(f"checkpoint-*/{TRAINER_STATE}"):
-        match = _CHECKPOINT_DIR_RE.match(state_path.parent.name)
-        if match:
-            step = int(match.group(1))
-            points[step] = max(points.get(step, 0.0), state_path.stat().st_mtime)
-    return sorted(points.items())
-
-
-def _newest_trainer_state(folder: Path) -> Path | None:
-    if (folder / TRAINER_STATE).is_file():
-        return folder / TRAINER_STATE
-    checkpoints = [
-        (int(match.group(1)), path)
-        for path in folder.glob(f"checkpoint-*/{TRAINER_STATE}")
-        if (match := _CHECKPOINT_DIR_RE.match(path.parent.name))
-    ]
-    return max(checkpoints)[1] if checkpoints else None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _float(value: Any) -> float | None:
-    return float(value) if _finite(value) else None
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 from jobs.stats import mean_ci, warmup_cut
 from jobs.train import RECENT_STEPS
-from planner.eta.source import History, JobLog, PlanFacts
+from planner.eta.progress import History, JobLog
+from planner.model.plan import PlanFacts
 
 WINDOW = 200  # steady steps the estimate averages: recent enough to follow a node change
 WINSOR = 0.1  # share clipped at each end of the window

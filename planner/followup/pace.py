@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from planner.eta.source import History
+from planner.eta.progress import History
 from planner.eta.steps import Z975, StepTime, steady_step_time
 from planner.model.plan import SIGNAL_MARGIN_S, SIGNAL_SLACK_S, Z95, Plan
 from planner.model.timemodel import StepStats, Work
@@ -76,7 +76,7 @@ class RunPace:
 
 
 def job_timings(events: Sequence[Mapping[str, Any]]) -> list[JobTiming]:
-    """Per job (a start line up to the next), as planner.eta.source splits them."""
+    """Per job (a start line up to the next), as planner.eta.progress splits them."""
     groups: list[list[Mapping[str, Any]]] = []
     for event in events:
         if event.get("event") == "start" or not groups:

@@ -8,7 +8,7 @@ from planner.followup.pace import RunPace
 from planner.followup.resubmit import Resubmission
 from planner.followup.state import RunState
 from planner.followup.tighten import TightenPlan
-from planner.runs.chain import SubmittedJob
+from planner.runs.run_folder import SubmittedJob, script_name
 from planner.slurm.accounting import JobOutcome
 from planner.textwidth import fit_table
 from planner.units import fmt_duration, slurm_minutes
@@ -87,7 +87,7 @@ def resubmission_text(resub: Resubmission, width: int | None = None) -> str:
     segments = fit_table(
         [
             (
-                f"segment-{s.index:02d}.sbatch",
+                script_name(s.index),
                 slurm_minutes(s.time_limit_minutes),
                 slurm_minutes(min(s.time_min_minutes, s.time_limit_minutes)),
                 f"{s.steps_planned:,}",

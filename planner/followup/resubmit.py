@@ -19,33 +19,38 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from planner.atomic import write_text_atomic
 from planner.errors import RefusedError
 from planner.followup.preview import preview_partition
 from planner.followup.state import RunState
 from planner.model.plan import Plan, Segment
 from planner.model.timemodel import split_segments
-from planner.runs.chain import JOBS_FILE, SubmittedJob, sbatch_argv, segment_scripts, submit_scripts
+from planner.runs.chain import sbatch_argv, submit_scripts
 from planner.runs.emit import EmitOptions, render
-from planner.runs.plan_file import (
+from planner.runs.run_folder import (
+    LOGS_DIR,
     EmitSettings,
+    SubmittedJob,
     load_emit_settings,
+    read_jobs_text,
+    restore_jobs_text,
     resubmissions,
+    resubmit_record_path,
     resubmitted_segments,
+    save_resubmit_record,
+    script_index,
+    script_name,
+    segment_scripts,
+    write_scripts,
 )
 from planner.slurm.accounting import OOM_RE, job_log_text
 from planner.slurm.partition import PartitionLimits, read_partition
 from planner.slurm.queue import Runner
 
 DEFAULT_MAX_RETRIES = 3
-_SCRIPT_RE = re.compile(r"^segment-(\d+)\.sbatch$")
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,7 @@ def check_resubmittable(state: RunState, nodes: int | None, max_retries: int) ->
         raise RefusedError(
             f"{folder}: job {last.job_id} FAILED with exit code 2: the training refused its "
             f"train.json, arguments or launch environment, or the batch script did not parse "
-            f"(bash exits 2 too), and would again; see its log in {folder / 'logs'}"
+            f"(bash exits 2 too), and would again; see its log in {folder / LOGS_DIR}"
         )
     if nodes is not None and nodes != state.plan.nodes:
         ranks = state.plan.nodes * max(state.plan.gpus_per_node, 1)
@@ -114,7 +119,7 @@ def check_resubmittable(state: RunState, nodes: int | None, max_retries: int) ->
         raise RefusedError(
             f"{folder}: already resubmitted {len(done)} times ({names}), the limit of "
             f"--max-retries {max_retries}: a run that keeps stopping short needs a look at its "
-            f"logs ({folder / 'logs'}); pass --max-retries {len(done) + 1} to go on"
+            f"logs ({folder / LOGS_DIR}); pass --max-retries {len(done) + 1} to go on"
         )
 
 
@@ -147,7 +152,7 @@ def prepare(
         f"partition {partition.name}",
     )
     existing = segment_scripts(folder)
-    first = 1 + max((_index(p) for p in existing), default=0)
+    first = 1 + max((script_index(p) for p in existing), default=0)
     segments = tuple(dataclasses.replace(s, index=first + i) for i, s in enumerate(segments))
     count = len(segments)
     p50 = count * pace.resume_s + pace.work.p50(steps) + (count - 1) * pace.save_s
@@ -158,9 +163,7 @@ def prepare(
     )
     settings = load_emit_settings(folder, existing)
     options = EmitOptions(folder, settings.workdir, settings.python, settings.template)
-    scripts = tuple(
-        (f"segment-{s.index:02d}.sbatch", render(full, s, options, folder)) for s in segments
-    )
+    scripts = tuple((script_name(s.index), render(full, s, options, folder)) for s in segments)
     if settings.source != "emit.yaml":
         notes.append(f"working directory and Python read from {settings.source}")
     return Resubmission(
@@ -199,28 +202,23 @@ def submit(
     clash = [p.name for p in paths if p.exists()]
     if clash:
         raise RefusedError(f"{folder}: {', '.join(clash)} already exist; nothing was submitted")
-    jobs_file = folder / JOBS_FILE
-    before = jobs_file.read_text(encoding="utf-8") if jobs_file.is_file() else None
+    before = read_jobs_text(folder)
     try:
-        for path, (_, text) in zip(paths, resub.scripts, strict=True):
-            write_text_atomic(path, text, mode=0o755)
+        write_scripts(folder, dict(resub.scripts))
         jobs = submit_scripts(folder, paths, resub.segments[0].index, None, on_submitted)
     except BaseException:
         # The folder stays as it was (submit_scripts cancelled what it had submitted), so a
         # second try numbers its scripts the same.
         for path in paths:
             path.unlink(missing_ok=True)
-        if before is not None:
-            write_text_atomic(jobs_file, before)
-        else:
-            jobs_file.unlink(missing_ok=True)
+        restore_jobs_text(folder, before)
         raise
-    write_text_atomic(record_path(resub), yaml.safe_dump(record(resub, jobs), sort_keys=False))
+    save_resubmit_record(folder, resub.number, record(resub, jobs))
     return jobs
 
 
 def record_path(resub: Resubmission) -> Path:
-    return resub.state.run_dir / f"resubmit-{resub.number}.yaml"
+    return resubmit_record_path(resub.state.run_dir, resub.number)
 
 
 def record(resub: Resubmission, jobs: list[SubmittedJob]) -> dict[str, object]:
@@ -262,8 +260,3 @@ def _out_of_memory(state: RunState) -> bool:
         return False
     text = job_log_text(state.run_dir, last.job_id)
     return bool(text and OOM_RE.search(text))
-
-
-def _index(path: Path) -> int:
-    match = _SCRIPT_RE.match(path.name)
-    return int(match.group(1)) if match else 0

@@ -20,13 +20,12 @@ from typing import Any
 from jobs.progress import read_progress
 from jobs.train_config import TrainConfig
 from planner.errors import BadInputError, SlurmUnavailableError
-from planner.eta.source import History, Source, load_source
+from planner.eta.progress import History
+from planner.eta.source import Source, load_source
 from planner.followup.pace import RunPace, job_timings, measure_pace
 from planner.followup.preview import unread_job_facts
 from planner.model.plan import Plan
-from planner.runs.chain import SubmittedJob
-from planner.runs.emit import TRAIN_FILE
-from planner.runs.plan_file import load_plan
+from planner.runs.run_folder import SubmittedJob, load_plan, load_train_config
 from planner.slurm.accounting import Accounting, JobOutcome, job_outcomes, with_inferred
 from planner.slurm.queue import Runner, SlurmJob, queued
 
@@ -99,7 +98,7 @@ def inspect_run(target: str, runner: Runner | None = None, preview: bool = False
         )
     run_dir = source.run_dir.resolve()
     plan = load_plan(run_dir)
-    train = _train_config(run_dir)
+    train = load_train_config(run_dir)
     history = source.history
     ids = [job.job_id for job in source.chain]
     ids += [job.job_id for job in history.jobs if job.job_id]
@@ -241,14 +240,6 @@ def _last_job(
         if job_id and job_id in accounting.outcomes:
             return accounting.outcomes[job_id]
     return None
-
-
-def _train_config(run_dir: Path) -> TrainConfig:
-    path = run_dir / TRAIN_FILE
-    try:
-        return TrainConfig.from_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"{path}: not a usable train config ({exc})") from exc
 
 
 def _size(path: Path) -> int:

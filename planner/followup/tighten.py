@@ -29,7 +29,7 @@ from planner.eta.source import load_source
 from planner.followup.pace import RunPace, job_timings, measure_pace
 from planner.model.plan import SIGNAL_SLACK_S, Plan
 from planner.model.timemodel import most_steps, split_segments
-from planner.runs.plan_file import load_plan
+from planner.runs.run_folder import load_plan, script_name
 from planner.shell import run_command
 from planner.slurm.queue import Runner
 from planner.units import slurm_minutes
@@ -150,7 +150,7 @@ def _change(
 
 def _lead(folder: Path, job: Queued, plan: Plan) -> int:
     """The reserve the job's script was made for: its --signal lead plus Slurm's slack."""
-    name = f"segment-{job.segment:02d}.sbatch" if job.segment else None
+    name = script_name(job.segment) if job.segment else None
     if name:
         try:
             match = _SIGNAL_RE.search((folder / name).read_text(encoding="utf-8"))

@@ -1,16 +1,21 @@
 """A training plan: how long, on how many nodes, cut into which Slurm jobs. Frozen data only.
 
 The library (planner.model.planning.make_plan) fills these; the report and the sbatch emitter read
-them, so the names here are a contract. Torch-free.
+them, so the names here are a contract. So is Plan.to_dict(), which a run folder keeps as
+plan.yaml: Plan.from_dict reads it back whole (resubmit renders new segments with it), and
+PlanFacts.from_plan_dict reads only the numbers the ETA needs, from any version's. Torch-free.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from planner.slurm.partition import PartitionLimits
+from planner.spec.load import parse_spec
 from planner.spec.run_spec import RunSpec
 
 # USR2, not USR1 or TERM: PyTorch Lightning's SLURMEnvironment traps SIGUSR1 for its own
@@ -162,6 +167,82 @@ class Plan:
         out["spec"] = self.spec.to_dict()
         out["partition"] = dataclasses.asdict(self.partition) if self.partition else None
         return _plain(out)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], source: str) -> Plan:
+        """The plan to_dict() gave; TypeError, KeyError or ValueError when ``raw`` lacks a
+        field or has one of the wrong shape, PlanJobError when its spec no longer validates."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {k: v for k, v in raw.items() if k in known}
+        values["spec"] = parse_spec(raw["spec"], source=f"{source} (spec)")
+        for name, nested in _NESTED.items():
+            values[name] = _build(nested, raw[name])
+        for name, item_cls in _SEQUENCES.items():
+            values[name] = tuple(_build(item_cls, item) for item in raw.get(name) or [])
+        values["notes"] = tuple(str(note) for note in raw.get("notes") or ())
+        partition = raw.get("partition")
+        values["partition"] = _build(PartitionLimits, partition) if partition else None
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class PlanFacts:
+    """What the ETA reads from a run folder's plan.yaml (fields of Plan)."""
+
+    total_steps: int | None
+    checkpoint_interval_steps: int | None
+    save_s: float | None
+    resume_s: float | None  # start-up, checkpoint load and warm-up, per segment after the first
+    signal_lead_s: float | None
+    segment_limits_s: tuple[int, ...]  # each segment's --time
+    run_to_run_spread: float | None
+    warmup_s: float | None = None  # the calibration's warm-up beyond steady, in resume_s
+    compile_s: float | None = None  # workload.compile: each job's compile, in resume_s
+
+    @classmethod
+    def from_plan_dict(cls, raw: Mapping[str, Any]) -> PlanFacts:
+        """From Plan.to_dict()'s output, taking what is there: a missing or odd field is None."""
+        checkpoint = raw.get("checkpoint") or {}
+        spec_plan = (raw.get("spec") or {}).get("plan") or {}
+        return cls(
+            total_steps=_int(raw.get("total_steps")),
+            checkpoint_interval_steps=_int(raw.get("checkpoint_interval_steps")),
+            save_s=_float(checkpoint.get("save_s")),
+            resume_s=_float(raw.get("resume_s")),
+            signal_lead_s=_float(raw.get("signal_lead_s")),
+            segment_limits_s=tuple(
+                int(s["time_limit_minutes"]) * 60
+                for s in raw.get("segments") or []
+                if isinstance(s, dict) and _int(s.get("time_limit_minutes"))
+            ),
+            run_to_run_spread=_float(spec_plan.get("run_to_run_spread")),
+            warmup_s=_float((raw.get("wall") or {}).get("warmup_s")),
+            compile_s=_float(raw.get("compile_s")),
+        )
+
+
+_NESTED: dict[str, type] = {
+    "wall": TimeEstimate,
+    "checkpoint": CheckpointChoice,
+    "baselines": Baselines,
+}
+_SEQUENCES: dict[str, type] = {"segments": Segment, "options": NodeOption}
+
+
+def _build(cls: type, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise TypeError(f"{cls.__name__}: expected a mapping, got {type(raw).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _float(value: Any) -> float | None:
+    finite = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if finite and math.isfinite(value) else None
 
 
 def _plain(value: Any) -> Any:

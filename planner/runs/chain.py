@@ -9,36 +9,18 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import yaml
-
-from jobs.train_config import TrainConfig
-from planner.atomic import write_text_atomic
-from planner.errors import CommandError, NotARunFolderError, SubmissionError
+from planner.errors import CommandError, SubmissionError
 from planner.runs.checkpoint_dir import prepare_for_submission
-from planner.runs.run_folder import JOBS_FILE, TRAIN_FILE
+from planner.runs.run_folder import (
+    SubmittedJob,
+    load_jobs,
+    load_train_config,
+    save_jobs,
+    segment_scripts,
+)
 from planner.shell import run_command
-
-
-@dataclass(frozen=True)
-class SubmittedJob:
-    segment: int
-    script: str
-    job_id: str
-    dependency: str | None
-    submitted: str  # ISO time
-
-
-def segment_scripts(folder: Path) -> list[Path]:
-    scripts = sorted(folder.glob("segment-*.sbatch"))
-    if not scripts:
-        raise NotARunFolderError(
-            f"{folder}: no segment-*.sbatch here; write them first with "
-            f"`plan-job emit SPEC --calibration CAL -o {folder}`"
-        )
-    return scripts
 
 
 def sbatch_argv(script: Path, after: str | None) -> list[str]:
@@ -78,12 +60,7 @@ def submit_chain(
 def check_checkpoint_dir(folder: Path, resume_foreign: bool) -> None:
     """checkpoint_dir of the run's train.json
     (planner.runs.checkpoint_dir.prepare_for_submission)."""
-    try:
-        config = TrainConfig.from_json((folder / TRAIN_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise NotARunFolderError(
-            f"{folder / TRAIN_FILE}: not a usable train config ({exc}); emit the run again"
-        ) from exc
+    config = load_train_config(folder, "; emit the run again")
     checkpoints = Path(config.checkpoint_dir)
     run_dir = folder.resolve()
     command = bool(config.command)
@@ -118,7 +95,7 @@ def _submit(
             job_id = out.strip().split(";")[0]
             job = SubmittedJob(index, script.name, job_id, previous, _now())
             submitted.append(job)
-            _save(folder, [*earlier, *submitted])
+            save_jobs(folder, [*earlier, *submitted])
             on_submitted(job)
             previous = job_id
     except CommandError as exc:
@@ -132,20 +109,6 @@ def _submit(
         _cancel(submitted)
         raise
     return submitted
-
-
-def load_jobs(folder: Path) -> list[SubmittedJob]:
-    path = folder / JOBS_FILE
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError:
-        return []
-    return [SubmittedJob(**job) for job in raw.get("jobs", [])]
-
-
-def _save(folder: Path, jobs: Sequence[SubmittedJob]) -> None:
-    text = yaml.safe_dump({"jobs": [asdict(job) for job in jobs]}, sort_keys=False)
-    write_text_atomic(folder / JOBS_FILE, text)
 
 
 def _cancel(jobs: Sequence[SubmittedJob]) -> None:

@@ -1,8 +1,14 @@
 """From a plan to a folder of sbatch scripts that run the training to its last step.
 
 The folder holds plan.yaml (what was planned), train.json (what the training entry reads),
-segment-NN.sbatch (one Slurm job each, chained with afterany at submission) and logs/. It is
-written into a temporary sibling and renamed into place, so it is whole or absent.
+emit.yaml, segment-NN.sbatch (one Slurm job each, chained with afterany at submission) and
+logs/ (planner.runs.run_folder names and writes them). It is written into a temporary sibling
+and renamed into place, so it is whole or absent.
+
+--force deletes the folder it replaces, so it must never reach a folder that holds anything
+but plan-job's own files: not the working directory or one above it, not $HOME, not a folder
+without the marker, not a marked folder into which someone put files of their own (a
+checkpoint folder, notes): check_output_folder.
 """
 
 from __future__ import annotations
@@ -15,28 +21,26 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import yaml
-
 from jobs.train_config import TrainConfig
-from planner.atomic import write_text_atomic
-from planner.errors import RunFolderExistsError, SpecError
+from planner.errors import RunFolderExistsError, SpecError, UnsafeRunFolderError
 from planner.model.plan import Plan, Segment
 from planner.runs.checkpoint_dir import FIELD as CHECKPOINT_FIELD
 from planner.runs.checkpoint_dir import check_writable, foreign_checkpoints
-from planner.runs.plan_file import EmitSettings, emit_settings_text
 from planner.runs.run_folder import (
     EMIT_FILE,
-    LOGS_DIR,
     MARKER,
     PLAN_FILE,
     PROGRESS_FILE,
     TRAIN_FILE,
-    check_output_folder,
+    EmitSettings,
+    is_own_name,
+    log_pattern,
     new_marker,
+    read_marker,
+    script_name,
+    write_run_files,
 )
 from planner.units import slurm_minutes
-
-__all__ = ["PLAN_FILE", "TRAIN_FILE", "EmitOptions", "RunFolderExistsError", "emit"]
 
 TEMPLATE = "segment.sbatch.j2"
 # Left between the training's stop and the job's end for the last progress line, the
@@ -62,10 +66,6 @@ class EmittedRun:
     scripts: tuple[Path, ...]
     run_id: str = ""
     warnings: tuple[str, ...] = ()  # for the user to read before submitting
-
-
-def script_name(segment: Segment) -> str:
-    return f"segment-{segment.index:02d}.sbatch"
 
 
 def train_config(plan: Plan, run_dir: Path, workdir: Path, run_id: str = "") -> TrainConfig:
@@ -139,7 +139,7 @@ def sbatch_options(plan: Plan, segment: Segment, run_dir: Path) -> list[tuple[st
         # A requeued job (preemption, node failure) resumes from the newest checkpoint too.
         ("requeue", None),
         ("open-mode", "append"),
-        ("output", str(run_dir / LOGS_DIR / f"segment-{segment.index:02d}-%j.out")),
+        ("output", str(log_pattern(run_dir, segment.index))),
     ]
     return options
 
@@ -219,7 +219,7 @@ def emit(plan: Plan, options: EmitOptions) -> EmittedRun:
     check_output_folder(out_dir, options.force, Path.cwd(), Path.home())
     workdir = options.workdir.resolve()
     # Rendered against the final path: the scripts name where they will live.
-    rendered = {script_name(s): render(plan, s, options, out_dir) for s in plan.segments}
+    rendered = {script_name(s.index): render(plan, s, options, out_dir) for s in plan.segments}
     marker = new_marker()
     config = train_config(plan, out_dir, workdir, marker.run_id)
     checkpoints = Path(config.checkpoint_dir)
@@ -237,14 +237,7 @@ def emit(plan: Plan, options: EmitOptions) -> EmittedRun:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        (staging / LOGS_DIR).mkdir()
-        write_text_atomic(staging / PLAN_FILE, yaml.safe_dump(plan.to_dict(), sort_keys=False))
-        write_text_atomic(staging / TRAIN_FILE, config.to_json() + "\n")
-        write_text_atomic(staging / EMIT_FILE, emit_settings_text(settings))
-        for name, text in rendered.items():
-            write_text_atomic(staging / name, text, mode=0o755)
-        # Last: a folder holds the marker only once everything else is in it.
-        write_text_atomic(staging / MARKER, marker.to_json())
+        write_run_files(staging, plan, config, settings, rendered, marker)
         staging.chmod(0o755)
         _swap_into_place(staging, out_dir)
     except BaseException:
@@ -258,6 +251,52 @@ def emit(plan: Plan, options: EmitOptions) -> EmittedRun:
         run_id=marker.run_id,
         warnings=warnings,
     )
+
+
+def protected_reason(folder: Path, cwd: Path, home: Path) -> str | None:
+    """Why ``folder`` (resolved) can never be a run folder emit replaces, or None."""
+    cwd, home = cwd.resolve(), home.resolve()
+    if folder == cwd:
+        return "it is the current directory"
+    if folder in cwd.parents:
+        return "it holds the current directory"
+    if folder == home or folder in home.parents:
+        return "it is your home directory" if folder == home else "it holds your home directory"
+    return None
+
+
+def check_output_folder(folder: Path, force: bool, cwd: Path, home: Path) -> None:
+    """Raise unless emit may write ``folder`` (resolved): absent, empty, or with --force a
+    folder holding plan-job's marker and nothing but plan-job's own files."""
+    reason = protected_reason(folder, cwd, home)
+    if reason is not None:
+        raise UnsafeRunFolderError(
+            f"-o {folder}: {reason}; emit writes a run folder of its own: choose a new "
+            f"folder, e.g. -o runs/NAME"
+        )
+    if folder.exists() and not folder.is_dir():
+        raise UnsafeRunFolderError(f"-o {folder}: is a file, not a folder; choose another -o")
+    if not folder.exists() or not any(folder.iterdir()):
+        return
+    if not force:
+        raise RunFolderExistsError(
+            f"{folder} already holds a run; choose another -o folder or pass --force to "
+            f"replace it (its logs and progress go with it)"
+        )
+    if read_marker(folder) is None:
+        raise UnsafeRunFolderError(
+            f"-o {folder}: --force replaces only a run folder that plan-job emit wrote (it "
+            f"holds {MARKER}); this one does not, so nothing was changed: choose another -o "
+            f"folder"
+        )
+    foreign = sorted(p.name for p in folder.iterdir() if not is_own_name(p.name))
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        shown = ", ".join(foreign[:5]) + more
+        raise UnsafeRunFolderError(
+            f"-o {folder}: --force would delete files plan-job did not write ({shown}); move "
+            f"them out of the run folder or choose another -o folder"
+        )
 
 
 def _swap_into_place(staging: Path, out_dir: Path) -> None:

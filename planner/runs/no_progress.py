@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from planner.errors import PlanJobError, RunFailedError, RunNotStartedError, SlurmUnavailableError
-from planner.runs.chain import SubmittedJob
-from planner.runs.run_folder import LOGS_DIR
+from planner.runs.run_folder import SubmittedJob, job_log_path
 from planner.slurm.accounting import JobOutcome, job_outcomes, with_inferred
 from planner.slurm.queue import Runner, queued
 from planner.units import fmt_duration
@@ -46,7 +45,7 @@ def no_progress_error(
     ended = [i for i in ids if not queue or i not in queue]
     accounting = job_outcomes(ended, runner) if queue is not None else None
     outcomes = with_inferred(accounting, ended, {}, folder) if accounting else None
-    logs = {i: _log_path(folder.resolve(), i) for i in ended}
+    logs = {i: job_log_path(folder.resolve(), i) for i in ended}
     if outcomes is None and not any(logs.values()):
         return None
     lines = []
@@ -79,11 +78,6 @@ def _describe(outcome: JobOutcome | None) -> str:
         text += f", ran {fmt_duration(outcome.elapsed_s)}"
     text += f" ({outcome.source}{', inferred' if outcome.inferred else ''})"
     return text
-
-
-def _log_path(folder: Path, job_id: str) -> Path | None:
-    paths = sorted((folder / LOGS_DIR).glob(f"*-{job_id}.out"))
-    return paths[-1] if paths else None
 
 
 def _tail(path: Path) -> str:

@@ -1,10 +1,18 @@
-"""The run folder `plan-job emit` writes: its file names, the marker that says plan-job wrote
-it, and which folders `emit --force` may replace.
+"""The run folder `plan-job emit` writes, and the one module that knows its files:
 
---force deletes the folder it replaces, so it must never reach a folder that holds anything
-but plan-job's own files: not the working directory or one above it, not $HOME, not a folder
-without the marker, not a marked folder into which someone put files of their own (a
-checkpoint folder, notes). Torch-free.
+    .plan-job-run        the marker, written last: plan-job wrote this folder (and its run id)
+    plan.yaml            the Plan as Plan.to_dict() gives it: read back whole (load_plan) or,
+                         tolerantly, as the numbers the ETA needs (read_plan_facts)
+    train.json           what the training entry reads (jobs.train_config.TrainConfig)
+    emit.yaml            what emit was told that the plan does not know (EmitSettings)
+    segment-NN.sbatch    one Slurm job each (planner.runs.emit renders them)
+    jobs.yaml            the chain's job ids, as submit and resubmit recorded them
+    resubmit-K.yaml      what each `plan-job resubmit` decided
+    progress.jsonl       the training's progress lines (jobs.progress writes them on the nodes)
+    logs/                the jobs' output, logs/segment-NN-JOBID.out
+
+Everything else reads and writes these through the functions here (OWN_NAMES: what
+`emit --force` may delete, planner.runs.emit.check_output_folder). Torch-free.
 """
 
 from __future__ import annotations
@@ -12,11 +20,20 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import json
+import re
+import shlex
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from planner.errors import RunFolderExistsError, UnsafeRunFolderError
+import yaml
+
+from jobs.train_config import TrainConfig
+from planner.atomic import write_text_atomic
+from planner.errors import BadInputError, NotARunFolderError, PlanFileError, PlanJobError
+from planner.model.plan import Plan, PlanFacts, Segment
 
 MARKER = ".plan-job-run"
 MARKER_FORMAT = "plan-job/run/v1"
@@ -26,6 +43,8 @@ EMIT_FILE = "emit.yaml"
 JOBS_FILE = "jobs.yaml"
 PROGRESS_FILE = "progress.jsonl"
 LOGS_DIR = "logs"
+SEGMENT_GLOB = "segment-*.sbatch"
+RESUBMIT_GLOB = "resubmit-*.yaml"
 # Everything plan-job (emit, submit, resubmit, the training entry) writes into a run folder;
 # ".*.tmp" are write_text_atomic's temporaries, left only by a killed writer.
 OWN_NAMES = (
@@ -36,10 +55,14 @@ OWN_NAMES = (
     JOBS_FILE,
     PROGRESS_FILE,
     LOGS_DIR,
-    "segment-*.sbatch",
-    "resubmit-*.yaml",
+    SEGMENT_GLOB,
+    RESUBMIT_GLOB,
     ".*.tmp",
 )
+_SCRIPT_RE = re.compile(r"^segment-(\d+)\.sbatch$")
+
+
+# --- the folder: its marker, its scripts, its logs -----------------------------------------
 
 
 @dataclass(frozen=True)
@@ -70,51 +93,307 @@ def read_marker(folder: Path) -> RunMarker | None:
     return RunMarker(raw["run_id"], str(raw.get("created", "")))
 
 
+def write_run_files(
+    folder: Path,
+    plan: Plan,
+    config: TrainConfig,
+    settings: EmitSettings,
+    scripts: Mapping[str, str],
+    marker: RunMarker,
+) -> None:
+    """Fill a new, empty folder (emit's staging folder): logs/, plan.yaml, train.json,
+    emit.yaml, the scripts, and last the marker: a folder holds it only once it is whole."""
+    (folder / LOGS_DIR).mkdir()
+    write_text_atomic(folder / PLAN_FILE, yaml.safe_dump(plan.to_dict(), sort_keys=False))
+    write_text_atomic(folder / TRAIN_FILE, config.to_json() + "\n")
+    write_text_atomic(folder / EMIT_FILE, emit_settings_text(settings))
+    write_scripts(folder, scripts)
+    write_text_atomic(folder / MARKER, marker.to_json())
+
+
+def write_scripts(folder: Path, scripts: Mapping[str, str]) -> None:
+    """segment-NN.sbatch files by name, executable."""
+    for name, text in scripts.items():
+        write_text_atomic(folder / name, text, mode=0o755)
+
+
+def script_name(index: int) -> str:
+    return f"segment-{index:02d}.sbatch"
+
+
+def script_index(path: Path) -> int:
+    """NN of segment-NN.sbatch; 0 for any other name."""
+    match = _SCRIPT_RE.match(path.name)
+    return int(match.group(1)) if match else 0
+
+
+def segment_scripts(folder: Path) -> list[Path]:
+    scripts = sorted(folder.glob(SEGMENT_GLOB))
+    if not scripts:
+        raise NotARunFolderError(
+            f"{folder}: no {SEGMENT_GLOB} here; write them first with "
+            f"`plan-job emit SPEC --calibration CAL -o {folder}`"
+        )
+    return scripts
+
+
+def log_pattern(run_dir: Path, index: int) -> Path:
+    """The --output of segment ``index``'s jobs (%j: the job id)."""
+    return run_dir / LOGS_DIR / f"segment-{index:02d}-%j.out"
+
+
+def job_log_path(run_dir: Path, job_id: str) -> Path | None:
+    """The output file of job ``job_id`` (logs/segment-NN-JOBID.out), if it is there."""
+    paths = sorted((run_dir / LOGS_DIR).glob(f"*-{job_id}.out"))
+    return paths[-1] if paths else None
+
+
 def is_own_name(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in OWN_NAMES)
 
 
-def protected_reason(folder: Path, cwd: Path, home: Path) -> str | None:
-    """Why ``folder`` (resolved) can never be a run folder emit replaces, or None."""
-    cwd, home = cwd.resolve(), home.resolve()
-    if folder == cwd:
-        return "it is the current directory"
-    if folder in cwd.parents:
-        return "it holds the current directory"
-    if folder == home or folder in home.parents:
-        return "it is your home directory" if folder == home else "it holds your home directory"
-    return None
+# --- plan.yaml ------------------------------------------------------------------------------
 
 
-def check_output_folder(folder: Path, force: bool, cwd: Path, home: Path) -> None:
-    """Raise unless emit may write ``folder`` (resolved): absent, empty, or with --force a
-    folder holding plan-job's marker and nothing but plan-job's own files."""
-    reason = protected_reason(folder, cwd, home)
-    if reason is not None:
-        raise UnsafeRunFolderError(
-            f"-o {folder}: {reason}; emit writes a run folder of its own: choose a new "
-            f"folder, e.g. -o runs/NAME"
+def load_plan(run_dir: Path) -> Plan:
+    """plan.yaml as the Plan emit wrote; PlanFileError when it is missing or not that."""
+    path = run_dir / PLAN_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PlanFileError(
+            f"{path}: cannot read ({exc.strerror}); resubmit needs a run folder written by "
+            f"`plan-job emit`"
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise PlanFileError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("spec"), dict):
+        raise PlanFileError(f"{path}: not the plan.yaml `plan-job emit` writes (no spec)")
+    try:
+        return Plan.from_dict(raw, str(path))
+    except (TypeError, KeyError, ValueError) as exc:
+        raise PlanFileError(
+            f"{path}: written by another plan-job version, or edited ({exc}); emit the run "
+            f"again with this version"
+        ) from exc
+    except PlanJobError as exc:
+        raise PlanFileError(f"{path}: its spec no longer validates: {exc}") from exc
+
+
+def read_plan_facts(path: Path) -> PlanFacts | None:
+    """The numbers the ETA needs from the plan.yaml at ``path``; None when there is none.
+    Tolerant where load_plan is strict: another version's plan.yaml gives what it has."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return PlanFacts.from_plan_dict(raw) if isinstance(raw, dict) else None
+
+
+def plan_facts(run_dir: Path) -> PlanFacts | None:
+    """read_plan_facts of the folder's plan.yaml, with the segments `plan-job resubmit` added
+    since (numbered after the plan's) and the newest one's signal lead."""
+    plan = read_plan_facts(run_dir / PLAN_FILE)
+    added, lead = resubmitted_segments(run_dir)
+    if plan is not None and added:
+        limits = plan.segment_limits_s + tuple(s.time_limit_minutes * 60 for s in added)
+        plan = replace(plan, segment_limits_s=limits, signal_lead_s=lead or plan.signal_lead_s)
+    return plan
+
+
+# --- train.json and progress.jsonl ----------------------------------------------------------
+
+
+def load_train_config(run_dir: Path, advice: str = "") -> TrainConfig:
+    """train.json; NotARunFolderError (its path, the reason, then ``advice``) if unusable."""
+    path = run_dir / TRAIN_FILE
+    try:
+        return TrainConfig.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise NotARunFolderError(f"{path}: not a usable train config ({exc}){advice}") from exc
+
+
+def read_train_json(run_dir: Path) -> dict[str, Any]:
+    """train.json's fields as written, for readers that go on without it ({} if unreadable)."""
+    try:
+        data = json.loads((run_dir / TRAIN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def progress_candidates(run_dir: Path, train: Mapping[str, Any]) -> list[Path]:
+    """Where the run's progress file may be: train.json's progress_path, then the folder's
+    own progress.jsonl (a run folder moved since emit: its progress file moved with it)."""
+    named = train.get("progress_path")
+    candidates = [Path(named)] if isinstance(named, str) and named else []
+    return [*candidates, run_dir / PROGRESS_FILE]
+
+
+def progress_path(run_dir: Path, train: Mapping[str, Any]) -> Path | None:
+    """The run's progress file: the first candidate that exists; in a run folder whose job
+    has not written yet, the file it will write; None when ``run_dir`` is no run folder."""
+    candidates = progress_candidates(run_dir, train)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    is_run = bool(train) or (run_dir / PLAN_FILE).is_file() or any(run_dir.glob(SEGMENT_GLOB))
+    return candidates[0] if is_run else None
+
+
+# --- emit.yaml ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmitSettings:
+    workdir: Path
+    python: str
+    template: Path | None
+    correction: float | None  # the history correction the plan carried (None: none)
+    source: str  # emit.yaml, or the script it was read from
+
+
+def emit_settings_text(settings: EmitSettings) -> str:
+    data = {
+        "workdir": str(settings.workdir),
+        "python": settings.python,
+        "template": str(settings.template) if settings.template else None,
+        "correction": settings.correction,
+    }
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def save_emit_settings(run_dir: Path, settings: EmitSettings) -> None:
+    write_text_atomic(run_dir / EMIT_FILE, emit_settings_text(settings))
+
+
+def load_emit_settings(run_dir: Path, scripts: list[Path]) -> EmitSettings:
+    """emit.yaml, else the working directory and Python of the newest script (folders
+    emitted before emit.yaml existed have both in their `cd` line and srun command)."""
+    path = run_dir / EMIT_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        raw = None
+    if isinstance(raw, dict) and raw.get("workdir") and raw.get("python"):
+        template = raw.get("template")
+        correction = raw.get("correction")
+        return EmitSettings(
+            Path(raw["workdir"]),
+            str(raw["python"]),
+            Path(template) if template else None,
+            float(correction) if isinstance(correction, int | float) else None,
+            EMIT_FILE,
         )
-    if folder.exists() and not folder.is_dir():
-        raise UnsafeRunFolderError(f"-o {folder}: is a file, not a folder; choose another -o")
-    if not folder.exists() or not any(folder.iterdir()):
-        return
-    if not force:
-        raise RunFolderExistsError(
-            f"{folder} already holds a run; choose another -o folder or pass --force to "
-            f"replace it (its logs and progress go with it)"
-        )
-    if read_marker(folder) is None:
-        raise UnsafeRunFolderError(
-            f"-o {folder}: --force replaces only a run folder that plan-job emit wrote (it "
-            f"holds {MARKER}); this one does not, so nothing was changed: choose another -o "
-            f"folder"
-        )
-    foreign = sorted(p.name for p in folder.iterdir() if not is_own_name(p.name))
-    if foreign:
-        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
-        shown = ", ".join(foreign[:5]) + more
-        raise UnsafeRunFolderError(
-            f"-o {folder}: --force would delete files plan-job did not write ({shown}); move "
-            f"them out of the run folder or choose another -o folder"
-        )
+    for script in reversed(scripts):
+        found = _settings_in_script(script)
+        if found is not None:
+            return found
+    raise PlanFileError(
+        f"{run_dir}: no {EMIT_FILE} and no segment script with plan-job's `cd` line and srun "
+        f"command, so the jobs' working directory and Python are unknown; emit the run again"
+    )
+
+
+def _settings_in_script(script: Path) -> EmitSettings | None:
+    try:
+        lines = script.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    workdir = python = None
+    for line in lines:
+        try:
+            if line.startswith("cd ") and line.endswith("|| exit 1"):
+                workdir = shlex.split(line[3 : -len("|| exit 1")])[0]
+            elif " -m jobs.train " in line:
+                words = shlex.split(line.rstrip(" &"))
+                python = words[words.index("-m") - 1]
+        except (ValueError, IndexError):
+            continue
+    if workdir is None or python is None:
+        return None
+    return EmitSettings(Path(workdir), python, None, None, script.name)
+
+
+# --- jobs.yaml and resubmit-K.yaml ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    segment: int
+    script: str
+    job_id: str
+    dependency: str | None
+    submitted: str  # ISO time
+
+
+def load_jobs(folder: Path) -> list[SubmittedJob]:
+    """jobs.yaml's jobs, oldest first; [] without the file."""
+    path = folder / JOBS_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError:
+        return []
+    return [SubmittedJob(**job) for job in raw.get("jobs", [])]
+
+
+def load_chain(folder: Path) -> tuple[SubmittedJob, ...]:
+    """load_jobs for a reader that explains a damaged jobs.yaml (BadInputError)."""
+    try:
+        return tuple(load_jobs(folder))
+    except (yaml.YAMLError, TypeError, AttributeError) as exc:
+        raise BadInputError(
+            f"{folder / JOBS_FILE}: not the job list `plan-job submit` writes ({exc}); move it "
+            f"away to estimate without the chain"
+        ) from exc
+
+
+def save_jobs(folder: Path, jobs: Sequence[SubmittedJob]) -> None:
+    text = yaml.safe_dump({"jobs": [asdict(job) for job in jobs]}, sort_keys=False)
+    write_text_atomic(folder / JOBS_FILE, text)
+
+
+def read_jobs_text(folder: Path) -> str | None:
+    """jobs.yaml as it is now, to put back with restore_jobs_text; None without one."""
+    path = folder / JOBS_FILE
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def restore_jobs_text(folder: Path, text: str | None) -> None:
+    if text is not None:
+        write_text_atomic(folder / JOBS_FILE, text)
+    else:
+        (folder / JOBS_FILE).unlink(missing_ok=True)
+
+
+def resubmissions(run_dir: Path) -> list[Path]:
+    """The run's resubmit-K.yaml records, oldest first."""
+
+    def number(path: Path) -> int:
+        digits = path.stem.rpartition("-")[2]
+        return int(digits) if digits.isdigit() else 0
+
+    return sorted(run_dir.glob(RESUBMIT_GLOB), key=number)
+
+
+def resubmit_record_path(run_dir: Path, number: int) -> Path:
+    return run_dir / f"resubmit-{number}.yaml"
+
+
+def save_resubmit_record(run_dir: Path, number: int, record: Mapping[str, object]) -> None:
+    text = yaml.safe_dump(dict(record), sort_keys=False)
+    write_text_atomic(resubmit_record_path(run_dir, number), text)
+
+
+def resubmitted_segments(run_dir: Path) -> tuple[list[Segment], int | None]:
+    """The segments resubmit added, in order, and the newest one's signal lead."""
+    segments: list[Segment] = []
+    lead = None
+    for path in resubmissions(run_dir):
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            segments += [Segment(**s) for s in raw.get("segments") or []]
+            lead = int(raw["signal_lead_s"]) if raw.get("signal_lead_s") else lead
+        except (OSError, yaml.YAMLError, TypeError, ValueError, AttributeError):
+            continue  # a record edited by hand: the scripts and jobs.yaml still tell the chain
+    return segments, lead

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import CommandError
-from planner.eta.source import JobLog
+from planner.eta.progress import JobLog
+from planner.runs.run_folder import job_log_path
 from planner.shell import run_command
 from planner.slurm.queue import (
     Runner,
@@ -171,12 +172,12 @@ def infer_outcome(job_id: str, job: JobLog | None, log_text: str | None) -> JobO
 
 
 def job_log_text(run_dir: Path, job_id: str, limit_bytes: int = 200_000) -> str | None:
-    """The tail of the job's output file (logs/segment-NN-JOBID.out), if it is there."""
-    paths = sorted((run_dir / "logs").glob(f"*-{job_id}.out"))
-    if not paths:
+    """The tail of the job's output file (planner.runs.run_folder.job_log_path), if any."""
+    path = job_log_path(run_dir, job_id)
+    if path is None:
         return None
     try:
-        with open(paths[-1], "rb") as handle:
+        with open(path, "rb") as handle:
             handle.seek(0, 2)
             handle.seek(max(handle.tell() - limit_bytes, 0))
             return handle.read().decode("utf-8", errors="replace")

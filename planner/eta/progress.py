@@ -1,0 +1,269 @@
+"""A run's progress as read back: the training's progress file (jobs.progress, what plan-job's
+jobs write) or a Hugging Face Trainer's trainer_state.json, as a History: the run's jobs in
+order, each with the step times it logged.
+
+A Hugging Face Trainer's trainer_state.json holds no times at all (its log_history has
+step, epoch, loss, learning_rate, grad_norm, eval metrics; train_runtime only once train()
+has returned). Its pace is read from the modification times of the checkpoint-*/
+trainer_state.json files next to it, which the Trainer rewrites at every save: one wall-clock
+rate per save interval, checkpoint saves and evaluations included. Torch-free.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobs.progress import read_progress
+from planner.errors import BadInputError
+
+TRAINER_STATE = "trainer_state.json"
+_CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
+WHAT_TO_PASS = (
+    "pass a progress.jsonl (jobs.progress), a Hugging Face trainer_state.json, a run folder "
+    "(`plan-job emit -o FOLDER`) or a Slurm job id"
+)
+
+
+@dataclass(frozen=True)
+class JobLog:
+    """One job of a run: a ``start`` line up to the next one (or the whole file, if the
+    writer never wrote a start line)."""
+
+    index: int  # 0-based, in file order
+    job_id: str | None
+    start_time: float | None
+    start_step: int
+    load_s: float | None  # checkpoint load of a resumed job
+    steps: tuple[int, ...]  # the step number of each timed sample
+    step_times: tuple[float, ...]  # seconds per step, one per sample
+    last_step: int  # the newest step this job reached
+    last_time: float | None  # the time of its newest line
+    saves: tuple[tuple[int, float], ...]  # (step, save_s) of its checkpoints
+    stop_reason: str | None  # None: no stop line (still running, or killed)
+
+
+@dataclass(frozen=True)
+class History:
+    kind: str  # "progress" or "trainer_state"
+    path: Path
+    total_steps: int
+    jobs: tuple[JobLog, ...]
+    timing: str  # where step times come from: step_s, checkpoint_mtimes, train_runtime, none
+    includes_saves: bool  # step times already hold the checkpoint saves (wall-clock rates)
+    checkpoint_interval: int | None  # from the source itself, if it tells
+    notes: tuple[str, ...] = ()
+
+    @property
+    def current(self) -> JobLog:
+        return self.jobs[-1]
+
+    @property
+    def done_step(self) -> int:
+        return self.current.last_step
+
+    @property
+    def last_time(self) -> float | None:
+        return self.current.last_time
+
+    @property
+    def resumable_step(self) -> int:
+        """Where the next job would resume: the newest checkpoint (0 if none)."""
+        if self.kind == "trainer_state":
+            return self.done_step  # the Trainer writes the file with each checkpoint
+        saves = [step for job in self.jobs for step, _ in job.saves]
+        starts = [job.start_step for job in self.jobs]
+        return max([*saves[-1:], *starts[-1:], 0])
+
+    @property
+    def stopped(self) -> bool:
+        return self.current.stop_reason is not None
+
+
+def load_progress(
+    path: Path, total_steps: int | None = None, fallback_total: int | None = None
+) -> History:
+    """A progress file (jobs.progress format) as a History; BadInputError if it says nothing.
+
+    ``total_steps`` (the user's) beats the file's start lines, which beat ``fallback_total``
+    (a run folder's train.json or plan)."""
+    if not path.is_file():
+        raise BadInputError(f"{path}: no progress file here (has the run started?); {WHAT_TO_PASS}")
+    events = read_progress(path)
+    if not events:
+        raise BadInputError(
+            f"{path}: no progress lines (empty, or not the JSON Lines of jobs.progress); if "
+            f"its job is still queued or starting, try again once it has run some steps; "
+            f"else {WHAT_TO_PASS}"
+        )
+    jobs = _split_jobs(events)
+    logged = next((int(e["total_steps"]) for e in reversed(events) if e.get("total_steps")), None)
+    total = total_steps or logged or fallback_total
+    if not total:
+        raise BadInputError(
+            f"{path}: no `start` line gives total_steps; pass --total-steps N (the run's last "
+            f"optimizer step)"
+        )
+    return History("progress", path, total, jobs, "step_s", False, None)
+
+
+def load_trainer_state(path: Path, total_steps: int | None = None) -> History:
+    state = trainer_state(path)
+    if state is None:
+        raise BadInputError(f"{path}: not a trainer_state.json (no log_history); {WHAT_TO_PASS}")
+    total = total_steps or int(state.get("max_steps") or 0)
+    if total <= 0:
+        raise BadInputError(f"{path}: max_steps is not set; pass --total-steps N")
+    global_step = int(state.get("global_step") or 0)
+    mtime = path.stat().st_mtime
+    runtime = next(
+        (e for e in reversed(state["log_history"]) if isinstance(e, dict) and "train_runtime" in e),
+        None,
+    )
+    points = _checkpoint_times(path, global_step, mtime)
+    rates = [
+        ((t1 - t0) / (s1 - s0), s1)
+        for (s0, t0), (s1, t1) in itertools.pairwise(points)
+        if s1 > s0 and t1 > t0
+    ]
+    notes = [
+        "trainer_state.json has no per-step times; the pace comes from "
+        + (
+            f"the modification times of {len(points)} checkpoint trainer_state.json files "
+            f"({len(rates)} save intervals): wall time per step with saves and evaluations "
+            f"included; copied or touched files make it wrong"
+            if rates
+            else "nowhere"
+        )
+    ]
+    timing = "checkpoint_mtimes" if rates else "none"
+    if not rates and runtime is not None and global_step > 0:
+        # Only once train() has returned; an average with start-up and evaluations, and too
+        # low if that train() call resumed from a checkpoint (it ran fewer steps).
+        rates = [(float(runtime["train_runtime"]) / global_step, global_step)]
+        timing = "train_runtime"
+        notes.append("step time = train_runtime / global_step (the whole train() call)")
+    if timing == "none":
+        notes.append(
+            "the ETA needs timing: pass the Trainer's output folder with two or more "
+            "checkpoint-*/ folders, or write progress lines with jobs.progress.ProgressWriter "
+            "from a TrainerCallback (on_step_end) and pass that file"
+        )
+    job = JobLog(
+        index=0,
+        job_id=None,
+        start_time=None,
+        start_step=0,
+        load_s=None,
+        steps=tuple(step for _, step in rates),
+        step_times=tuple(rate for rate, _ in rates),
+        last_step=global_step,
+        last_time=mtime,
+        saves=(),
+        # train() writes train_runtime when it returns: early stopping ends short of total.
+        stop_reason="done" if global_step >= total else ("stopped" if runtime else None),
+    )
+    interval = state.get("save_steps")
+    return History(
+        "trainer_state",
+        path,
+        total,
+        (job,),
+        timing,
+        True,
+        int(interval) if isinstance(interval, int) and interval > 0 else None,
+        tuple(notes),
+    )
+
+
+def _split_jobs(events: Sequence[Mapping[str, Any]]) -> tuple[JobLog, ...]:
+    groups: list[list[Mapping[str, Any]]] = []
+    for event in events:
+        if event.get("event") == "start" or not groups:
+            groups.append([])
+        groups[-1].append(event)
+    return tuple(_job_log(index, group) for index, group in enumerate(groups))
+
+
+def _job_log(index: int, events: Sequence[Mapping[str, Any]]) -> JobLog:
+    start = events[0] if events[0].get("event") == "start" else {}
+    timed = [
+        e
+        for e in events
+        if e.get("event") == "step" and _finite(e.get("step_s")) and _int(e.get("step")) is not None
+    ]
+    steps = [int(e["step"]) for e in events if _int(e.get("step")) is not None]
+    resume = next((e for e in events if e.get("event") == "resume"), {})
+    stop = next((e for e in reversed(events) if e.get("event") == "stop"), None)
+    times = [float(e["time"]) for e in events if _finite(e.get("time"))]
+    return JobLog(
+        index=index,
+        job_id=str(start["job_id"]) if start.get("job_id") else None,
+        start_time=_float(start.get("time")),
+        start_step=_int(start.get("step")) or 0,
+        load_s=_float(resume.get("load_s")),
+        steps=tuple(int(e["step"]) for e in timed),
+        step_times=tuple(float(e["step_s"]) for e in timed),
+        last_step=max(steps, default=_int(start.get("step")) or 0),
+        last_time=max(times, default=None),
+        saves=tuple(
+            (int(e["step"]), float(e["save_s"]))
+            for e in events
+            if e.get("event") == "checkpoint" and _finite(e.get("save_s"))
+        ),
+        stop_reason=str(stop.get("reason")) if stop is not None else None,
+    )
+
+
+def trainer_state(path: Path) -> dict[str, Any] | None:
+    data = _read_json(path)
+    return data if isinstance(data.get("log_history"), list) else None
+
+
+def _checkpoint_times(path: Path, global_step: int, mtime: float) -> list[tuple[int, float]]:
+    """(global_step, mtime) of this trainer_state.json and its sibling checkpoints', by step."""
+    output_dir = path.parent.parent if _CHECKPOINT_DIR_RE.match(path.parent.name) else path.parent
+    points = {global_step: mtime}
+    for state_path in output_dir.glob(f"checkpoint-*/{TRAINER_STATE}"):
+        match = _CHECKPOINT_DIR_RE.match(state_path.parent.name)
+        if match:
+            step = int(match.group(1))
+            points[step] = max(points.get(step, 0.0), state_path.stat().st_mtime)
+    return sorted(points.items())
+
+
+def newest_trainer_state(folder: Path) -> Path | None:
+    if (folder / TRAINER_STATE).is_file():
+        return folder / TRAINER_STATE
+    checkpoints = [
+        (int(match.group(1)), path)
+        for path in folder.glob(f"checkpoint-*/{TRAINER_STATE}")
+        if (match := _CHECKPOINT_DIR_RE.match(path.parent.name))
+    ]
+    return max(checkpoints)[1] if checkpoints else None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if _finite(value) else None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
