@@ -136,6 +136,20 @@ def job_overhead_s(m: Measurement) -> float:
     return m.job_start_s + m.startup_s + m.job_end_s
 
 
+def first_overhead_s(m: Measurement) -> float:
+    """The first job's time beyond its steps and saves: its script, srun and start-up, its
+    compile (workload.compile) and warm-up, the probe save that times a save before it can
+    decide when to stop, its exit."""
+    return job_overhead_s(m) + m.compile_s + m.warmup_extra_s + m.checkpoint_save_s
+
+
+def resume_s(m: Measurement) -> float:
+    """What a job after the first pays beyond its steady steps and saves: its script and srun
+    start a new process, which loads the checkpoint, compiles (workload.compile) and warms up
+    again, and exits."""
+    return job_overhead_s(m) + m.checkpoint_load_s + m.compile_s + m.warmup_extra_s
+
+
 def eval_seconds(spec: RunSpec, m: Measurement, calibration_path: str = "--calibration") -> float:
     """Seconds one evaluation takes: plan.eval_s when given, else the calibration's timing
     scaled to plan.eval_batches (an evaluation is that many forward-only micro-batches)."""
