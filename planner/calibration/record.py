@@ -111,6 +111,12 @@ def make_record(
     return CalibrationRecord(spec, measurement, derive(spec, measurement), job, created, scaling)
 
 
+def default_record_path(spec: RunSpec) -> Path:
+    """Where `plan-job calibrate` writes a record without -o: calibrations/<name>.yaml (the
+    spec's name is one file name, so this stays in that folder)."""
+    return Path("calibrations") / f"{spec.name}.yaml"
+
+
 def save_record(record: CalibrationRecord, path: Path) -> None:
     text = yaml.safe_dump(record.to_dict(), sort_keys=False, default_flow_style=None, width=100)
     write_text_atomic(path, text)

@@ -11,7 +11,7 @@ import click
 
 from planner.cli.common import HISTORY, fail, record_history
 from planner.cli.status_line import StatusLine
-from planner.errors import PlanJobError
+from planner.errors import PlanJobError, SpecError
 
 
 @click.command()
@@ -92,8 +92,8 @@ def calibrate(
 ) -> None:
     """Run a short calibration job of SPEC's real training step and record what it measured."""
     from planner.calibration import calibrate as calibration
-    from planner.calibration.record import save_record
-    from planner.calibration.report import calibration_table
+    from planner.calibration.record import default_record_path, save_record
+    from planner.calibration.report import calibration_table, scaling_table
     from planner.history import database as history
     from planner.spec.load import load_spec
 
@@ -113,7 +113,7 @@ def calibrate(
             overrides.append(f"calibration.nodes={_node_list(node_counts)}")
         spec = load_spec(spec_path, overrides, command=command_run)
         folder = calibration.job_folder(jobs_dir, spec)
-        out_path = output or Path("calibrations") / f"{spec.name}.yaml"
+        out_path = output or default_record_path(spec)
         # The job running now: its progress file, and which of several it is.
         current: dict[str, Any] = {"folder": folder, "label": ""}
 
@@ -162,8 +162,6 @@ def calibrate(
     record_history(lambda: history.record_calibration(record, out_path, history_file))
     click.echo(calibration_table(record, str(out_path)))
     if record.scaling is not None:
-        from planner.calibration.report import scaling_table
-
         click.echo("\n" + scaling_table(record.scaling))
 
 
@@ -172,8 +170,6 @@ def _node_list(text: str) -> str:
     try:
         counts = [int(part) for part in text.split(",")]
     except ValueError:
-        from planner.errors import SpecError
-
         raise SpecError(
             "--nodes", text, "expected node counts separated by commas, e.g. 1,2"
         ) from None

@@ -4,13 +4,21 @@ fail a command."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from planner.errors import BadInputError, CancelledByUserError, JobError, PlanJobError
+from planner.errors import (
+    BadInputError,
+    CancelledByUserError,
+    HistoryError,
+    JobError,
+    PlanJobError,
+)
+
+if TYPE_CHECKING:  # imported by the commands that plan: --help needs none of it
+    from planner.history.corrected_plan import CorrectedPlan
 
 EXIT_JOB_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -47,8 +55,6 @@ HISTORY = click.option(
 
 def record_history(action: Any) -> None:
     """The history is a by-product: failing to write it must not fail the command."""
-    from planner.errors import HistoryError
-
     try:
         action()
     except HistoryError as exc:
@@ -88,14 +94,7 @@ NO_CORRECTION = click.option(
 )
 
 
-@dataclass(frozen=True)
-class _Planned:
-    plan: Any  # the plan to use: corrected where the history had a correction
-    model: Any  # the uncorrected plan
-    corrected: bool  # the history changed the plan
-
-
-def make_plan_from_files(
+def plan_from_files(
     spec_path: Path,
     calibration_path: Path,
     sets: tuple[str, ...],
@@ -103,13 +102,11 @@ def make_plan_from_files(
     nodes: int | None,
     history_file: Path | None = None,
     correct: bool = True,
-) -> _Planned:
-    """Spec + calibration record + the partition's limits -> Plan (raises PlanJobError),
-    with the history's step corrections for the workload and partition, if it has any."""
+) -> CorrectedPlan:
+    """plan and emit: the spec and record named on the command line, the partition's limits
+    where Slurm is here, and the plan with the history's correction (raises PlanJobError)."""
     from planner.calibration.record import load_record
-    from planner.errors import HistoryError
-    from planner.history.correction import corrections_for
-    from planner.model.planning import make_plan
+    from planner.history.corrected_plan import corrected_plan
     from planner.slurm.partition import read_partition
     from planner.slurm.submission import slurm_available
     from planner.spec.load import load_spec
@@ -125,23 +122,16 @@ def make_plan_from_files(
             "checked; run plan-job on the login node for a plan that fits the partition",
             err=True,
         )
-    path = str(calibration_path)
-    model = make_plan(spec, record, partition, path, deadline_hours=deadline, nodes=nodes)
-    corrections = {}
-    if correct:
-        try:
-            corrections = corrections_for(spec, partition, history_file)
-        except HistoryError as exc:
-            click.echo(f"warning: {exc}; planned without the history's correction", err=True)
-    if not corrections:
-        return _Planned(model, model, False)
-    plan = make_plan(
+    planned = corrected_plan(
         spec,
         record,
         partition,
-        path,
+        str(calibration_path),
         deadline_hours=deadline,
         nodes=nodes,
-        corrections=corrections,
+        history=history_file,
+        correct=correct,
     )
-    return _Planned(plan, model, plan.wall != model.wall)
+    if planned.warning:
+        click.echo(f"warning: {planned.warning}", err=True)
+    return planned

@@ -15,7 +15,7 @@ from planner.cli.common import (
     NODES,
     SETS,
     fail,
-    make_plan_from_files,
+    plan_from_files,
     record_history,
 )
 from planner.errors import PlanJobError
@@ -76,12 +76,11 @@ def emit(
     from planner.runs.emit import emit as write_run
 
     try:
-        planned = make_plan_from_files(
+        planned = plan_from_files(
             spec_path, calibration_path, sets, deadline, nodes, history_file, not no_correction
         )
         result = planned.plan
-        factor = result.step_correction if result.step_correction != 1.0 else None
-        options = EmitOptions(out_dir, Path.cwd(), python, template, force, factor)
+        options = EmitOptions(out_dir, Path.cwd(), python, template, force)
         run = write_run(result, options)
     except PlanJobError as exc:
         fail(exc)

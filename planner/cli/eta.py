@@ -37,14 +37,12 @@ def eta(target: str, watch: float | None, as_json: bool, total_steps: int | None
     the running job's end from squeue and checks that the queued segments reach the last step.
     Put --watch after TARGET: `plan-job eta runs/x --watch 60`.
     """
-    from planner.eta import estimate as estimator
     from planner.eta import report as eta_report
+    from planner.eta.estimate import eta_for
     from planner.eta.progress_bar import bar_key, bar_text, from_eta
-    from planner.eta.source import load_source
 
     def compute() -> Any:
-        source = load_source(target, total_steps)
-        return estimator.estimate(source, estimator.observe_slurm(source))
+        return eta_for(target, total_steps)
 
     render = eta_report.eta_table
     if as_json:

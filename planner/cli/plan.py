@@ -15,7 +15,7 @@ from planner.cli.common import (
     NODES,
     SETS,
     fail,
-    make_plan_from_files,
+    plan_from_files,
 )
 from planner.errors import PlanJobError
 
@@ -45,7 +45,7 @@ def plan(
     from planner.model.report import plan_table
 
     try:
-        planned = make_plan_from_files(
+        planned = plan_from_files(
             spec_path, calibration_path, sets, deadline, nodes, history_file, not no_correction
         )
     except PlanJobError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,6 @@ def resubmit(
     after the existing ones, sized from that pace and the partition's MaxTime, and submits
     them as an afterany chain (job ids appended to jobs.yaml, resubmit-K.yaml records why).
     """
-    import shlex
-
     from planner.followup import resubmit as resubmission
     from planner.followup.report import jobs_table, resubmission_text
     from planner.followup.state import inspect_run
@@ -56,8 +55,7 @@ def resubmit(
 
     try:
         state = inspect_run(target, preview=dry_run)
-        if not state.unread:  # jobs taken as ended without Slurm's word are not outcomes
-            record_history(lambda: history.record_outcomes(state, history_file))
+        record_history(lambda: history.record_outcomes(state, history_file))
         plan = resubmission.prepare(state, nodes, max_retries, preview=dry_run)
         click.echo(resubmission_text(plan))
         if dry_run:

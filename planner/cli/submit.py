@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,6 @@ def submit(
 
     Put --watch after RUN_DIR: `plan-job submit runs/x --watch 10`.
     """
-    import shlex
-
     from planner.followup.report import jobs_table
     from planner.runs.chain import planned_commands, submit_chain
     from planner.runs.run_folder import JOBS_FILE

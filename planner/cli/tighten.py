@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import click
 
 from planner.cli.common import fail
@@ -17,8 +19,6 @@ def tighten(target: str, dry_run: bool) -> None:
     TARGET is the run folder or a Slurm job id of the run. Slurm lets users lower a pending
     job's limit, not raise it: a chain that falls short needs `plan-job resubmit` once it ends.
     """
-    import shlex
-
     from planner.followup.report import tighten_text
     from planner.followup.tighten import apply_tightening, changed, plan_tightening
 

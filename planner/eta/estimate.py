@@ -36,7 +36,7 @@ from planner.eta.outlook import (
     stop_reserve,
 )
 from planner.eta.progress import History
-from planner.eta.source import Source
+from planner.eta.source import Source, load_source
 from planner.eta.steps import (
     DEFAULT_SPREAD,
     MIN_JOB_STEPS,
@@ -115,6 +115,18 @@ class SlurmView:
     asked: tuple[str, ...]
     queue: dict[str, SlurmJob]
     error: str | None = None
+
+
+def eta_for(
+    target: str,
+    total_steps: int | None = None,
+    runner: Runner | None = None,
+    now: float | None = None,
+) -> Eta:
+    """The estimate for TARGET (a progress.jsonl, a trainer_state.json, a run folder or a
+    Slurm job id), with what squeue says about its jobs where Slurm is here."""
+    source = load_source(target, total_steps, runner)
+    return estimate(source, observe_slurm(source, runner), now)
 
 
 def observe_slurm(source: Source, runner: Runner | None = None) -> SlurmView | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from planner.clock import short_moment_text
 from planner.errors import SlurmUnavailableError
-from planner.eta.estimate import Eta
+from planner.eta.estimate import Eta, eta_for
 from planner.runs.run_folder import LOGS_DIR, load_jobs, progress_candidates, read_train_json
 from planner.slurm.queue import Runner, queued
 
@@ -112,13 +112,9 @@ def started(run_dir: Path) -> bool:
 
 def run_progress(run_dir: Path) -> Progress:
     """Where a submitted run stands: planner.eta.estimate's estimate once it has progress lines."""
-    from planner.eta.estimate import estimate, observe_slurm
-    from planner.eta.source import load_source
-
     if not started(run_dir):
         return waiting(run_dir)
-    source = load_source(str(run_dir))
-    return from_eta(estimate(source, observe_slurm(source)))
+    return from_eta(eta_for(str(run_dir)))
 
 
 def follow(

@@ -163,7 +163,11 @@ def record_plan(
 
 
 def record_outcomes(state: RunState, path: Path | None = None) -> int:
-    """The ended jobs of a run, as sacct (or the fallbacks) told; returns how many."""
+    """The ended jobs of a run, as sacct (or the fallbacks) told; returns how many. A state
+    read without Slurm (RunState.unread: a preview took every job as ended) records none:
+    jobs taken as ended without Slurm's word are not outcomes."""
+    if state.unread:
+        return 0
     run_dir = str(state.run_dir.resolve())
     plan = state.plan
     count = 0

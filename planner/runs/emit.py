@@ -55,7 +55,6 @@ class EmitOptions:
     python: str = sys.executable  # the interpreter on the nodes (a shared venv, usually)
     template: Path | None = None  # a user template extending segment.sbatch.j2
     force: bool = False  # replace an existing run folder that plan-job wrote
-    correction: float | None = None  # the history correction the plan carries, for emit.yaml
 
 
 @dataclass(frozen=True)
@@ -232,8 +231,9 @@ def emit(plan: Plan, options: EmitOptions) -> EmittedRun:
             f"--resume-foreign: give a new run an empty {CHECKPOINT_FIELD}",
         )
     template = options.template.resolve() if options.template else None
+    correction = plan.step_correction if plan.step_correction != 1.0 else None
     # What resubmit needs to render more segments the same way; the plan does not know it.
-    settings = EmitSettings(workdir, options.python, template, options.correction, EMIT_FILE)
+    settings = EmitSettings(workdir, options.python, template, correction, EMIT_FILE)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
