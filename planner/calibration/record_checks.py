@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from jobs.measurement import STOP_REASONS, Measurement
@@ -34,7 +35,9 @@ def check_measurement(m: Measurement, source: str) -> None:
         _fail("measurement.steady_steps", m.steady_steps, rule, source)
 
 
-def check_dataclass(obj: Any, prefix: str, source: str, positive: set[str] = frozenset()) -> None:
+def check_dataclass(
+    obj: Any, prefix: str, source: str, positive: AbstractSet[str] = frozenset()
+) -> None:
     """Every numeric field of ``obj`` finite and >= 0 (> 0 for ``positive``); strings
     strings. For the record's job, derived and scaling sections."""
     for f in dataclasses.fields(obj):

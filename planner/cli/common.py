@@ -26,23 +26,35 @@ EXIT_INTERRUPTED = 130
 
 
 class PlanJobClickError(click.ClickException):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    """A planner error as click shows it: its message on stderr, and the exit code of its
+    kind, which click reads from the class."""
+
+
+class BadInputExit(PlanJobClickError):
+    exit_code = EXIT_BAD_INPUT
+
+
+class JobFailedExit(PlanJobClickError):
+    exit_code = EXIT_JOB_FAILED
+
+
+class InterruptedExit(PlanJobClickError):
+    exit_code = EXIT_INTERRUPTED
 
 
 def fail(exc: PlanJobError) -> NoReturn:
     if isinstance(exc, CancelledByUserError):
-        raise PlanJobClickError(str(exc), EXIT_INTERRUPTED) from exc
+        raise InterruptedExit(str(exc)) from exc
     if isinstance(exc, JobError):
         parts = [str(exc)]
         if exc.stderr_tail:
             parts.append("--- last lines of the job's stderr ---\n" + exc.stderr_tail)
         if exc.log_path:
             parts.append(f"log: {exc.log_path}")
-        raise PlanJobClickError("\n".join(parts), EXIT_JOB_FAILED) from exc
-    code = EXIT_BAD_INPUT if isinstance(exc, BadInputError) else EXIT_JOB_FAILED
-    raise PlanJobClickError(str(exc), code) from exc
+        raise JobFailedExit("\n".join(parts)) from exc
+    if isinstance(exc, BadInputError):
+        raise BadInputExit(str(exc)) from exc
+    raise JobFailedExit(str(exc)) from exc
 
 
 HISTORY = click.option(

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
 from planner.cli.common import EXIT_INTERRUPTED, fail
 from planner.cli.status_line import StatusLine
 from planner.errors import PlanJobError
+
+if TYPE_CHECKING:  # the command imports it when it runs: --help needs none of it
+    from planner.eta.estimate import Eta
 
 
 @click.command()
@@ -41,15 +46,15 @@ def eta(target: str, watch: float | None, as_json: bool, total_steps: int | None
     from planner.eta.estimate import eta_for
     from planner.eta.progress_bar import bar_key, bar_text, from_eta
 
-    def compute() -> Any:
+    def compute() -> Eta:
         return eta_for(target, total_steps)
 
-    render = eta_report.eta_table
+    render: Callable[[Eta], str] = eta_report.eta_table
     if as_json:
         render = eta_report.eta_json if watch is None else eta_report.eta_json_line
     line = StatusLine()
 
-    def show_bar(result: Any) -> None:
+    def show_bar(result: Eta) -> None:
         progress = from_eta(result)
         line.show(bar_text(progress), bar_key(progress))
 
@@ -57,9 +62,11 @@ def eta(target: str, watch: float | None, as_json: bool, total_steps: int | None
         if watch is None:
             click.echo(render(compute()))
         else:
-            stream = click.get_text_stream("stdout")
+            # sys.stdout, which click.echo writes to as well (click 8.5 deprecates
+            # click.get_text_stream, and its typing no longer says it returns a stream).
+            stream = sys.stdout
             # JSON Lines are for a script: no bar beside them.
-            bar = None if as_json else show_bar
+            bar: Callable[[Eta], None] | None = None if as_json else show_bar
             try:
                 eta_report.watch(compute, render, watch, stream, on_refresh=bar)
             finally:

@@ -9,10 +9,9 @@ from typing import Any
 import click
 
 from planner.cli.common import (
-    EXIT_BAD_INPUT,
-    EXIT_INTERRUPTED,
     HISTORY,
-    PlanJobClickError,
+    BadInputExit,
+    InterruptedExit,
     fail,
     record_history,
 )
@@ -76,13 +75,10 @@ def resubmit(
 
         jobs = resubmission.submit(plan, on_submitted)
     except KeyboardInterrupt:
-        raise PlanJobClickError(
-            "interrupted: cancelled the segments already submitted", EXIT_INTERRUPTED
-        ) from None
+        raise InterruptedExit("interrupted: cancelled the segments already submitted") from None
     except SlurmUnavailableError as exc:
-        raise PlanJobClickError(
-            f"{exc}; `plan-job resubmit {target} --dry-run` previews from the run folder alone",
-            EXIT_BAD_INPUT,
+        raise BadInputExit(
+            f"{exc}; `plan-job resubmit {target} --dry-run` previews from the run folder alone"
         ) from exc
     except PlanJobError as exc:
         fail(exc)

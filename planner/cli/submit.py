@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from planner.cli.common import EXIT_BAD_INPUT, EXIT_INTERRUPTED, PlanJobClickError, fail
+from planner.cli.common import EXIT_INTERRUPTED, BadInputExit, InterruptedExit, fail
 from planner.cli.status_line import StatusLine
 from planner.errors import PlanJobError
 
@@ -47,10 +47,9 @@ def submit(
     from planner.runs.run_folder import JOBS_FILE
 
     if dry_run and watch is not None:
-        raise PlanJobClickError(
+        raise BadInputExit(
             f"--watch: got {watch:g}; --dry-run submits nothing, so there is nothing to watch: "
-            "drop one of them",
-            EXIT_BAD_INPUT,
+            "drop one of them"
         )
     try:
         if dry_run:
@@ -63,9 +62,7 @@ def submit(
 
         jobs = submit_chain(run_dir, after, on_submitted, resume_foreign)
     except KeyboardInterrupt:
-        raise PlanJobClickError(
-            "interrupted: cancelled the segments already submitted", EXIT_INTERRUPTED
-        ) from None
+        raise InterruptedExit("interrupted: cancelled the segments already submitted") from None
     except PlanJobError as exc:
         fail(exc)
     click.echo(jobs_table(jobs))

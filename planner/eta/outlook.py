@@ -68,7 +68,7 @@ def stop_reserve(step: StepTime, save_s: float, plan: PlanFacts | None) -> float
 class Queued:
     segment: int | None  # 1-based in jobs.yaml, if known
     job_id: str
-    limit_s: float | None
+    limit_s: int | None  # its --time in seconds (squeue's, else the plan's)
     start_time: float | None  # set when it already runs (but has not written yet)
     end_time: float | None
 
@@ -96,7 +96,7 @@ def pending_jobs(
     source: Source, queue: dict[str, SlurmJob], writer: SlurmJob | None
 ) -> list[Queued]:
     """The run's queued jobs other than the one writing now, in chain order."""
-    listed = [(job.segment, job.job_id) for job in source.chain]
+    listed: list[tuple[int | None, str]] = [(job.segment, job.job_id) for job in source.chain]
     if not listed and source.job is not None:
         listed = [(None, source.job.job_id)]
     plan = source.plan

@@ -161,7 +161,7 @@ def _resume(
     observed = [
         (t.resumed, t.first_step_begin - slurm_starts[t.job_id])
         for t in timings
-        if t.job_id in slurm_starts and t.first_step_begin is not None
+        if t.job_id is not None and t.job_id in slurm_starts and t.first_step_begin is not None
     ]
     resumed = [s for was_resumed, s in observed if was_resumed and s >= 0]
     fresh = [s for was_resumed, s in observed if not was_resumed and s >= 0]

@@ -167,7 +167,7 @@ def newest_checkpoint(folder: Path, history: History) -> CheckpointState:
         ),
         reverse=True,
     )
-    empty = []
+    empty: list[str] = []
     for step, path in files:
         size = _size(path)
         if size > 0:
@@ -186,7 +186,7 @@ def newest_logged_checkpoint(events: Sequence[dict[str, Any]]) -> CheckpointStat
     ``checkpoint`` lines say which it saved; the newest whose path still exists counts."""
     saved = [e for e in events if e.get("event") == "checkpoint" and e.get("path")]
     logged_step = int(saved[-1]["step"]) if saved else None
-    missing = []
+    missing: list[str] = []
     for event in reversed(saved):
         path = Path(str(event["path"]))
         if path.exists():

@@ -44,8 +44,8 @@ def history_text(path: Path | None = None, limit: int = 20, width: int | None = 
         parts.append(fit_table(rows, _RUN_HEADERS, wrap=wrap, width=width))
     else:
         parts.append("no runs recorded yet: `plan-job emit` records one")
-    bias_rows = [_bias_row(w, p, n, path) for w, p in pairs for n in node_counts(w, p, path)]
-    bias_rows = [row for row in bias_rows if row is not None]
+    found = [_bias_row(w, p, n, path) for w, p in pairs for n in node_counts(w, p, path)]
+    bias_rows = [row for row in found if row is not None]
     if bias_rows:
         title = (
             f"step bias (a job's steady step / the model's step, per node count; newest "

@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TypedDict
 
 from jobs.train_config import TrainConfig
 from planner.errors import RunFolderExistsError, SpecError, UnsafeRunFolderError
@@ -95,7 +96,16 @@ def train_config(plan: Plan, run_dir: Path, workdir: Path, run_id: str = "") -> 
     )
 
 
-def _command_fields(plan: Plan, workdir: Path) -> dict[str, object]:
+class _CommandFields(TypedDict, total=False):
+    """TrainConfig's fields of a user's own training command (none for a workload)."""
+
+    command: tuple[str, ...]
+    report: str
+    output_dir: str
+    stop_grace_s: float
+
+
+def _command_fields(plan: Plan, workdir: Path) -> _CommandFields:
     command = plan.spec.command
     if command is None:
         return {}
@@ -224,7 +234,7 @@ def emit(plan: Plan, options: EmitOptions) -> EmittedRun:
     checkpoints = Path(config.checkpoint_dir)
     check_writable(checkpoints, plan.spec.source)
     foreign = foreign_checkpoints(checkpoints, marker.run_id, bool(config.command))
-    warnings = ()
+    warnings: tuple[str, ...] = ()
     if foreign is not None:
         warnings = (
             f"{foreign.describe()}; `plan-job submit` refuses to start unless given "

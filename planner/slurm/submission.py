@@ -140,10 +140,10 @@ def make_executor(
 
     cal = spec.calibration
     if cal.executor == "local":
-        executor = submitit.LocalExecutor(folder=folder)
+        local = submitit.LocalExecutor(folder=folder)
         gpus = local_gpu_parameters(cal.device, tasks_per_node, os.environ, count_local_gpus())
-        executor.update_parameters(timeout_min=cal.time_limit_minutes, **gpus)
-        return executor
+        local.update_parameters(timeout_min=cal.time_limit_minutes, **gpus)
+        return local
     cluster = spec.cluster
     executor = submitit.SlurmExecutor(folder=folder)
     params: dict[str, Any] = {

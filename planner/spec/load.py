@@ -352,7 +352,10 @@ def _node_counts(sec: Section) -> tuple[int, ...]:
 
 
 def _plan(sec: Section) -> PlanSpec:
-    positive = {"minimum": 0.0, "exclusive_min": True}
+
+    def positive(key: str, default: float | None, maximum: float | None = None) -> Any:
+        return sec.number(key, default, minimum=0.0, maximum=maximum, exclusive_min=True)
+
     interval = sec.integer("eval_interval_steps", None, minimum=1)
     eval_s = sec.number("eval_s", None, minimum=0.0)
     if eval_s is not None and interval is None:
@@ -362,14 +365,14 @@ def _plan(sec: Section) -> PlanSpec:
             "is the time of one evaluation; set plan.eval_interval_steps for how often one runs",
         )
     spec = PlanSpec(
-        deadline_hours=sec.number("deadline_hours", None, **positive),
-        efficiency_floor=sec.number("efficiency_floor", 0.8, maximum=1.0, **positive),
+        deadline_hours=positive("deadline_hours", None),
+        efficiency_floor=positive("efficiency_floor", 0.8, maximum=1.0),
         max_nodes=sec.integer("max_nodes", None, minimum=1),
-        interconnect_gbps=sec.number("interconnect_gbps", 100.0, **positive),
-        intranode_gbps=sec.number("intranode_gbps", 300.0, **positive),
+        interconnect_gbps=positive("interconnect_gbps", 100.0),
+        intranode_gbps=positive("intranode_gbps", 300.0),
         allreduce_latency_s=sec.number("allreduce_latency_s", 1e-3, minimum=0.0),
-        mtbf_hours=sec.number("mtbf_hours", None, **positive),
-        interruptions_per_gpu_day=sec.number("interruptions_per_gpu_day", 4.7e-4, **positive),
+        mtbf_hours=positive("mtbf_hours", None),
+        interruptions_per_gpu_day=positive("interruptions_per_gpu_day", 4.7e-4),
         run_to_run_spread=sec.number("run_to_run_spread", 0.02, minimum=0.0, maximum=1.0),
         gpu_hour_cost=sec.number("gpu_hour_cost", None, minimum=0.0),
         eval_interval_steps=interval,
