@@ -17,9 +17,11 @@ from planner.history.correction import (
 )
 from planner.history.database import connect, history_path
 from planner.model.plan import Plan
-from planner.model.plan_json import HISTORY_SCHEMA, dumps
+from planner.model.plan_json import dumps
 from planner.textwidth import fit_table, wrap_text
 from planner.units import fmt_duration
+
+HISTORY_SCHEMA = "plan-job.history/1"
 
 _RUNS = """
 SELECT p.run_dir, p.name, p.workload, p.partition, p.nodes, p.total_steps, p.p50_s, p.p95_s,

@@ -1,6 +1,6 @@
-"""--json for plan and history: one JSON object a script can read, keys stable across
-versions (new keys may be added; none is renamed or changes meaning). README "JSON output"
-lists them. Torch-free.
+"""plan --json: one JSON object a script can read, keys stable across versions (new keys may
+be added; none is renamed or changes meaning). README "JSON output" lists them; `history
+--json` (planner.history.report) is written the same way, with dumps. Torch-free.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from planner.model.plan import Plan
 from planner.model.resources import units_of
 
 PLAN_SCHEMA = "plan-job.plan/1"
-HISTORY_SCHEMA = "plan-job.history/1"
 
 
 def plan_json(plan: Plan, model: Plan | None = None) -> str:
