@@ -4,8 +4,9 @@ fail a command."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -65,7 +66,7 @@ HISTORY = click.option(
 )
 
 
-def record_history(action: Any) -> None:
+def record_history(action: Callable[[], object]) -> None:
     """The history is a by-product: failing to write it must not fail the command."""
     try:
         action()
