@@ -5,25 +5,25 @@ from __future__ import annotations
 
 import os
 
-from jobs.measurement import CalibrationFailed, CalibrationRequest, Measurement
+from jobs.contract.measurement import CalibrationFailed, CalibrationRequest, Measurement
 
 
 def calibrate(request: CalibrationRequest) -> Measurement:
     """Calibrate on this node. Launched as several tasks, every task calls this and the
-    workload's steps run data-parallel across them (jobs.harness); each task returns its own
-    Measurement of the same steps, and submitit hands back task 0's."""
+    workload's steps run data-parallel across them (jobs.calibration.builtin); each task
+    returns its own Measurement of the same steps, and submitit hands back task 0's."""
     if request.command:  # the user's own training command, run as it is
         _one_task_only()
-        from jobs.command_calibration import calibrate_command
+        from jobs.calibration.command import calibrate_command
 
         return calibrate_command(request)
-    from jobs.harness import calibrate as run
+    from jobs.calibration.builtin import calibrate as run
 
     return run(request)
 
 
 def _one_task_only() -> None:
-    from jobs import distributed
+    from jobs.node import distributed
 
     try:
         size = distributed.detect(os.environ).size

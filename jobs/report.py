@@ -29,11 +29,11 @@ imported here (a script that does not use it does not pay for it)::
     rep.stop(step)
 
 The values plan-job gives a job come from the ``PLANJOB_<NAME>`` environment
-(jobs.command_fields); a keyword given to Reporter is the default for a value the environment
-lacks, so the same script runs standalone (with no ``PLANJOB_PROGRESS_PATH`` it writes nothing)
-and under plan-job. Lines go to the progress file that jobs.progress documents; only rank 0
-(``$RANK``, else ``$SLURM_PROCID``, else 0) writes them, while every rank times its work and
-answers should_stop.
+(jobs.contract.command_fields); a keyword given to Reporter is the default for a value the
+environment lacks, so the same script runs standalone (with no ``PLANJOB_PROGRESS_PATH`` it
+writes nothing) and under plan-job. Lines go to the progress file that jobs.progress
+documents; only rank 0 (``$RANK``, else ``$SLURM_PROCID``, else 0) writes them, while every
+rank times its work and answers should_stop.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from jobs.command_fields import env_name
+from jobs.contract.command_fields import env_name
 from jobs.progress import ProgressWriter, read_progress, restart_count
 
 # SIGUSR2: what plan-job's scripts ask Slurm to send before the time limit (Lightning keeps

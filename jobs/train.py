@@ -1,7 +1,7 @@
 """The training entry that generated sbatch scripts run: ``python -m jobs.train CONFIG.json
 [--stop-at UNIX_SECONDS]``.
 
-It trains the workload of CONFIG.json (a jobs.train_config.TrainConfig) towards
+It trains the workload of CONFIG.json (a jobs.contract.train_config.TrainConfig) towards
 ``total_steps`` and leaves when that is done, when SIGUSR2 or SIGTERM arrives, or before the
 stop time (``--stop-at``, else ``$PLANJOB_STOP_AT``; neither: no limit) would cut the next
 step (with the evaluation due after it, when ``eval_interval_steps`` asks for one) and its
@@ -12,7 +12,7 @@ run bit-identical to an uninterrupted one on CPU. Evaluations draw held-out batc
 generators of their own (jobs.workloads.base.Workload), so they change none of this.
 
 Launched by srun as several tasks (or by torchrun), it trains data-parallel: see
-jobs.distributed. Rank 0 writes the progress file and the checkpoints, which hold every
+jobs.node.distributed. Rank 0 writes the progress file and the checkpoints, which hold every
 rank's RNG states; the ranks agree on every stop, so they all stop after the same step. A
 checkpoint resumes only with the number of ranks that wrote it (else exit 1): the global
 batch and the ranks' data streams would change mid-run.
@@ -36,12 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs import compiling, distributed, runtime
-from jobs.checkpoint_owner import Owner, read_owner, write_owner
-from jobs.distributed import Group, World
-from jobs.measurement import CalibrationFailed, parse_failure
+from jobs.contract.checkpoint_owner import Owner, read_owner, write_owner
+from jobs.contract.measurement import CalibrationFailed, parse_failure
+from jobs.contract.train_config import TrainConfig
+from jobs.node import compiling, distributed, runtime
+from jobs.node.distributed import Group, World
 from jobs.progress import ProgressWriter, read_progress, restart_count
-from jobs.train_config import TrainConfig
 from jobs.workloads.base import Workload, WorkloadConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"plan-job train: bad config {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if config.command:  # the user's own training command: jobs.command runs it
-        from jobs.command import run_training
+    if config.command:  # the user's own training command: jobs.training.command runs it
+        from jobs.training.command import run_training
 
         status = run_training(config, stop_at, signalled=stop.signal)
         stop.ignore_from_now()
@@ -195,7 +195,7 @@ def train(
 def _train(
     config: TrainConfig, stop_at: float | None, stop: StopRequest, group: Group, device: Any
 ) -> int:
-    from jobs import checkpoint
+    from jobs.training import checkpoint
 
     resumed, found = None, None
     if group.is_main:
@@ -269,7 +269,7 @@ def _job_start(
 
 def _read_chosen(path: Path, step: int) -> Resumed:
     """The checkpoint rank 0 chose, read by another rank."""
-    from jobs import checkpoint
+    from jobs.training import checkpoint
 
     start = time.perf_counter()
     try:
@@ -317,7 +317,7 @@ class _QuietProgress:
 def newest_readable(folder: Path) -> Resumed | None:
     """The newest checkpoint that loads; unreadable ones (torn by a kill, a full disk) are
     renamed to ``*.bad`` so that they neither shadow nor outlive the checkpoints after them."""
-    from jobs import checkpoint
+    from jobs.training import checkpoint
 
     for step, path in checkpoint.list_checkpoints(folder):
         start = time.perf_counter()
@@ -386,7 +386,7 @@ class Run:
 
     def restore(self, resumed: Resumed) -> float:
         """Apply the checkpoint; returns the seconds reading and applying it took."""
-        from jobs import checkpoint
+        from jobs.training import checkpoint
 
         saved_ranks, ranks = checkpoint.saved_world_size(resumed.state), self.group.size
         if saved_ranks != ranks:
@@ -534,7 +534,7 @@ class Run:
         return end - since, value, end
 
     def save(self, step: int) -> None:
-        from jobs import checkpoint
+        from jobs.training import checkpoint
 
         path = checkpoint.checkpoint_path(self.folder, step)
         self.save_s, nbytes = self._write(step, path)
@@ -546,7 +546,7 @@ class Run:
     def _write(self, step: int, path: Path) -> tuple[float, int]:
         """Rank 0 saves the state with every rank's RNG states; returns its save time and
         the file's size, on every rank. Returning also means the file is complete."""
-        from jobs import checkpoint
+        from jobs.training import checkpoint
 
         self.sync()
         start = time.perf_counter()
@@ -570,7 +570,7 @@ class Run:
         return self.group.broadcast(written, f"the outcome of rank 0's save to {path}")
 
     def _state(self, step: int, rngs: list[Any] | None) -> dict[str, Any]:
-        from jobs import checkpoint
+        from jobs.training import checkpoint
 
         extra: dict[str, Any] = {"world_size": self.group.size}
         if self.group.size > 1:
