@@ -1,8 +1,9 @@
-"""Moved to jobs.node.distributed.
+"""Moved to jobs.node.distributed (and jobs.contract.failure).
 
 This old path only re-exports its names, so that ``from jobs.distributed import ...``
-keeps working; new code imports the new path."""
+keeps working; new code imports the new paths."""
 
+from jobs.contract.failure import CollectiveFailed
 from jobs.node.distributed import (
     BUCKET_BYTES,
     DEFAULT_INIT_TIMEOUT_S,
@@ -11,7 +12,6 @@ from jobs.node.distributed import (
     PORT_BASE,
     PORT_SPAN,
     TIMEOUT_ENV,
-    CollectiveFailed,
     Group,
     ProcessGroup,
     World,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 
-from jobs.contract.measurement import CalibrationFailed, CalibrationRequest, Measurement
+from jobs.contract.failure import NodeError
+from jobs.contract.measurement import CalibrationRequest, Measurement
 
 
 def calibrate(request: CalibrationRequest) -> Measurement:
@@ -31,7 +32,7 @@ def _one_task_only() -> None:
         return  # the command ignores the launcher's variables: nothing to refuse
     if size > 1:
         # Every task would start the whole command: as many unrelated trainings as tasks.
-        raise CalibrationFailed(
+        raise NodeError(
             "distributed",
             f"the calibration job started {size} tasks, and a user's own command "
             "(workload.command) is calibrated in one: launch the calibration with one node "

@@ -1,18 +1,15 @@
-"""Moved to jobs.contract.measurement.
+"""Moved to jobs.contract.measurement (and jobs.contract.failure).
 
 This old path only re-exports its names, so that ``from jobs.measurement import ...``
-keeps working; new code imports the new path."""
+keeps working; new code imports the new paths."""
 
+from jobs.contract.failure import FAILURE_MARKER, failure_message, parse_failure
 from jobs.contract.measurement import (
-    FAILURE_MARKER,
     JOB_END_FILE,
     JOB_START_ENV,
     STOP_REASONS,
-    CalibrationFailed,
     CalibrationRequest,
     Measurement,
-    failure_message,
-    parse_failure,
 )
 
 __all__ = [
@@ -20,7 +17,6 @@ __all__ = [
     "JOB_END_FILE",
     "JOB_START_ENV",
     "STOP_REASONS",
-    "CalibrationFailed",
     "CalibrationRequest",
     "Measurement",
     "failure_message",

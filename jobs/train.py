@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.contract.checkpoint_owner import Owner, read_owner, write_owner
-from jobs.contract.measurement import CalibrationFailed, parse_failure
+from jobs.contract.failure import NodeError, parse_failure
 from jobs.contract.train_config import TrainConfig
 from jobs.node import compiling, distributed, runtime
 from jobs.node.distributed import Group, World
@@ -130,7 +130,7 @@ def _train_rank(config: TrainConfig, stop_at: float | None, stop: StopRequest, w
         status = train(config, stop_at, stop, world)
         stop.ignore_from_now()
         return status
-    except CalibrationFailed as exc:
+    except NodeError as exc:
         failure = parse_failure(str(exc)) or {"kind": exc.kind, "message": str(exc)}
         print(f"plan-job train: {who}{failure['kind']}: {failure['message']}", file=sys.stderr)
         return EXIT_FAILED
@@ -275,7 +275,7 @@ def _read_chosen(path: Path, step: int) -> Resumed:
     try:
         state = checkpoint.read_state(path, "cpu")
     except Exception as exc:
-        raise CalibrationFailed(
+        raise NodeError(
             "checkpoint",
             f"cannot read {path}, which rank 0 read: {type(exc).__name__}: {exc}",
         ) from exc
@@ -378,7 +378,7 @@ class Run:
         self.save_s: float | None = job.save_s
         self.eval_s: float | None = job.eval_s
         if config.eval_interval_steps and not workload.can_evaluate:
-            raise CalibrationFailed(
+            raise NodeError(
                 "workload_error",
                 f"train.json asks for an evaluation every {config.eval_interval_steps} steps "
                 f"but workload {workload.name!r} has no eval_step/eval_batch",
@@ -390,7 +390,7 @@ class Run:
 
         saved_ranks, ranks = checkpoint.saved_world_size(resumed.state), self.group.size
         if saved_ranks != ranks:
-            raise CalibrationFailed(
+            raise NodeError(
                 "checkpoint",
                 f"{resumed.path} was written by {saved_ranks} rank(s) and this job has "
                 f"{ranks}: the global batch (ranks x micro_batch x grad_accum) and the ranks' "
@@ -406,7 +406,7 @@ class Run:
                 own = resumed.state["ranks"][self.group.world.rank]
                 checkpoint.set_rank_rng_state(self.workload, own, self.device)
         except Exception as exc:
-            raise CalibrationFailed(
+            raise NodeError(
                 "checkpoint",
                 f"{resumed.path} does not fit the workload (was the run's config changed?): "
                 f"{type(exc).__name__}: {exc}",
@@ -523,11 +523,11 @@ class Run:
             config = self.config
             failure = runtime.oom_failure(config.micro_batch, config.precision, self.device, exc)
             raise failure from exc
-        except CalibrationFailed:
+        except NodeError:
             raise  # e.g. the gradient exchange: its message already says what failed
         except Exception as exc:
             failed = compiling.failure(exc, self.config.compile, f"training step {number}")
-            raise failed or CalibrationFailed(
+            raise failed or NodeError(
                 "workload_error",
                 f"training step {number} raised {type(exc).__name__}: {exc}{runtime.where(exc)}",
             ) from exc

@@ -26,13 +26,13 @@ from tests.test_train_distributed import REPO, clean_env, finish, free_port
 WORKER = """
 import pickle, sys
 from jobs.entry import calibrate
-from jobs.measurement import CalibrationFailed, parse_failure
+from jobs.contract.failure import NodeError, parse_failure
 
 with open(sys.argv[1], "rb") as handle:
     request = pickle.load(handle)
 try:
     outcome = ("ok", calibrate(request))
-except CalibrationFailed as exc:
+except NodeError as exc:
     outcome = ("failed", parse_failure(str(exc)))
 with open(sys.argv[2], "wb") as handle:
     pickle.dump(outcome, handle)

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from jobs.command_calibration import calibrate_command
-from jobs.measurement import STOP_REASONS, CalibrationFailed, CalibrationRequest
+from jobs.contract.failure import NodeError
+from jobs.measurement import STOP_REASONS, CalibrationRequest
 from tests.test_command import FAKE_HF, PACED, new_marker, pids_with
 
 PACE_S = 0.05
@@ -134,7 +135,7 @@ def test_a_command_that_ends_by_itself(tmp_path: Path, marker: str) -> None:
     assert m.steps_run == 30
     argv = paced(marker, "--total-steps", "4", pace=0.02)
     (tmp_path / "again").mkdir()
-    with pytest.raises(CalibrationFailed) as failed:
+    with pytest.raises(NodeError) as failed:
         calibrate_command(make_request(tmp_path / "again", argv))
     assert failed.value.kind == "too_few_steps"
     assert "{total_steps}" in str(failed.value) and "min_steps" in str(failed.value)
@@ -142,7 +143,7 @@ def test_a_command_that_ends_by_itself(tmp_path: Path, marker: str) -> None:
 
 def test_failing_command_names_its_status_and_output(tmp_path: Path, marker: str) -> None:
     request = make_request(tmp_path, paced(marker, "--fail-at", "3", pace=0.02))
-    with pytest.raises(CalibrationFailed) as failed:
+    with pytest.raises(NodeError) as failed:
         calibrate_command(request)
     text = str(failed.value)
     assert failed.value.kind == "command_failed"
@@ -155,7 +156,7 @@ def test_silent_command_fails_with_how_to_report(tmp_path: Path, marker: str) ->
     # It also started a child of its own: the kill must reach that one too.
     argv = paced(marker, "--silent", "--grandchild")
     request = make_request(tmp_path, argv, max_seconds=1.5, stop_grace_s=30.0)
-    with pytest.raises(CalibrationFailed) as failed:
+    with pytest.raises(NodeError) as failed:
         calibrate_command(request)
     text = str(failed.value)
     assert failed.value.kind == "no_steps"
@@ -165,7 +166,7 @@ def test_silent_command_fails_with_how_to_report(tmp_path: Path, marker: str) ->
 
 def test_missing_program(tmp_path: Path) -> None:
     request = make_request(tmp_path, ["/no/such/train.sh", "{total_steps}"])
-    with pytest.raises(CalibrationFailed) as failed:
+    with pytest.raises(NodeError) as failed:
         calibrate_command(request)
     assert failed.value.kind == "command_not_found" and "/no/such/train.sh" in str(failed.value)
 
@@ -235,7 +236,7 @@ def test_time_limit_while_waiting(tmp_path: Path, marker: str) -> None:
     request = make_request(tmp_path, paced(marker), target_ci=1e-9, max_seconds=60.0)
     timer = _interrupt_soon(signal.SIGUSR1, 1.5)
     try:
-        with pytest.raises(CalibrationFailed) as failed:
+        with pytest.raises(NodeError) as failed:
             calibrate_command(request)
     finally:
         timer.cancel()

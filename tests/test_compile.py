@@ -15,7 +15,8 @@ import yaml
 
 from jobs import harness, train
 from jobs.compiling import missing_compiler
-from jobs.measurement import CalibrationFailed, CalibrationRequest
+from jobs.contract.failure import NodeError
+from jobs.measurement import CalibrationRequest
 from jobs.train_config import TrainConfig
 from planner.errors import SpecError
 from planner.eta_steps import StepTime, resume_time
@@ -148,7 +149,7 @@ def test_no_compiler_is_a_clear_error_before_any_step(
     assert "workload.compile is true but torch.compile on CPU needs a C++ compiler" in (
         missing_compiler("cpu")
     )
-    with pytest.raises(CalibrationFailed, match=r"set workload\.compile: false") as failed:
+    with pytest.raises(NodeError, match=r"set workload\.compile: false") as failed:
         harness.calibrate(_request(tmp_path))
     assert failed.value.kind == "compile"
 

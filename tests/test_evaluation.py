@@ -13,7 +13,8 @@ import torch
 import yaml
 
 from jobs import harness, runtime, train
-from jobs.measurement import CalibrationFailed, CalibrationRequest
+from jobs.contract.failure import NodeError
+from jobs.measurement import CalibrationRequest
 from jobs.progress import ProgressWriter
 from jobs.workloads.base import WorkloadConfig
 from planner.record import load_record, save_record
@@ -53,7 +54,7 @@ def test_evaluating_changes_neither_weights_nor_the_training_streams(name: str) 
 def test_a_workload_offers_evaluation_whole_or_not_at_all() -> None:
     workload = linear_regression(WorkloadConfig("default", {}, 2, 1, "fp32", "cpu", 0))
     assert not workload.can_evaluate
-    with pytest.raises(CalibrationFailed, match="has no eval_step/eval_batch"):
+    with pytest.raises(NodeError, match="has no eval_step/eval_batch"):
         runtime.evaluate(workload, 2, lambda: None)
     with pytest.raises(ValueError, match="go together"):
         dataclasses.replace(workload, eval_step=lambda batch: 0.0)
@@ -158,5 +159,5 @@ def assert_same_weights(folder: Path, reference: Path) -> None:
 def test_training_asked_to_evaluate_a_workload_without_evaluation_fails(tmp_path: Path) -> None:
     builder = "tests.fixtures.user_workloads:linear_regression"
     config = make_config(tmp_path, builder_path=builder, eval_interval_steps=3)
-    with pytest.raises(CalibrationFailed, match="no eval_step/eval_batch"):
+    with pytest.raises(NodeError, match="no eval_step/eval_batch"):
         run_in_process(config)

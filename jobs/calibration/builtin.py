@@ -31,13 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from jobs.calibration import allreduce_timing, fresh_start
 from jobs.calibration.stats import steady_estimate
-from jobs.contract.measurement import (
-    JOB_START_ENV,
-    CalibrationFailed,
-    CalibrationRequest,
-    Measurement,
-    parse_failure,
-)
+from jobs.contract.failure import NodeError, parse_failure
+from jobs.contract.measurement import JOB_START_ENV, CalibrationRequest, Measurement
 from jobs.node import compiling, distributed, runtime
 from jobs.node.distributed import Group
 from jobs.workloads.base import Workload, WorkloadConfig
@@ -95,7 +90,7 @@ def calibrate(request: CalibrationRequest) -> Measurement:
     try:
         world = distributed.detect(os.environ)
     except ValueError as exc:
-        raise CalibrationFailed("distributed", f"bad launch environment: {exc}") from exc
+        raise NodeError("distributed", f"bad launch environment: {exc}") from exc
     clock = _Clock(age_at_entry, launched_s, entry, imported)
     if world.size == 1:
         return _calibrate(request, world, clock, torch)
@@ -268,11 +263,11 @@ _FAILURE_KEY = "plan-job/calibration/failure/{index}"
 FAILURE_WAIT_S = 3.0
 
 
-def rank_failure(world: distributed.World, exc: BaseException) -> CalibrationFailed:
-    """The CalibrationFailed this rank raises for ``exc``: its own failure, named ``rank R on
+def rank_failure(world: distributed.World, exc: BaseException) -> NodeError:
+    """The NodeError this rank raises for ``exc``: its own failure, named ``rank R on
     NODE: KIND: message`` and published for the others, or, when all this rank saw was a
     collective failing, the first failure another rank published."""
-    if isinstance(exc, CalibrationFailed):
+    if isinstance(exc, NodeError):
         parsed = parse_failure(str(exc)) or {"kind": exc.kind, "message": str(exc)}
     else:
         message = f"{type(exc).__name__}: {exc}{runtime.where(exc)}"
@@ -287,7 +282,7 @@ def rank_failure(world: distributed.World, exc: BaseException) -> CalibrationFai
     named = f"rank {world.rank} on {world.host}: {kind}: {message}"
     if kind != "distributed" and store is not None:
         _publish(store, {"kind": kind, "message": named, **details})
-    return CalibrationFailed(kind, named, **details)
+    return NodeError(kind, named, **details)
 
 
 def _default_store() -> Any:
@@ -317,7 +312,7 @@ def _publish(store: Any, failure: dict[str, Any]) -> None:
         pass
 
 
-def _published_failure(store: Any) -> CalibrationFailed | None:
+def _published_failure(store: Any) -> NodeError | None:
     deadline = time.monotonic() + FAILURE_WAIT_S
     try:
         while True:
@@ -327,7 +322,7 @@ def _published_failure(store: Any) -> CalibrationFailed | None:
             ):
                 failure = json.loads(store.get(_FAILURE_KEY.format(index=1)))
                 kind, message = failure.pop("kind"), failure.pop("message")
-                return CalibrationFailed(kind, message, **failure)
+                return NodeError(kind, message, **failure)
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.05)
@@ -368,21 +363,21 @@ def _run_steps(
         t1 = time.perf_counter()
         try:
             loss = workload.train_step(batch)
-        except CalibrationFailed:
+        except NodeError:
             raise  # e.g. the gradient exchange: its message already says what failed
         except Exception as exc:
             if type(exc).__name__ == "OutOfMemoryError":
                 raise
             if type(exc).__name__ == "UncompletedJobError":
                 # submitit's handler of the Slurm time-limit signal raises inside the step.
-                raise CalibrationFailed(
+                raise NodeError(
                     "time_limit",
                     f"the calibration job reached its time limit at step {len(step_times) + 1}: "
                     "raise calibration.time_limit_minutes or lower calibration.max_seconds",
                 ) from exc
             what = f"training step {len(step_times) + 1}"
             failed = compiling.failure(exc, request.compile, what)
-            raise failed or CalibrationFailed(
+            raise failed or NodeError(
                 "workload_error",
                 f"{what} raised {type(exc).__name__}: {exc}{runtime.where(exc)}",
             ) from exc
@@ -497,7 +492,7 @@ class _ProgressWriter:
             self._handle.close()
 
 
-def _oom(request: CalibrationRequest, device: Any, exc: BaseException) -> CalibrationFailed:
+def _oom(request: CalibrationRequest, device: Any, exc: BaseException) -> NodeError:
     return runtime.oom_failure(request.micro_batch, request.precision, device, exc)
 
 

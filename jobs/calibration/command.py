@@ -47,7 +47,8 @@ from typing import Any
 from jobs.calibration import builtin as harness
 from jobs.calibration.stats import SteadyEstimate, steady_estimate
 from jobs.contract.command_fields import REPORT_MODES, environment, render
-from jobs.contract.measurement import CalibrationFailed, CalibrationRequest, Measurement
+from jobs.contract.failure import NodeError
+from jobs.contract.measurement import CalibrationRequest, Measurement
 from jobs.progress import ProgressWriter
 from jobs.training import command
 
@@ -136,11 +137,11 @@ def calibrate_command(request: CalibrationRequest) -> Measurement:
     launched_s = harness.job_start_s(age_at_entry)
     entered = time.time()
     if request.report not in REPORT_MODES:
-        raise CalibrationFailed(
+        raise NodeError(
             "bad_request", f"report {request.report!r} is not one of {', '.join(REPORT_MODES)}"
         )
     if request.report == "trainer_state" and not request.output_dir:
-        raise CalibrationFailed(
+        raise NodeError(
             "bad_request", "report 'trainer_state' needs command.output_dir (the Trainer's)"
         )
     trainer = request.report == "trainer_state"
@@ -172,7 +173,7 @@ def calibrate_command(request: CalibrationRequest) -> Measurement:
     try:
         argv = render(request.command, values)
     except ValueError as exc:
-        raise CalibrationFailed("bad_command", f"command.run: {exc}") from exc
+        raise NodeError("bad_command", f"command.run: {exc}") from exc
     cwd = request.workdir or os.getcwd()
     scratch.mkdir(parents=True, exist_ok=True)
     own_progress.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +220,7 @@ class _CommandRun:
 
     def run(self, fields_env: dict[str, str]) -> tuple[_Seen, _Timing, str]:
         """Start, watch and stop the command: what it reported, its step times and why it
-        stopped. CalibrationFailed when it gave too little."""
+        stopped. NodeError when it gave too little."""
         request = self.request
         env = {**os.environ, **fields_env}
         print(
@@ -237,7 +238,7 @@ class _CommandRun:
                 proc = command.spawn(self.argv, env, self.cwd, stdout=log, stderr=subprocess.STDOUT)
             except OSError as exc:
                 live.close()
-                raise CalibrationFailed(
+                raise NodeError(
                     "command_not_found",
                     f"cannot start {self.argv[0]!r} in {self.cwd}: {exc.strerror or exc}; "
                     "command.run's first word must be a program on PATH on the node, or a "
@@ -253,14 +254,14 @@ class _CommandRun:
                         request.output_dir, writer, 0, self.spawned, samples
                     )
                 stopped_by = self._watch(proc, seen, tail, relay, live)
-            except CalibrationFailed:
+            except NodeError:
                 grace = ABORT_GRACE_S
                 raise
             except BaseException as exc:
                 grace = ABORT_GRACE_S
                 if type(exc).__name__ == "UncompletedJobError":
                     # submitit's handler of the Slurm time-limit signal raises where we wait.
-                    raise CalibrationFailed(
+                    raise NodeError(
                         "time_limit",
                         f"the calibration job reached its time limit while the command ran "
                         f"(at step {seen.steps_done}): raise calibration.time_limit_minutes "
@@ -334,7 +335,7 @@ class _CommandRun:
             time.sleep(POLL_S)
 
     def _after_exit(self, seen: _Seen, status: int) -> str:
-        """stopped_by for a command that exited by itself; CalibrationFailed when it did so
+        """stopped_by for a command that exited by itself; NodeError when it did so
         before the calibration had enough steps."""
         request = self.request
         if seen.steps_done >= request.max_steps:
@@ -351,12 +352,12 @@ class _CommandRun:
             )
         return "exited"
 
-    def _too_few(self, seen: _Seen, status: int, exited: bool) -> CalibrationFailed:
+    def _too_few(self, seen: _Seen, status: int, exited: bool) -> NodeError:
         request = self.request
         tail = _log_tail(self.log_path)
         if status != 0 and exited:
             if any(marker in tail for marker in _OOM_MARKERS):
-                return CalibrationFailed(
+                return NodeError(
                     "oom",
                     f"CUDA out of memory in the command at micro-batch {request.micro_batch} "
                     f"(precision {request.precision}); lower batch.micro_batch and raise "
@@ -364,7 +365,7 @@ class _CommandRun:
                     f"log {self.log_path}:\n{tail}",
                     micro_batch=request.micro_batch,
                 )
-            return CalibrationFailed(
+            return NodeError(
                 "command_failed",
                 f"the command {command.describe_status(status)} after {seen.steps_done} "
                 f"step(s), before the calibration had {request.min_steps}: "
@@ -374,7 +375,7 @@ class _CommandRun:
                 log_path=str(self.log_path),
             )
         if exited:
-            return CalibrationFailed(
+            return NodeError(
                 "too_few_steps",
                 f"the command exited by itself after {seen.steps_done} step(s), before the "
                 f"calibration had {request.min_steps}: it must train to {{total_steps}} "
@@ -382,7 +383,7 @@ class _CommandRun:
                 f"log {self.log_path}, last lines:\n{tail}",
                 log_path=str(self.log_path),
             )
-        return CalibrationFailed(
+        return NodeError(
             "too_few_steps",
             f"the command reported {seen.steps_done} step(s), too few to time (at least two "
             + ("save intervals after the first" if self.trainer else "step lines")
@@ -390,7 +391,7 @@ class _CommandRun:
             log_path=str(self.log_path),
         )
 
-    def _no_steps(self) -> CalibrationFailed:
+    def _no_steps(self) -> NodeError:
         request = self.request
         if self.trainer:
             how = (
@@ -407,7 +408,7 @@ class _CommandRun:
                 "jobs.lightning_callback), or use report: trainer_state with output_dir and "
                 "the Trainer's save_steps mapped to {checkpoint_interval_steps}"
             )
-        return CalibrationFailed(
+        return NodeError(
             "no_steps",
             f"the command reported no step within calibration.max_seconds "
             f"({request.max_seconds:g} s): {how}; log {self.log_path}, last lines:\n"

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs.contract.measurement import CalibrationFailed, CalibrationRequest
+from jobs.contract.failure import NodeError
+from jobs.contract.measurement import CalibrationRequest
 from jobs.contract.train_config import TrainConfig
 from jobs.progress import read_progress
 
@@ -186,12 +187,12 @@ def _read(
     )
 
 
-def _failed(what: str, log: Path) -> CalibrationFailed:
+def _failed(what: str, log: Path) -> NodeError:
     try:
         tail = "\n".join(log.read_text(errors="replace").strip().splitlines()[-15:])
     except OSError:
         tail = ""
-    return CalibrationFailed(
+    return NodeError(
         "fresh_start",
         f"the training entry (python -m jobs.train), started by the calibration to time a "
         f"job's start-up, {what}; it is what every job of the run starts, so the run would "

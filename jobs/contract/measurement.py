@@ -1,16 +1,15 @@
 """What the login node sends to a calibration job, and what comes back. Torch-free.
 
-Both travel through submitit's pickles, so they are plain frozen dataclasses of builtins.
+Both travel through submitit's pickles, so they are plain frozen dataclasses of builtins. A
+failure comes back as a failure line instead (jobs.contract.failure).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-FAILURE_MARKER = "plan-job-failure:"
 # Set by the calibration job's batch script to its own start (Unix seconds): the harness
 # measures how long the script and srun took to start the process.
 JOB_START_ENV = "PLANJOB_JOB_START"
@@ -165,28 +164,3 @@ class Measurement:
     @property
     def step_ci_relative(self) -> float:
         return self.step_ci_half_s / self.step_mean_s
-
-
-def failure_message(kind: str, message: str, **details: Any) -> str:
-    """A line the login node can parse out of submitit's traceback text."""
-    payload = {"kind": kind, "message": message, **details}
-    return f"{FAILURE_MARKER} {json.dumps(payload, sort_keys=True)}"
-
-
-def parse_failure(text: str) -> dict[str, Any] | None:
-    for line in reversed(text.splitlines()):
-        _, marker, payload = line.partition(FAILURE_MARKER)
-        if marker:
-            try:
-                return json.loads(payload)
-            except json.JSONDecodeError:
-                return None
-    return None
-
-
-class CalibrationFailed(RuntimeError):
-    """Raised on the node; its text carries a parseable failure line back through submitit."""
-
-    def __init__(self, kind: str, message: str, **details: Any) -> None:
-        self.kind = kind
-        super().__init__(failure_message(kind, message, **details))

@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from jobs.contract.measurement import CalibrationFailed, CalibrationRequest
+from jobs.contract.failure import NodeError
+from jobs.contract.measurement import CalibrationRequest
 from jobs.workloads.base import Workload
 
 SETTING = "workload.compile"
@@ -58,24 +59,24 @@ def eager_then_compiled(
 
 
 def compile_model(workload: Workload, device: Any, torch: Any) -> None:
-    """Compile ``workload.model`` in place; CalibrationFailed("compile") when this node
+    """Compile ``workload.model`` in place; NodeError("compile") when this node
     cannot (see check)."""
     check(workload, device, torch)
     workload.model.compile()
 
 
 def check(workload: Workload, device: Any, torch: Any) -> None:
-    """CalibrationFailed("compile") naming workload.compile when this node cannot compile:
+    """NodeError("compile") naming workload.compile when this node cannot compile:
     no nn.Module.compile, no compiler for the generated kernels."""
     if not hasattr(workload.model, "compile"):
-        raise CalibrationFailed(
+        raise NodeError(
             "compile",
             f"{SETTING} is true but torch {torch.__version__} has no nn.Module.compile "
             "(torch >= 2.2 has): install a newer torch or set workload.compile: false",
         )
     missing = missing_compiler(device.type)
     if missing:
-        raise CalibrationFailed("compile", missing)
+        raise NodeError("compile", missing)
 
 
 def missing_compiler(device_type: str) -> str:
@@ -96,14 +97,14 @@ def missing_compiler(device_type: str) -> str:
     )
 
 
-def failure(exc: BaseException, compiled: bool, what: str) -> CalibrationFailed | None:
-    """A CalibrationFailed naming workload.compile when ``exc`` (raised by ``what``, e.g.
+def failure(exc: BaseException, compiled: bool, what: str) -> NodeError | None:
+    """A NodeError naming workload.compile when ``exc`` (raised by ``what``, e.g.
     "training step 1") came from torch.compile's machinery; None otherwise."""
     module = type(exc).__module__ or ""
     if not compiled or not module.startswith(("torch._dynamo", "torch._inductor", "triton")):
         return None
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return CalibrationFailed(
+    return NodeError(
         "compile",
         f"{SETTING} is true and torch.compile failed in {what} on this node: "
         f"{type(exc).__name__}: {first} -- set workload.compile: false to run eager",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from jobs.contract.measurement import CalibrationFailed
+from jobs.contract.failure import CollectiveFailed, NodeError
 
 INIT_TIMEOUT_ENV = "PLANJOB_DIST_INIT_TIMEOUT_S"
 TIMEOUT_ENV = "PLANJOB_DIST_TIMEOUT_S"
@@ -39,13 +39,6 @@ DEFAULT_TIMEOUT_S = 1800.0
 PORT_BASE, PORT_SPAN = 20000, 10000
 BUCKET_BYTES = 64 * 2**20  # gradients are averaged in flat buckets of about this size
 _RENDEZVOUS_KEY = "plan-job/host/{rank}"
-
-
-class CollectiveFailed(CalibrationFailed):
-    """A collective (or the rendezvous) failed or timed out: usually another rank died."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("distributed", message)
 
 
 # --- who this process is ---------------------------------------------------------------------
@@ -481,7 +474,7 @@ class ProcessGroup(Group):
     def _collective(self, what: str) -> Iterator[None]:
         try:
             yield
-        except CalibrationFailed:
+        except NodeError:
             raise
         except Exception as exc:
             raise CollectiveFailed(
@@ -530,7 +523,7 @@ def select_gpu(world: World, device_setting: str, torch: Any) -> None:
     elif world.local_rank < count:
         torch.cuda.set_device(world.local_rank)
     else:
-        raise CalibrationFailed(
+        raise NodeError(
             "device",
             f"local rank {world.local_rank} has no GPU of its own: this task sees {count} "
             f"GPUs; start at most one task per GPU (--ntasks-per-node <= the GPUs per node)",

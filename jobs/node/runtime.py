@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from jobs.contract.measurement import CalibrationFailed
+from jobs.contract.failure import NodeError
 from jobs.workloads.base import Workload, WorkloadConfig
 
 
@@ -20,7 +20,7 @@ def resolve_device(name: str, torch: Any, setting: str = "calibration.device") -
     """``name`` is auto | cpu | cuda; ``setting`` is how the user's file names it."""
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise CalibrationFailed(
+            raise NodeError(
                 "device",
                 f"{setting} is 'cuda' but torch sees no "
                 "CUDA device on this node (CUDA_VISIBLE_DEVICES="
@@ -37,30 +37,28 @@ def synchronizer(device: Any, torch: Any) -> Callable[[], None]:
 
 
 def build_workload(builder_path: str, config: WorkloadConfig, device: Any) -> Workload:
-    """Import ``module:function`` and call it; every way that fails is a CalibrationFailed."""
+    """Import ``module:function`` and call it; every way that fails is a NodeError."""
     from jobs.workloads.registry import import_callable
 
     try:
         builder = import_callable(builder_path)
     except (ImportError, AttributeError) as exc:
-        raise CalibrationFailed(
-            "import_error", f"cannot import workload {builder_path!r}: {exc}"
-        ) from exc
+        raise NodeError("import_error", f"cannot import workload {builder_path!r}: {exc}") from exc
     import torch
 
     try:
         workload = builder(config)
     except torch.cuda.OutOfMemoryError as exc:
         raise oom_failure(config.micro_batch, config.precision, device, exc) from exc
-    except CalibrationFailed:
+    except NodeError:
         raise
     except Exception as exc:
-        raise CalibrationFailed(
+        raise NodeError(
             "workload_error",
             f"building workload {builder_path!r} raised {type(exc).__name__}: {exc}{where(exc)}",
         ) from exc
     if not isinstance(workload, Workload):
-        raise CalibrationFailed(
+        raise NodeError(
             "workload_error",
             f"{builder_path!r} returned "
             f"{type(workload).__name__}, expected jobs.workloads.base.Workload",
@@ -77,10 +75,8 @@ def where(exc: BaseException) -> str:
     return f" (at {last.filename}:{last.lineno} in {last.name})"
 
 
-def oom_failure(
-    micro_batch: int, precision: str, device: Any, exc: BaseException
-) -> CalibrationFailed:
-    return CalibrationFailed(
+def oom_failure(micro_batch: int, precision: str, device: Any, exc: BaseException) -> NodeError:
+    return NodeError(
         "oom",
         f"{device.type.upper()} out of memory at micro-batch {micro_batch} "
         f"(precision {precision}); lower batch.micro_batch and raise grad_accum: "
@@ -96,10 +92,10 @@ def evaluate(
 
     The time runs from the first batch's data to the last loss, the device synchronised at
     both ends, so it is what a run pays per evaluation. A CUDA OOM propagates (the caller
-    names the micro-batch); any other exception is a CalibrationFailed naming the batch.
+    names the micro-batch); any other exception is a NodeError naming the batch.
     """
     if workload.eval_step is None or workload.eval_batch is None:
-        raise CalibrationFailed(
+        raise NodeError(
             "workload_error",
             f"evaluation was asked for (plan.eval_interval_steps) but workload "
             f"{workload.name!r} has no eval_step/eval_batch: add them (see "
@@ -114,7 +110,7 @@ def evaluate(
         except Exception as exc:
             if type(exc).__name__ == "OutOfMemoryError":
                 raise
-            raise CalibrationFailed(
+            raise NodeError(
                 "workload_error",
                 f"evaluation batch {index} raised {type(exc).__name__}: {exc}{where(exc)}",
             ) from exc
