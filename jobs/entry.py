@@ -24,10 +24,10 @@ def calibrate(request: CalibrationRequest) -> Measurement:
 
 
 def _one_task_only() -> None:
-    from jobs.node import distributed
+    from jobs.node.world import detect
 
     try:
-        size = distributed.detect(os.environ).size
+        size = detect(os.environ).size
     except ValueError:
         return  # the command ignores the launcher's variables: nothing to refuse
     if size > 1:

@@ -12,7 +12,7 @@ run bit-identical to an uninterrupted one on CPU. Evaluations draw held-out batc
 generators of their own (jobs.workloads.base.Workload), so they change none of this.
 
 Launched by srun as several tasks (or by torchrun), it trains data-parallel: see
-jobs.node.distributed. Rank 0 writes the progress file and the checkpoints, which hold every
+jobs.node.data_parallel. Rank 0 writes the progress file and the checkpoints, which hold every
 rank's RNG states; the ranks agree on every stop, so they all stop after the same step. A
 checkpoint resumes only with the number of ranks that wrote it (else exit 1): the global
 batch and the ranks' data streams would change mid-run.
@@ -39,8 +39,9 @@ from typing import Any
 from jobs.contract.checkpoint_owner import Owner, read_owner, write_owner
 from jobs.contract.failure import NodeError, parse_failure
 from jobs.contract.train_config import TrainConfig
-from jobs.node import compiling, distributed, runtime
-from jobs.node.distributed import Group, World
+from jobs.node import compiling, data_parallel, runtime
+from jobs.node.group import Group, select_gpu, start
+from jobs.node.world import World, detect
 from jobs.progress import ProgressWriter, read_progress, restart_count
 from jobs.workloads.base import Workload, WorkloadConfig
 
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.ignore_from_now()
         return status
     try:
-        world = distributed.detect(os.environ)
+        world = detect(os.environ)
     except ValueError as exc:
         print(f"plan-job train: bad launch environment: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -181,10 +182,10 @@ def train(
     """One job of the run: resume, step until done or told to stop, save, say why."""
     import torch
 
-    world = distributed.detect(os.environ) if world is None else world
-    distributed.select_gpu(world, config.device, torch)
+    world = detect(os.environ) if world is None else world
+    select_gpu(world, config.device, torch)
     device = runtime.resolve_device(config.device, torch, setting="device")
-    group = distributed.start(world, device)
+    group = start(world, device)
     status = _train(config, stop_at, stop, group, device)
     # Only after success: tearing down NCCL after a peer's failure can hang, and a failing
     # process is about to exit anyway.
@@ -221,7 +222,7 @@ def _train(
         workload_config = _workload_config(config, device)
         workload = runtime.build_workload(config.builder_path, workload_config, device)
         if group.size > 1:
-            distributed.join_data_parallel(workload, group, "plan-job train")
+            data_parallel.join_data_parallel(workload, group, "plan-job train")
         if config.compile:
             import torch
 

@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jobs.node.distributed import CollectiveFailed, Group
+from jobs.contract.failure import CollectiveFailed
+from jobs.node.group import Group
 
 FP32_BYTES = 4
 # Fractions of the gradient timed: sizes a factor 4 apart separate the fixed cost of an

@@ -2,7 +2,7 @@
 steady step time is known well enough, probe a checkpoint, report.
 
 Launched as several tasks (srun's nodes x tasks per node, or torchrun), the tasks calibrate
-data-parallel, as jobs.train trains (see jobs.node.distributed): the step times then include the
+data-parallel, as jobs.train trains (see jobs.node.data_parallel): the step times then include the
 gradient exchange, and all-reduces of the gradient's size are timed after the steps
 (jobs.calibration.allreduce_timing).
 
@@ -33,8 +33,9 @@ from jobs.calibration import allreduce_timing, fresh_start
 from jobs.calibration.stats import steady_estimate
 from jobs.contract.failure import NodeError, parse_failure
 from jobs.contract.measurement import JOB_START_ENV, CalibrationRequest, Measurement
-from jobs.node import compiling, distributed, runtime
-from jobs.node.distributed import Group
+from jobs.node import compiling, data_parallel, runtime
+from jobs.node.group import Group, select_gpu, start
+from jobs.node.world import World, detect
 from jobs.workloads.base import Workload, WorkloadConfig
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def calibrate(request: CalibrationRequest) -> Measurement:
 
     imported = time.perf_counter()
     try:
-        world = distributed.detect(os.environ)
+        world = detect(os.environ)
     except ValueError as exc:
         raise NodeError("distributed", f"bad launch environment: {exc}") from exc
     clock = _Clock(age_at_entry, launched_s, entry, imported)
@@ -108,21 +109,19 @@ class _Clock:
     imported: float  # perf_counter() once torch was imported
 
 
-def _calibrate(
-    request: CalibrationRequest, world: distributed.World, clock: _Clock, torch: Any
-) -> Measurement:
-    distributed.select_gpu(world, request.device, torch)
+def _calibrate(request: CalibrationRequest, world: World, clock: _Clock, torch: Any) -> Measurement:
+    select_gpu(world, request.device, torch)
     device = runtime.resolve_device(request.device, torch)
     sync = runtime.synchronizer(device, torch)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     starting = time.perf_counter()
-    group = distributed.start(world, device)
+    group = start(world, device)
     started = time.perf_counter()
     workload = _build(request, device)
     made = time.perf_counter()
     if group.size > 1:
-        distributed.join_data_parallel(workload, group, "plan-job calibrate")
+        data_parallel.join_data_parallel(workload, group, "plan-job calibrate")
     # Joining the others (the rendezvous waits for the slowest rank, rank 0's weights are
     # sent) is start-up that every job of a multi-node run pays: it counts as build.
     built = time.perf_counter()
@@ -263,7 +262,7 @@ _FAILURE_KEY = "plan-job/calibration/failure/{index}"
 FAILURE_WAIT_S = 3.0
 
 
-def rank_failure(world: distributed.World, exc: BaseException) -> NodeError:
+def rank_failure(world: World, exc: BaseException) -> NodeError:
     """The NodeError this rank raises for ``exc``: its own failure, named ``rank R on
     NODE: KIND: message`` and published for the others, or, when all this rank saw was a
     collective failing, the first failure another rank published."""

@@ -42,7 +42,7 @@ from jobs.contract.train_config import TrainConfig
 from jobs.progress import read_progress
 
 if TYPE_CHECKING:
-    from jobs.node.distributed import Group
+    from jobs.node.group import Group
 
 # Steps after the warm-up that give the fresh process's own steady reference.
 TAIL_STEPS = 5
@@ -51,7 +51,7 @@ MAX_STEPS = 200
 # MIN_BUDGET_S): warm-up is a few steps on every machine measured so far.
 BUDGET_SHARE, MIN_BUDGET_S = 0.05, 2.0
 # Variables that would make the training entry a rank of the calibration's world (see
-# jobs.node.distributed.detect) or give it a stop time (and so a probe save before its first step).
+# jobs.node.world.detect) or give it a stop time (and so a probe save before its first step).
 _LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_STEP_ID", "PLANJOB_STOP_AT")
 # The training entry is given this long plus twice the calibration process's age (its own
 # start-up and steps, of which the entry runs a few).
