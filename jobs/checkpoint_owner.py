@@ -1,7 +1,7 @@
-"""Moved to jobs.contract.checkpoint_owner.
+"""Compatibility shim: ``jobs.checkpoint_owner`` moved into the subpackages of jobs/.
 
-This old path only re-exports its names, so that ``from jobs.checkpoint_owner import ...``
-keeps working; new code imports the new path."""
+This old path only re-exports its names from their new modules (below), so that
+``from jobs.checkpoint_owner import ...`` keeps working; new code imports the new paths."""
 
 from jobs.contract.checkpoint_owner import (
     CHECKPOINT_RE,

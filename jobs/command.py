@@ -1,7 +1,7 @@
-"""Moved to jobs.training.command.
+"""Compatibility shim: ``jobs.command`` moved into the subpackages of jobs/.
 
-This old path only re-exports its names, so that ``from jobs.command import ...``
-keeps working; new code imports the new path."""
+This old path only re-exports its names from their new modules (below), so that
+``from jobs.command import ...`` keeps working; new code imports the new paths."""
 
 from jobs.training.command import (
     EXIT_FAILED,

@@ -1,7 +1,7 @@
-"""Moved to jobs.calibration.command.
+"""Compatibility shim: ``jobs.command_calibration`` moved into the subpackages of jobs/.
 
-This old path only re-exports its names, so that ``from jobs.command_calibration import ...``
-keeps working; new code imports the new path."""
+This old path only re-exports its names from their new modules (below), so that
+``from jobs.command_calibration import ...`` keeps working; new code imports the new paths."""
 
 from jobs.calibration.command import (
     ABORT_GRACE_S,

@@ -1,7 +1,7 @@
-"""Moved to jobs.contract.command_fields.
+"""Compatibility shim: ``jobs.command_fields`` moved into the subpackages of jobs/.
 
-This old path only re-exports its names, so that ``from jobs.command_fields import ...``
-keeps working; new code imports the new path."""
+This old path only re-exports its names from their new modules (below), so that
+``from jobs.command_fields import ...`` keeps working; new code imports the new paths."""
 
 from jobs.contract.command_fields import (
     ENV_PREFIX,

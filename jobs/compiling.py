@@ -1,7 +1,7 @@
-"""Moved to jobs.node.compiling.
+"""Compatibility shim: ``jobs.compiling`` moved into the subpackages of jobs/.
 
-This old path only re-exports its names, so that ``from jobs.compiling import ...``
-keeps working; new code imports the new path."""
+This old path only re-exports its names from their new modules (below), so that
+``from jobs.compiling import ...`` keeps working; new code imports the new paths."""
 
 from jobs.node.compiling import (
     EAGER_MAX_STEPS,

@@ -1,7 +1,7 @@
-"""Moved to jobs.node.world (and jobs.contract.failure, jobs.node.data_parallel, jobs.node.group).
+"""Compatibility shim: ``jobs.distributed`` moved into the subpackages of jobs/.
 
-This old path only re-exports its names, so that ``from jobs.distributed import ...``
-keeps working; new code imports the new paths."""
+This old path only re-exports its names from their new modules (below), so that
+``from jobs.distributed import ...`` keeps working; new code imports the new paths."""
 
 from jobs.contract.failure import CollectiveFailed
 from jobs.node.data_parallel import (

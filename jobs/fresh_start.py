@@ -1,7 +1,7 @@
-"""Moved to jobs.calibration.fresh_start.
+"""Compatibility shim: ``jobs.fresh_start`` moved into the subpackages of jobs/.
 
-This old path only re-exports its names, so that ``from jobs.fresh_start import ...``
-keeps working; new code imports the new path."""
+This old path only re-exports its names from their new modules (below), so that
+``from jobs.fresh_start import ...`` keeps working; new code imports the new paths."""
 
 from jobs.calibration.fresh_start import (
     BUDGET_SHARE,

@@ -1,7 +1,7 @@
-"""Moved to jobs.contract.measurement (and jobs.contract.failure).
+"""Compatibility shim: ``jobs.measurement`` moved into the subpackages of jobs/.
 
-This old path only re-exports its names, so that ``from jobs.measurement import ...``
-keeps working; new code imports the new paths."""
+This old path only re-exports its names from their new modules (below), so that
+``from jobs.measurement import ...`` keeps working; new code imports the new paths."""
 
 from jobs.contract.failure import FAILURE_MARKER, failure_message, parse_failure
 from jobs.contract.measurement import (

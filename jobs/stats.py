@@ -1,7 +1,7 @@
-"""Moved to jobs.calibration.stats.
+"""Compatibility shim: ``jobs.stats`` moved into the subpackages of jobs/.
 
-This old path only re-exports its names, so that ``from jobs.stats import ...``
-keeps working; new code imports the new path."""
+This old path only re-exports its names from their new modules (below), so that
+``from jobs.stats import ...`` keeps working; new code imports the new paths."""
 
 from jobs.calibration.stats import (
     BATCH,

@@ -1,7 +1,7 @@
-"""Moved to jobs.contract.train_config.
+"""Compatibility shim: ``jobs.train_config`` moved into the subpackages of jobs/.
 
-This old path only re-exports its names, so that ``from jobs.train_config import ...``
-keeps working; new code imports the new path."""
+This old path only re-exports its names from their new modules (below), so that
+``from jobs.train_config import ...`` keeps working; new code imports the new paths."""
 
 from jobs.contract.train_config import DEVICES, FORMAT, TrainConfig
 

@@ -1,7 +1,7 @@
-"""Moved to jobs.training.trainer_state.
+"""Compatibility shim: ``jobs.trainer_state`` moved into the subpackages of jobs/.
 
-This old path only re-exports its names, so that ``from jobs.trainer_state import ...``
-keeps working; new code imports the new path."""
+This old path only re-exports its names from their new modules (below), so that
+``from jobs.trainer_state import ...`` keeps working; new code imports the new paths."""
 
 from jobs.training.trainer_state import (
     STATE_FILE,

@@ -29,9 +29,9 @@ PACE_S = 0.05
 def young_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """A job's Python is new when it calibrates and its age is start-up; this test process
     may be minutes old, which is not the command's start-up."""
-    from jobs.calibration import builtin as harness
+    from jobs.calibration import host
 
-    monkeypatch.setattr(harness, "process_age_s", lambda: 0.0)
+    monkeypatch.setattr(host, "process_age_s", lambda: 0.0)
 
 
 @pytest.fixture(autouse=True)

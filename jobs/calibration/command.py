@@ -44,8 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs.calibration import builtin as harness
+from jobs.calibration import host
 from jobs.calibration.stats import SteadyEstimate, steady_estimate
+from jobs.calibration.steps import LiveProgress, ci_if_ready
 from jobs.contract.command_fields import REPORT_MODES, environment, render
 from jobs.contract.failure import NodeError
 from jobs.contract.measurement import CalibrationRequest, Measurement
@@ -133,8 +134,8 @@ class _Tail:
 
 def calibrate_command(request: CalibrationRequest) -> Measurement:
     """Run ``request.command`` until its steady step time is known; see the module text."""
-    age_at_entry = harness.process_age_s()
-    launched_s = harness.job_start_s(age_at_entry)
+    age_at_entry = host.process_age_s()
+    launched_s = host.job_start_s(age_at_entry)
     entered = time.time()
     if request.report not in REPORT_MODES:
         raise NodeError(
@@ -231,7 +232,7 @@ class _CommandRun:
         )
         stop_signal = signal.SIGTERM if self.trainer else signal.SIGUSR2
         seen, tail, relay, writer = _Seen(), _Tail(self.progress_path), None, None
-        live = harness._ProgressWriter(request.progress_path)
+        live = LiveProgress(request.progress_path)
         with open(self.log_path, "wb") as log:
             self.spawned = time.time()
             try:
@@ -444,7 +445,7 @@ def _timing(seen: _Seen, trainer: bool) -> _Timing:
 
 def _ci_if_ready(timing: _Timing, min_steps: int, trainer: bool) -> float | None:
     if not trainer:
-        return harness._ci_if_ready(list(timing.times), min_steps)
+        return ci_if_ready(list(timing.times), min_steps)
     # Save intervals are few: the harness's margin from MSER's bound (5 samples) would never
     # be met. Warm-up must still end well inside the series.
     n = len(timing.times)
@@ -497,7 +498,7 @@ def _measurement(
     return Measurement(
         host=socket.gethostname(),
         device_kind="cuda" if cuda else "cpu",
-        device_name=_gpu_name() if cuda else harness.cpu_name(),
+        device_name=_gpu_name() if cuda else host.cpu_name(),
         versions=_versions(),
         params=_int(start.get("params"), 0),
         samples_per_step=_int(
@@ -579,7 +580,7 @@ def _gpu_name() -> str:
 
 
 def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "plan-job": harness._plan_job_version()}
+    versions = {"python": platform.python_version(), "plan-job": host.plan_job_version()}
     try:
         from importlib.metadata import version
 

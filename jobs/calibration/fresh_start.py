@@ -93,7 +93,7 @@ def on_rank_0(
     """The calibration's side: rank 0, its own model freed by the caller (collected here,
     and CUDA's cache emptied: the entry builds its own on the same device), times the entry;
     the other ranks wait for its figures."""
-    from jobs.calibration.builtin import process_age_s
+    from jobs.calibration.host import process_age_s
 
     found = None
     if group.is_main:
