@@ -6,8 +6,8 @@ The command is told to train ``calibration.max_steps`` steps and to save every
 ``checkpoint_interval_steps`` into the scratch folder; its progress goes to a file of its own
 (``<progress_path>.command.jsonl``), which this module reads and relays to the CLI's live
 progress file in the harness's format. With ``report: trainer_state`` the step times come
-from the Trainer's checkpoint-N folders instead (jobs.training.command.TrainerStateRelay writes them
-as progress lines), one time per save interval.
+from the Trainer's checkpoint-N folders instead (jobs.training.trainer_relay.TrainerStateRelay
+writes them as progress lines), one time per save interval.
 
 It is stopped (SIGUSR2 for ``progress``, which jobs.report turns into a save and a clean
 exit; SIGTERM for a Trainer, which has no handler of its own; SIGKILL after stop_grace_s)
@@ -47,11 +47,18 @@ from typing import Any
 from jobs.calibration import host
 from jobs.calibration.stats import SteadyEstimate, steady_estimate
 from jobs.calibration.steps import LiveProgress, ci_if_ready
-from jobs.contract.command_fields import REPORT_MODES, environment, render
+from jobs.contract.command_fields import (
+    REPORT_MODES,
+    environment,
+    field_values,
+    render,
+    world_size,
+)
 from jobs.contract.failure import NodeError
 from jobs.contract.measurement import CalibrationRequest, Measurement
+from jobs.node import process
 from jobs.progress import ProgressWriter
-from jobs.training import command
+from jobs.training.trainer_relay import TrainerStateRelay
 
 POLL_S = 0.2
 TAIL_LINES = 20  # of the command's output, in a failure's message
@@ -156,7 +163,7 @@ def calibrate_command(request: CalibrationRequest) -> Measurement:
     own_progress = base.with_name(base.name + ".command.jsonl")
     log_path = base.with_name(base.name + ".command.log")
     interval = request.checkpoint_interval_steps or max(request.min_steps, 10)
-    values = command.field_values(
+    values = field_values(
         total_steps=request.max_steps,
         checkpoint_dir=str(scratch),
         checkpoint_interval_steps=interval,
@@ -169,7 +176,7 @@ def calibrate_command(request: CalibrationRequest) -> Measurement:
         grad_accum=request.grad_accum,
         seed=request.seed,
         output_dir=request.output_dir,
-        ranks=command.world_size(os.environ),
+        ranks=world_size(os.environ),
     )
     try:
         argv = render(request.command, values)
@@ -236,7 +243,7 @@ class _CommandRun:
         with open(self.log_path, "wb") as log:
             self.spawned = time.time()
             try:
-                proc = command.spawn(self.argv, env, self.cwd, stdout=log, stderr=subprocess.STDOUT)
+                proc = process.spawn(self.argv, env, self.cwd, stdout=log, stderr=subprocess.STDOUT)
             except OSError as exc:
                 live.close()
                 raise NodeError(
@@ -251,9 +258,7 @@ class _CommandRun:
                     writer = ProgressWriter(self.progress_path)
                     writer.start(0, request.max_steps, 0)
                     samples = request.micro_batch * request.grad_accum
-                    relay = command.TrainerStateRelay(
-                        request.output_dir, writer, 0, self.spawned, samples
-                    )
+                    relay = TrainerStateRelay(request.output_dir, writer, 0, self.spawned, samples)
                 stopped_by = self._watch(proc, seen, tail, relay, live)
             except NodeError:
                 grace = ABORT_GRACE_S
@@ -270,7 +275,7 @@ class _CommandRun:
                     ) from exc
                 raise
             finally:
-                status = command.stop(proc, stop_signal, grace)
+                status = process.stop(proc, stop_signal, grace)
                 live.close()
                 try:
                     # What it wrote as it saved and left: a save on the signal, its stop line.
@@ -297,7 +302,7 @@ class _CommandRun:
         proc: subprocess.Popen[bytes],
         seen: _Seen,
         tail: _Tail,
-        relay: command.TrainerStateRelay | None,
+        relay: TrainerStateRelay | None,
         live: Any,
     ) -> str | None:
         """Poll until a stop condition; its stopped_by, or None when the command exited."""
@@ -347,7 +352,7 @@ class _CommandRun:
             raise self._too_few(seen, status, exited=True)
         if status != 0:
             print(
-                f"plan-job calibrate: warning: the command {command.describe_status(status)} "
+                f"plan-job calibrate: warning: the command {process.describe_status(status)} "
                 f"by itself at step {seen.steps_done}, after enough steps to measure",
                 file=sys.stderr,
             )
@@ -368,7 +373,7 @@ class _CommandRun:
                 )
             return NodeError(
                 "command_failed",
-                f"the command {command.describe_status(status)} after {seen.steps_done} "
+                f"the command {process.describe_status(status)} after {seen.steps_done} "
                 f"step(s), before the calibration had {request.min_steps}: "
                 f"{shlex.join(self.argv)} (in {self.cwd}); log {self.log_path}, last lines:\n"
                 f"{tail}",
@@ -422,7 +427,7 @@ def _timing(seen: _Seen, trainer: bool) -> _Timing:
     if not trainer:
         times, began = [], None
         for event in seen.steps:
-            step_s = command.finite(event.get("step_s"))
+            step_s = finite(event.get("step_s"))
             if step_s is None:
                 continue
             if began is None:
@@ -433,7 +438,7 @@ def _timing(seen: _Seen, trainer: bool) -> _Timing:
     times_w: list[tuple[float, int]] = []
     previous, began = seen.first_step, None
     for index, event in enumerate(seen.steps):
-        step_s, steps = command.finite(event.get("step_s")), event["step"] - previous
+        step_s, steps = finite(event.get("step_s")), event["step"] - previous
         previous = event["step"]
         if index == 0:
             began = float(event["time"])
@@ -489,11 +494,11 @@ def _measurement(
         and not isinstance(e.get("peak_memory_bytes"), bool)
     ]
     cuda = bool(peaks) or _cuda_expected(request.device)
-    saves = [s for e in seen.saves if (s := command.finite(e.get("save_s"))) is not None]
-    loads = [s for e in seen.resumes if (s := command.finite(e.get("load_s"))) is not None]
-    evals = [s for e in seen.evals if (s := command.finite(e.get("eval_s"))) is not None]
+    saves = [s for e in seen.saves if (s := finite(e.get("save_s"))) is not None]
+    loads = [s for e in seen.resumes if (s := finite(e.get("load_s"))) is not None]
+    evals = [s for e in seen.evals if (s := finite(e.get("eval_s"))) is not None]
     nbytes = [int(e["bytes"]) for e in seen.saves if isinstance(e.get("bytes"), int)]
-    losses = [v for e in seen.steps if (v := command.finite(e.get("loss"))) is not None]
+    losses = [v for e in seen.steps if (v := finite(e.get("loss"))) is not None]
     save_s = statistics.median(saves) if saves else 0.0
     return Measurement(
         host=socket.gethostname(),
@@ -506,7 +511,7 @@ def _measurement(
         ),
         tokens_per_sample=_int(start.get("tokens_per_sample"), 0),
         token_unit=str(start.get("token_unit") or ""),
-        flops_per_step=command.finite(start.get("flops_per_step")) or 0.0,
+        flops_per_step=finite(start.get("flops_per_step")) or 0.0,
         startup_s=age_at_entry + max(first_start - entered, 0.0),
         import_s=0.0,
         build_s=0.0,
@@ -544,7 +549,7 @@ def _first_step_start(
     if timing.began is None or not seen.steps:
         return spawned
     first = seen.steps[0]
-    step_s = command.finite(first.get("step_s"))
+    step_s = finite(first.get("step_s"))
     if not trainer or step_s is None:
         return timing.began
     # The first save interval ran from the command's start: start-up plus its steps, taken
@@ -622,3 +627,10 @@ def _echo_log(path: Path) -> None:
     print(f"plan-job calibrate: the command's output{cut}, from {path}:", file=sys.stderr)
     sys.stderr.write(text if text.endswith("\n") or not text else text + "\n")
     sys.stderr.flush()
+
+
+def finite(value: Any) -> float | None:
+    """A number from a progress line as a finite float, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None

@@ -78,3 +78,48 @@ def render(argv: Sequence[str], values: Mapping[str, object]) -> list[str]:
 def environment(values: Mapping[str, object]) -> dict[str, str]:
     """``PLANJOB_<NAME>`` for every field; None renders as ''."""
     return {env_name(name): _text(values.get(name)) for name in FIELDS}
+
+
+def world_size(env: Mapping[str, str]) -> int:
+    """Ranks of the job, for ``{global_batch}``: WORLD_SIZE (torchrun), else SLURM_NTASKS,
+    else 1."""
+    for name in ("WORLD_SIZE", "SLURM_NTASKS"):
+        try:
+            value = int(env.get(name, ""))
+        except ValueError:
+            continue
+        if value > 0:
+            return value
+    return 1
+
+
+def field_values(
+    *,
+    total_steps: int,
+    checkpoint_dir: str,
+    checkpoint_interval_steps: int,
+    resume_from: str | None,
+    progress_path: str,
+    stop_at: float | None,
+    eval_interval_steps: int,
+    micro_batch: int,
+    grad_accum: int,
+    seed: int,
+    output_dir: str,
+    ranks: int,
+) -> dict[str, object]:
+    """The values of every field of FIELDS, as the launcher and the calibration fill them."""
+    return {
+        "total_steps": total_steps,
+        "checkpoint_dir": checkpoint_dir,
+        "checkpoint_interval_steps": checkpoint_interval_steps,
+        "resume_from": resume_from or "",
+        "progress_path": progress_path,
+        "stop_at": "" if stop_at is None else repr(float(stop_at)),
+        "eval_interval_steps": eval_interval_steps,
+        "micro_batch": micro_batch,
+        "grad_accum": grad_accum,
+        "global_batch": micro_batch * grad_accum * ranks,
+        "seed": seed,
+        "output_dir": output_dir,
+    }

@@ -5,140 +5,35 @@
 forwards the stop signals and waits. The calibration (jobs.calibration.command) starts it the
 same way.
 
-The command runs in a process group of its own, so one signal reaches it and everything it
-started (torchrun's workers, DataLoader workers), and a kill leaves nothing behind. It also
-gets SIGKILL from the kernel when the Python that started it dies (PR_SET_PDEATHSIG): a
-job's python killed outright (scancel, OOM killer) must not leave a training running on the
-node. The kernel sends that when the *thread* that started it ends, so start it from a
-thread that lives as long as the wait (the main thread, here).
+The command runs in a process group of its own that dies with this process
+(jobs.node.process); SIGUSR2 and SIGTERM are forwarded to the group (jobs.node.signals).
 
 With ``report: trainer_state`` (an unchanged Hugging Face Trainer script) the command writes
-no progress lines; this launcher writes them for it from the Trainer's checkpoint-N folders,
-so that eta and resubmit read such a run as they read any other.
+no progress lines; this launcher writes them for it from the Trainer's checkpoint-N folders
+(jobs.training.trainer_relay), so that eta and resubmit read such a run as any other.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import math
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
 
-from jobs.contract.command_fields import environment, render
+from jobs.contract.command_fields import environment, field_values, render, world_size
 from jobs.contract.train_config import TrainConfig
+from jobs.node.process import describe_status, spawn, stop, wait_group
+from jobs.node.signals import Forwarder
 from jobs.progress import ProgressWriter, read_progress, restart_count
 from jobs.training import trainer_state
+from jobs.training.trainer_relay import TrainerStateRelay
 
 EXIT_OK, EXIT_FAILED = 0, 1
-STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 POLL_S = 1.0  # how often the launcher looks at the Trainer's output_dir
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    # Loaded once in the parent: a forked child should run as little as possible before exec.
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    return prctl
-
-
-_PRCTL = _load_prctl()
-
-
-def _child_setup(parent: int) -> Callable[[], None]:
-    prctl = _PRCTL
-
-    def setup() -> None:
-        os.setpgid(0, 0)
-        if prctl is not None:
-            prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-            # The parent may have died between fork and prctl, which then never fires.
-            if os.getppid() != parent:
-                os._exit(1)
-
-    return setup
-
-
-def spawn(
-    argv: Sequence[str],
-    env: Mapping[str, str],
-    cwd: str | os.PathLike[str] | None,
-    stdout: int | IO[Any] | None = None,
-    stderr: int | IO[Any] | None = None,
-) -> subprocess.Popen[bytes]:
-    """Start ``argv`` (no shell) in a new process group that dies with this process.
-
-    OSError (FileNotFoundError, PermissionError) when the program cannot be started."""
-    if not argv:
-        raise ValueError("spawn: empty argument list")
-    return subprocess.Popen(
-        list(argv),
-        env=dict(env),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=stdout,
-        stderr=stderr,
-        preexec_fn=_child_setup(os.getpid()),
-    )
-
-
-def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
-        os.killpg(proc.pid, signum)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def wait_group(proc: subprocess.Popen[bytes], until: float) -> None:
-    """Wait (until ``time.monotonic()`` reaches ``until``) for what is left of the child's
-    process group once the child itself is reaped: a launcher such as torchrun may die of a
-    stop signal that its workers handle by saving first."""
-    while time.monotonic() < until and _group_alive(proc.pid):
-        time.sleep(0.05)
-
-
-def stop(proc: subprocess.Popen[bytes], signum: int, grace_s: float) -> int:
-    """Send ``signum`` to the child's group, give the child and its group up to ``grace_s``
-    to exit, then SIGKILL whatever is left of the group and reap the child; its returncode.
-
-    A child that had exited already gets no grace: what is left of its group is killed at
-    once. A KeyboardInterrupt (or any exception) during the grace still kills and reaps."""
-    deadline = time.monotonic() + max(grace_s, 0.0)
-    try:
-        if proc.poll() is None:
-            _signal_group(proc, signum)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
-            if proc.returncode is not None:
-                wait_group(proc, deadline)
-    finally:
-        # Always: the child may be gone while workers it started (same group) linger.
-        _signal_group(proc, signal.SIGKILL)
-        returncode = proc.wait()
-    return returncode
 
 
 def resume_from(config: TrainConfig) -> tuple[int, str | None]:
@@ -162,145 +57,9 @@ def resume_from(config: TrainConfig) -> tuple[int, str | None]:
     return best
 
 
-def world_size(env: Mapping[str, str]) -> int:
-    """Ranks of the job: WORLD_SIZE (torchrun), else SLURM_NTASKS, else 1."""
-    for name in ("WORLD_SIZE", "SLURM_NTASKS"):
-        try:
-            value = int(env.get(name, ""))
-        except ValueError:
-            continue
-        if value > 0:
-            return value
-    return 1
-
-
 def _is_rank_zero(env: Mapping[str, str]) -> bool:
     rank = env.get("RANK") or env.get("SLURM_PROCID") or "0"
     return rank.strip() == "0"
-
-
-def field_values(
-    *,
-    total_steps: int,
-    checkpoint_dir: str,
-    checkpoint_interval_steps: int,
-    resume_from: str | None,
-    progress_path: str,
-    stop_at: float | None,
-    eval_interval_steps: int,
-    micro_batch: int,
-    grad_accum: int,
-    seed: int,
-    output_dir: str,
-    ranks: int,
-) -> dict[str, object]:
-    """The values of every field of jobs.contract.command_fields.FIELDS."""
-    return {
-        "total_steps": total_steps,
-        "checkpoint_dir": checkpoint_dir,
-        "checkpoint_interval_steps": checkpoint_interval_steps,
-        "resume_from": resume_from or "",
-        "progress_path": progress_path,
-        "stop_at": "" if stop_at is None else repr(float(stop_at)),
-        "eval_interval_steps": eval_interval_steps,
-        "micro_batch": micro_batch,
-        "grad_accum": grad_accum,
-        "global_batch": micro_batch * grad_accum * ranks,
-        "seed": seed,
-        "output_dir": output_dir,
-    }
-
-
-class TrainerStateRelay:
-    """Turns a Trainer's new checkpoint-N folders into progress lines: per folder a ``step``
-    line (step_s: the mean step time since the previous save ended, or since ``since_time``
-    for the first) and a ``checkpoint`` line (save_s and bytes from the folder's files).
-
-    A folder is taken at the first look that finds its trainer_state.json, which the Trainer
-    writes at the end of a save: waiting for a second look would lose folders that
-    save_total_limit deletes within a poll or two when steps are fast. Folders that were
-    there before (earlier jobs) are not this job's."""
-
-    def __init__(
-        self,
-        output_dir: str,
-        writer: ProgressWriter,
-        since_step: int,
-        since_time: float,
-        samples_per_step: int,
-    ) -> None:
-        self.output_dir, self.writer = output_dir, writer
-        self.last_step, self.last_end = since_step, since_time
-        self.samples_per_step = samples_per_step
-        # Earlier jobs' folders. One above since_step is a save cut short (no
-        # trainer_state.json): this job writes it anew.
-        folders = trainer_state.checkpoint_folders(output_dir)
-        self._seen = {step for step, _ in folders if step <= since_step}
-        self._warned = False
-
-    def poll(self) -> list[trainer_state.CheckpointFolder]:
-        """Write the lines of the folders completed since the last call; returns them."""
-        written = []
-        for step, path in trainer_state.checkpoint_folders(self.output_dir):
-            if step in self._seen:
-                continue
-            if step <= self.last_step:
-                self._seen.add(step)
-                self._warn_behind(step)
-                continue
-            folder = trainer_state.describe(path, step)
-            if folder is None:
-                continue  # being written, or a save an earlier job's end cut short
-            self._seen.add(step)
-            self._write(folder)
-            written.append(folder)
-        return written
-
-    def _write(self, folder: trainer_state.CheckpointFolder) -> None:
-        steps = folder.step - self.last_step
-        step_s = max(folder.save_start - self.last_end, 0.0) / steps
-        loss = trainer_state.loss_at(folder.state, folder.step)
-        samples = folder.step * self.samples_per_step
-        self.writer.step(folder.step, samples, 0, step_s, loss)
-        self.writer.checkpoint(folder.step, folder.save_s, folder.path, folder.nbytes)
-        self.last_step, self.last_end = folder.step, folder.save_end
-
-    def _warn_behind(self, step: int) -> None:
-        if not self._warned:
-            self._warned = True
-            print(
-                f"plan-job: warning: the command saved checkpoint-{step} behind step "
-                f"{self.last_step}: it did not resume; pass {{resume_from}} to the Trainer's "
-                "resume_from_checkpoint",
-                file=sys.stderr,
-            )
-
-
-class _Forwarder:
-    """SIGUSR2/SIGTERM handlers that pass the signal on to the command's process group."""
-
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.signal: str | None = None
-        self.reason: str | None = None  # "signal" or "time_limit"
-        self.forwarded_at: float | None = None
-        self.delivered = False  # the command's group has been sent the signal
-
-    def install(self) -> None:
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        self.forward(signum, "signal")
-
-    def forward(self, signum: int, reason: str) -> None:
-        if self.signal is None:
-            self.signal, self.reason = signal.Signals(signum).name, reason
-            self.forwarded_at = time.monotonic()
-        proc = self.proc
-        if proc is not None and proc.returncode is None:
-            _signal_group(proc, signum)
-            self.delivered = True
 
 
 def run_training(config: TrainConfig, stop_at: float | None, signalled: str | None = None) -> int:
@@ -310,7 +69,7 @@ def run_training(config: TrainConfig, stop_at: float | None, signalled: str | No
     is then not started). 0 when the command ended well or was stopped by a forwarded signal
     (or by the stop time, with ``report: trainer_state``); else the command's status, 128+n
     for death by signal n; 1 when it cannot be started."""
-    forwarder = _Forwarder()
+    forwarder = Forwarder()
     forwarder.install()
     trainer = config.report == "trainer_state"
     env = os.environ
@@ -360,7 +119,7 @@ def _run(
     stop_at: float | None,
     argv: list[str],
     env: dict[str, str],
-    forwarder: _Forwarder,
+    forwarder: Forwarder,
     writer: ProgressWriter | None,
     first: int,
 ) -> int:
@@ -442,7 +201,7 @@ def _poll_or_drop(relay: TrainerStateRelay) -> TrainerStateRelay | None:
 def _finish(
     config: TrainConfig,
     status: int,
-    forwarder: _Forwarder,
+    forwarder: Forwarder,
     writer: ProgressWriter | None,
     step: int,
 ) -> int:
@@ -464,7 +223,7 @@ def _finish(
 def _write_stop(
     config: TrainConfig,
     status: int,
-    forwarder: _Forwarder,
+    forwarder: Forwarder,
     writer: ProgressWriter,
     step: int,
 ) -> None:
@@ -483,21 +242,3 @@ def _write_stop(
         )
         writer.stop(step, "done")
     # A crash writes no stop line, as a crashed built-in training writes none.
-
-
-def describe_status(status: int) -> str:
-    """'exited with status 1' / 'was killed by SIGKILL', for messages."""
-    if status < 0:
-        try:
-            name = signal.Signals(-status).name
-        except ValueError:
-            name = f"signal {-status}"
-        return f"was killed by {name}"
-    return f"exited with status {status}"
-
-
-def finite(value: Any) -> float | None:
-    """A number from a progress line as a finite float, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
