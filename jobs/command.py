@@ -3,7 +3,7 @@
 This old path only re-exports its names from their new modules (below), so that
 ``from jobs.command import ...`` keeps working; new code imports the new paths."""
 
-from jobs.calibration.command import finite
+from jobs.calibration.command_reports import finite
 from jobs.contract.command_fields import field_values, world_size
 from jobs.node.process import describe_status, spawn, stop, wait_group
 from jobs.node.signals import STOP_SIGNALS

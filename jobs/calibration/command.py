@@ -13,7 +13,9 @@ It is stopped (SIGUSR2 for ``progress``, which jobs.report turns into a save and
 exit; SIGTERM for a Trainer, which has no handler of its own; SIGKILL after stop_grace_s)
 once the steady CI reaches the target with min_steps steady steps and a checkpoint seen, or
 at max_steps / max_seconds, or when it exits by itself. It is stopped and reaped on every
-way out of here, exceptions and Ctrl-C included.
+way out of here, exceptions and Ctrl-C included. jobs.calibration.command_run runs and watches
+it, jobs.calibration.command_reports reads what it reports; this module prepares the run and
+makes the Measurement of it.
 
 What a command cannot tell is filled in as follows: import_s and build_s are 0.0 (start-up
 is one figure, from this process's start to the first step's start); data_share is 0.0;
@@ -27,26 +29,22 @@ asks for CUDA, or (``auto``) this node has an NVIDIA GPU; the per-step counts co
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
 import resource
-import shlex
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jobs.calibration import host
+from jobs.calibration.command_reports import Seen, Timing, finite
+from jobs.calibration.command_run import CommandRun
 from jobs.calibration.stats import SteadyEstimate, steady_estimate
-from jobs.calibration.steps import LiveProgress, ci_if_ready
 from jobs.contract.command_fields import (
     REPORT_MODES,
     environment,
@@ -56,87 +54,8 @@ from jobs.contract.command_fields import (
 )
 from jobs.contract.failure import NodeError
 from jobs.contract.measurement import CalibrationRequest, Measurement
-from jobs.node import process
-from jobs.progress import ProgressWriter
-from jobs.training.trainer_relay import TrainerStateRelay
 
-POLL_S = 0.2
-TAIL_LINES = 20  # of the command's output, in a failure's message
 ECHO_BYTES = 64 * 1024  # of the command's output, echoed to this job's stderr at the end
-# The grace after Ctrl-C or the job's time limit: the job is ending, a save is not wanted.
-ABORT_GRACE_S = 2.0
-_OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "HIP out of memory")
-
-
-@dataclass
-class _Seen:
-    """What the command has reported so far (its progress lines)."""
-
-    start: dict[str, Any] | None = None
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    saves: list[dict[str, Any]] = field(default_factory=list)
-    evals: list[dict[str, Any]] = field(default_factory=list)
-    resumes: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, event: dict[str, Any]) -> None:
-        kind = event.get("event")
-        if kind == "start" and self.start is None:
-            self.start = event
-        elif kind == "step" and isinstance(event.get("step"), int):
-            self.steps.append(event)
-        elif kind == "checkpoint":
-            self.saves.append(event)
-        elif kind == "eval":
-            self.evals.append(event)
-        elif kind == "resume":
-            self.resumes.append(event)
-
-    @property
-    def first_step(self) -> int:
-        start = self.start.get("step") if self.start is not None else 0
-        return start if isinstance(start, int) else 0
-
-    @property
-    def steps_done(self) -> int:
-        return self.steps[-1]["step"] - self.first_step if self.steps else 0
-
-
-@dataclass(frozen=True)
-class _Timing:
-    """Step times as samples: one per step line (``progress``), or one per save interval
-    (``trainer_state``: each the interval's mean, ``weights`` its steps)."""
-
-    times: tuple[float, ...]
-    weights: tuple[int, ...]
-    began: float | None  # Unix time the first timed step started; None before one
-
-
-class _Tail:
-    """Reads the lines appended to a JSONL file since the last call; a line still being
-    written waits for its newline."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.offset, self.partial = path, 0, b""
-
-    def read(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read()
-        except FileNotFoundError:
-            return []
-        self.offset += len(data)
-        lines = (self.partial + data).split(b"\n")
-        self.partial = lines.pop()
-        events = []
-        for line in lines:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                events.append(event)
-        return events
 
 
 def calibrate_command(request: CalibrationRequest) -> Measurement:
@@ -186,7 +105,7 @@ def calibrate_command(request: CalibrationRequest) -> Measurement:
     scratch.mkdir(parents=True, exist_ok=True)
     own_progress.parent.mkdir(parents=True, exist_ok=True)
     own_progress.unlink(missing_ok=True)  # ours alone: a rerun in the same folder starts clean
-    run = _CommandRun(request, argv, cwd, own_progress, log_path, interval, trainer)
+    run = CommandRun(request, argv, cwd, own_progress, log_path, interval, trainer)
     try:
         seen, timing, stopped_by = run.run(environment(values))
     finally:
@@ -209,264 +128,10 @@ def calibrate_command(request: CalibrationRequest) -> Measurement:
     )
 
 
-class _CommandRun:
-    def __init__(
-        self,
-        request: CalibrationRequest,
-        argv: list[str],
-        cwd: str,
-        progress_path: Path,
-        log_path: Path,
-        interval: int,
-        trainer: bool,
-    ) -> None:
-        self.request, self.argv, self.cwd = request, argv, cwd
-        self.progress_path, self.log_path = progress_path, log_path
-        self.interval, self.trainer = interval, trainer
-        self.spawned = 0.0
-        self.decided_at: int | None = None  # step lines seen when the stop was decided
-
-    def run(self, fields_env: dict[str, str]) -> tuple[_Seen, _Timing, str]:
-        """Start, watch and stop the command: what it reported, its step times and why it
-        stopped. NodeError when it gave too little."""
-        request = self.request
-        env = {**os.environ, **fields_env}
-        print(
-            f"plan-job calibrate: running {shlex.join(self.argv)} (in {self.cwd}; "
-            f"output in {self.log_path})",
-            file=sys.stderr,
-            flush=True,
-        )
-        stop_signal = signal.SIGTERM if self.trainer else signal.SIGUSR2
-        seen, tail, relay, writer = _Seen(), _Tail(self.progress_path), None, None
-        live = LiveProgress(request.progress_path)
-        with open(self.log_path, "wb") as log:
-            self.spawned = time.time()
-            try:
-                proc = process.spawn(self.argv, env, self.cwd, stdout=log, stderr=subprocess.STDOUT)
-            except OSError as exc:
-                live.close()
-                raise NodeError(
-                    "command_not_found",
-                    f"cannot start {self.argv[0]!r} in {self.cwd}: {exc.strerror or exc}; "
-                    "command.run's first word must be a program on PATH on the node, or a "
-                    "path (relative to the working directory)",
-                ) from exc
-            grace = request.stop_grace_s
-            try:
-                if self.trainer:
-                    writer = ProgressWriter(self.progress_path)
-                    writer.start(0, request.max_steps, 0)
-                    samples = request.micro_batch * request.grad_accum
-                    relay = TrainerStateRelay(request.output_dir, writer, 0, self.spawned, samples)
-                stopped_by = self._watch(proc, seen, tail, relay, live)
-            except NodeError:
-                grace = ABORT_GRACE_S
-                raise
-            except BaseException as exc:
-                grace = ABORT_GRACE_S
-                if type(exc).__name__ == "UncompletedJobError":
-                    # submitit's handler of the Slurm time-limit signal raises where we wait.
-                    raise NodeError(
-                        "time_limit",
-                        f"the calibration job reached its time limit while the command ran "
-                        f"(at step {seen.steps_done}): raise calibration.time_limit_minutes "
-                        "or lower calibration.max_seconds",
-                    ) from exc
-                raise
-            finally:
-                status = process.stop(proc, stop_signal, grace)
-                live.close()
-                try:
-                    # What it wrote as it saved and left: a save on the signal, its stop line.
-                    if relay is not None:
-                        relay.poll()
-                finally:
-                    if writer is not None:
-                        writer.close()
-            for event in tail.read():
-                seen.add(event)
-        if stopped_by is None:
-            stopped_by = self._after_exit(seen, status)
-        elif self.decided_at is not None:
-            # The steps the stop was decided on: those after it wind down (the signal lands
-            # mid-step), and a CI said to be within target must be the one recorded.
-            del seen.steps[self.decided_at :]
-        timing = _timing(seen, self.trainer)
-        if len(timing.times) < 2:
-            raise self._too_few(seen, status, exited=stopped_by == "exited")
-        return seen, timing, stopped_by
-
-    def _watch(
-        self,
-        proc: subprocess.Popen[bytes],
-        seen: _Seen,
-        tail: _Tail,
-        relay: TrainerStateRelay | None,
-        live: Any,
-    ) -> str | None:
-        """Poll until a stop condition; its stopped_by, or None when the command exited."""
-        request = self.request
-        relayed = 0
-        ci: float | None = None
-        while True:
-            exited = proc.poll() is not None
-            if relay is not None:
-                relay.poll()
-            new = tail.read()
-            for event in new:
-                seen.add(event)
-            if exited:
-                return None
-            now = time.time()
-            timing = _timing(seen, self.trainer)
-            if new and len(timing.times) >= 2:
-                ci = _ci_if_ready(timing, request.min_steps, self.trainer)
-            for event in seen.steps[relayed:]:
-                elapsed = now - (timing.began or self.spawned)
-                live.write(event["step"] - seen.first_step, elapsed, ci)
-            relayed = self.decided_at = len(seen.steps)
-            if seen.steps_done >= request.max_steps:
-                return "step_cap"
-            saved = bool(seen.saves) or seen.steps_done >= 3 * self.interval
-            if ci is not None and ci <= request.target_ci and saved:
-                return "ci_target"
-            if timing.began is None:
-                if now - self.spawned >= request.max_seconds:
-                    raise self._no_steps()
-            elif now - timing.began >= request.max_seconds:
-                if len(timing.times) < 2:
-                    raise self._too_few(seen, 0, exited=False)
-                return "time_cap"
-            time.sleep(POLL_S)
-
-    def _after_exit(self, seen: _Seen, status: int) -> str:
-        """stopped_by for a command that exited by itself; NodeError when it did so
-        before the calibration had enough steps."""
-        request = self.request
-        if seen.steps_done >= request.max_steps:
-            return "step_cap"
-        timing = _timing(seen, self.trainer)
-        steady_enough = sum(timing.weights) >= request.min_steps and len(timing.times) >= 2
-        if not steady_enough:
-            raise self._too_few(seen, status, exited=True)
-        if status != 0:
-            print(
-                f"plan-job calibrate: warning: the command {process.describe_status(status)} "
-                f"by itself at step {seen.steps_done}, after enough steps to measure",
-                file=sys.stderr,
-            )
-        return "exited"
-
-    def _too_few(self, seen: _Seen, status: int, exited: bool) -> NodeError:
-        request = self.request
-        tail = _log_tail(self.log_path)
-        if status != 0 and exited:
-            if any(marker in tail for marker in _OOM_MARKERS):
-                return NodeError(
-                    "oom",
-                    f"CUDA out of memory in the command at micro-batch {request.micro_batch} "
-                    f"(precision {request.precision}); lower batch.micro_batch and raise "
-                    f"grad_accum (the command gets them as {{micro_batch}} and {{grad_accum}}); "
-                    f"log {self.log_path}:\n{tail}",
-                    micro_batch=request.micro_batch,
-                )
-            return NodeError(
-                "command_failed",
-                f"the command {process.describe_status(status)} after {seen.steps_done} "
-                f"step(s), before the calibration had {request.min_steps}: "
-                f"{shlex.join(self.argv)} (in {self.cwd}); log {self.log_path}, last lines:\n"
-                f"{tail}",
-                returncode=status,
-                log_path=str(self.log_path),
-            )
-        if exited:
-            return NodeError(
-                "too_few_steps",
-                f"the command exited by itself after {seen.steps_done} step(s), before the "
-                f"calibration had {request.min_steps}: it must train to {{total_steps}} "
-                f"(here {request.max_steps}), or lower calibration.min_steps; "
-                f"log {self.log_path}, last lines:\n{tail}",
-                log_path=str(self.log_path),
-            )
-        return NodeError(
-            "too_few_steps",
-            f"the command reported {seen.steps_done} step(s), too few to time (at least two "
-            + ("save intervals after the first" if self.trainer else "step lines")
-            + f" are needed); raise calibration.max_seconds or max_steps; log {self.log_path}",
-            log_path=str(self.log_path),
-        )
-
-    def _no_steps(self) -> NodeError:
-        request = self.request
-        if self.trainer:
-            how = (
-                f"no checkpoint-N folder with a trainer_state.json appeared in "
-                f"{request.output_dir}: give the Trainer output_dir={{output_dir}}, "
-                f"save_strategy='steps' and save_steps={{checkpoint_interval_steps}} (here "
-                f"{self.interval}; a smaller calibration.checkpoint interval gives the first "
-                "sooner), or write progress lines with jobs.report and report: progress"
-            )
-        else:
-            how = (
-                f"no 'step' line reached {self.progress_path} ($PLANJOB_PROGRESS_PATH): "
-                "report steps with jobs.report (or the callbacks jobs.hf_callback / "
-                "jobs.lightning_callback), or use report: trainer_state with output_dir and "
-                "the Trainer's save_steps mapped to {checkpoint_interval_steps}"
-            )
-        return NodeError(
-            "no_steps",
-            f"the command reported no step within calibration.max_seconds "
-            f"({request.max_seconds:g} s): {how}; log {self.log_path}, last lines:\n"
-            f"{_log_tail(self.log_path)}",
-            log_path=str(self.log_path),
-        )
-
-
-def _timing(seen: _Seen, trainer: bool) -> _Timing:
-    if not trainer:
-        times, began = [], None
-        for event in seen.steps:
-            step_s = finite(event.get("step_s"))
-            if step_s is None:
-                continue
-            if began is None:
-                began = float(event["time"]) - step_s
-            times.append(step_s)
-        return _Timing(tuple(times), (1,) * len(times), began)
-    # The first interval runs from the command's start: start-up, not steps.
-    times_w: list[tuple[float, int]] = []
-    previous, began = seen.first_step, None
-    for index, event in enumerate(seen.steps):
-        step_s, steps = finite(event.get("step_s")), event["step"] - previous
-        previous = event["step"]
-        if index == 0:
-            began = float(event["time"])
-            continue
-        if step_s is not None and steps > 0:
-            times_w.append((step_s, steps))
-    return _Timing(tuple(t for t, _ in times_w), tuple(w for _, w in times_w), began)
-
-
-def _ci_if_ready(timing: _Timing, min_steps: int, trainer: bool) -> float | None:
-    if not trainer:
-        return ci_if_ready(list(timing.times), min_steps)
-    # Save intervals are few: the harness's margin from MSER's bound (5 samples) would never
-    # be met. Warm-up must still end well inside the series.
-    n = len(timing.times)
-    if n < 4:
-        return None
-    est = steady_estimate(timing.times)
-    steady_steps = sum(timing.weights[est.warmup_steps :])
-    if steady_steps < min_steps or est.warmup_steps >= n // 2:
-        return None
-    return est.ci_relative
-
-
 def _measurement(
     request: CalibrationRequest,
-    seen: _Seen,
-    timing: _Timing,
+    seen: Seen,
+    timing: Timing,
     stopped_by: str,
     *,
     entered: float,
@@ -543,7 +208,7 @@ def _measurement(
 
 
 def _first_step_start(
-    seen: _Seen, timing: _Timing, est: SteadyEstimate, spawned: float, trainer: bool
+    seen: Seen, timing: Timing, est: SteadyEstimate, spawned: float, trainer: bool
 ) -> float:
     """Unix time the first step started."""
     if timing.began is None or not seen.steps:
@@ -601,18 +266,6 @@ def _int(value: Any, default: int) -> int:
     return int(value)
 
 
-def _log_tail(path: Path, lines: int = TAIL_LINES) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(handle.tell() - 64 * 1024, 0))
-            text = handle.read().decode(errors="replace")
-    except OSError:
-        return "(no output)"
-    kept = text.rstrip().splitlines()[-lines:]
-    return "\n".join(kept) if kept else "(no output)"
-
-
 def _echo_log(path: Path) -> None:
     """The command's output into this job's stderr, where a calibration's log is looked for."""
     try:
@@ -627,10 +280,3 @@ def _echo_log(path: Path) -> None:
     print(f"plan-job calibrate: the command's output{cut}, from {path}:", file=sys.stderr)
     sys.stderr.write(text if text.endswith("\n") or not text else text + "\n")
     sys.stderr.flush()
-
-
-def finite(value: Any) -> float | None:
-    """A number from a progress line as a finite float, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
