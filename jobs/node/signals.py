@@ -1,6 +1,9 @@
 """The stop signals on the node: SIGUSR2, which plan-job's scripts ask Slurm to send before
 the time limit (Lightning keeps USR1 for its own requeue), and SIGTERM, which Slurm sends at
-the limit and torchrun forwards. Standard library only.
+the limit and torchrun forwards. The built-in training keeps them as a request to stop
+(StopRequest); the launcher of a user's command forwards them to its process group
+(Forwarder); jobs.report's Reporter keeps its own, chained to a script's handlers. Standard
+library only.
 """
 
 from __future__ import annotations
@@ -12,6 +15,32 @@ import time
 from jobs.node.process import signal_group
 
 STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
+
+class StopRequest:
+    """Set by SIGUSR2/SIGTERM; the loop looks at it between steps, never inside one."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    @property
+    def signum(self) -> int:
+        return 0 if self.signal is None else int(signal.Signals[self.signal])
+
+    def install(self) -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        self.signal = signal.Signals(signum).name
+
+    @staticmethod
+    def ignore_from_now() -> None:
+        # Interpreter shutdown resets Python-level handlers to the default, which for USR2 and
+        # TERM is to die: a signal that lands while torch tears down would turn a finished run
+        # into exit 140. SIG_IGN survives shutdown, and the work is saved by then.
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 class Forwarder:
