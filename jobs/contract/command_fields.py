@@ -5,10 +5,15 @@ The spec's ``command.run`` is split into arguments once (shlex), on the login no
 argument may hold fields, filled in on the node as the job starts (the resume path and the
 stop time are only known then). An argument is never re-split or given to a shell, so a
 value with spaces or quotes stays one argument. ``{{`` and ``}}`` are literal braces.
+
+field_values gives every field's value as the launcher and the calibration fill them in; the
+``*_field`` readers take them back from the environment in a user's script (jobs.report),
+a keyword given to the Reporter being the default for a variable that is absent.
 """
 
 from __future__ import annotations
 
+import os
 import string
 from collections.abc import Mapping, Sequence
 
@@ -123,3 +128,61 @@ def field_values(
         "seed": seed,
         "output_dir": output_dir,
     }
+
+
+# --- read back on the node, by a user's script (jobs.report) -----------------------------
+
+
+def env_value(field: str) -> str | None:
+    return os.environ.get(env_name(field))
+
+
+def int_field(field: str, default: int | None, minimum: int | None) -> int | None:
+    text = (env_value(field) or "").strip()
+    if text:
+        try:
+            value: int | None = int(text)
+        except ValueError:
+            raise ValueError(f"${env_name(field)}={text!r} is not an integer") from None
+        where = f"${env_name(field)}"
+    else:
+        value, where = default, f"Reporter({field}=...)"
+    if value is not None and minimum is not None and value < minimum:
+        raise ValueError(f"{where}: got {value}; must be >= {minimum}")
+    return value
+
+
+def text_field(field: str, default: str | None) -> str | None:
+    return env_value(field) or default
+
+
+def optional_text_field(field: str, default: str | None) -> str | None:
+    text = env_value(field)
+    if text is None:
+        return default or None
+    return text or None  # '' from plan-job: a fresh start, whatever the default
+
+
+def stop_at_field(default: float | None) -> float | None:
+    text = env_value("stop_at")
+    if text is None:
+        return default
+    if not text.strip():
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"${env_name('stop_at')}={text!r} is not Unix seconds") from None
+
+
+def env_rank() -> int:
+    """This process's rank among the job's tasks ($RANK, else $SLURM_PROCID, else 0): a
+    script's rank 0 alone writes progress lines."""
+    for name in ("RANK", "SLURM_PROCID"):
+        text = os.environ.get(name, "").strip()
+        if text:
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError(f"${name}={text!r} is not a rank (an integer)") from None
+    return 0

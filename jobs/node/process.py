@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
+from jobs.node.signals import signal_group
+
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -78,11 +80,6 @@ def spawn(
         stderr=stderr,
         preexec_fn=_child_setup(os.getpid()),
     )
-
-
-def signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
-        os.killpg(proc.pid, signum)
 
 
 def _group_alive(pgid: int) -> bool:

@@ -8,11 +8,15 @@ library only.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
-import subprocess
 import time
+from typing import TYPE_CHECKING
 
-from jobs.node.process import signal_group
+if TYPE_CHECKING:
+    import subprocess
+
 
 STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 
@@ -41,6 +45,11 @@ class StopRequest:
         # into exit 140. SIG_IGN survives shutdown, and the work is saved by then.
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
+
+
+def signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
+        os.killpg(proc.pid, signum)
 
 
 class Forwarder:
