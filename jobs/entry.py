@@ -13,7 +13,7 @@ def calibrate(request: CalibrationRequest) -> Measurement:
     """Calibrate on this node. Launched as several tasks, every task calls this and the
     workload's steps run data-parallel across them (jobs.calibration.builtin); each task
     returns its own Measurement of the same steps, and submitit hands back task 0's."""
-    if request.command:  # the user's own training command, run as it is
+    if request.work.command:  # the user's own training command, run as it is
         _one_task_only()
         from jobs.calibration.command import calibrate_command
 

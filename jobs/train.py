@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"plan-job train: bad config {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if config.command:  # the user's own training command: jobs.training.command runs it
+    if config.work.command:  # the user's own training command: jobs.training.command runs it
         from jobs.training.command import run_training
 
         status = run_training(config, stop_at, signalled=stop.signal)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from jobs import allreduce_timing, harness
+from jobs.contract.work import Work
 from jobs.distributed import Group, World
 from jobs.measurement import CalibrationRequest, Measurement
 from tests.test_train_distributed import REPO, clean_env, finish, free_port
@@ -42,15 +43,17 @@ sys.exit(0 if outcome[0] == "ok" else 1)
 
 def tiny_request(folder: Path, builder: str = "jobs.workloads.jit:build") -> CalibrationRequest:
     return CalibrationRequest(
-        builder_path=builder,
-        workload_name="jit",
-        preset="tiny",
-        overrides={},
-        micro_batch=2,
-        grad_accum=2,  # gradients are exchanged once per optimizer step, not per micro-batch
-        precision="fp32",
-        device="cpu",
-        seed=7,
+        work=Work(
+            builder_path=builder,
+            workload_name="jit",
+            preset="tiny",
+            overrides={},
+            micro_batch=2,
+            grad_accum=2,  # gradients are exchanged once per optimizer step, not per micro-batch
+            precision="fp32",
+            device="cpu",
+            seed=7,
+        ),
         min_steps=10,
         max_steps=100_000,
         max_seconds=3.0,

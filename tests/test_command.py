@@ -91,7 +91,7 @@ def make_config(tmp_path: Path, argv: Sequence[str], **changes: Any) -> TrainCon
         "stop_grace_s": 5.0,
     }
     fields.update(changes)
-    return TrainConfig(**fields)
+    return TrainConfig.from_flat(fields)
 
 
 def launch(tmp_path: Path, config: TrainConfig, extra: Sequence[str] = ()) -> subprocess.Popen[str]:

@@ -65,7 +65,7 @@ def make_request(tmp_path: Path, argv: Sequence[str], **changes: Any) -> Calibra
         "checkpoint_interval_steps": 10,
     }
     fields.update(changes)
-    return CalibrationRequest(**fields)
+    return CalibrationRequest.from_flat(fields)
 
 
 def paced(marker: str, *flags: str, pace: float = PACE_S) -> list[str]:

@@ -138,7 +138,7 @@ def _request(tmp_path: Path, **changes: Any) -> CalibrationRequest:
         "compile": True,
         **changes,
     }
-    return CalibrationRequest(**fields)
+    return CalibrationRequest.from_flat(fields)
 
 
 def test_no_compiler_is_a_clear_error_before_any_step(

@@ -14,6 +14,7 @@ import yaml
 
 from jobs import harness, runtime, train
 from jobs.contract.failure import NodeError
+from jobs.contract.work import Work
 from jobs.measurement import CalibrationRequest
 from jobs.progress import ProgressWriter
 from jobs.workloads.base import WorkloadConfig
@@ -65,15 +66,17 @@ def test_a_workload_offers_evaluation_whole_or_not_at_all() -> None:
 
 def request(tmp_path: Path, eval_batches: int) -> CalibrationRequest:
     return CalibrationRequest(
-        builder_path="jobs.workloads.jit:build",
-        workload_name="jit",
-        preset="tiny",
-        overrides={},
-        micro_batch=2,
-        grad_accum=1,
-        precision="fp32",
-        device="cpu",
-        seed=0,
+        work=Work(
+            builder_path="jobs.workloads.jit:build",
+            workload_name="jit",
+            preset="tiny",
+            overrides={},
+            micro_batch=2,
+            grad_accum=1,
+            precision="fp32",
+            device="cpu",
+            seed=0,
+        ),
         min_steps=3,
         max_steps=8,
         max_seconds=2.0,

@@ -129,7 +129,7 @@ import dataclasses, json, sys, time
 time.sleep(5.0)  # what submitit does before the harness runs: its start, the unpickling
 from jobs import harness
 from jobs.measurement import CalibrationRequest
-m = harness.calibrate(CalibrationRequest(**json.loads(sys.argv[1])))
+m = harness.calibrate(CalibrationRequest.from_flat(json.loads(sys.argv[1])))
 print(json.dumps(dataclasses.asdict(m)))
 """
 

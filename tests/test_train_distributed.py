@@ -142,7 +142,7 @@ def make_config(folder: Path, builder: str = "jobs.workloads.jit:build", **chang
         **changes,
     }
     path = folder / "train.json"
-    path.write_text(TrainConfig(**fields).to_json())
+    path.write_text(TrainConfig.from_flat(fields).to_json())
     return path
 
 

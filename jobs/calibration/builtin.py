@@ -37,7 +37,7 @@ from jobs.contract.measurement import CalibrationRequest, Measurement
 from jobs.node import compiling, data_parallel, runtime
 from jobs.node.group import Group, select_gpu, start
 from jobs.node.world import World, detect
-from jobs.workloads.base import Workload, WorkloadConfig
+from jobs.workloads.base import Workload
 
 if TYPE_CHECKING:
     from jobs.training.checkpoint import CheckpointTiming
@@ -77,8 +77,8 @@ class _Clock:
 
 
 def _calibrate(request: CalibrationRequest, world: World, clock: _Clock, torch: Any) -> Measurement:
-    select_gpu(world, request.device, torch)
-    device = runtime.resolve_device(request.device, torch)
+    select_gpu(world, request.work.device, torch)
+    device = runtime.resolve_device(request.work.device, torch)
     sync = runtime.synchronizer(device, torch)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -95,7 +95,7 @@ def _calibrate(request: CalibrationRequest, world: World, clock: _Clock, torch: 
     joining_s = (started - starting) + (built - made) if group.size > 1 else 0.0
     try:
         eager, compiled_first = [], 0.0
-        if request.compile:
+        if request.work.compile:
             steps_of = functools.partial(run_steps, workload, sync=sync, group=group)
             eager, compiled_first = compiling.eager_then_compiled(
                 workload, request, device, torch, steps_of
@@ -118,7 +118,7 @@ def _calibrate(request: CalibrationRequest, world: World, clock: _Clock, torch: 
     del workload  # freed for the training entry's own build on this device
     fresh = fresh_start.on_rank_0(request, est.warmup_steps, est.mean, group, device, torch)
     compile_s = 0.0
-    if request.compile:
+    if request.work.compile:
         # What a compiling job pays beyond an eager one's warm-up (the eager steps paid the
         # kernels' first use): compiling and its first compiled step beyond steady, the
         # compiled steps' warm-up, and its first evaluation (another graph) beyond the next.
@@ -219,20 +219,12 @@ def _backend(group: Group) -> str:
 
 
 def _build(request: CalibrationRequest, device: Any) -> Workload:
-    config = WorkloadConfig(
-        preset=request.preset,
-        overrides=dict(request.overrides),
-        micro_batch=request.micro_batch,
-        grad_accum=request.grad_accum,
-        precision=request.precision,
-        device=str(device),
-        seed=request.seed,
-    )
-    return runtime.build_workload(request.builder_path, config, device)
+    config = request.work.workload_config(str(device))
+    return runtime.build_workload(request.work.builder_path, config, device)
 
 
 def _oom(request: CalibrationRequest, device: Any, exc: BaseException) -> NodeError:
-    return runtime.oom_failure(request.micro_batch, request.precision, device, exc)
+    return runtime.oom_failure(request.work.micro_batch, request.work.precision, device, exc)
 
 
 def _peak_memory(device: Any, torch: Any) -> tuple[int, str]:

@@ -46,7 +46,6 @@ from jobs.calibration.command_reports import Seen, Timing, finite
 from jobs.calibration.command_run import CommandRun
 from jobs.calibration.stats import SteadyEstimate, steady_estimate
 from jobs.contract.command_fields import (
-    REPORT_MODES,
     environment,
     field_values,
     render,
@@ -59,19 +58,11 @@ ECHO_BYTES = 64 * 1024  # of the command's output, echoed to this job's stderr a
 
 
 def calibrate_command(request: CalibrationRequest) -> Measurement:
-    """Run ``request.command`` until its steady step time is known; see the module text."""
+    """Run ``request.work.command`` until its steady step time is known; see the module text."""
     age_at_entry = host.process_age_s()
     launched_s = host.job_start_s(age_at_entry)
     entered = time.time()
-    if request.report not in REPORT_MODES:
-        raise NodeError(
-            "bad_request", f"report {request.report!r} is not one of {', '.join(REPORT_MODES)}"
-        )
-    if request.report == "trainer_state" and not request.output_dir:
-        raise NodeError(
-            "bad_request", "report 'trainer_state' needs command.output_dir (the Trainer's)"
-        )
-    trainer = request.report == "trainer_state"
+    trainer = request.work.report == "trainer_state"
     scratch = Path(request.scratch_dir)
     owns_scratch = not scratch.exists()
     base = (
@@ -91,14 +82,14 @@ def calibrate_command(request: CalibrationRequest) -> Measurement:
         stop_at=None,
         # Timed once when the plan will evaluate (the harness times one evaluation too).
         eval_interval_steps=interval if request.eval_batches > 0 else 0,
-        micro_batch=request.micro_batch,
-        grad_accum=request.grad_accum,
-        seed=request.seed,
-        output_dir=request.output_dir,
+        micro_batch=request.work.micro_batch,
+        grad_accum=request.work.grad_accum,
+        seed=request.work.seed,
+        output_dir=request.work.output_dir,
         ranks=world_size(os.environ),
     )
     try:
-        argv = render(request.command, values)
+        argv = render(request.work.command, values)
     except ValueError as exc:
         raise NodeError("bad_command", f"command.run: {exc}") from exc
     cwd = request.workdir or os.getcwd()
@@ -158,7 +149,7 @@ def _measurement(
         if isinstance(e.get("peak_memory_bytes"), (int, float))
         and not isinstance(e.get("peak_memory_bytes"), bool)
     ]
-    cuda = bool(peaks) or _cuda_expected(request.device)
+    cuda = bool(peaks) or _cuda_expected(request.work.device)
     saves = [s for e in seen.saves if (s := finite(e.get("save_s"))) is not None]
     loads = [s for e in seen.resumes if (s := finite(e.get("load_s"))) is not None]
     evals = [s for e in seen.evals if (s := finite(e.get("eval_s"))) is not None]
@@ -172,7 +163,7 @@ def _measurement(
         versions=_versions(),
         params=_int(start.get("params"), 0),
         samples_per_step=_int(
-            start.get("samples_per_step"), request.micro_batch * request.grad_accum
+            start.get("samples_per_step"), request.work.micro_batch * request.work.grad_accum
         ),
         tokens_per_sample=_int(start.get("tokens_per_sample"), 0),
         token_unit=str(start.get("token_unit") or ""),

@@ -73,13 +73,14 @@ class CommandRun:
                     "command.run's first word must be a program on PATH on the node, or a "
                     "path (relative to the working directory)",
                 ) from exc
-            grace = request.stop_grace_s
+            grace = request.work.stop_grace_s
             try:
                 if self.trainer:
                     writer = ProgressWriter(self.progress_path)
                     writer.start(0, request.max_steps, 0)
-                    samples = request.micro_batch * request.grad_accum
-                    relay = TrainerStateRelay(request.output_dir, writer, 0, self.spawned, samples)
+                    work = request.work
+                    samples = work.micro_batch * work.grad_accum
+                    relay = TrainerStateRelay(work.output_dir, writer, 0, self.spawned, samples)
                 stopped_by = self._watch(proc, seen, tail, relay, live)
             except NodeError:
                 grace = ABORT_GRACE_S
@@ -186,11 +187,11 @@ class CommandRun:
             if any(marker in tail for marker in _OOM_MARKERS):
                 return NodeError(
                     "oom",
-                    f"CUDA out of memory in the command at micro-batch {request.micro_batch} "
-                    f"(precision {request.precision}); lower batch.micro_batch and raise "
+                    f"CUDA out of memory in the command at micro-batch {request.work.micro_batch} "
+                    f"(precision {request.work.precision}); lower batch.micro_batch and raise "
                     f"grad_accum (the command gets them as {{micro_batch}} and {{grad_accum}}); "
                     f"log {self.log_path}:\n{tail}",
-                    micro_batch=request.micro_batch,
+                    micro_batch=request.work.micro_batch,
                 )
             return NodeError(
                 "command_failed",
@@ -223,7 +224,7 @@ class CommandRun:
         if self.trainer:
             how = (
                 f"no checkpoint-N folder with a trainer_state.json appeared in "
-                f"{request.output_dir}: give the Trainer output_dir={{output_dir}}, "
+                f"{request.work.output_dir}: give the Trainer output_dir={{output_dir}}, "
                 f"save_strategy='steps' and save_steps={{checkpoint_interval_steps}} (here "
                 f"{self.interval}; a smaller calibration.checkpoint interval gives the first "
                 "sooner), or write progress lines with jobs.report and report: progress"

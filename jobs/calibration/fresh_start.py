@@ -25,6 +25,7 @@ torch is not imported here: this runs in the calibration job before it reports.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import shutil
@@ -143,15 +144,8 @@ def measure(
 
 def _config(request: CalibrationRequest, folder: Path, steps: int) -> TrainConfig:
     return TrainConfig(
-        builder_path=request.builder_path,
-        workload_name=request.workload_name,
-        preset=request.preset,
-        overrides=dict(request.overrides),
-        micro_batch=request.micro_batch,
-        grad_accum=request.grad_accum,
-        precision=request.precision,
-        device=request.device,
-        seed=request.seed,
+        # Eager, as before workload.compile: its cost is measured apart (Measurement.compile_s).
+        work=dataclasses.replace(request.work, compile=False),
         total_steps=steps,
         checkpoint_dir=str(folder / "checkpoints"),
         checkpoint_interval_steps=steps,  # one save, after the last step: as a run's last

@@ -65,7 +65,7 @@ def run_steps(
                     "raise calibration.time_limit_minutes or lower calibration.max_seconds",
                 ) from exc
             what = f"training step {len(step_times) + 1}"
-            failed = compiling.failure(exc, request.compile, what)
+            failed = compiling.failure(exc, request.work.compile, what)
             raise failed or NodeError(
                 "workload_error",
                 f"{what} raised {type(exc).__name__}: {exc}{runtime.where(exc)}",

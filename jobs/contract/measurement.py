@@ -1,7 +1,8 @@
 """What the login node sends to a calibration job, and what comes back. Torch-free.
 
-Both travel through submitit's pickles, so they are plain frozen dataclasses of builtins. A
-failure comes back as a failure line instead (jobs.contract.failure).
+Both travel through submitit's pickles, so they are plain frozen dataclasses of builtins. The
+work to calibrate is a jobs.contract.work.Work, the same as a training run's train.json
+holds. A failure comes back as a failure line instead (jobs.contract.failure).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from jobs.contract.work import Work, WorkFields, split_work
 
 # Set by the calibration job's batch script to its own start (Unix seconds): the harness
 # measures how long the script and srun took to start the process.
@@ -22,16 +25,8 @@ STOP_REASONS = ("ci_target", "step_cap", "time_cap", "exited")
 
 
 @dataclass(frozen=True)
-class CalibrationRequest:
-    builder_path: str  # "module:function"
-    workload_name: str
-    preset: str
-    overrides: Mapping[str, Any]
-    micro_batch: int
-    grad_accum: int
-    precision: str
-    device: str  # auto | cpu | cuda
-    seed: int
+class CalibrationRequest(WorkFields):
+    work: Work  # what to calibrate: the workload or the user's command, batch, precision, device
     min_steps: int
     max_steps: int
     max_seconds: float
@@ -39,15 +34,15 @@ class CalibrationRequest:
     scratch_dir: str  # where the checkpoint probe is written (the run's checkpoint filesystem)
     progress_path: str | None = None  # JSONL the CLI tails to show live progress
     eval_batches: int = 0  # held-out batches of the one evaluation timed; 0: none
-    # The user's own command (jobs.contract.command_fields) instead of the workload of builder_path:
-    # run until the steady step time is known, then stopped (signal, grace, kill).
-    command: tuple[str, ...] = ()
-    report: str = "progress"  # one of jobs.contract.command_fields.REPORT_MODES
-    output_dir: str = ""  # the Trainer's output_dir (report "trainer_state")
-    stop_grace_s: float = 30.0
-    workdir: str = ""  # the command's working directory ('' : the job's)
-    checkpoint_interval_steps: int = 0  # the command saves this often; 0: the harness picks
-    compile: bool = False  # workload.compile: torch.compile the model (jobs.node.compiling)
+    workdir: str = ""  # a command's working directory ('' : the job's)
+    checkpoint_interval_steps: int = 0  # a command saves this often; 0: the harness picks
+
+    @classmethod
+    def from_flat(cls, fields: Mapping[str, Any]) -> CalibrationRequest:
+        """From the work's fields and the request's side by side (as they were before the
+        request embedded a Work)."""
+        work, rest = split_work(fields)
+        return cls(work=work, **rest)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from jobs.node.world import World, detect
 from jobs.progress import ProgressWriter, read_progress
 from jobs.training.loop import QuietProgress, Run
 from jobs.training.resume import JobStart, claim_folder, job_start, newest_readable, read_chosen
-from jobs.workloads.base import WorkloadConfig
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -54,8 +53,8 @@ def train(
     import torch
 
     world = detect(os.environ) if world is None else world
-    select_gpu(world, config.device, torch)
-    device = runtime.resolve_device(config.device, torch, setting="device")
+    select_gpu(world, config.work.device, torch)
+    device = runtime.resolve_device(config.work.device, torch, setting="device")
     group = start(world, device)
     status = _train(config, stop_at, stop, group, device)
     # Only after success: tearing down NCCL after a peer's failure can hang, and a failing
@@ -90,11 +89,11 @@ def _train(
             return EXIT_OK
         if resumed is None and job.path is not None:
             resumed = read_chosen(Path(job.path), job.step)
-        workload_config = _workload_config(config, device)
-        workload = runtime.build_workload(config.builder_path, workload_config, device)
+        workload_config = config.work.workload_config(str(device))
+        workload = runtime.build_workload(config.work.builder_path, workload_config, device)
         if group.size > 1:
             data_parallel.join_data_parallel(workload, group, "plan-job train")
-        if config.compile:
+        if config.work.compile:
             import torch
 
             compiling.compile_model(workload, device, torch)  # as the calibration did
@@ -115,15 +114,3 @@ def _train(
 
 def _quiet(*_args: Any, **_kwargs: Any) -> None:
     """print for ranks other than 0: one rank's account of the run is enough."""
-
-
-def _workload_config(config: TrainConfig, device: Any) -> WorkloadConfig:
-    return WorkloadConfig(
-        preset=config.preset,
-        overrides=dict(config.overrides),
-        micro_batch=config.micro_batch,
-        grad_accum=config.grad_accum,
-        precision=config.precision,
-        device=str(device),
-        seed=config.seed,
-    )

@@ -42,8 +42,8 @@ def resume_from(config: TrainConfig) -> tuple[int, str | None]:
     ``progress``: the highest-step ``checkpoint`` line of the progress file whose path still
     exists (older ones are pruned, or lost with a scratch disk). ``trainer_state``: the
     newest checkpoint-N folder of output_dir holding a trainer_state.json."""
-    if config.report == "trainer_state":
-        folder = trainer_state.newest_checkpoint(config.output_dir)
+    if config.work.report == "trainer_state":
+        folder = trainer_state.newest_checkpoint(config.work.output_dir)
         return (folder.step, folder.path) if folder is not None else (0, None)
     best: tuple[int, str | None] = (0, None)
     for event in read_progress(config.progress_path):
@@ -71,7 +71,7 @@ def run_training(config: TrainConfig, stop_at: float | None, signalled: str | No
     for death by signal n; 1 when it cannot be started."""
     forwarder = Forwarder()
     forwarder.install()
-    trainer = config.report == "trainer_state"
+    trainer = config.work.report == "trainer_state"
     env = os.environ
     first, path = resume_from(config)
     ranks = world_size(env)
@@ -83,13 +83,13 @@ def run_training(config: TrainConfig, stop_at: float | None, signalled: str | No
         progress_path=config.progress_path,
         stop_at=stop_at,
         eval_interval_steps=config.eval_interval_steps,
-        micro_batch=config.micro_batch,
-        grad_accum=config.grad_accum,
-        seed=config.seed,
-        output_dir=config.output_dir,
+        micro_batch=config.work.micro_batch,
+        grad_accum=config.work.grad_accum,
+        seed=config.work.seed,
+        output_dir=config.work.output_dir,
         ranks=ranks,
     )
-    argv = render(config.command, values)
+    argv = render(config.work.command, values)
     writer = None
     if trainer and _is_rank_zero(env):
         restart = restart_count(read_progress(config.progress_path))
@@ -127,8 +127,8 @@ def _run(
     print(f"plan-job train: running {shlex.join(argv)}{resumed}", file=sys.stderr, flush=True)
     relay = None
     if writer is not None:
-        samples = config.micro_batch * config.grad_accum
-        relay = TrainerStateRelay(config.output_dir, writer, first, time.time(), samples)
+        samples = config.work.micro_batch * config.work.grad_accum
+        relay = TrainerStateRelay(config.work.output_dir, writer, first, time.time(), samples)
     if forwarder.signal is not None:
         return _not_started(forwarder.signal, writer, first)
     try:
@@ -146,8 +146,8 @@ def _run(
         forwarder.forward(int(signal.Signals[forwarder.signal]), "signal")
     # The Trainer cannot see the stop time: stopped by the launcher, with room to kill it.
     deadline = None
-    if config.report == "trainer_state" and stop_at is not None:
-        deadline = stop_at - config.stop_grace_s - config.stop_lead_s
+    if config.work.report == "trainer_state" and stop_at is not None:
+        deadline = stop_at - config.work.stop_grace_s - config.stop_lead_s
     try:
         while True:
             wait_s = POLL_S
@@ -163,15 +163,15 @@ def _run(
             if deadline is not None and forwarder.signal is None and time.time() >= deadline:
                 forwarder.forward(signal.SIGTERM, "time_limit")
             since = forwarder.forwarded_at
-            if since is not None and time.monotonic() - since > config.stop_grace_s:
+            if since is not None and time.monotonic() - since > config.work.stop_grace_s:
                 print(
                     f"plan-job train: the command did not exit within stop_grace_s "
-                    f"({config.stop_grace_s:g} s) of {forwarder.signal}; killing it",
+                    f"({config.work.stop_grace_s:g} s) of {forwarder.signal}; killing it",
                     file=sys.stderr,
                 )
                 break
         if forwarder.forwarded_at is not None:
-            wait_group(proc, forwarder.forwarded_at + config.stop_grace_s)
+            wait_group(proc, forwarder.forwarded_at + config.work.stop_grace_s)
     finally:
         # Also on an exception here: nothing of the command may outlive the launcher.
         status = stop(proc, signal.SIGKILL, 0.0)

@@ -196,8 +196,8 @@ class Run:
         try:
             eval_s, value = runtime.evaluate(self.workload, batches, self.sync, first)
         except torch.cuda.OutOfMemoryError as exc:
-            config = self.config
-            failure = runtime.oom_failure(config.micro_batch, config.precision, self.device, exc)
+            work = self.config.work
+            failure = runtime.oom_failure(work.micro_batch, work.precision, self.device, exc)
             raise failure from exc
         self.eval_s = eval_s
         loss = self.group.mean(value)
@@ -224,13 +224,13 @@ class Run:
             end = time.perf_counter()
             value = float(loss)
         except torch.cuda.OutOfMemoryError as exc:
-            config = self.config
-            failure = runtime.oom_failure(config.micro_batch, config.precision, self.device, exc)
+            work = self.config.work
+            failure = runtime.oom_failure(work.micro_batch, work.precision, self.device, exc)
             raise failure from exc
         except NodeError:
             raise  # e.g. the gradient exchange: its message already says what failed
         except Exception as exc:
-            failed = compiling.failure(exc, self.config.compile, f"training step {number}")
+            failed = compiling.failure(exc, self.config.work.compile, f"training step {number}")
             raise failed or NodeError(
                 "workload_error",
                 f"training step {number} raised {type(exc).__name__}: {exc}{runtime.where(exc)}",
