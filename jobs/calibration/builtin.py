@@ -94,7 +94,8 @@ def _calibrate(request: CalibrationRequest, world: World, clock: _Clock, torch: 
     built = time.perf_counter()
     joining_s = (started - starting) + (built - made) if group.size > 1 else 0.0
     try:
-        eager, compiled_first = [], 0.0
+        eager: list[float] = []
+        compiled_first = 0.0
         if request.work.compile:
             steps_of = functools.partial(run_steps, workload, sync=sync, group=group)
             eager, compiled_first = compiling.eager_then_compiled(

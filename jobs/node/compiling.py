@@ -28,7 +28,8 @@ EAGER_MAX_STEPS, EAGER_SHARE, EAGER_MIN_S = 50, 0.1, 2.0
 
 
 class _Steps(Protocol):
-    step_times: list[float]
+    @property
+    def step_times(self) -> list[float]: ...
 
 
 def eager_then_compiled(

@@ -174,7 +174,9 @@ def expand_hostlist(text: str) -> list[str]:
 
 
 def _top_level_entries(text: str) -> list[str]:
-    entries, current, depth = [], [], 0
+    entries: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char == "[":
             depth += 1

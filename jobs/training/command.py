@@ -206,7 +206,7 @@ def _finish(
     step: int,
 ) -> int:
     stopped = forwarder.signal is not None
-    sent = int(signal.Signals[forwarder.signal]) if stopped else 0
+    sent = int(signal.Signals[forwarder.signal]) if forwarder.signal is not None else 0
     # A shell or launcher in between reports a signal death as 128+n.
     by_signal = status < 0 or status in (128 + sent, 128 + int(signal.SIGKILL))
     print(f"plan-job train: the command {describe_status(status)}", file=sys.stderr)

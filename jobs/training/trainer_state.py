@@ -20,7 +20,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 STATE_FILE = "trainer_state.json"
 _FOLDER_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -79,7 +79,10 @@ def read_state(path: str | os.PathLike[str]) -> TrainerState | None:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or not _is_int(data.get("global_step")):
+    if not isinstance(data, dict):
+        return None
+    global_step = data.get("global_step")
+    if not _is_int(global_step):
         return None
     max_steps = data.get("max_steps")
     losses: list[tuple[int, float]] = []
@@ -93,7 +96,7 @@ def read_state(path: str | os.PathLike[str]) -> TrainerState | None:
         if _is_int(step) and isinstance(loss, (int, float)) and math.isfinite(loss):
             losses.append((int(step), float(loss)))
     return TrainerState(
-        global_step=int(data["global_step"]),
+        global_step=int(global_step),
         max_steps=int(max_steps) if _is_int(max_steps) else 0,
         losses=tuple(sorted(losses)),
     )
@@ -151,5 +154,5 @@ def loss_at(state: TrainerState, step: int) -> float | None:
     return best
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
