@@ -16,10 +16,12 @@ from typing import Any
 
 import yaml
 
-from jobs import allreduce_timing, harness
+from jobs.calibration import allreduce_timing
+from jobs.calibration import builtin as harness
+from jobs.contract.measurement import CalibrationRequest, Measurement
 from jobs.contract.work import Work
-from jobs.distributed import Group, World
-from jobs.measurement import CalibrationRequest, Measurement
+from jobs.node.group import Group
+from jobs.node.world import World
 from tests.test_train_distributed import REPO, clean_env, finish, free_port
 
 # One task as submitit runs it: calibrate(request), then the result or the failure it raised

@@ -1,4 +1,4 @@
-"""jobs.command_calibration: calibrating a user's command by running it, on paced scripts
+"""jobs.calibration.command: calibrating a user's command by running it, on paced scripts
 whose step time is known (tests/fixtures/user_scripts). Real processes, local, a few
 seconds each; every test also checks that nothing of the command is left running."""
 
@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from jobs.command_calibration import calibrate_command
+from jobs.calibration.command import calibrate_command
 from jobs.contract.failure import NodeError
-from jobs.measurement import STOP_REASONS, CalibrationRequest
+from jobs.contract.measurement import STOP_REASONS, CalibrationRequest
 from tests.test_command import FAKE_HF, PACED, new_marker, pids_with
 
 PACE_S = 0.05

@@ -13,11 +13,12 @@ import pytest
 import torch
 import yaml
 
-from jobs import harness, train
-from jobs.compiling import missing_compiler
+from jobs import train
+from jobs.calibration import builtin as harness
 from jobs.contract.failure import NodeError
-from jobs.measurement import CalibrationRequest
-from jobs.train_config import TrainConfig
+from jobs.contract.measurement import CalibrationRequest
+from jobs.contract.train_config import TrainConfig
+from jobs.node.compiling import missing_compiler
 from planner.errors import SpecError
 from planner.eta_steps import StepTime, resume_time
 from planner.history import predicted_job_s

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
+from jobs.calibration.stats import mser_truncation, t_quantile_975
 from jobs.progress import ProgressWriter
-from jobs.stats import mser_truncation, t_quantile_975
 from planner import eta as estimator
 from planner import eta_report
 from planner.chain import SubmittedJob

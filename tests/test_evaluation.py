@@ -12,10 +12,12 @@ import pytest
 import torch
 import yaml
 
-from jobs import harness, runtime, train
+from jobs import train
+from jobs.calibration import builtin as harness
 from jobs.contract.failure import NodeError
+from jobs.contract.measurement import CalibrationRequest
 from jobs.contract.work import Work
-from jobs.measurement import CalibrationRequest
+from jobs.node import runtime
 from jobs.progress import ProgressWriter
 from jobs.workloads.base import WorkloadConfig
 from planner.record import load_record, save_record

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.measurement import Measurement
+from jobs.contract.measurement import Measurement
 from planner.errors import BadInputError, SpecError
 from planner.interval import daly_interval_s, expected_overhead, job_mtbf, young_interval_s
 from planner.partition import PartitionLimits

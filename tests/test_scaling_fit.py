@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.measurement import Measurement
+from jobs.contract.measurement import Measurement
 from planner.calibrate import CalibrationRun, calibration_runs, check_node_counts
 from planner.errors import BadInputError, SpecError
 from planner.plan_report import options_table, plan_table

@@ -24,9 +24,11 @@ import torch
 
 from jobs import train
 from jobs.contract.measurement import CalibrationRequest
+from jobs.contract.train_config import TrainConfig
 from jobs.contract.work import WORK_FIELDS, Work
+from jobs.node.signals import StopRequest
 from jobs.progress import ProgressWriter, read_progress
-from jobs.train_config import TrainConfig
+from jobs.training import builtin
 from jobs.workloads import gpt, jit
 from jobs.workloads.base import Workload, WorkloadConfig
 
@@ -111,7 +113,7 @@ def run_in_process(config: Path, stop_at: float | None = None) -> int:
     """A job of the run in this process: the same code path past argument parsing, without
     waiting for torch's import, and with the stop time not at the mercy of that import."""
     parsed = TrainConfig.from_json(config.read_text())
-    return train.train(parsed, stop_at, train.StopRequest())
+    return builtin.train(parsed, stop_at, StopRequest())
 
 
 def events(folder: Path, kind: str | None = None) -> list[dict[str, Any]]:
@@ -396,7 +398,7 @@ def test_progress_survives_a_torn_last_line(tmp_path: Path) -> None:
 
 def test_login_node_modules_do_not_import_torch() -> None:
     code = (
-        "import sys; import jobs.train, jobs.train_config, jobs.progress; "
+        "import sys; import jobs.train, jobs.contract.train_config, jobs.progress; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env())
