@@ -255,7 +255,7 @@ def device_line(gpu: bool) -> str:
 
     if gpu:
         return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
-    from jobs.harness import cpu_name
+    from jobs.calibration.host import cpu_name
 
     return f"{cpu_name()}, {os.cpu_count()} CPUs (torch {torch.__version__})"
 

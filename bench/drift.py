@@ -42,7 +42,7 @@ def main() -> None:
 
     import torch
 
-    from jobs import runtime
+    from jobs.node import runtime
     from jobs.workloads.base import WorkloadConfig
     from jobs.workloads.registry import BUILTIN
 

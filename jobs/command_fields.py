@@ -1,80 +1,24 @@
-"""The fields a user's own training command receives: as ``{name}`` in its argument list
-and as ``$PLANJOB_<NAME>`` in its environment. Standard library only.
+"""Compatibility shim: ``jobs.command_fields`` moved into the subpackages of jobs/.
 
-The spec's ``command.run`` is split into arguments once (shlex), on the login node; each
-argument may hold fields, filled in on the node as the job starts (the resume path and the
-stop time are only known then). An argument is never re-split or given to a shell, so a
-value with spaces or quotes stays one argument. ``{{`` and ``}}`` are literal braces.
-"""
+This old path only re-exports its names from their new modules (below), so that
+``from jobs.command_fields import ...`` keeps working; new code imports the new paths."""
 
-from __future__ import annotations
+from jobs.contract.command_fields import (
+    ENV_PREFIX,
+    FIELDS,
+    REPORT_MODES,
+    env_name,
+    environment,
+    fields_in,
+    render,
+)
 
-import string
-from collections.abc import Mapping, Sequence
-
-ENV_PREFIX = "PLANJOB_"
-# How the command tells plan-job its step timings: "progress" writes jobs.progress lines
-# itself (jobs.report, or the Trainer/Lightning callbacks in jobs/); "trainer_state" changes
-# nothing: the timings come from the Hugging Face Trainer's checkpoint-N folders.
-REPORT_MODES = ("progress", "trainer_state")
-
-FIELDS: dict[str, str] = {
-    "total_steps": "optimizer steps to train to (the whole run's; a calibration's own cap)",
-    "checkpoint_dir": "folder the command saves its checkpoints in",
-    "checkpoint_interval_steps": "save a checkpoint every this many optimizer steps",
-    "resume_from": "checkpoint to resume from: the newest saved one, '' on a fresh start",
-    "progress_path": "the run's progress JSONL (jobs.report writes it)",
-    "stop_at": "Unix seconds by which the job must have saved and exited; '' when unknown",
-    "eval_interval_steps": "evaluate every this many steps; 0: never",
-    "micro_batch": "samples per forward/backward on one GPU",
-    "grad_accum": "micro-batches per optimizer step on one GPU",
-    "global_batch": "samples per optimizer step, all GPUs together",
-    "seed": "the spec's calibration.seed",
-    "output_dir": "command.output_dir (the Trainer's output_dir); '' when not set",
-}
-
-
-def env_name(field: str) -> str:
-    return ENV_PREFIX + field.upper()
-
-
-def fields_in(argv: Sequence[str]) -> list[str]:
-    """The fields the arguments use, in order of first use. ValueError names a malformed
-    argument or an unknown field, with the valid ones."""
-    found: list[str] = []
-    for arg in argv:
-        try:
-            parsed = list(string.Formatter().parse(arg))
-        except ValueError as exc:
-            raise ValueError(f"argument {arg!r}: {exc} (write {{{{ and }}}} for braces)") from exc
-        for _literal, name, spec, conversion in parsed:
-            if name is None:
-                continue
-            if name not in FIELDS:
-                raise ValueError(
-                    f"argument {arg!r}: unknown field {{{name}}}; valid: "
-                    + ", ".join(f"{{{key}}}" for key in FIELDS)
-                )
-            if spec or conversion:
-                raise ValueError(
-                    f"argument {arg!r}: write the field as {{{name}}}, without a format spec"
-                )
-            if name not in found:
-                found.append(name)
-    return found
-
-
-def _text(value: object) -> str:
-    return "" if value is None else str(value)
-
-
-def render(argv: Sequence[str], values: Mapping[str, object]) -> list[str]:
-    """The arguments with their fields filled in; None renders as ''."""
-    fields_in(argv)
-    texts = {name: _text(values.get(name)) for name in FIELDS}
-    return [arg.format(**texts) for arg in argv]
-
-
-def environment(values: Mapping[str, object]) -> dict[str, str]:
-    """``PLANJOB_<NAME>`` for every field; None renders as ''."""
-    return {env_name(name): _text(values.get(name)) for name in FIELDS}
+__all__ = [
+    "ENV_PREFIX",
+    "FIELDS",
+    "REPORT_MODES",
+    "env_name",
+    "environment",
+    "fields_in",
+    "render",
+]

@@ -33,7 +33,7 @@ from jobs.report import Reporter
 try:
     from transformers import TrainerCallback as _Base
 except ImportError as exc:  # the module stays importable; the class says what is missing
-    _Base = object  # type: ignore[assignment,misc]
+    _Base = object  # type: ignore[assignment,misc,unused-ignore]
     _MISSING: ImportError | None = exc
 else:
     _MISSING = None
@@ -41,7 +41,7 @@ else:
 CHECKPOINT_PREFIX = "checkpoint"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
 
 
-class PlanJobCallback(_Base):  # type: ignore[misc,valid-type]
+class PlanJobCallback(_Base):  # type: ignore[misc,valid-type,unused-ignore]
     """A ``transformers.TrainerCallback`` that reports through a ``jobs.report.Reporter``
     (default: ``Reporter()``, from the ``PLANJOB_*`` environment)."""
 

@@ -33,19 +33,19 @@ from jobs.report import Reporter
 
 _MISSING: ImportError | None = None
 try:  # the unified package first, then the standalone one
-    from lightning.pytorch import Callback as _Base
+    from lightning.pytorch import Callback as _Base  # type: ignore[import-not-found,unused-ignore]
 except ImportError:
     try:
         from pytorch_lightning import Callback as _Base
     except ImportError as exc:
-        _Base = object  # type: ignore[assignment,misc]
+        _Base = object  # type: ignore[assignment,misc,unused-ignore]
         _MISSING = exc
 
 CHECKPOINT_NAME = "step-{step:09d}.ckpt"
 CHECKPOINT_GLOB = "step-*.ckpt"
 
 
-class PlanJobCallback(_Base):  # type: ignore[misc,valid-type]
+class PlanJobCallback(_Base):  # type: ignore[misc,valid-type,unused-ignore]
     """A Lightning ``Callback`` that reports through a ``jobs.report.Reporter`` (default:
     ``Reporter()``, from the ``PLANJOB_*`` environment) and saves and stops as it says."""
 

@@ -1,192 +1,24 @@
-"""What the login node sends to a calibration job, and what comes back. Torch-free.
+"""Compatibility shim: ``jobs.measurement`` moved into the subpackages of jobs/.
 
-Both travel through submitit's pickles, so they are plain frozen dataclasses of builtins.
-"""
+This old path only re-exports its names from their new modules (below), so that
+``from jobs.measurement import ...`` keeps working; new code imports the new paths."""
 
-from __future__ import annotations
+from jobs.contract.failure import FAILURE_MARKER, failure_message, parse_failure
+from jobs.contract.measurement import (
+    JOB_END_FILE,
+    JOB_START_ENV,
+    STOP_REASONS,
+    CalibrationRequest,
+    Measurement,
+)
 
-import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
-
-FAILURE_MARKER = "plan-job-failure:"
-# Set by the calibration job's batch script to its own start (Unix seconds): the harness
-# measures how long the script and srun took to start the process.
-JOB_START_ENV = "PLANJOB_JOB_START"
-# The calibration job's batch script writes its end (Unix seconds) to this file in the job's
-# folder, so the login node can tell how long the process took to exit and the job to end.
-JOB_END_FILE = "job-end-{job_id}"
-
-# "exited": a user's command (jobs.command_calibration) ended by itself after enough steps.
-STOP_REASONS = ("ci_target", "step_cap", "time_cap", "exited")
-
-
-@dataclass(frozen=True)
-class CalibrationRequest:
-    builder_path: str  # "module:function"
-    workload_name: str
-    preset: str
-    overrides: Mapping[str, Any]
-    micro_batch: int
-    grad_accum: int
-    precision: str
-    device: str  # auto | cpu | cuda
-    seed: int
-    min_steps: int
-    max_steps: int
-    max_seconds: float
-    target_ci: float
-    scratch_dir: str  # where the checkpoint probe is written (the run's checkpoint filesystem)
-    progress_path: str | None = None  # JSONL the CLI tails to show live progress
-    eval_batches: int = 0  # held-out batches of the one evaluation timed; 0: none
-    # The user's own command (jobs.command_fields) instead of the workload of builder_path:
-    # run until the steady step time is known, then stopped (signal, grace, kill).
-    command: tuple[str, ...] = ()
-    report: str = "progress"  # one of jobs.command_fields.REPORT_MODES
-    output_dir: str = ""  # the Trainer's output_dir (report "trainer_state")
-    stop_grace_s: float = 30.0
-    workdir: str = ""  # the command's working directory ('' : the job's)
-    checkpoint_interval_steps: int = 0  # the command saves this often; 0: the harness picks
-    compile: bool = False  # workload.compile: torch.compile the model (jobs.compiling)
-
-
-@dataclass(frozen=True)
-class Measurement:
-    # where it ran
-    host: str
-    device_kind: str  # cpu | cuda
-    device_name: str
-    versions: Mapping[str, str]
-    # the workload, per optimizer step on one device
-    params: int
-    samples_per_step: int
-    tokens_per_sample: int
-    token_unit: str
-    flops_per_step: float
-    # time. startup_s and warmup_extra_s are a training job's (jobs.fresh_start: a fresh
-    # `python -m jobs.train`, when fresh_steps > 0); import_s and build_s are this job's own
-    # process's, under submitit.
-    startup_s: float  # process start to the first step's start
-    import_s: float  # process start to torch imported
-    build_s: float  # model, optimizer and data set-up
-    warmup_steps: int  # the calibration's steps before its steady state (MSER's cut)
-    # warm-up steps' time beyond the steady mean (the fresh process's first max(cut, 1))
-    warmup_extra_s: float
-    steps_run: int
-    steady_steps: int
-    step_mean_s: float
-    step_median_s: float
-    step_std_s: float
-    step_ci_half_s: float
-    step_p90_s: float
-    data_share: float  # of the steady step time, spent producing the batch
-    stopped_by: str  # one of STOP_REASONS
-    target_ci: float
-    # memory and checkpoint
-    peak_memory_bytes: int
-    memory_kind: str  # cuda_max_allocated | rss_peak
-    checkpoint_save_s: float
-    checkpoint_load_s: float
-    checkpoint_bytes: int
-    loss_first: float
-    loss_last: float
-    step_times_s: tuple[float, ...] = field(default=())
-    load_times_s: tuple[float, ...] = field(default=())
-    # One evaluation of eval_batches held-out batches, data included (defaults: records
-    # written before evaluation was measured, or a spec without it).
-    eval_s: float = 0.0  # the second evaluation: what each of the run's costs
-    eval_batches: int = 0
-    # The first evaluation, kernels' first use included (0.0: not timed, or a record from
-    # before it was). Shown, not planned: a run's first evaluation was not slower than its
-    # others on an H200 (278-323 ms each; the calibration's first 679 ms).
-    eval_first_s: float = 0.0
-    # The batch script's start to this process's start (the shell, srun launching the task):
-    # every job of the run pays it before its start-up. 0.0: not measured (a local job).
-    job_start_s: float = 0.0
-    # The harness's return to the end of the batch script: the interpreter's exit (freeing
-    # torch and the model takes a good half second on a CPU), srun's and the script's end.
-    # Every job pays it after its last save. Filled in by the login node from the script's
-    # end; until then (a local job: always) the training entry's own exit after its last
-    # save (jobs.fresh_start); 0.0: not measured.
-    job_end_s: float = 0.0
-    returned_at: float = 0.0  # Unix time the harness returned, for job_end_s
-    # The data-parallel world the steps ran in (defaults: one process, as every record written
-    # before multi-node calibration). With ranks > 1 every step time above includes averaging
-    # the gradients across the ranks, and the per-step counts stay those of one rank.
-    nodes: int = 1  # distinct nodes among the ranks
-    ranks: int = 1  # processes (tasks) in the world: nodes x tasks_per_node when even
-    tasks_per_node: int = 1  # the most ranks on any one node
-    backend: str = ""  # torch.distributed backend: gloo | nccl; '' for one rank
-    # (bytes, median seconds) of one all-reduce (sum) of that many fp32 bytes across all
-    # ranks, in increasing bytes: 1/16, 1/4 and all of the gradient (params x 4). The slowest
-    # rank's median. () for one rank.
-    allreduce_times: tuple[tuple[int, float], ...] = ()
-    # (first step, last step, times the median) of slow stretches after the warm-up: noise
-    # such as a load spike, counted in the steady mean and its CI, not as warm-up.
-    slowdowns: tuple[tuple[int, int, float], ...] = ()
-    # The calibration process's own start-up and warm-up (under submitit, the node's first
-    # process to run the step), beside the training entry's above; steps that entry ran (0:
-    # the figures above are the process's own: a user's command, or a record from before).
-    harness_startup_s: float = 0.0
-    harness_warmup_extra_s: float = 0.0
-    fresh_steps: int = 0
-    # workload.compile (0.0 / 0 without it): what compiling costs a job that starts (the
-    # compile call, torch._dynamo's import, and its first compiled step beyond the steady one,
-    # the compiled steps' own warm-up and, when it evaluates, its first evaluation beyond the
-    # second), and the eager step it replaces, the median of eager_steps steps timed before
-    # compiling (after the first).
-    compile_s: float = 0.0
-    eager_step_s: float = 0.0
-    eager_steps: int = 0
-
-    def __post_init__(self) -> None:
-        # A record read back from YAML gives lists of lists: make them the declared tuples
-        # here, so that every reader compares and hashes the same thing. TypeError for a
-        # malformed entry: what a record's loader reports for a field it cannot use.
-        pairs = []
-        for pair in self.allreduce_times:
-            try:
-                size, seconds = pair
-                pairs.append((int(size), float(seconds)))
-            except (TypeError, ValueError):
-                raise TypeError(
-                    f"allreduce_times entries are [bytes, seconds], not {pair!r}"
-                ) from None
-        object.__setattr__(self, "allreduce_times", tuple(pairs))
-        try:
-            slow = tuple((int(a), int(b), float(r)) for a, b, r in self.slowdowns)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"slowdowns entries are [first step, last step, ratio], not {self.slowdowns!r}"
-            ) from None
-        object.__setattr__(self, "slowdowns", slow)
-
-    @property
-    def step_ci_relative(self) -> float:
-        return self.step_ci_half_s / self.step_mean_s
-
-
-def failure_message(kind: str, message: str, **details: Any) -> str:
-    """A line the login node can parse out of submitit's traceback text."""
-    payload = {"kind": kind, "message": message, **details}
-    return f"{FAILURE_MARKER} {json.dumps(payload, sort_keys=True)}"
-
-
-def parse_failure(text: str) -> dict[str, Any] | None:
-    for line in reversed(text.splitlines()):
-        _, marker, payload = line.partition(FAILURE_MARKER)
-        if marker:
-            try:
-                return json.loads(payload)
-            except json.JSONDecodeError:
-                return None
-    return None
-
-
-class CalibrationFailed(RuntimeError):
-    """Raised on the node; its text carries a parseable failure line back through submitit."""
-
-    def __init__(self, kind: str, message: str, **details: Any) -> None:
-        self.kind = kind
-        super().__init__(failure_message(kind, message, **details))
+__all__ = [
+    "FAILURE_MARKER",
+    "JOB_END_FILE",
+    "JOB_START_ENV",
+    "STOP_REASONS",
+    "CalibrationRequest",
+    "Measurement",
+    "failure_message",
+    "parse_failure",
+]

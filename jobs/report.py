@@ -29,11 +29,11 @@ imported here (a script that does not use it does not pay for it)::
     rep.stop(step)
 
 The values plan-job gives a job come from the ``PLANJOB_<NAME>`` environment
-(jobs.command_fields); a keyword given to Reporter is the default for a value the environment
-lacks, so the same script runs standalone (with no ``PLANJOB_PROGRESS_PATH`` it writes nothing)
-and under plan-job. Lines go to the progress file that jobs.progress documents; only rank 0
-(``$RANK``, else ``$SLURM_PROCID``, else 0) writes them, while every rank times its work and
-answers should_stop.
+(jobs.contract.command_fields); a keyword given to Reporter is the default for a value the
+environment lacks, so the same script runs standalone (with no ``PLANJOB_PROGRESS_PATH`` it
+writes nothing) and under plan-job. Lines go to the progress file that jobs.progress
+documents; only rank 0 (``$RANK``, else ``$SLURM_PROCID``, else 0) writes them, while every
+rank times its work and answers should_stop.
 """
 
 from __future__ import annotations
@@ -53,12 +53,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from jobs.command_fields import env_name
+from jobs.contract.command_fields import (
+    env_name,
+    env_rank,
+    int_field,
+    optional_text_field,
+    stop_at_field,
+    text_field,
+)
+from jobs.node.signals import STOP_SIGNALS
 from jobs.progress import ProgressWriter, read_progress, restart_count
 
-# SIGUSR2: what plan-job's scripts ask Slurm to send before the time limit (Lightning keeps
-# USR1 for its own requeue); SIGTERM: what Slurm sends at the limit and torchrun forwards.
-STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 RECENT_STEPS = 5  # the next step is assumed to take as long as the slowest of these
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
@@ -93,25 +98,25 @@ class Reporter:
         stop_margin_s: float = 0.0,
         handle_signals: bool = True,
     ) -> None:
-        self.total_steps = _int_field("total_steps", total_steps, minimum=1)
-        self.checkpoint_dir = _text_field("checkpoint_dir", checkpoint_dir)
-        interval = _int_field("checkpoint_interval_steps", checkpoint_interval_steps, minimum=1)
+        self.total_steps = int_field("total_steps", total_steps, minimum=1)
+        self.checkpoint_dir = text_field("checkpoint_dir", checkpoint_dir)
+        interval = int_field("checkpoint_interval_steps", checkpoint_interval_steps, minimum=1)
         self.checkpoint_interval_steps = interval
-        self.resume_from = _optional_text_field("resume_from", resume_from)
-        self.eval_interval_steps = _int_field("eval_interval_steps", eval_interval_steps, 0) or 0
-        self.stop_at = _stop_at_field(stop_at)
-        self.progress_path = _text_field("progress_path", progress_path)
-        self.output_dir = _text_field("output_dir", None)
-        self.micro_batch = _int_field("micro_batch", None, minimum=1)
-        self.grad_accum = _int_field("grad_accum", None, minimum=1)
-        self.global_batch = _int_field("global_batch", None, minimum=1)
-        self.seed = _int_field("seed", None, minimum=None)
+        self.resume_from = optional_text_field("resume_from", resume_from)
+        self.eval_interval_steps = int_field("eval_interval_steps", eval_interval_steps, 0) or 0
+        self.stop_at = stop_at_field(stop_at)
+        self.progress_path = text_field("progress_path", progress_path)
+        self.output_dir = text_field("output_dir", None)
+        self.micro_batch = int_field("micro_batch", None, minimum=1)
+        self.grad_accum = int_field("grad_accum", None, minimum=1)
+        self.global_batch = int_field("global_batch", None, minimum=1)
+        self.seed = int_field("seed", None, minimum=None)
         if stop_margin_s < 0:
             raise ValueError(f"Reporter: stop_margin_s must be >= 0, got {stop_margin_s!r}")
         # Seconds kept free before stop_at on top of the measured step and save times: the
         # first save's time is unknown until it happens, and a busy node slows steps down.
         self.stop_margin_s = stop_margin_s
-        self.rank = _rank()
+        self.rank = env_rank()
 
         self.signal: str | None = None  # the name of the stop signal that came, if one did
         self.out_of_time = False  # should_stop said the next step would pass stop_at
@@ -351,59 +356,6 @@ class Reporter:
         previous = self._previous.get(signum)
         if callable(previous):
             previous(signum, frame)  # a handler the script set before us keeps working
-
-
-def _value(field: str) -> str | None:
-    return os.environ.get(env_name(field))
-
-
-def _int_field(field: str, default: int | None, minimum: int | None) -> int | None:
-    text = (_value(field) or "").strip()
-    if text:
-        try:
-            value: int | None = int(text)
-        except ValueError:
-            raise ValueError(f"${env_name(field)}={text!r} is not an integer") from None
-        where = f"${env_name(field)}"
-    else:
-        value, where = default, f"Reporter({field}=...)"
-    if value is not None and minimum is not None and value < minimum:
-        raise ValueError(f"{where}: got {value}; must be >= {minimum}")
-    return value
-
-
-def _text_field(field: str, default: str | None) -> str | None:
-    return _value(field) or default
-
-
-def _optional_text_field(field: str, default: str | None) -> str | None:
-    text = _value(field)
-    if text is None:
-        return default or None
-    return text or None  # '' from plan-job: a fresh start, whatever the default
-
-
-def _stop_at_field(default: float | None) -> float | None:
-    text = _value("stop_at")
-    if text is None:
-        return default
-    if not text.strip():
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"${env_name('stop_at')}={text!r} is not Unix seconds") from None
-
-
-def _rank() -> int:
-    for name in ("RANK", "SLURM_PROCID"):
-        text = os.environ.get(name, "").strip()
-        if text:
-            try:
-                return int(text)
-            except ValueError:
-                raise ValueError(f"${name}={text!r} is not a rank (an integer)") from None
-    return 0
 
 
 def _finite(value: float | None) -> float | None:

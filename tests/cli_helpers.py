@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.measurement import STOP_REASONS
+from jobs.contract.measurement import STOP_REASONS
 from planner.calibration.record import CalibrationRecord, load_record
 
 REPO = Path(__file__).resolve().parent.parent

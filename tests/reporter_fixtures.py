@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import command_fields
+from jobs.contract import command_fields
 from jobs.report import STOP_SIGNALS
 
 

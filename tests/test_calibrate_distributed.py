@@ -16,9 +16,12 @@ from typing import Any
 
 import yaml
 
-from jobs import allreduce_timing, harness
-from jobs.distributed import Group, World
-from jobs.measurement import CalibrationRequest, Measurement
+from jobs.calibration import allreduce_timing
+from jobs.calibration import builtin as harness
+from jobs.contract.measurement import CalibrationRequest, Measurement
+from jobs.contract.work import Work
+from jobs.node.group import Group
+from jobs.node.world import World
 from tests.test_train_distributed import REPO, clean_env, finish, free_port
 
 # One task as submitit runs it: calibrate(request), then the result or the failure it raised
@@ -26,13 +29,13 @@ from tests.test_train_distributed import REPO, clean_env, finish, free_port
 WORKER = """
 import pickle, sys
 from jobs.entry import calibrate
-from jobs.measurement import CalibrationFailed, parse_failure
+from jobs.contract.failure import NodeError, parse_failure
 
 with open(sys.argv[1], "rb") as handle:
     request = pickle.load(handle)
 try:
     outcome = ("ok", calibrate(request))
-except CalibrationFailed as exc:
+except NodeError as exc:
     outcome = ("failed", parse_failure(str(exc)))
 with open(sys.argv[2], "wb") as handle:
     pickle.dump(outcome, handle)
@@ -42,15 +45,17 @@ sys.exit(0 if outcome[0] == "ok" else 1)
 
 def tiny_request(folder: Path, builder: str = "jobs.workloads.jit:build") -> CalibrationRequest:
     return CalibrationRequest(
-        builder_path=builder,
-        workload_name="jit",
-        preset="tiny",
-        overrides={},
-        micro_batch=2,
-        grad_accum=2,  # gradients are exchanged once per optimizer step, not per micro-batch
-        precision="fp32",
-        device="cpu",
-        seed=7,
+        work=Work(
+            builder_path=builder,
+            workload_name="jit",
+            preset="tiny",
+            overrides={},
+            micro_batch=2,
+            grad_accum=2,  # gradients are exchanged once per optimizer step, not per micro-batch
+            precision="fp32",
+            device="cpu",
+            seed=7,
+        ),
         min_steps=10,
         max_steps=100_000,
         max_seconds=3.0,

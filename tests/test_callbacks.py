@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from jobs import command_fields
+from jobs.contract import command_fields
 from jobs.progress import read_progress
 from jobs.report import STOP_SIGNALS, Reporter
 from tests.reporter_fixtures import (  # noqa: F401 (autouse fixtures)

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import torch
 
+from jobs.contract.train_config import TrainConfig
 from jobs.progress import read_progress
-from jobs.train_config import TrainConfig
 from tests.cli_helpers import REPO, cli_env, run_cli, write_spec
 from tests.cli_helpers import paced_spec as shared_paced_spec
 from tests.slurm_cluster import SlurmCluster

@@ -1,7 +1,8 @@
-"""jobs.command: a user's training command started in its own process group, stopped with a
-grace and a kill, dead with its parent; ``python -m jobs.train`` running it from train.json
-(fields, signals, resume, exit statuses, and the progress lines it writes for a Hugging
-Face Trainer). Real processes, all local; the scripts are in tests/fixtures/user_scripts."""
+"""jobs.node.process and jobs.training.command: a user's training command started in its own
+process group, stopped with a grace and a kill, dead with its parent; ``python -m jobs.train``
+running it from train.json (fields, signals, resume, exit statuses, and the progress lines it
+writes for a Hugging Face Trainer). Real processes, all local; the scripts are in
+tests/fixtures/user_scripts."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ from typing import Any
 
 import pytest
 
-from jobs import command
+from jobs.contract.train_config import TrainConfig
+from jobs.node import process
 from jobs.progress import ProgressWriter, read_progress
-from jobs.train_config import TrainConfig
+from jobs.training import command
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "tests" / "fixtures" / "user_scripts"
@@ -91,7 +93,7 @@ def make_config(tmp_path: Path, argv: Sequence[str], **changes: Any) -> TrainCon
         "stop_grace_s": 5.0,
     }
     fields.update(changes)
-    return TrainConfig(**fields)
+    return TrainConfig.from_flat(fields)
 
 
 def launch(tmp_path: Path, config: TrainConfig, extra: Sequence[str] = ()) -> subprocess.Popen[str]:
@@ -130,7 +132,7 @@ def test_stop_kills_a_child_that_ignores_sigterm_and_its_grandchild(tmp_path: Pa
         "print('ready', flush=True)\n"
         "time.sleep(600)\n"
     )
-    proc = command.spawn(
+    proc = process.spawn(
         [sys.executable, "-c", code, marker], os.environ, tmp_path, stdout=subprocess.PIPE
     )
     try:
@@ -138,7 +140,7 @@ def test_stop_kills_a_child_that_ignores_sigterm_and_its_grandchild(tmp_path: Pa
         wait_until(lambda: len(pids_with(marker)) == 2, what="child and grandchild")
         assert os.getpgid(proc.pid) == proc.pid != os.getpgid(0)
         started = time.monotonic()
-        status = command.stop(proc, signal.SIGTERM, 0.5)
+        status = process.stop(proc, signal.SIGTERM, 0.5)
         took = time.monotonic() - started
     finally:
         if proc.returncode is None:
@@ -157,10 +159,10 @@ def test_stop_lets_a_child_exit_within_the_grace(tmp_path: Path) -> None:
         "print('ready', flush=True)\n"
         "time.sleep(600)\n"
     )
-    proc = command.spawn([sys.executable, "-c", code], os.environ, tmp_path, stdout=subprocess.PIPE)
+    proc = process.spawn([sys.executable, "-c", code], os.environ, tmp_path, stdout=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
     started = time.monotonic()
-    assert command.stop(proc, signal.SIGTERM, 30.0) == 4
+    assert process.stop(proc, signal.SIGTERM, 30.0) == 4
     assert time.monotonic() - started < 10.0
     proc.stdout.close()
 
@@ -187,33 +189,33 @@ def test_stop_waits_for_workers_that_outlive_their_launcher(tmp_path: Path) -> N
         "time.sleep(600)\n"
     )
     argv = [sys.executable, "-c", launcher, worker, str(saved)]
-    proc = command.spawn(argv, os.environ, tmp_path, stdout=subprocess.PIPE)
+    proc = process.spawn(argv, os.environ, tmp_path, stdout=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
-    assert command.stop(proc, signal.SIGUSR2, 10.0) == -signal.SIGUSR2
+    assert process.stop(proc, signal.SIGUSR2, 10.0) == -signal.SIGUSR2
     assert saved.read_text() == "ok"
     proc.stdout.close()
 
 
 def test_stop_after_the_child_exited(tmp_path: Path) -> None:
     argv = [sys.executable, "-c", "raise SystemExit(5)"]
-    reaped = command.spawn(argv, os.environ, tmp_path)
+    reaped = process.spawn(argv, os.environ, tmp_path)
     reaped.wait()
-    assert command.stop(reaped, signal.SIGTERM, 5.0) == 5
-    zombie = command.spawn(argv, os.environ, tmp_path)
+    assert process.stop(reaped, signal.SIGTERM, 5.0) == 5
+    zombie = process.spawn(argv, os.environ, tmp_path)
     wait_until(lambda: not alive(zombie.pid), what="the child to exit")
     started = time.monotonic()
-    assert command.stop(zombie, signal.SIGTERM, 5.0) == 5
+    assert process.stop(zombie, signal.SIGTERM, 5.0) == 5
     assert time.monotonic() - started < 2.0
 
 
 def test_spawn_runs_no_shell_and_reports_a_missing_program(tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
     with open(out, "wb") as handle:
-        proc = command.spawn(["echo", "a; echo b", "$HOME"], os.environ, tmp_path, stdout=handle)
+        proc = process.spawn(["echo", "a; echo b", "$HOME"], os.environ, tmp_path, stdout=handle)
         assert proc.wait() == 0
     assert out.read_text() == "a; echo b $HOME\n"
     with pytest.raises(FileNotFoundError):
-        command.spawn(["/no/such/program"], os.environ, tmp_path)
+        process.spawn(["/no/such/program"], os.environ, tmp_path)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
@@ -221,7 +223,7 @@ def test_the_child_dies_when_its_parent_python_is_killed(tmp_path: Path) -> None
     marker = new_marker()
     parent_code = (
         "import os, sys, time\n"
-        "from jobs.command import spawn\n"
+        "from jobs.node.process import spawn\n"
         "child = spawn([sys.executable, '-c', 'import time; time.sleep(600)', sys.argv[1]],"
         " os.environ, None)\n"
         "print(child.pid, flush=True)\n"

@@ -1,4 +1,4 @@
-"""jobs.command_calibration: calibrating a user's command by running it, on paced scripts
+"""jobs.calibration.command: calibrating a user's command by running it, on paced scripts
 whose step time is known (tests/fixtures/user_scripts). Real processes, local, a few
 seconds each; every test also checks that nothing of the command is left running."""
 
@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from jobs.command_calibration import calibrate_command
-from jobs.measurement import STOP_REASONS, CalibrationFailed, CalibrationRequest
+from jobs.calibration.command import calibrate_command
+from jobs.contract.failure import NodeError
+from jobs.contract.measurement import STOP_REASONS, CalibrationRequest
 from tests.test_command import FAKE_HF, PACED, new_marker, pids_with
 
 PACE_S = 0.05
@@ -28,9 +29,9 @@ PACE_S = 0.05
 def young_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """A job's Python is new when it calibrates and its age is start-up; this test process
     may be minutes old, which is not the command's start-up."""
-    from jobs import harness
+    from jobs.calibration import host
 
-    monkeypatch.setattr(harness, "process_age_s", lambda: 0.0)
+    monkeypatch.setattr(host, "process_age_s", lambda: 0.0)
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +65,7 @@ def make_request(tmp_path: Path, argv: Sequence[str], **changes: Any) -> Calibra
         "checkpoint_interval_steps": 10,
     }
     fields.update(changes)
-    return CalibrationRequest(**fields)
+    return CalibrationRequest.from_flat(fields)
 
 
 def paced(marker: str, *flags: str, pace: float = PACE_S) -> list[str]:
@@ -134,7 +135,7 @@ def test_a_command_that_ends_by_itself(tmp_path: Path, marker: str) -> None:
     assert m.steps_run == 30
     argv = paced(marker, "--total-steps", "4", pace=0.02)
     (tmp_path / "again").mkdir()
-    with pytest.raises(CalibrationFailed) as failed:
+    with pytest.raises(NodeError) as failed:
         calibrate_command(make_request(tmp_path / "again", argv))
     assert failed.value.kind == "too_few_steps"
     assert "{total_steps}" in str(failed.value) and "min_steps" in str(failed.value)
@@ -142,7 +143,7 @@ def test_a_command_that_ends_by_itself(tmp_path: Path, marker: str) -> None:
 
 def test_failing_command_names_its_status_and_output(tmp_path: Path, marker: str) -> None:
     request = make_request(tmp_path, paced(marker, "--fail-at", "3", pace=0.02))
-    with pytest.raises(CalibrationFailed) as failed:
+    with pytest.raises(NodeError) as failed:
         calibrate_command(request)
     text = str(failed.value)
     assert failed.value.kind == "command_failed"
@@ -155,7 +156,7 @@ def test_silent_command_fails_with_how_to_report(tmp_path: Path, marker: str) ->
     # It also started a child of its own: the kill must reach that one too.
     argv = paced(marker, "--silent", "--grandchild")
     request = make_request(tmp_path, argv, max_seconds=1.5, stop_grace_s=30.0)
-    with pytest.raises(CalibrationFailed) as failed:
+    with pytest.raises(NodeError) as failed:
         calibrate_command(request)
     text = str(failed.value)
     assert failed.value.kind == "no_steps"
@@ -165,7 +166,7 @@ def test_silent_command_fails_with_how_to_report(tmp_path: Path, marker: str) ->
 
 def test_missing_program(tmp_path: Path) -> None:
     request = make_request(tmp_path, ["/no/such/train.sh", "{total_steps}"])
-    with pytest.raises(CalibrationFailed) as failed:
+    with pytest.raises(NodeError) as failed:
         calibrate_command(request)
     assert failed.value.kind == "command_not_found" and "/no/such/train.sh" in str(failed.value)
 
@@ -235,7 +236,7 @@ def test_time_limit_while_waiting(tmp_path: Path, marker: str) -> None:
     request = make_request(tmp_path, paced(marker), target_ci=1e-9, max_seconds=60.0)
     timer = _interrupt_soon(signal.SIGUSR1, 1.5)
     try:
-        with pytest.raises(CalibrationFailed) as failed:
+        with pytest.raises(NodeError) as failed:
             calibrate_command(request)
     finally:
         timer.cancel()

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.command_fields import render
+from jobs.contract.command_fields import render
+from jobs.contract.train_config import TrainConfig
 from jobs.progress import ProgressWriter, read_progress
-from jobs.train_config import TrainConfig
 from planner.calibration.calibrate import build_request
 from planner.errors import SpecError
 from planner.followup.state import newest_logged_checkpoint

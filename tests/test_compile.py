@@ -13,10 +13,12 @@ import pytest
 import torch
 import yaml
 
-from jobs import harness, train
-from jobs.compiling import missing_compiler
-from jobs.measurement import CalibrationFailed, CalibrationRequest
-from jobs.train_config import TrainConfig
+from jobs import train
+from jobs.calibration import builtin as harness
+from jobs.contract.failure import NodeError
+from jobs.contract.measurement import CalibrationRequest
+from jobs.contract.train_config import TrainConfig
+from jobs.node.compiling import missing_compiler
 from planner.calibration.record import make_record
 from planner.calibration.report import calibration_table
 from planner.errors import CalibrationMismatchError, SpecError
@@ -137,7 +139,7 @@ def _request(tmp_path: Path, **changes: Any) -> CalibrationRequest:
         "compile": True,
         **changes,
     }
-    return CalibrationRequest(**fields)
+    return CalibrationRequest.from_flat(fields)
 
 
 def test_no_compiler_is_a_clear_error_before_any_step(
@@ -148,7 +150,7 @@ def test_no_compiler_is_a_clear_error_before_any_step(
     assert "workload.compile is true but torch.compile on CPU needs a C++ compiler" in (
         missing_compiler("cpu")
     )
-    with pytest.raises(CalibrationFailed, match=r"set workload\.compile: false") as failed:
+    with pytest.raises(NodeError, match=r"set workload\.compile: false") as failed:
         harness.calibrate(_request(tmp_path))
     assert failed.value.kind == "compile"
 

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
+from jobs.calibration.stats import mser_truncation, t_quantile_975
 from jobs.progress import ProgressWriter
-from jobs.stats import mser_truncation, t_quantile_975
 from planner.errors import BadInputError, UnknownJobError
 from planner.eta import estimate as estimator
 from planner.eta import report as eta_report

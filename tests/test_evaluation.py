@@ -12,8 +12,12 @@ import pytest
 import torch
 import yaml
 
-from jobs import harness, runtime, train
-from jobs.measurement import CalibrationFailed, CalibrationRequest
+from jobs import train
+from jobs.calibration import builtin as harness
+from jobs.contract.failure import NodeError
+from jobs.contract.measurement import CalibrationRequest
+from jobs.contract.work import Work
+from jobs.node import runtime
 from jobs.progress import ProgressWriter
 from jobs.workloads.base import WorkloadConfig
 from planner.calibration.record import load_record, save_record
@@ -53,7 +57,7 @@ def test_evaluating_changes_neither_weights_nor_the_training_streams(name: str) 
 def test_a_workload_offers_evaluation_whole_or_not_at_all() -> None:
     workload = linear_regression(WorkloadConfig("default", {}, 2, 1, "fp32", "cpu", 0))
     assert not workload.can_evaluate
-    with pytest.raises(CalibrationFailed, match="has no eval_step/eval_batch"):
+    with pytest.raises(NodeError, match="has no eval_step/eval_batch"):
         runtime.evaluate(workload, 2, lambda: None)
     with pytest.raises(ValueError, match="go together"):
         dataclasses.replace(workload, eval_step=lambda batch: 0.0)
@@ -64,15 +68,17 @@ def test_a_workload_offers_evaluation_whole_or_not_at_all() -> None:
 
 def request(tmp_path: Path, eval_batches: int) -> CalibrationRequest:
     return CalibrationRequest(
-        builder_path="jobs.workloads.jit:build",
-        workload_name="jit",
-        preset="tiny",
-        overrides={},
-        micro_batch=2,
-        grad_accum=1,
-        precision="fp32",
-        device="cpu",
-        seed=0,
+        work=Work(
+            builder_path="jobs.workloads.jit:build",
+            workload_name="jit",
+            preset="tiny",
+            overrides={},
+            micro_batch=2,
+            grad_accum=1,
+            precision="fp32",
+            device="cpu",
+            seed=0,
+        ),
         min_steps=3,
         max_steps=8,
         max_seconds=2.0,
@@ -158,5 +164,5 @@ def assert_same_weights(folder: Path, reference: Path) -> None:
 def test_training_asked_to_evaluate_a_workload_without_evaluation_fails(tmp_path: Path) -> None:
     builder = "tests.fixtures.user_workloads:linear_regression"
     config = make_config(tmp_path, builder_path=builder, eval_interval_steps=3)
-    with pytest.raises(CalibrationFailed, match="no eval_step/eval_batch"):
+    with pytest.raises(NodeError, match="no eval_step/eval_batch"):
         run_in_process(config)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs.checkpoint_owner import read_owner
+from jobs.contract.checkpoint_owner import read_owner
 from tests.cli_helpers import paced_spec, run_cli, write_spec
 from tests.slurm_cluster import SlurmCluster
 from tests.test_chain_slurm import wait_for_chain

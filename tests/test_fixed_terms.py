@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from jobs import train
+from jobs.training.loop import Run
 from jobs.workloads import jit
 from jobs.workloads.base import Workload, WorkloadConfig
 from planner.model.timemodel import job_saves, run_saves
@@ -24,13 +25,13 @@ from tests.test_train import REPO, env, events, make_config, run_in_process
 def _count_probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The probe saves of the jobs run in this process (the probe leaves no file or event)."""
     probes: list[int] = []
-    real = train.Run._probe_save
+    real = Run._probe_save
 
-    def counted(self: train.Run) -> float:
+    def counted(self: Run) -> float:
         probes.append(self.saved_step)
         return real(self)
 
-    monkeypatch.setattr(train.Run, "_probe_save", counted)
+    monkeypatch.setattr(Run, "_probe_save", counted)
     return probes
 
 
@@ -127,9 +128,9 @@ def first_use_jit(config: WorkloadConfig) -> Workload:
 _CALIBRATE_LATE = """
 import dataclasses, json, sys, time
 time.sleep(5.0)  # what submitit does before the harness runs: its start, the unpickling
-from jobs import harness
-from jobs.measurement import CalibrationRequest
-m = harness.calibrate(CalibrationRequest(**json.loads(sys.argv[1])))
+from jobs.calibration import builtin as harness
+from jobs.contract.measurement import CalibrationRequest
+m = harness.calibrate(CalibrationRequest.from_flat(json.loads(sys.argv[1])))
 print(json.dumps(dataclasses.asdict(m)))
 """
 

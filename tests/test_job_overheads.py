@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from jobs import harness, train
-from jobs.measurement import JOB_START_ENV, Measurement
+from jobs import train
+from jobs.calibration import host
+from jobs.contract.measurement import JOB_START_ENV, Measurement
 from jobs.progress import ProgressWriter
 from planner.calibration.calibrate import with_job_end
 from planner.slurm.submission import make_executor
@@ -35,12 +36,12 @@ def test_the_calibration_times_its_job_script_and_srun(
     ended = float((folder / "job-end-42").read_text())
     assert abs(ended - time.time()) < 5
     monkeypatch.delenv(JOB_START_ENV, raising=False)
-    assert harness.job_start_s(age_s=1.0) == 0.0  # a local job: nothing to measure
+    assert host.job_start_s(age_s=1.0) == 0.0  # a local job: nothing to measure
     # The script started 5 s ago and this process 1 s ago: 4 s of script and srun.
     monkeypatch.setenv(JOB_START_ENV, f"{time.time() - 5.0:.6f}")
-    assert harness.job_start_s(age_s=1.0) == pytest.approx(4.0, abs=0.1)
+    assert host.job_start_s(age_s=1.0) == pytest.approx(4.0, abs=0.1)
     monkeypatch.setenv(JOB_START_ENV, "soon")
-    assert harness.job_start_s(age_s=1.0) == 0.0
+    assert host.job_start_s(age_s=1.0) == 0.0
 
 
 def test_the_login_node_reads_how_the_calibration_job_ended(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.measurement import Measurement
+from jobs.contract.measurement import Measurement
 from planner.calibration.record import CalibrationRecord, JobInfo, make_record
 from planner.errors import (
     BadInputError,

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs import command_fields
+from jobs.contract import command_fields
 from jobs.progress import read_progress
 from jobs.report import STOP_SIGNALS, Reporter
 from tests.reporter_fixtures import (  # noqa: F401 (autouse fixtures)
@@ -341,7 +341,7 @@ def job(folder: Path, total_steps: int, resume_from: str = "", **extra: Any) -> 
 
 def plain_command(values: dict[str, Any], *extra_args: str) -> tuple[list[str], dict[str, str]]:
     """The spec's command with its fields filled in, and its environment, as plan-job's
-    launcher makes them (jobs.command_fields)."""
+    launcher makes them (jobs.contract.command_fields)."""
     run = yaml.safe_load(PLAIN_SPEC.read_text())["command"]["run"]
     argv = command_fields.render(shlex.split(run), values)
     assert argv[:2] == ["python", "examples/user_train_plain.py"]

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from jobs.measurement import Measurement
+from jobs.contract.measurement import Measurement
 from planner.calibration.calibrate import CalibrationRun, calibration_runs, check_node_counts
 from planner.calibration.record import JobInfo, load_record, make_record, save_record
 from planner.errors import BadInputError, SpecError

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from jobs.stats import mean_ci, mser_truncation, steady_estimate, t_quantile_975
+from jobs.calibration.stats import mean_ci, mser_truncation, steady_estimate, t_quantile_975
 
 # Exact two-sided 95% Student-t quantiles (any table).
 T_TABLE = {2: 4.303, 3: 3.182, 5: 2.571, 10: 2.228, 30: 2.042, 100: 1.984}

@@ -7,8 +7,10 @@ built-in workload's step down (a sleep changes no numbers) so that a test can in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,8 +23,12 @@ import pytest
 import torch
 
 from jobs import train
+from jobs.contract.measurement import CalibrationRequest
+from jobs.contract.train_config import TrainConfig
+from jobs.contract.work import WORK_FIELDS, Work
+from jobs.node.signals import StopRequest
 from jobs.progress import ProgressWriter, read_progress
-from jobs.train_config import TrainConfig
+from jobs.training import builtin
 from jobs.workloads import gpt, jit
 from jobs.workloads.base import Workload, WorkloadConfig
 
@@ -75,7 +81,7 @@ def make_config(folder: Path, name: str = "jit", slow: str = "", **changes: Any)
         **changes,
     }
     path = folder / "train.json"
-    path.write_text(TrainConfig(**fields).to_json())
+    path.write_text(TrainConfig.from_flat(fields).to_json())
     return path
 
 
@@ -107,7 +113,7 @@ def run_in_process(config: Path, stop_at: float | None = None) -> int:
     """A job of the run in this process: the same code path past argument parsing, without
     waiting for torch's import, and with the stop time not at the mercy of that import."""
     parsed = TrainConfig.from_json(config.read_text())
-    return train.train(parsed, stop_at, train.StopRequest())
+    return builtin.train(parsed, stop_at, StopRequest())
 
 
 def events(folder: Path, kind: str | None = None) -> list[dict[str, Any]]:
@@ -335,6 +341,42 @@ def test_config_round_trips_and_defaults(tmp_path: Path) -> None:
     assert (defaults.log_every, defaults.stop_lead_s) == (1, 0.0)
 
 
+def test_the_work_is_checked_once_for_the_training_and_the_calibration(tmp_path: Path) -> None:
+    work = TrainConfig.from_json(make_config(tmp_path).read_text()).work
+    for change, message in [
+        ({"precision": "fp64"}, "field 'precision': got 'fp64'; allowed: fp32, bf16, fp16"),
+        ({"report": "trainer_state", "command": ("t.py",)}, "field 'output_dir'"),
+        ({"builder_path": "jobs.workloads.jit"}, "field 'builder_path'"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            dataclasses.replace(work, **change)
+        request = {"min_steps": 1, "max_steps": 2, "max_seconds": 1.0, "target_ci": 0.1}
+        with pytest.raises(ValueError, match=re.escape(message)):
+            CalibrationRequest.from_flat({**work.flat(), **change, **request, "scratch_dir": "s"})
+
+
+@pytest.mark.parametrize("name", ["builtin-v1.json", "command-v1.json"])
+def test_a_train_json_emitted_before_the_shared_work_loads_and_writes_back_the_same(
+    name: str,
+) -> None:
+    """train.json as `plan-job emit` wrote it before TrainConfig embedded a Work (copied from
+    an emit on main at 94f7ff8): a run folder of then resumes and resubmits as it is."""
+    text = (REPO / "tests" / "fixtures" / "train_json" / name).read_text()
+    config = TrainConfig.from_json(text)
+    assert config.to_json() == text.rstrip("\n")  # the same keys, values and order
+    data = json.loads(text)
+    assert config.work == Work(
+        **{key: data[key] for key in WORK_FIELDS if key not in ("overrides", "command")},
+        overrides=data["overrides"],
+        command=tuple(data["command"]),
+    )
+    assert config.total_steps == data["total_steps"] == 3907
+    assert config.checkpoint_interval_steps == data["checkpoint_interval_steps"] == 100
+    assert (config.run_id, config.progress_path) == (data["run_id"], data["progress_path"])
+    # The compatibility accessors read the work's fields, as the planner still does.
+    assert (config.command, config.micro_batch) == (config.work.command, config.work.micro_batch)
+
+
 # --- the progress file -----------------------------------------------------------------------
 
 
@@ -356,7 +398,7 @@ def test_progress_survives_a_torn_last_line(tmp_path: Path) -> None:
 
 def test_login_node_modules_do_not_import_torch() -> None:
     code = (
-        "import sys; import jobs.train, jobs.train_config, jobs.progress; "
+        "import sys; import jobs.train, jobs.contract.train_config, jobs.progress; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env())

@@ -21,10 +21,19 @@ from typing import Any
 import pytest
 import torch
 
-from jobs import distributed
-from jobs.distributed import CollectiveFailed, World
+from jobs.contract.failure import CollectiveFailed
+from jobs.contract.train_config import TrainConfig
+from jobs.node.data_parallel import rank_seed
+from jobs.node.world import (
+    DEFAULT_INIT_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    World,
+    detect,
+    expand_hostlist,
+    job_port,
+    master_address,
+)
 from jobs.progress import read_progress
-from jobs.train_config import TrainConfig
 from jobs.workloads import common, jit
 from jobs.workloads.base import Workload, WorkloadConfig
 from tests.slurm_cluster import SlurmCluster
@@ -92,7 +101,7 @@ def linear_union(config: WorkloadConfig) -> Workload:
     data_rng = common.stream_generator(config.seed, 0, device)
     streams = [data_rng]
     if config.overrides.get("union"):
-        rank_1_seed = distributed.rank_seed(data_rng.initial_seed(), 1)
+        rank_1_seed = rank_seed(data_rng.initial_seed(), 1)
         streams.append(torch.Generator().manual_seed(rank_1_seed))
 
     def next_batch() -> list[torch.Tensor]:
@@ -142,7 +151,7 @@ def make_config(folder: Path, builder: str = "jobs.workloads.jit:build", **chang
         **changes,
     }
     path = folder / "train.json"
-    path.write_text(TrainConfig(**fields).to_json())
+    path.write_text(TrainConfig.from_flat(fields).to_json())
     return path
 
 
@@ -264,13 +273,13 @@ def one_rank(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ],
 )
 def test_expand_hostlist(hostlist: str, hosts: list[str]) -> None:
-    assert distributed.expand_hostlist(hostlist) == hosts
+    assert expand_hostlist(hostlist) == hosts
 
 
 @pytest.mark.parametrize("hostlist", ["", "n[1-", "n1]", "n[2-1]", "n[a-b]", "n[[1]]", "n[1-2"])
 def test_expand_hostlist_rejects_malformed(hostlist: str) -> None:
     with pytest.raises(ValueError, match="host list"):
-        distributed.expand_hostlist(hostlist)
+        expand_hostlist(hostlist)
 
 
 # What srun's second task saw on the test cluster (sbatch --nodes=2 --ntasks-per-node=1).
@@ -289,7 +298,7 @@ SRUN_TASK = {
 
 
 def test_detect_srun_task() -> None:
-    world = distributed.detect(SRUN_TASK)
+    world = detect(SRUN_TASK)
     assert world == World(
         size=2,
         rank=1,
@@ -298,15 +307,15 @@ def test_detect_srun_task() -> None:
         host="n2",
         master_host="n1",
         master_port=20000 + 1234,
-        init_timeout_s=distributed.DEFAULT_INIT_TIMEOUT_S,
-        timeout_s=distributed.DEFAULT_TIMEOUT_S,
+        init_timeout_s=DEFAULT_INIT_TIMEOUT_S,
+        timeout_s=DEFAULT_TIMEOUT_S,
     )
     assert world.name == "rank 1/2 on n2"
-    assert distributed.job_port("98765") == 28765
+    assert job_port("98765") == 28765
     # The step's own nodes come first; MASTER_ADDR, MASTER_PORT and the timeouts override.
     step_env = {**SRUN_TASK, "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_JOB_NODELIST": "n[1-9]"}
-    assert distributed.detect(step_env).master_host == "gpu07"
-    overridden = distributed.detect(
+    assert detect(step_env).master_host == "gpu07"
+    overridden = detect(
         {
             **SRUN_TASK,
             "MASTER_ADDR": "10.0.0.5",
@@ -320,12 +329,12 @@ def test_detect_srun_task() -> None:
 
 
 def test_detect_one_process() -> None:
-    assert distributed.detect({}).size == 1
+    assert detect({}).size == 1
     # The batch script of a two-task job is one process, not rank 0 of two.
     batch_script = {k: v for k, v in SRUN_TASK.items() if not k.startswith("SLURM_STEP")}
-    alone = distributed.detect({**batch_script, "SLURM_PROCID": "0"})
+    alone = detect({**batch_script, "SLURM_PROCID": "0"})
     assert (alone.size, alone.rank, alone.launcher, alone.master_host) == (1, 0, "none", None)
-    one_task = distributed.detect({**SRUN_TASK, "SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"})
+    one_task = detect({**SRUN_TASK, "SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"})
     assert (one_task.size, one_task.launcher, one_task.master_port) == (1, "slurm", None)
 
 
@@ -337,7 +346,7 @@ def test_detect_torchrun_comes_first() -> None:
         "MASTER_ADDR": "node3",
         "MASTER_PORT": "29500",
     }
-    world = distributed.detect({**SRUN_TASK, **torchrun})
+    world = detect({**SRUN_TASK, **torchrun})
     assert (world.size, world.rank, world.local_rank, world.launcher) == (8, 5, 1, "torchrun")
     assert (world.master_host, world.master_port, world.host) == ("node3", 29500, "n2")
 
@@ -358,7 +367,7 @@ def test_detect_torchrun_comes_first() -> None:
 )
 def test_detect_names_the_bad_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError) as error:
-        distributed.detect(env)
+        detect(env)
     assert message in str(error.value)
 
 
@@ -374,22 +383,22 @@ def test_master_address_falls_back_to_slurm_node_addr() -> None:
         out = "NodeName=n1 Arch=x86_64 NodeAddr=127.0.0.1 NodeHostName=vm Port=23146\n"
         return subprocess.CompletedProcess(argv, 0, out, "")
 
-    assert distributed.master_address(_world("localhost"), scontrol) == "localhost"
+    assert master_address(_world("localhost"), scontrol) == "localhost"
     assert asked == []  # a name DNS knows is used as it is
     # RFC 6761: .invalid never resolves, like the test cluster's node names.
-    assert distributed.master_address(_world("n1.invalid"), scontrol) == "127.0.0.1"
+    assert master_address(_world("n1.invalid"), scontrol) == "127.0.0.1"
     assert asked == [["scontrol", "-o", "show", "node", "n1.invalid"]]
 
     def no_scontrol(argv: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
         raise FileNotFoundError(argv[0])
 
     with pytest.raises(CollectiveFailed, match="set \\$MASTER_ADDR"):
-        distributed.master_address(_world("n1.invalid"), no_scontrol)
+        master_address(_world("n1.invalid"), no_scontrol)
 
 
 def test_rank_seeds_keep_rank_0_and_differ() -> None:
-    assert distributed.rank_seed(7 * 16, 0) == 7 * 16
-    seeds = {distributed.rank_seed(seed, rank) for seed in (112, 113) for rank in range(1, 65)}
+    assert rank_seed(7 * 16, 0) == 7 * 16
+    seeds = {rank_seed(seed, rank) for seed in (112, 113) for rank in range(1, 65)}
     assert len(seeds) == 128 and all(0 <= s < 2**63 for s in seeds)
     assert seeds.isdisjoint(range(100_000))
 

@@ -1,6 +1,7 @@
-"""jobs.trainer_state against a recorded Hugging Face output_dir (tests/fixtures/hf_output):
-two complete checkpoints, one being written (no trainer_state.json yet), a tmp-checkpoint
-and a tensorboard folder. Git keeps no mtimes: mtimes.json holds them, set with os.utime."""
+"""jobs.training.trainer_state against a recorded Hugging Face output_dir
+(tests/fixtures/hf_output): two complete checkpoints, one being written (no
+trainer_state.json yet), a tmp-checkpoint and a tensorboard folder. Git keeps no mtimes:
+mtimes.json holds them, set with os.utime."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import trainer_state
+from jobs.training import trainer_state
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hf_output"
 BASE = 1_700_000_000.0

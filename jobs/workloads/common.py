@@ -62,7 +62,7 @@ def stream_generator(seed: int, stream: int, device: torch.device) -> torch.Gene
 
 
 # Held-out batches come from their own seeds: far from the training streams (seed * 16 +
-# stream, stream < 16) and from the ranks' (jobs.distributed.rank_seed), one per batch index.
+# stream, stream < 16) and from the ranks' (jobs.node.data_parallel.rank_seed), one per batch index.
 EVAL_STREAM = 15
 _EVAL_INDEX_SPAN = 2**20
 

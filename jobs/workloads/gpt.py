@@ -7,6 +7,8 @@ The layer shapes here are exactly what ``gpt_config.param_count`` and
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +59,7 @@ class GPT(nn.Module):
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
         residual_std = 0.02 / math.sqrt(2 * self.cfg.num_layers)
-        for block in self.blocks:
+        for block in cast("Iterable[Block]", self.blocks):  # a ModuleList yields Modules
             nn.init.normal_(block.attn.proj.weight, std=residual_std)
             nn.init.normal_(block.mlp.fc2.weight, std=residual_std)
 

@@ -10,6 +10,8 @@ describe.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -140,12 +142,16 @@ class JiT(nn.Module):
                 nn.init.zeros_(module.bias)
         if isinstance(self.pos_embed, nn.Parameter):
             nn.init.normal_(self.pos_embed, std=0.02)
-        for layer in (self.t_embed.mlp[0], self.t_embed.mlp[2]):
+        # A Sequential's members and a ModuleList's items are typed as any Module: cast to
+        # what they are.
+        embed = cast("tuple[nn.Linear, nn.Linear]", (self.t_embed.mlp[0], self.t_embed.mlp[2]))
+        for layer in embed:
             nn.init.normal_(layer.weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.ada_ln[1].weight)
-            nn.init.zeros_(block.ada_ln[1].bias)
-        for layer in (self.final.ada_ln[1], self.final.linear):
+        for block in cast("Iterable[JiTBlock]", self.blocks):
+            ada_ln = cast(nn.Linear, block.ada_ln[1])
+            nn.init.zeros_(ada_ln.weight)
+            nn.init.zeros_(ada_ln.bias)
+        for layer in (cast(nn.Linear, self.final.ada_ln[1]), self.final.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 

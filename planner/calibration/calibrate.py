@@ -34,9 +34,13 @@ def job_folder(base: Path, spec: RunSpec) -> Path:
 def build_request(spec: RunSpec, folder: Path, grad_accum: int | None = None) -> CalibrationRequest:
     """The job's request; ``grad_accum`` is the micro-batches per rank at the job's node count
     (spec.batch.grad_accum when not given)."""
+    from jobs.contract.work import Work
+
     cal = spec.calibration
     scratch = Path(spec.checkpoint.dir).resolve() / f".calibration-probe-{folder.name}"
-    return CalibrationRequest(
+    command = _command_fields(spec, scratch)
+    workdir = command.pop("workdir", "")
+    work = Work(
         builder_path=spec.workload.builder_path,
         workload_name=spec.workload.name,
         preset=spec.workload.preset,
@@ -46,6 +50,11 @@ def build_request(spec: RunSpec, folder: Path, grad_accum: int | None = None) ->
         precision=spec.precision,
         device=cal.device,
         seed=cal.seed,
+        compile=spec.workload.compile,
+        **command,
+    )
+    return CalibrationRequest(
+        work=work,
         min_steps=cal.min_steps,
         max_steps=cal.max_steps,
         max_seconds=cal.max_seconds,
@@ -55,8 +64,7 @@ def build_request(spec: RunSpec, folder: Path, grad_accum: int | None = None) ->
         progress_path=str(folder.resolve() / PROGRESS_FILE),
         # Timed when the run will evaluate: the plan's eval term comes from it.
         eval_batches=spec.plan.eval_batches if spec.plan.eval_interval_steps else 0,
-        compile=spec.workload.compile,
-        **_command_fields(spec, scratch),
+        workdir=workdir,
     )
 
 

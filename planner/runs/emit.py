@@ -69,11 +69,13 @@ class EmittedRun:
 
 
 def train_config(plan: Plan, run_dir: Path, workdir: Path, run_id: str = "") -> TrainConfig:
+    from jobs.contract.work import Work
+
     spec = plan.spec
     checkpoint_dir = Path(spec.checkpoint.dir)
     if not checkpoint_dir.is_absolute():
         checkpoint_dir = workdir / checkpoint_dir
-    return TrainConfig(
+    work = Work(
         builder_path=spec.workload.builder_path,
         workload_name=spec.workload.name,
         preset=spec.workload.preset,
@@ -83,6 +85,11 @@ def train_config(plan: Plan, run_dir: Path, workdir: Path, run_id: str = "") -> 
         precision=spec.precision,
         device=spec.calibration.device,
         seed=spec.calibration.seed,
+        compile=spec.workload.compile,
+        **_command_fields(plan, workdir),
+    )
+    return TrainConfig(
+        work=work,
         total_steps=plan.total_steps,
         checkpoint_dir=str(checkpoint_dir),
         checkpoint_interval_steps=plan.checkpoint_interval_steps,
@@ -91,8 +98,6 @@ def train_config(plan: Plan, run_dir: Path, workdir: Path, run_id: str = "") -> 
         run_id=run_id,
         eval_interval_steps=spec.plan.eval_interval_steps or 0,
         eval_batches=spec.plan.eval_batches,
-        compile=spec.workload.compile,
-        **_command_fields(plan, workdir),
     )
 
 

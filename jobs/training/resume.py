@@ -1,0 +1,108 @@
+"""Where one job of a run starts: the newest checkpoint that still loads (a torn one is set
+aside), what the progress file says of the run's earlier jobs (how many, their last step,
+save and evaluation times), and the checkpoint folder's owner mark. Rank 0 finds these and
+tells every other rank (JobStart); torch is imported only to read a checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobs.contract.checkpoint_owner import Owner, read_owner, write_owner
+from jobs.contract.failure import NodeError
+from jobs.contract.train_config import TrainConfig
+from jobs.progress import restart_count
+
+RECENT_STEPS = 5  # the next step is assumed to take as long as the slowest of these
+
+
+@dataclass(frozen=True)
+class Resumed:
+    step: int
+    path: Path
+    state: dict[str, Any]
+    read_s: float
+
+
+@dataclass(frozen=True)
+class JobStart:
+    """What rank 0 finds on disk at the start of a job, and tells every other rank."""
+
+    restart: int  # how many jobs of the run came before this one
+    step: int  # the step resumed from (0: a fresh start)
+    path: str | None  # the checkpoint resumed from
+    step_times: tuple[float, ...]  # the previous jobs' last step times
+    save_s: float | None  # the previous jobs' last save time
+    eval_s: float | None  # the previous jobs' last evaluation time
+    # Rank 0's, for all: the stop time is the job's, and ranks that disagreed on having one
+    # would disagree on the (collective) probe save.
+    stop_at: float | None
+
+
+def newest_readable(folder: Path) -> Resumed | None:
+    """The newest checkpoint that loads; unreadable ones (torn by a kill, a full disk) are
+    renamed to ``*.bad`` so that they neither shadow nor outlive the checkpoints after them."""
+    from jobs.training import checkpoint
+
+    for step, path in checkpoint.list_checkpoints(folder):
+        start = time.perf_counter()
+        try:
+            state = checkpoint.read_state(path, "cpu")
+            if state.get("step") != step:
+                raise ValueError(f"it holds step {state.get('step')!r}, its name says {step}")
+        except Exception as exc:  # a torn file fails in torch.load's many ways
+            bad = path.with_name(path.name + ".bad")
+            print(
+                f"plan-job train: warning: cannot load {path} ({type(exc).__name__}: {exc}); "
+                f"renamed it to {bad.name}, trying the next older checkpoint",
+                file=sys.stderr,
+            )
+            path.replace(bad)
+            continue
+        return Resumed(step, path, state, time.perf_counter() - start)
+    return None
+
+
+def read_chosen(path: Path, step: int) -> Resumed:
+    """The checkpoint rank 0 chose, read by another rank."""
+    from jobs.training import checkpoint
+
+    start = time.perf_counter()
+    try:
+        state = checkpoint.read_state(path, "cpu")
+    except Exception as exc:
+        raise NodeError(
+            "checkpoint",
+            f"cannot read {path}, which rank 0 read: {type(exc).__name__}: {exc}",
+        ) from exc
+    return Resumed(step, path, state, time.perf_counter() - start)
+
+
+def job_start(
+    history: list[dict[str, Any]], resumed: Resumed | None, stop_at: float | None
+) -> JobStart:
+    # Until this job has timed its own, the previous jobs' times are the best guess.
+    past_steps = [e["step_s"] for e in history if e["event"] == "step"]
+    past_saves = [e["save_s"] for e in history if e["event"] == "checkpoint"]
+    past_evals = [e["eval_s"] for e in history if e["event"] == "eval"]
+    return JobStart(
+        restart=restart_count(history),
+        step=resumed.step if resumed is not None else 0,
+        path=str(resumed.path) if resumed is not None else None,
+        step_times=tuple(past_steps[-RECENT_STEPS:]),
+        save_s=past_saves[-1] if past_saves else None,
+        eval_s=past_evals[-1] if past_evals else None,
+        stop_at=stop_at,
+    )
+
+
+def claim_folder(config: TrainConfig, folder: Path) -> None:
+    """Mark an unclaimed checkpoint folder as this run's: `plan-job submit` claims it before
+    the first job, a run started by hand (`python -m jobs.train train.json`) claims it here,
+    so that a later run with another folder's id is warned before it resumes from these."""
+    if config.run_id and read_owner(folder) is None:
+        write_owner(folder, Owner(config.run_id, str(Path(config.progress_path).parent)))
