@@ -8,5 +8,5 @@ bash scripts/install-system-deps.sh
 bash scripts/install.sh --test
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy planner
+.venv/bin/mypy planner jobs
 exec .venv/bin/pytest "$@"

@@ -73,7 +73,7 @@ class TrainConfig(WorkFields):
     # this many steps; 0: none.
     eval_interval_steps: int = 0
     eval_batches: int = 10
-    # The run folder's id (planner.run_folder): the checkpoint folder is marked with it, so a
+    # The run folder's id (planner.runs.run_folder): the checkpoint folder is marked with it, so a
     # later run does not resume from this one's checkpoints unknowingly. '': not emitted.
     run_id: str = ""
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.measurement import JOB_END_FILE, CalibrationRequest, Measurement
+from jobs.contract.measurement import JOB_END_FILE, CalibrationRequest, Measurement
+from jobs.contract.work import Work
 from planner.calibration.record import CalibrationRecord, JobInfo, make_record
 from planner.errors import BatchSplitError, JobFailedError, PartitionLimitError, SpecError
 from planner.model.scaling_fit import ScalingPoint, make_section
@@ -34,8 +35,6 @@ def job_folder(base: Path, spec: RunSpec) -> Path:
 def build_request(spec: RunSpec, folder: Path, grad_accum: int | None = None) -> CalibrationRequest:
     """The job's request; ``grad_accum`` is the micro-batches per rank at the job's node count
     (spec.batch.grad_accum when not given)."""
-    from jobs.contract.work import Work
-
     cal = spec.calibration
     scratch = Path(spec.checkpoint.dir).resolve() / f".calibration-probe-{folder.name}"
     command = _command_fields(spec, scratch)

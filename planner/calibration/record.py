@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from jobs.measurement import Measurement
+from jobs.contract.measurement import Measurement
 from planner.atomic import write_text_atomic
 from planner.calibration.devices import peak_for
 from planner.calibration.record_checks import (

@@ -13,7 +13,7 @@ import math
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from jobs.measurement import STOP_REASONS, Measurement
+from jobs.contract.measurement import STOP_REASONS, Measurement
 from planner.errors import RecordFieldError
 
 # Fields that are divided by, or that a plan multiplies by the step count: zero is as wrong

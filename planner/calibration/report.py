@@ -92,7 +92,7 @@ def calibration_table(
                 if m.job_start_s
                 else ""
             )
-            # A local job's is the training entry's exit alone (jobs.fresh_start).
+            # A local job's is the training entry's exit alone (jobs.calibration.fresh_start).
             + (
                 f"; exit and job end {fmt_duration(m.job_end_s)} after the last step"
                 if m.job_end_s

@@ -12,8 +12,9 @@ steps, winsorized at 10% each side: the remaining time is a sum of step times, s
 steps x the mean (not the median: a right-skewed step distribution would be underestimated),
 while a handful of one-off stalls in the window (up to 10%) is clipped to the window's 90th
 percentile instead of moving the mean. Its 95% CI is the batch-means interval of
-jobs.stats.mean_ci (consecutive steps are correlated) over the winsorized values, widened by
-1/(1 - 2 x 10%) as Tukey and McLaughlin's interval for a trimmed mean is. Torch-free.
+jobs.calibration.stats.mean_ci (consecutive steps are correlated) over the winsorized values,
+widened by 1/(1 - 2 x 10%) as Tukey and McLaughlin's interval for a trimmed mean is.
+Torch-free.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jobs.stats import mean_ci, warmup_cut
-from jobs.train import RECENT_STEPS
+from jobs.calibration.stats import mean_ci, warmup_cut
+from jobs.training.resume import RECENT_STEPS
 from planner.eta.progress import History, JobLog
 from planner.model.plan import PlanFacts
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.contract.train_config import TrainConfig
 from jobs.progress import read_progress
-from jobs.train_config import TrainConfig
 from planner.errors import BadInputError, SlurmUnavailableError
 from planner.eta.progress import History
 from planner.eta.source import Source, load_source

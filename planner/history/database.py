@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jobs.stats import steady_estimate
+from jobs.calibration.stats import steady_estimate
 from planner.calibration.record import CalibrationRecord
 from planner.errors import HistoryError
 from planner.model.plan import Plan

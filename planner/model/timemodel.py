@@ -35,7 +35,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from jobs.measurement import Measurement
+from jobs.contract.measurement import Measurement
 from planner.errors import PartitionLimitError, SpecError
 from planner.model.plan import (
     Z95,

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.checkpoint_owner import Owner, read_owner, saved_files, write_owner
+from jobs.contract.checkpoint_owner import Owner, read_owner, saved_files, write_owner
 from planner.errors import ForeignCheckpointsError, SpecError
 
 FIELD = "checkpoint.dir"

@@ -22,7 +22,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TypedDict
 
-from jobs.train_config import TrainConfig
+from jobs.contract.train_config import TrainConfig
+from jobs.contract.work import Work
 from planner.errors import RunFolderExistsError, SpecError, UnsafeRunFolderError
 from planner.model.plan import Plan, Segment
 from planner.runs.checkpoint_dir import FIELD as CHECKPOINT_FIELD
@@ -69,8 +70,6 @@ class EmittedRun:
 
 
 def train_config(plan: Plan, run_dir: Path, workdir: Path, run_id: str = "") -> TrainConfig:
-    from jobs.contract.work import Work
-
     spec = plan.spec
     checkpoint_dir = Path(spec.checkpoint.dir)
     if not checkpoint_dir.is_absolute():
@@ -138,7 +137,7 @@ def sbatch_options(plan: Plan, segment: Segment, run_dir: Path) -> list[tuple[st
             options.append((key, value))
     options += [
         ("nodes", str(plan.nodes)),
-        # One training process per GPU (one per node on CPU): jobs.distributed reads srun's ranks.
+        # One training process per GPU (one per node on CPU): jobs.node.world reads srun's ranks.
         ("ntasks-per-node", str(max(plan.gpus_per_node, 1))),
         ("cpus-per-task", str(cluster.cpus_per_task)),
     ]

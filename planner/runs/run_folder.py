@@ -3,7 +3,7 @@
     .plan-job-run        the marker, written last: plan-job wrote this folder (and its run id)
     plan.yaml            the Plan as Plan.to_dict() gives it: read back whole (load_plan) or,
                          tolerantly, as the numbers the ETA needs (read_plan_facts)
-    train.json           what the training entry reads (jobs.train_config.TrainConfig)
+    train.json           what the training entry reads (jobs.contract.train_config.TrainConfig)
     emit.yaml            what emit was told that the plan does not know (EmitSettings)
     segment-NN.sbatch    one Slurm job each (planner.runs.emit renders them)
     jobs.yaml            the chain's job ids, as submit and resubmit recorded them
@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from jobs.train_config import TrainConfig
+from jobs.contract.train_config import TrainConfig
 from planner.atomic import write_text_atomic
 from planner.errors import BadInputError, NotARunFolderError, PlanFileError, PlanJobError
 from planner.model.plan import Plan, PlanFacts, Segment

@@ -31,7 +31,7 @@ SACCT_FIELDS = "JobID,State,ExitCode,Start,End,ElapsedRaw,Timelimit,NNodes"
 # slurmstepd's line in the job's output when Slurm ends it; the reason names the state.
 _STEPD_RE = re.compile(r"\*\*\* JOB (\d+) ON \S+ CANCELLED AT \S+(?: DUE TO ([A-Z ]+))? \*\*\*")
 _STEPD_REASONS = {"TIME LIMIT": "TIMEOUT", "PREEMPTION": "PREEMPTED", "NODE FAILURE": "NODE_FAIL"}
-# The training's own report of a CUDA OOM (jobs.runtime.oom_failure), torch's message, and
+# The training's own report of a CUDA OOM (jobs.node.runtime.oom_failure), torch's message, and
 # the kernel OOM killer's as slurmstepd relays it.
 OOM_RE = re.compile(r"plan-job train: (?:rank [^:]*: )?oom:|CUDA out of memory|oom[_-]kill", re.I)
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.measurement import JOB_END_FILE, JOB_START_ENV, parse_failure
+from jobs.contract.failure import parse_failure
+from jobs.contract.measurement import JOB_END_FILE, JOB_START_ENV
 from planner.errors import (
     CancelledByUserError,
     CommandError,
@@ -119,7 +120,7 @@ def check_submission(spec: RunSpec) -> None:
 
 def job_timing_lines(folder: Path) -> list[str]:
     """Lines of the calibration's batch script before its srun: they make its job start and
-    end the way a run's jobs do, and time both (jobs.measurement.Measurement.job_start_s,
+    end the way a run's jobs do, and time both (jobs.contract.measurement.Measurement.job_start_s,
     job_end_s)."""
     end_file = shlex.quote(str(folder.resolve() / JOB_END_FILE.format(job_id="")))
     return [

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from jobs.command_fields import REPORT_MODES, fields_in
+from jobs.contract.command_fields import REPORT_MODES, fields_in
 from jobs.workloads.base import PRECISIONS
 from jobs.workloads.registry import BUILTIN
 from planner.errors import SpecError

@@ -34,7 +34,7 @@ class WorkloadSpec:
 
 @dataclass(frozen=True)
 class CommandSpec:
-    """The user's own training command, run as it is (jobs.command_fields)."""
+    """The user's own training command, run as it is (jobs.contract.command_fields)."""
 
     run: str  # as written in the spec
     argv: tuple[str, ...]  # run, split once on the login node
