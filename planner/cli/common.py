@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -95,6 +95,19 @@ DEADLINE = click.option(
     help="Finish within this many hours at P95 [spec: plan.deadline_hours].",
 )
 NODES = click.option("--nodes", type=int, help="Force a node count instead of choosing one.")
+
+
+def watch_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--watch [SECONDS], a refresh period with 30 s when given bare (eta, submit)."""
+    return click.option(
+        "--watch",
+        type=click.FloatRange(min=1.0),
+        is_flag=False,
+        flag_value=30.0,
+        default=None,
+        metavar="[SECONDS]",
+        help=help,
+    )
 
 
 JSON = click.option(

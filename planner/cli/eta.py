@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from planner.cli.common import EXIT_INTERRUPTED, fail
+from planner.cli.common import EXIT_INTERRUPTED, fail, watch_option
 from planner.cli.status_line import StatusLine
 from planner.errors import PlanJobError
 
@@ -18,14 +18,8 @@ if TYPE_CHECKING:  # the command imports it when it runs: --help needs none of i
 
 @click.command()
 @click.argument("target", metavar="TARGET")
-@click.option(
-    "--watch",
-    type=click.FloatRange(min=1.0),
-    is_flag=False,
-    flag_value=30.0,
-    default=None,
-    metavar="[SECONDS]",
-    help="Refresh every SECONDS (30 if none is given) until the run is done or no job is left.",
+@watch_option(
+    "Refresh every SECONDS (30 if none is given) until the run is done or no job is left."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON object.")
 @click.option(

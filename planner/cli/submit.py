@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from planner.cli.common import EXIT_INTERRUPTED, BadInputExit, InterruptedExit, fail
+from planner.cli.common import EXIT_INTERRUPTED, BadInputExit, InterruptedExit, fail, watch_option
 from planner.cli.status_line import StatusLine
 from planner.errors import PlanJobError
 
@@ -23,17 +23,11 @@ from planner.errors import PlanJobError
     help="Submit even though checkpoint.dir holds another run's checkpoints: the first job "
     "resumes from the newest of them.",
 )
-@click.option(
-    "--watch",
-    type=click.FloatRange(min=1.0),
-    is_flag=False,
-    flag_value=30.0,
-    default=None,
-    metavar="[SECONDS]",
-    help="Then follow the run with a progress bar (steps, rate, ETA), refreshed every SECONDS "
+@watch_option(
+    "Then follow the run with a progress bar (steps, rate, ETA), refreshed every SECONDS "
     "(30 if none is given), until it is done or no job is left. Off by default: a chain may "
     "wait in the queue for hours, and scripts expect submit to return. Ctrl-C stops watching; "
-    "the jobs keep running.",
+    "the jobs keep running."
 )
 def submit(
     run_dir: Path, dry_run: bool, after: str | None, resume_foreign: bool, watch: float | None
