@@ -111,6 +111,10 @@ class ForeignCheckpointsError(BadInputError):
     """checkpoint.dir holds checkpoints of another run; submitting would resume from them."""
 
 
+class NoProgressError(BadInputError):
+    """A progress file that is missing or holds no line yet: nothing to estimate from."""
+
+
 class RunNotStartedError(BadInputError):
     """The run's jobs are still queued: there is nothing to estimate from yet."""
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.progress import read_progress
-from planner.errors import BadInputError
+from planner.errors import BadInputError, NoProgressError
 
 TRAINER_STATE = "trainer_state.json"
 _CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -94,10 +94,12 @@ def load_progress(
     ``total_steps`` (the user's) beats the file's start lines, which beat ``fallback_total``
     (a run folder's train.json or plan)."""
     if not path.is_file():
-        raise BadInputError(f"{path}: no progress file here (has the run started?); {WHAT_TO_PASS}")
+        raise NoProgressError(
+            f"{path}: no progress file here (has the run started?); {WHAT_TO_PASS}"
+        )
     events = read_progress(path)
     if not events:
-        raise BadInputError(
+        raise NoProgressError(
             f"{path}: no progress lines (empty, or not the JSON Lines of jobs.progress); if "
             f"its job is still queued or starting, try again once it has run some steps; "
             f"else {WHAT_TO_PASS}"

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.progress import read_progress
-from planner.errors import BadInputError
+from planner.errors import BadInputError, NoProgressError
 from planner.eta.progress import (
     TRAINER_STATE,
     WHAT_TO_PASS,
@@ -91,13 +90,17 @@ def _from_folder(
         )
     fallback = _int(train.get("total_steps")) or (plan.total_steps if plan else None)
     chain = load_chain(folder)
-    if chain and not read_progress(progress):
-        error = no_progress_error(folder, chain, runner)
-        if error is not None:
-            raise error
+    try:
+        history = load_progress(progress, total_steps, fallback)
+    except NoProgressError:
+        # Submitted jobs and no line yet: still queued, or ended without training.
+        error = no_progress_error(folder, chain, runner) if chain else None
+        if error is None:
+            raise
+        raise error from None
     return Source(
         target=target,
-        history=load_progress(progress, total_steps, fallback),
+        history=history,
         run_dir=folder,
         plan=plan,
         chain=chain,
