@@ -13,7 +13,6 @@ Torch-free.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from planner.calibration.record import CalibrationRecord
@@ -46,16 +45,15 @@ def measured_cap(
     measured = measured_nodes(record)
     if limit <= measured:
         return MeasuredCap(limit, "")
-    how = (
-        f"measure them with `plan-job calibrate SPEC --nodes 1,{measured + 1} --executor "
-        "slurm`, or set plan.allow_unmeasured_scaling: true to let the model choose them"
+    measure = (
+        f"measure them with `plan-job calibrate SPEC --nodes 1,{measured + 1} --executor slurm`"
     )
     if forced is not None:
         note = ""
         if forced > measured:
             note = (
                 f"--nodes {forced}: scaling beyond the calibrated {measured} node(s) is "
-                f"modelled, not measured; {how.split(', or')[0]}"
+                f"modelled, not measured; {measure}"
             )
         return MeasuredCap(limit, note)
     if spec.plan.allow_unmeasured_scaling:
@@ -67,7 +65,8 @@ def measured_cap(
     return MeasuredCap(
         measured,
         f"planned on the calibrated {measured} node(s) only: scaling to more (up to {limit}) "
-        f"is modelled, not measured; {how}",
+        f"is modelled, not measured; {measure}, or set plan.allow_unmeasured_scaling: true "
+        "to let the model choose them",
     )
 
 
@@ -97,12 +96,6 @@ def corrected_step(step: StepTime, correction: Correction | None) -> StepTime:
         intranode_s=step.intranode_s * factor,
         internode_s=step.internode_s * factor,
     )
-
-
-def correction_for_nodes(
-    corrections: Mapping[int, Correction] | None, nodes: int
-) -> Correction | None:
-    return (corrections or {}).get(nodes)
 
 
 def correction_note(correction: Correction) -> str:

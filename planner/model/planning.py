@@ -42,7 +42,6 @@ from planner.model.plan import (
     Plan,
 )
 from planner.model.plan_limits import (
-    correction_for_nodes,
     correction_note,
     measured_cap,
     weak_calibration,
@@ -104,7 +103,7 @@ def make_plan(
     results: list[Candidate | SpecError] = []
     for n in range(1, limit + 1):
         try:
-            correction = correction_for_nodes(corrections, n)
+            correction = (corrections or {}).get(n)
             results.append(
                 evaluate(
                     spec, record, totals, model, partition, n, one_node, eval_s, spread, correction
