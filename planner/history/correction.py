@@ -35,11 +35,13 @@ MIN_SPREAD_OUTCOMES = 3  # a standard deviation of two jobs says little
 MAX_FACTOR = 2.0
 
 _BIASES = """
-SELECT o.step_s, o.model_step_s, o.plan_correction FROM outcomes o
+SELECT p.nodes, o.step_s, o.model_step_s, o.plan_correction FROM outcomes o
 JOIN plans p ON p.id = (SELECT MAX(id) FROM plans WHERE run_dir = o.run_dir)
-WHERE p.workload = ? AND p.partition = ? AND p.nodes = ? AND o.step_s > 0 AND o.model_step_s > 0
+WHERE p.workload = ? AND p.partition = ? AND p.nodes > 0 AND o.step_s > 0 AND o.model_step_s > 0
 ORDER BY COALESCE(o.end_time, o.recorded), o.id
 """
+
+Biases = list[tuple[float, float]]
 
 
 @dataclass(frozen=True)
@@ -63,29 +65,41 @@ class Correction:
         return self.factor != self.learned
 
 
-def step_biases(
-    workload: str, partition: str, nodes: int, path: Path | None = None
-) -> list[tuple[float, float]]:
+def step_biases_by_nodes(
+    workload: str, partition: str, path: Path | None = None
+) -> dict[int, Biases]:
     """(bias against the model's step, ratio against the plan's step as emitted) per ended
-    job at ``nodes`` nodes that timed its steps, oldest first."""
+    job that timed its steps, oldest first, by the node count its run was planned on. One
+    query: a plan reads every node count's at once."""
     if not history_path(path).exists():
-        return []  # a plan only reads: it creates no database
+        return {}  # a plan only reads: it creates no database
     with connect(path) as db:
-        rows = db.execute(_BIASES, (workload, partition, nodes)).fetchall()
-    return [
-        (
-            row["step_s"] / row["model_step_s"],
-            row["step_s"] / row["model_step_s"] / (row["plan_correction"] or 1.0),
+        rows = db.execute(_BIASES, (workload, partition)).fetchall()
+    found: dict[int, Biases] = {}
+    for row in rows:
+        bias = row["step_s"] / row["model_step_s"]
+        found.setdefault(int(row["nodes"]), []).append(
+            (bias, bias / (row["plan_correction"] or 1.0))
         )
-        for row in rows
-    ]
+    return dict(sorted(found.items()))
+
+
+def step_biases(workload: str, partition: str, nodes: int, path: Path | None = None) -> Biases:
+    """step_biases_by_nodes at one node count."""
+    return step_biases_by_nodes(workload, partition, path).get(nodes, [])
 
 
 def correction_for(
     workload: str, partition: str, nodes: int, path: Path | None = None
 ) -> Correction | None:
     """The step correction for ``nodes`` nodes; None with fewer than MIN_OUTCOMES jobs."""
-    pairs = step_biases(workload, partition, nodes, path)
+    return correction_from(
+        workload, partition, nodes, step_biases(workload, partition, nodes, path)
+    )
+
+
+def correction_from(workload: str, partition: str, nodes: int, pairs: Biases) -> Correction | None:
+    """The correction ``pairs`` (step_biases at ``nodes`` nodes) give, if there are enough."""
     if len(pairs) < MIN_OUTCOMES:
         return None
     model = [bias for bias, _ in pairs]
@@ -117,26 +131,12 @@ def correction_for(
     )
 
 
-def node_counts(workload: str, partition: str, path: Path | None = None) -> list[int]:
-    """The node counts the history has timed jobs of, for this workload and partition."""
-    if not history_path(path).exists():
-        return []
-    with connect(path) as db:
-        rows = db.execute(
-            "SELECT DISTINCT p.nodes FROM outcomes o JOIN plans p ON p.run_dir = o.run_dir"
-            " WHERE p.workload = ? AND p.partition = ? AND o.step_s > 0 ORDER BY p.nodes",
-            (workload, partition),
-        ).fetchall()
-    return [int(row["nodes"]) for row in rows if row["nodes"]]
-
-
 def corrections_for(
     spec: RunSpec, partition: PartitionLimits | None, path: Path | None = None
 ) -> dict[int, Correction]:
     """Every node count's correction for the spec's workload on its partition: what
     planner.model.planning.make_plan takes as ``corrections``."""
     workload, where = workload_key(spec), partition_name(spec, partition)
-    found = {
-        n: correction_for(workload, where, n, path) for n in node_counts(workload, where, path)
-    }
+    by_nodes = step_biases_by_nodes(workload, where, path)
+    found = {n: correction_from(workload, where, n, pairs) for n, pairs in by_nodes.items()}
     return {n: c for n, c in found.items() if c is not None}

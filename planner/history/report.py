@@ -6,14 +6,16 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from planner.history.correction import (
     MIN_OUTCOMES,
     RECENT,
-    correction_for,
-    node_counts,
-    step_biases,
+    Correction,
+    correction_from,
+    step_biases_by_nodes,
 )
 from planner.history.database import connect, history_path
 from planner.model.plan import Plan
@@ -46,8 +48,7 @@ def history_text(path: Path | None = None, limit: int = 20, width: int | None = 
         parts.append(fit_table(rows, _RUN_HEADERS, wrap=wrap, width=width))
     else:
         parts.append("no runs recorded yet: `plan-job emit` records one")
-    found = [_bias_row(w, p, n, path) for w, p in pairs for n in node_counts(w, p, path)]
-    bias_rows = [row for row in found if row is not None]
+    bias_rows = [_bias_row(bias) for bias in _biases(pairs, path)]
     if bias_rows:
         title = (
             f"step bias (a job's steady step / the model's step, per node count; newest "
@@ -78,27 +79,21 @@ def history_json(path: Path | None = None, limit: int = 20) -> str:
     """The same three tables as JSON (README "JSON output"): runs oldest first, the step bias
     and next correction per workload, partition and node count, the newest calibrations first."""
     runs, pairs, calibrations = _read(path, limit)
-    biases = []
-    for workload, partition in pairs:
-        for nodes in node_counts(workload, partition, path):
-            model = [bias for bias, _ in step_biases(workload, partition, nodes, path)]
-            if not model:
-                continue
-            correction = correction_for(workload, partition, nodes, path)
-            biases.append(
-                {
-                    "workload": workload,
-                    "partition": partition,
-                    "nodes": nodes,
-                    "jobs": len(model),
-                    "recent_median": statistics.median(model[-RECENT:]),
-                    "median": statistics.median(model),
-                    "newest": model[-1],
-                    "next_factor": correction.factor if correction else None,
-                    "learned_factor": correction.learned if correction else None,
-                    "next_spread": correction.spread if correction else None,
-                }
-            )
+    biases = [
+        {
+            "workload": b.workload,
+            "partition": b.partition,
+            "nodes": b.nodes,
+            "jobs": len(b.model),
+            "recent_median": statistics.median(b.model[-RECENT:]),
+            "median": statistics.median(b.model),
+            "newest": b.model[-1],
+            "next_factor": b.correction.factor if b.correction else None,
+            "learned_factor": b.correction.learned if b.correction else None,
+            "next_spread": b.correction.spread if b.correction else None,
+        }
+        for b in _biases(pairs, path)
+    ]
     out_runs = []
     for row in runs:
         run = dict(row)
@@ -182,22 +177,36 @@ _BIAS_HEADERS = (
 )
 
 
-def _bias_row(
-    workload: str, partition: str, nodes: int, path: Path | None
-) -> tuple[object, ...] | None:
-    model = [bias for bias, _ in step_biases(workload, partition, nodes, path)]
-    if not model:
-        return None
-    correction = correction_for(workload, partition, nodes, path)
+@dataclass(frozen=True)
+class _Bias:
+    workload: str
+    partition: str
+    nodes: int
+    model: list[float]  # each job's step bias against the model, oldest first
+    correction: Correction | None  # what the next plan at ``nodes`` gets
+
+
+def _biases(pairs: Sequence[sqlite3.Row], path: Path | None) -> list[_Bias]:
+    """Every workload, partition and node count with timed jobs: one query per pair."""
+    found = []
+    for workload, partition in pairs:
+        for nodes, biases in step_biases_by_nodes(workload, partition, path).items():
+            correction = correction_from(workload, partition, nodes, biases)
+            found.append(_Bias(workload, partition, nodes, [b for b, _ in biases], correction))
+    return found
+
+
+def _bias_row(bias: _Bias) -> tuple[object, ...]:
+    correction, model = bias.correction, bias.model
     factor = f"x{correction.factor:.2f}" if correction else f"none (< {MIN_OUTCOMES} jobs)"
     if correction and correction.capped:
         factor += f" (capped; learned x{correction.learned:.2f})"
     if correction and correction.spread:
         factor += f", spread {correction.spread:.1%}"
     return (
-        workload,
-        partition,
-        nodes,
+        bias.workload,
+        bias.partition,
+        bias.nodes,
         len(model),
         f"{statistics.median(model[-RECENT:]):.2f}",
         f"{statistics.median(model):.2f}",
