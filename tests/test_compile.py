@@ -31,6 +31,7 @@ from planner.runs.run_folder import read_plan_facts
 from planner.spec.load import parse_spec
 from tests.test_planning import SPEC, partition, plan_for, record_for, spec_with
 from tests.test_train import REPO, command, env, events, make_config, run_in_process
+from tests.tiny_requests import tiny_request_fields
 
 EAGER: dict[str, Any] = {"name": "jit", "preset": "tiny"}
 COMPILED: dict[str, Any] = {**EAGER, "compile": True}
@@ -121,24 +122,7 @@ def test_without_an_eager_step_the_saving_is_unknown() -> None:
 
 
 def _request(tmp_path: Path, **changes: Any) -> CalibrationRequest:
-    fields: dict[str, Any] = {
-        "builder_path": "jobs.workloads.jit:build",
-        "workload_name": "jit",
-        "preset": "tiny",
-        "overrides": {},
-        "micro_batch": 2,
-        "grad_accum": 1,
-        "precision": "fp32",
-        "device": "cpu",
-        "seed": 0,
-        "min_steps": 10,
-        "max_steps": 60,
-        "max_seconds": 3.0,
-        "target_ci": 0.2,
-        "scratch_dir": str(tmp_path / "probe"),
-        "compile": True,
-        **changes,
-    }
+    fields = tiny_request_fields(tmp_path / "probe", compile=True, **changes)
     return CalibrationRequest.from_flat(fields)
 
 

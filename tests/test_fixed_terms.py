@@ -20,6 +20,7 @@ from jobs.workloads import jit
 from jobs.workloads.base import Workload, WorkloadConfig
 from planner.model.timemodel import job_saves, run_saves
 from tests.test_train import REPO, env, events, make_config, run_in_process
+from tests.tiny_requests import tiny_request_fields
 
 
 def _count_probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -136,23 +137,12 @@ print(json.dumps(dataclasses.asdict(m)))
 
 
 def test_start_up_warm_up_exit_and_evaluation_as_a_job_pays_them(tmp_path: Path) -> None:
-    request = {
-        "builder_path": "tests.test_fixed_terms:first_use_jit",
-        "workload_name": "jit",
-        "preset": "tiny",
-        "overrides": {},
-        "micro_batch": 2,
-        "grad_accum": 1,
-        "precision": "fp32",
-        "device": "cpu",
-        "seed": 0,
-        "min_steps": 10,
-        "max_steps": 40,
-        "max_seconds": 3.0,
-        "target_ci": 0.2,
-        "scratch_dir": str(tmp_path / "probe"),
-        "eval_batches": 3,
-    }
+    request = tiny_request_fields(
+        tmp_path / "probe",
+        builder_path="tests.test_fixed_terms:first_use_jit",
+        max_steps=40,
+        eval_batches=3,
+    )
     proc = subprocess.run(
         [sys.executable, "-c", _CALIBRATE_LATE, json.dumps(request)],
         cwd=REPO,
