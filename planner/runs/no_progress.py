@@ -14,7 +14,7 @@ from pathlib import Path
 
 from planner.errors import PlanJobError, RunFailedError, RunNotStartedError, SlurmUnavailableError
 from planner.runs.run_folder import SubmittedJob, job_log_path
-from planner.slurm.accounting import JobOutcome, job_outcomes, with_inferred
+from planner.slurm.accounting import JobOutcome, job_log_text, job_outcomes, with_inferred
 from planner.slurm.queue import Runner, queued
 from planner.units import fmt_duration
 
@@ -48,23 +48,24 @@ def no_progress_error(
     logs = {i: job_log_path(folder.resolve(), i) for i in ended}
     if outcomes is None and not any(logs.values()):
         return None
-    lines = []
-    first_failed: str | None = None
-    for job_id in ended:
-        outcome = outcomes.outcomes.get(job_id) if outcomes is not None else None
-        lines.append(f"  segment {segment[job_id]}, job {job_id}: {_describe(outcome)}")
-        if first_failed is None and logs[job_id] is not None:
-            first_failed = job_id
-    first_failed = first_failed or (ended[0] if ended else None)
-    log = logs.get(first_failed) if first_failed else None
+    lines = [
+        f"  segment {segment[i]}, job {i}: "
+        + _describe(outcomes.outcomes.get(i) if outcomes is not None else None)
+        for i in ended
+    ]
+    # The log shown is the first job's that left one: the later ones of an afterany chain
+    # usually failed the same way.
+    shown = next((i for i in ended if logs[i] is not None), ended[0] if ended else None)
+    log = logs.get(shown) if shown else None
+    text = job_log_text(folder.resolve(), shown) if log and shown else None
     failed = [o for o in (outcomes.outcomes.values() if outcomes else ()) if o.state != "COMPLETED"]
     what = failed[0].state if failed else "ended"
     return RunFailedError(
         f"{folder}: the run's jobs ended ({what}) without a progress line: none of them got "
         f"to train\n" + "\n".join(lines) + "\nfix the cause the log shows, then submit again",
-        job_id=first_failed,
+        job_id=shown,
         log_path=log,
-        stderr_tail=_tail(log) if log else "",
+        stderr_tail="\n".join((text or "").rstrip().splitlines()[-TAIL_LINES:]),
     )
 
 
@@ -78,11 +79,3 @@ def _describe(outcome: JobOutcome | None) -> str:
         text += f", ran {fmt_duration(outcome.elapsed_s)}"
     text += f" ({outcome.source}{', inferred' if outcome.inferred else ''})"
     return text
-
-
-def _tail(path: Path) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.rstrip().splitlines()[-TAIL_LINES:])
