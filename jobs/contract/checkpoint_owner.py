@@ -61,9 +61,7 @@ def saved_files(folder: Path, any_file: bool) -> list[Path]:
     except OSError:
         return []
     if any_file:
-        return sorted(
-            p
-            for p in entries
-            if p.name != OWNER_FILE and not p.name.startswith((".calibration-probe-", "."))
-        )
+        # Hidden entries are plan-job's own (this owner file, the calibration's probe folders,
+        # temporaries), never a checkpoint of the command's.
+        return sorted(p for p in entries if not p.name.startswith("."))
     return sorted(p for p in entries if CHECKPOINT_RE.fullmatch(p.name))
