@@ -19,6 +19,7 @@ PLAN_KEYS = {
     "schema", "name", "nodes", "gpus", "units", "grad_accum", "total_steps", "step_s",
     "step_p95_s", "wall_p50_s", "wall_p95_s", "gpu_hours", "cost", "checkpoint_interval_steps",
     "partition", "segments", "choice_reason", "notes", "correction", "plan",
+    "energy_kwh", "power_w_per_gpu", "pue", "energy_note",
 }  # fmt: skip
 
 
@@ -50,6 +51,9 @@ def test_plan_json(tmp_path: Path) -> None:
     assert [s["index"] for s in out["segments"]] == [1] and out["partition"] is None
     assert out["correction"] is None and out["plan"]["spec"]["name"] == "plan-test"
     assert out["plan"]["wall"]["p50_s"] == out["wall_p50_s"]
+    # The reference record has no power reading: the energy is unknown, never made up.
+    assert out["energy_kwh"] is None and out["power_w_per_gpu"] is None and out["pue"] == 1.0
+    assert out["energy_note"].startswith("unknown: ")
     assert "no Slurm client here" in proc.stderr  # notes stay on stderr, off the JSON
 
 

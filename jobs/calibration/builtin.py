@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs.calibration import allreduce_timing, fresh_start, host
+from jobs.calibration import allreduce_timing, fresh_start, host, power
 from jobs.calibration.rank_failure import rank_failure
 from jobs.calibration.stats import steady_estimate
 from jobs.calibration.steps import run_steps, time_evaluation
@@ -82,6 +82,24 @@ def _calibrate(request: CalibrationRequest, world: World, clock: _Clock, torch: 
     sync = runtime.synchronizer(device, torch)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    # Before anything runs on it: the GPU's idle power (nothing read on a CPU).
+    watch = power.Watch(_gpu_selectors(device, torch)).begin() if device.type == "cuda" else None
+    try:
+        return _calibrate_on(request, world, clock, torch, device, sync, watch)
+    finally:
+        if watch is not None:
+            watch.abandon()  # stops the readings if the calibration failed before its steps
+
+
+def _calibrate_on(
+    request: CalibrationRequest,
+    world: World,
+    clock: _Clock,
+    torch: Any,
+    device: Any,
+    sync: Callable[[], None],
+    watch: power.Watch | None,
+) -> Measurement:
     starting = time.perf_counter()
     group = start(world, device)
     started = time.perf_counter()
@@ -101,6 +119,7 @@ def _calibrate(request: CalibrationRequest, world: World, clock: _Clock, torch: 
             eager, compiled_first = compiling.eager_then_compiled(
                 workload, request, device, torch, steps_of
             )
+        steps_began = time.time()
         steps = run_steps(workload, request, sync, group)
         eval_first_s, eval_s = time_evaluation(workload, request, sync, group.world.rank)
     except torch.cuda.OutOfMemoryError as exc:
@@ -113,9 +132,12 @@ def _calibrate(request: CalibrationRequest, world: World, clock: _Clock, torch: 
     peak, memory_kind = _peak_memory(device, torch)
     est = steady_estimate(steps.step_times)
     steady_start = est.warmup_steps
+    gpu_power = _gpu_power(watch, group, steps_began, steps.step_times, steady_start)
     steady_total = sum(steps.step_times[steady_start:])
     own_warmup_s = max(sum(steps.step_times[:steady_start]) - steady_start * est.mean, 0.0)
-    own_startup_s = clock.age_at_entry + (first_step_at - clock.entry)
+    # The idle power's reading is the calibration's own: no training job waits for it.
+    idle_s = watch.idle_spent_s if watch is not None else 0.0
+    own_startup_s = clock.age_at_entry + (first_step_at - clock.entry) - idle_s
     del workload  # freed for the training entry's own build on this device
     fresh = fresh_start.on_rank_0(request, est.warmup_steps, est.mean, group, device, torch)
     compile_s = 0.0
@@ -138,7 +160,7 @@ def _calibrate(request: CalibrationRequest, world: World, clock: _Clock, torch: 
         # A multi-rank job's rendezvous and join are its own: the entry ran as one process.
         startup_s=fresh.startup_s + joining_s,
         import_s=clock.age_at_entry + (clock.imported - clock.entry),
-        build_s=built - clock.imported,
+        build_s=built - clock.imported - idle_s,
         warmup_steps=est.warmup_steps,
         warmup_extra_s=fresh.warmup_extra_s,
         steps_run=len(steps.step_times),
@@ -177,12 +199,52 @@ def _calibrate(request: CalibrationRequest, world: World, clock: _Clock, torch: 
         backend=_backend(group),
         allreduce_times=allreduce_times,
         slowdowns=tuple((s.first_step, s.last_step, s.ratio) for s in est.slowdowns),
+        power_w=gpu_power.power_w,
+        idle_power_w=gpu_power.idle_w,
+        power_source=gpu_power.source,
         returned_at=time.time(),
     )
     # Only after success: tearing down NCCL after a peer's failure can hang, and a failing
     # process is about to exit anyway.
     group.close()
     return measurement
+
+
+def _gpu_selectors(device: Any, torch: Any) -> list[str] | None:
+    """This rank's GPU as NVML knows it: its UUID (CUDA's indices need not be NVML's)."""
+    try:
+        return [str(torch.cuda.get_device_properties(device).uuid)]
+    except (AttributeError, RuntimeError):
+        visible = power.visible_selectors(dict(os.environ))
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return [visible[index]] if visible is not None and index < len(visible) else None
+
+
+def _gpu_power(
+    watch: power.Watch | None,
+    group: Group,
+    began: float,
+    step_times: list[float],
+    steady_start: int,
+) -> power.PowerReading:
+    """Every rank's GPU over its steady steps, on rank 0 in rank order; unknown when any
+    rank could not read its own."""
+    if watch is None:
+        mine = power.unknown("the calibration ran on the CPU")
+    else:
+        start = began + sum(step_times[:steady_start])
+        mine = watch.finish(start, began + sum(step_times))
+    every = group.gather(mine, "the GPUs' power")
+    if every is None:  # not rank 0: its measurement is not the one kept
+        return mine
+    missing = next((r for r in every if not r.power_w), None)
+    if missing is not None:
+        return missing
+    return power.PowerReading(
+        tuple(w for r in every for w in r.power_w),
+        tuple(w for r in every for w in r.idle_w) if all(r.idle_w for r in every) else (),
+        power.SOURCE,
+    )
 
 
 def _layout(group: Group) -> tuple[int, int]:

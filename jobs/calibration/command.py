@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.calibration import host
+from jobs.calibration import host, power
 from jobs.calibration.command_reports import Seen, Timing, finite
 from jobs.calibration.command_run import CommandRun
 from jobs.calibration.stats import SteadyEstimate, steady_estimate
@@ -97,9 +97,17 @@ def calibrate_command(request: CalibrationRequest) -> Measurement:
     own_progress.parent.mkdir(parents=True, exist_ok=True)
     own_progress.unlink(missing_ok=True)  # ours alone: a rerun in the same folder starts clean
     run = CommandRun(request, argv, cwd, own_progress, log_path, interval, trainer)
+    # The GPUs the command will see, idle before it starts (nothing read without a GPU).
+    watch = None
+    if _cuda_expected(request.work.device):
+        watch = power.Watch(power.visible_selectors(dict(os.environ))).begin()
+        entered += watch.idle_spent_s  # the command's start-up does not include this wait
     try:
         seen, timing, stopped_by = run.run(environment(values))
+        gpu_power = _gpu_power(watch, seen, timing, trainer)
     finally:
+        if watch is not None:
+            watch.abandon()
         if owns_scratch:
             # Its checkpoints must not become ones a run resumes from, nor fill the disk.
             shutil.rmtree(scratch, ignore_errors=True)
@@ -116,7 +124,26 @@ def calibrate_command(request: CalibrationRequest) -> Measurement:
         spawned=run.spawned,
         peak_rss=peak_rss,
         trainer=trainer,
+        gpu_power=gpu_power,
     )
+
+
+def _gpu_power(
+    watch: power.Watch | None, seen: Seen, timing: Timing, trainer: bool
+) -> power.PowerReading:
+    """The GPUs' power over the command's steady steps: from the start of the first steady
+    step (or save interval) to its last step line."""
+    if watch is None:
+        return power.unknown("the calibration ran on the CPU")
+    if len(timing.times) < 2:
+        return power.unknown("too few steps were timed")
+    cut = steady_estimate(timing.times).warmup_steps
+    if trainer:  # interval i runs from step line i to step line i + 1
+        start = float(seen.steps[cut]["time"])
+    else:
+        timed = [e for e in seen.steps if finite(e.get("step_s")) is not None]
+        start = float(timed[cut]["time"]) - float(timed[cut]["step_s"])
+    return watch.finish(start, float(seen.steps[-1]["time"]))
 
 
 def _measurement(
@@ -131,6 +158,7 @@ def _measurement(
     spawned: float,
     peak_rss: int,
     trainer: bool,
+    gpu_power: power.PowerReading,
 ) -> Measurement:
     est = steady_estimate(timing.times)
     cut = est.warmup_steps
@@ -194,6 +222,9 @@ def _measurement(
         eval_s=statistics.median(evals) if evals else 0.0,
         eval_batches=request.eval_batches if evals else 0,
         job_start_s=launched_s,
+        power_w=gpu_power.power_w,
+        idle_power_w=gpu_power.idle_w,
+        power_source=gpu_power.source,
         returned_at=time.time(),
     )
 

@@ -133,6 +133,13 @@ class Measurement:
     compile_s: float = 0.0
     eager_step_s: float = 0.0
     eager_steps: int = 0
+    # GPU power from NVML (jobs.calibration.power), in watts, one entry per GPU (rank order):
+    # the median over the steady steps and the idle power before them. () when unknown, and
+    # power_source says why ("unknown: ..."); "nvml" when read; "" in records from before
+    # power was measured.
+    power_w: tuple[float, ...] = ()
+    idle_power_w: tuple[float, ...] = ()
+    power_source: str = ""
 
     def __post_init__(self) -> None:
         # A record read back from YAML gives lists of lists: make them the declared tuples
@@ -155,6 +162,11 @@ class Measurement:
                 f"slowdowns entries are [first step, last step, ratio], not {self.slowdowns!r}"
             ) from None
         object.__setattr__(self, "slowdowns", slow)
+        for name in ("power_w", "idle_power_w"):
+            try:
+                object.__setattr__(self, name, tuple(float(w) for w in getattr(self, name)))
+            except (TypeError, ValueError):
+                raise TypeError(f"{name} entries are watts, not {getattr(self, name)!r}") from None
 
     @property
     def step_ci_relative(self) -> float:

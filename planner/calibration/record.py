@@ -71,6 +71,8 @@ class CalibrationRecord:
         measurement["step_times_s"] = [round(t, 6) for t in self.measurement.step_times_s]
         measurement["load_times_s"] = [round(t, 6) for t in self.measurement.load_times_s]
         measurement["slowdowns"] = [[a, b, round(r, 4)] for a, b, r in self.measurement.slowdowns]
+        measurement["power_w"] = list(self.measurement.power_w)
+        measurement["idle_power_w"] = list(self.measurement.idle_power_w)
         out = {
             "format": FORMAT,
             "created": self.created,

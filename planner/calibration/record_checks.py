@@ -85,7 +85,8 @@ def _check_value(
         for item in value:
             bad = isinstance(item, bool) or not isinstance(item, int | float)
             if bad or not math.isfinite(item) or item < 0:
-                _fail(field, item, "every entry must be a number of seconds >= 0", source)
+                unit = "watts" if field.endswith("power_w") else "seconds"
+                _fail(field, item, f"every entry must be a number of {unit} >= 0", source)
     elif base.startswith("tuple[tuple[int, float]"):
         for size, seconds in value:
             if size < 0 or not math.isfinite(seconds) or seconds < 0:

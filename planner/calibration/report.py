@@ -112,6 +112,7 @@ def calibration_table(
         *_compile_rows(record),
         ("data loading", f"{fmt_percent(m.data_share)} of the steady step"),
         ("peak memory", f"{fmt_bytes(m.peak_memory_bytes)} ({m.memory_kind.replace('_', ' ')})"),
+        *_power_rows(record),
         (
             "checkpoint",
             f"save {fmt_duration(m.checkpoint_save_s)}, load "
@@ -141,6 +142,20 @@ def calibration_table(
     if path:
         rows.append(("record", path))
     return fit_table(rows, ("calibration", spec.name), width=width)
+
+
+def _power_rows(record: CalibrationRecord) -> list[tuple[str, str]]:
+    """The GPUs' power (NVML), or why it is unknown; nothing for a CPU calibration."""
+    m = record.measurement
+    if m.device_kind != "cuda":
+        return []
+    if not m.power_w:
+        return [("GPU power", m.power_source or "unknown: not read (a record from before)")]
+    each = ", ".join(f"{w:.0f}" for w in m.power_w)
+    text = f"{each} W (median over the steady steps, per GPU; NVML)"
+    if m.idle_power_w:
+        text += f"; idle before: {', '.join(f'{w:.0f}' for w in m.idle_power_w)} W"
+    return [("GPU power", text)]
 
 
 def scaling_table(section: ScalingSection, width: int | None = None) -> str:

@@ -94,6 +94,7 @@ class NodeOption:
     # A node count a multi-node calibration ran: its efficiency and step from the jobs.
     measured_efficiency: float | None = None
     measured_step_s: float | None = None
+    energy_kwh: float | None = None  # at the P50 wall time (planner.model.energy); None: unknown
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,11 @@ class Plan:
     # the steps term at the calibration's eager step instead (0.0: eager, or not measured).
     compile_s: float = 0.0
     eager_steps_s: float = 0.0
+    # The GPUs' energy at the P50 wall time with plan.pue, from the calibration's measured
+    # power per GPU (planner.model.energy); None: unknown, and energy_note says why.
+    energy_kwh: float | None = None
+    power_w: float | None = None
+    energy_note: str = ""
 
     @property
     def gpus(self) -> int:

@@ -26,6 +26,7 @@ from planner.errors import (
 )
 from planner.history.correction import Correction
 from planner.model.baselines import baselines
+from planner.model.energy import power_facts
 from planner.model.node_cap import node_cap
 from planner.model.node_choice import (
     Candidate,
@@ -116,6 +117,11 @@ def make_plan(
         node_option(spec, r, n, chosen, why, deadline_hours) for n, r in enumerate(results, start=1)
     )
     options = _with_measured(spec, record, options)
+    power = power_facts(spec, m)
+    options = tuple(
+        dataclasses.replace(o, energy_kwh=power.kwh(o.gpu_hours)) if o.gpu_hours is not None else o
+        for o in options
+    )
     segments = split_segments(
         chosen.work,
         totals.steps,
@@ -174,6 +180,9 @@ def make_plan(
         ),
         compile_s=m.compile_s,
         eager_steps_s=_eager_steps_s(record, totals, chosen),
+        energy_kwh=power.kwh(chosen.gpu_hours),
+        power_w=power.power_w,
+        energy_note=power.note,
     )
 
 

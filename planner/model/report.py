@@ -61,6 +61,7 @@ def summary_table(plan: Plan, width: int | None = None) -> str:
         ),
         ("why (P50)", why),
         (units.hours, _gpu_hours(plan)),
+        *_energy_rows(plan),
         ("checkpoint", _checkpoint_text(plan)),
         *_eval_rows(plan),
         *_compile_rows(plan),
@@ -133,15 +134,17 @@ def _compile_rows(plan: Plan) -> list[tuple[str, str]]:
 
 def options_table(plan: Plan, width: int | None = None) -> str:
     cost = plan.spec.plan.gpu_hour_cost is not None
+    energy = plan.energy_kwh is not None
     infeasible = [o for o in plan.options if not o.feasible]
     shown = [o for o in plan.options if o.feasible or len(infeasible) <= _MAX_INFEASIBLE_ROWS]
     measured = any(o.measured_efficiency is not None for o in plan.options)
-    rows = [_option_row(o, cost, measured) for o in shown]
+    rows = [_option_row(o, cost, measured, energy) for o in shown]
     units = units_of(plan.spec)
     rows = [[*row[:-1], units.reword(row[-1])] for row in rows]
     headers = ["nodes", units.devices, "accum", "step", "efficiency"]
     headers += ["measured (step)"] if measured else []
     headers += ["P50", "P95", "jobs", units.hours_short]
+    headers += ["kWh"] if energy else []
     headers += ["cost"] if cost else []
     # The note wraps first, else goes under the table; then a measured cell and the
     # durations may take two lines.
@@ -185,10 +188,12 @@ def baselines_table(plan: Plan, width: int | None = None) -> str:
     return fit_table(rows, headers, wrap={0: 16, -1: 24}, width=width)
 
 
-def _option_row(o: NodeOption, cost: bool, measured: bool = False) -> list[str]:
+def _option_row(
+    o: NodeOption, cost: bool, measured: bool = False, energy: bool = False
+) -> list[str]:
     mark = f"* {o.nodes}" if o.chosen else str(o.nodes)
     if not o.feasible:
-        return [mark, str(o.gpus), *["-"] * (7 + int(cost) + int(measured)), o.reason]
+        return [mark, str(o.gpus), *["-"] * (7 + int(cost) + int(measured) + int(energy)), o.reason]
     row = [
         mark,
         str(o.gpus),
@@ -201,6 +206,8 @@ def _option_row(o: NodeOption, cost: bool, measured: bool = False) -> list[str]:
         str(o.segments),
         f"{o.gpu_hours:,.4g}",
     ]
+    if energy:
+        row.append(f"{o.energy_kwh:,.4g}" if o.energy_kwh is not None else "-")
     if cost:
         row.append(f"{o.cost:,.2f}")
     return [*row, o.reason]
@@ -257,6 +264,15 @@ def _gpu_hours(plan: Plan) -> str:
     if plan.deadline_hours is not None:
         text += f"; deadline {plan.deadline_hours:g} h (P95)"
     return text
+
+
+def _energy_rows(plan: Plan) -> list[tuple[str, str]]:
+    """The GPUs' energy beside their hours; a CPU-only plan has no GPU power to show."""
+    if units_of(plan.spec).cpu_only:
+        return []
+    if plan.energy_kwh is None:
+        return [("energy", plan.energy_note or "unknown")]
+    return [("energy", f"{plan.energy_kwh:,.4g} kWh at P50 = {plan.energy_note}")]
 
 
 def _difference(estimate_s: float, p50_s: float) -> str:

@@ -375,6 +375,7 @@ def _plan(sec: Section) -> PlanSpec:
         interruptions_per_gpu_day=positive("interruptions_per_gpu_day", 4.7e-4),
         run_to_run_spread=sec.number("run_to_run_spread", 0.02, minimum=0.0, maximum=1.0),
         gpu_hour_cost=sec.number("gpu_hour_cost", None, minimum=0.0),
+        pue=sec.number("pue", 1.0, minimum=1.0),
         eval_interval_steps=interval,
         eval_batches=sec.integer("eval_batches", 10, minimum=1),
         eval_s=eval_s,

@@ -131,6 +131,9 @@ class PlanSpec:
     # size of the calibration's own default CI target: set it from two calibrations.
     run_to_run_spread: float = 0.02
     gpu_hour_cost: float | None = None  # any currency; None: no cost column
+    # The facility's power usage effectiveness: its power over the IT equipment's. Scales the
+    # GPUs' measured energy to what the site draws (1.0: the GPUs alone).
+    pue: float = 1.0
     # Evaluate every N steps (the training runs it, the calibration times one); None: never.
     eval_interval_steps: int | None = None
     eval_batches: int = 10  # held-out micro-batches one evaluation runs
