@@ -66,6 +66,11 @@ _API: dict[str, tuple[str, str]] = {
     "record_calibration": ("planner.history.database", "record_calibration"),
     "record_plan": ("planner.history.database", "record_plan"),
     "record_outcomes": ("planner.history.database", "record_outcomes"),
+    # the report page (plan-job report)
+    "calibration_page": ("planner.pages.build", "calibration_page"),
+    "run_page": ("planner.pages.build", "run_page"),
+    "history_page": ("planner.pages.build", "history_page"),
+    "write_page": ("planner.pages.build", "write_page"),
     # errors
     "PlanJobError": ("planner.errors", "PlanJobError"),
     "BadInputError": ("planner.errors", "BadInputError"),
@@ -91,12 +96,14 @@ __all__ = [
     "TightenPlan",
     "apply_tightening",
     "calibrate",
+    "calibration_page",
     "corrected_plan",
     "corrections_for",
     "default_record_path",
     "emit",
     "estimate",
     "eta_for",
+    "history_page",
     "inspect_run",
     "job_folder",
     "load_plan",
@@ -112,9 +119,11 @@ __all__ = [
     "record_calibration",
     "record_outcomes",
     "record_plan",
+    "run_page",
     "save_record",
     "submit_chain",
     "submit_resubmission",
+    "write_page",
 ]
 
 
@@ -153,6 +162,7 @@ if TYPE_CHECKING:  # what a type checker and an editor see; at run time __getatt
     from planner.history.database import record_calibration, record_outcomes, record_plan
     from planner.model.plan import Plan
     from planner.model.planning import make_plan
+    from planner.pages.build import calibration_page, history_page, run_page, write_page
     from planner.runs.chain import submit_chain
     from planner.runs.emit import EmitOptions, EmittedRun, emit
     from planner.runs.run_folder import load_plan

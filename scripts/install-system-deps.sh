@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Install the Debian packages the real Slurm test cluster needs (tests/slurm_cluster.py).
+# Install the Debian packages the tests need: the real Slurm test cluster's
+# (tests/slurm_cluster.py), and Chromium with a font for the report pages' browser tests
+# (tests/browser.py drives /usr/bin/chromium headless).
 #
 # Idempotent and quick when everything is there. Installs only; it starts no service:
 # the test cluster runs its own private daemons, on its own ports and sockets, so the
@@ -8,7 +10,7 @@
 # Usage (as root, or with sudo available):  scripts/install-system-deps.sh
 set -euo pipefail
 
-PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server)
+PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server chromium fonts-dejavu-core)
 
 is_installed() {
     [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]

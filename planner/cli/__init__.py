@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from planner.cli import calibrate, emit, eta, history, plan, resubmit, submit, tighten
+from planner.cli import calibrate, emit, eta, history, plan, report, resubmit, submit, tighten
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,6 +27,7 @@ def cli() -> None:
     plan-job resubmit runs/x                         the rest of a run that stopped short
     plan-job tighten runs/x                          lower pending segments' --time
     plan-job history                                 predicted vs actual, the correction
+    plan-job report cal.yaml|runs/x|--history -o x.html   the same as figures, one HTML file
     """
 
 
@@ -39,6 +40,7 @@ for _command in (
     resubmit.resubmit,
     tighten.tighten,
     history.history_command,
+    report.report,
 ):
     cli.add_command(_command)
 
