@@ -16,6 +16,7 @@ Chromium missing is an error, never a skip: scripts/install-system-deps.sh insta
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
 import subprocess
@@ -61,15 +62,15 @@ class Chromium:
         self.ws: ClientConnection | None = None
         self._next_id = 0
         self._events: list[dict[str, Any]] = []
+        self._connection = contextlib.ExitStack()
 
     def __enter__(self) -> Chromium:
-        log = open(self.profile / "chromium.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [self.executable, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        with open(self.profile / "chromium.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [self.executable, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         port_file = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _complete(port_file):
@@ -79,7 +80,10 @@ class Chromium:
                 raise BrowserError(f"Chromium did not start its DevTools endpoint:\n{tail}")
             time.sleep(0.1)
         port, path = port_file.read_text().split()[:2]
-        self.ws = connect(f"ws://127.0.0.1:{port}{path}", max_size=None, open_timeout=30)
+        self._connection = contextlib.ExitStack()
+        self.ws = self._connection.enter_context(
+            connect(f"ws://127.0.0.1:{port}{path}", max_size=None, open_timeout=30)
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -87,7 +91,7 @@ class Chromium:
 
     def close(self) -> None:
         if self.ws is not None:
-            self.ws.close()
+            self._connection.close()
             self.ws = None
         if self.proc is not None:
             self.proc.terminate()  # our own process, by its handle

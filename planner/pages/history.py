@@ -47,7 +47,7 @@ def outcomes(history: dict[str, Any]) -> list[Outcome]:
         found.append(
             Outcome(
                 index,
-                str(run.get("name") or Path(str(run["run_dir"])).name),
+                Path(str(run["run_dir"])).name,
                 str(run["workload"]),
                 float(predicted),
                 float(predicted) * float(p95) / float(p50),
@@ -105,7 +105,7 @@ def _table(data: dict[str, Any], found: list[Outcome]) -> Table:
         key = f"runs.{o.index}"
         rows.append(
             [
-                number(data, "history", f"{key}.name", str),
+                number(data, "history", f"{key}.run_dir", lambda d: Path(d).name),
                 number(data, "history", f"{key}.workload", str),
                 number(data, "history", f"{key}.predicted", fmt_duration),
                 fmt_duration(o.p95_s),

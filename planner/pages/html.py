@@ -44,6 +44,7 @@ class Table:
     caption: str
     headers: Sequence[str]
     rows: Sequence[Sequence[Number | str]]
+    wrap_last: bool = False  # the last column is prose that wraps; the others never do
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ table { border-collapse: collapse; font-size: 0.85rem; font-variant-numeric: tab
 caption { text-align: left; font-weight: 600; padding: 4px 0; }
 th, td { padding: 4px 9px; border-bottom: 1px solid #e4e4e4; text-align: right;
   white-space: nowrap; vertical-align: top; }
-td:last-child { white-space: normal; min-width: 16em; text-align: left; }
+td.prose { white-space: normal; min-width: 16em; text-align: left; }
 th:first-child, td:first-child { text-align: left; }
 details { margin: 12px 0; }
 details pre { overflow-x: auto; font-size: 0.75rem; background: #f5f6f8; padding: 8px; }
@@ -163,7 +164,7 @@ def _section(section: Section) -> str:
 
 def _fact(fact: Fact) -> str:
     note = f"<small>{escape(fact.note)}</small>" if fact.note else ""
-    value = f"<dd{_data(fact.number)}>{_text(fact.number)}{note}</dd>"
+    value = f"<dd><span{_data(fact.number)}>{_text(fact.number)}</span>{note}</dd>"
     return f"<div><dt>{escape(fact.label)}</dt>{value}</div>"
 
 
@@ -182,11 +183,12 @@ def _table(table: Table) -> str:
     rows = []
     for row in table.rows:
         cells = []
-        for cell in row:
+        for index, cell in enumerate(row):
+            prose = ' class="prose"' if table.wrap_last and index == len(row) - 1 else ""
             if isinstance(cell, Number):
-                cells.append(f"<td{_data(cell)}>{_text(cell)}</td>")
+                cells.append(f"<td{prose}{_data(cell)}>{_text(cell)}</td>")
             else:
-                cells.append(f"<td>{escape(cell)}</td>")
+                cells.append(f"<td{prose}>{escape(cell)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return (
         f'<div class="table-wrap"><table><caption>{escape(table.caption)}</caption>'

@@ -167,7 +167,7 @@ def _options_table(plan: Plan, data: dict[str, Any], measured: set[int]) -> Tabl
         row += ["measured" if option.nodes in measured else "modelled"]
         row.append(units.reword(option.reason))
         rows.append(row)
-    return Table("Every node count the plan weighed (* the choice)", headers, rows)
+    return Table("Every node count the plan weighed (* the choice)", headers, rows, True)
 
 
 def _kwh(value: float | None) -> str:
