@@ -331,16 +331,21 @@ def _draw_terms(fig: Any, layout: Layout, plan: Plan) -> None:
 
 def segment_spans(plan: Plan) -> list[tuple[Segment, float, float]]:
     """(segment, its --time in s, the time it is expected to run at P50 in s): all but the
-    last run until their stop signal; the last the rest of the P50 wall time."""
+    last run until their stop signal; the last runs its start (a resume after the first)
+    and the steps left at the P50 pace, their saves and evaluations included. The P50's
+    expected cost of interruptions is in no job."""
+    wall = plan.wall
+    per_step = (wall.steps_s + wall.checkpoints_s + wall.evals_s) / max(plan.total_steps, 1)
     spans = []
-    used = 0.0
+    done = 0
     for index, segment in enumerate(plan.segments):
         limit_s = segment.time_limit_minutes * 60.0
         if index < len(plan.segments) - 1:
             expected = max(limit_s - plan.signal_lead_s, 0.0)
-            used += expected
+            done += segment.steps_p50
         else:
-            expected = min(max(plan.wall.p50_s - used, 0.0), limit_s)
+            start = wall.startup_s + wall.warmup_s + wall.compile_s if index == 0 else plan.resume_s
+            expected = min(start + (plan.total_steps - done) * per_step, limit_s)
         spans.append((segment, limit_s, expected))
     return spans
 
