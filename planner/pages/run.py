@@ -186,7 +186,7 @@ def _progress_chart(eta: Eta, jobs: Sequence[JobEvents], plan: Plan | None) -> C
     )
     projection = (
         "Dashed: today's projection to the last step at P50 and P95 (the eta)."
-        if eta.finish_p50 is not None and eta.status != "done"
+        if eta.finish_p50 is not None and eta.status in ("running", "pending")
         else ""
     )
     return Chart(
@@ -235,9 +235,11 @@ def _draw_progress(
         ax.text(0.5, 0.5, "no timed lines yet", ha="center", transform=ax.transAxes)
         return
     gaps = job_time_gaps(jobs)
-    # A finished run ends where it ended, however long ago; one still going runs to now.
-    ends = [] if eta.status == "done" else [eta.now]
-    if eta.finish_p95 is not None and eta.status != "done":
+    # A run still going (or queued) runs to now; one that ended, or stopped short with no
+    # job left to run, ends where its last line is, however long ago that was.
+    going = eta.status in ("running", "pending")
+    ends = [eta.now] if going else []
+    if eta.finish_p95 is not None and going:
         ends.append(eta.finish_p95)
     if plan is not None:
         ends.append(t0 + plan.wall.p95_s + sum(b - a for a, b in gaps))
@@ -285,7 +287,7 @@ def _draw_progress(
                 markersize=8,
                 label="hang",
             )
-    if eta.finish_p50 is not None and eta.status != "done" and eta.remaining is not None:
+    if eta.finish_p50 is not None and going and eta.remaining is not None:
         # From where the estimate starts: the newest line of a job still stepping, else now
         # at the step the next job resumes from.
         since = last if eta.status == "running" else eta.now
@@ -300,7 +302,7 @@ def _draw_progress(
                 color=ORANGE,
                 label=f"projection {name}",
             )
-    if eta.status != "done":
+    if going:
         ax.axvline(unit.of(eta.now - t0), color="black", linewidth=0.8, alpha=0.6)
         ax.annotate(
             "now",
