@@ -14,6 +14,13 @@ out=$(realpath -m "${1:-/tmp/plan-job-report-example}")
 mkdir -p "$out"
 export PLANJOB_HISTORY="$out/history.sqlite" OMP_NUM_THREADS=1
 pj=.venv/bin/plan-job
+
+# The watch ends at the last step; a segment the run no longer needs still starts, sees the
+# run done and ends. The history records ended jobs only: wait for the private cluster's
+# queue to empty.
+wait_for_queue() {
+    while [[ -n "$(squeue -h -o %i)" ]]; do sleep 5; done
+}
 spec=docs/report-example.yaml
 ck="checkpoint.dir=$out/ck"
 
@@ -27,6 +34,7 @@ size="data.samples=$samples"
 $pj plan "$spec" --calibration "$out/cal.yaml" --set "$ck" --set "$size"
 $pj emit "$spec" --calibration "$out/cal.yaml" --set "$ck" --set "$size" -o "$out/run"
 $pj submit "$out/run" --watch 15
+wait_for_queue
 $pj history --update "$out/run"
 
 # A second workload for the history: GPT tiny, one job.
@@ -35,6 +43,7 @@ gpt=(--set workload.name=gpt --set workload.preset=tiny --set name=report-exampl
 $pj calibrate "$spec" "${gpt[@]}" -o "$out/cal-gpt.yaml"
 $pj emit "$spec" --calibration "$out/cal-gpt.yaml" "${gpt[@]}" -o "$out/run-gpt"
 $pj submit "$out/run-gpt" --watch 15
+wait_for_queue
 $pj history --update "$out/run-gpt"
 
 $pj report "$out/cal.yaml" --spec "$spec" --set "$ck" --set "$size" -o "$out/calibration.html"

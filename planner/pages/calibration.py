@@ -258,7 +258,7 @@ def _draw_ci(fig: Any, layout: Layout, record: CalibrationRecord) -> None:
             ha="center",
             transform=ax.transAxes,
         )
-    ax.axhline(target, color=GREEN, linestyle="--", label=f"target ±{m.target_ci:.3g}")
+    ax.axhline(target, color=GREEN, linestyle="--", label=f"target ±{fmt_percent(m.target_ci)}")
     ax.axvline(m.steps_run, color=GREY, linestyle=":", label=f"stopped at {m.steps_run:,}")
     final = m.step_ci_relative * 100
     values = [ci * 100 for _, ci in curve] or [final]

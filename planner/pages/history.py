@@ -174,6 +174,11 @@ def _draw(fig: Any, layout: Layout, found: list[Outcome]) -> None:
     if log:
         ax.set_xscale("log")
         ax.set_yscale("log")
+        # Numbers people read (0.5, 2, 10), not powers of ten. (Drawing: matplotlib is in.)
+        from matplotlib.ticker import FuncFormatter
+
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
     ax.set_xlim(unit.of(low), unit.of(high))
     ax.set_ylim(unit.of(low), unit.of(high))
     ax.set_xlabel(unit.label("predicted for the steps done (P50)"))

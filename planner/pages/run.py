@@ -27,6 +27,10 @@ from planner.pages.html import Fact, Section, number
 from planner.pages.svg import BLUE, GREEN, GREY, ORANGE, PALETTE, VERMILION, Chart, Layout
 from planner.units import fmt_duration, fmt_percent
 
+# Points a curve of a million steps is drawn from: the same line at this size, in a page a
+# few hundred KiB large.
+STEP_POINTS = 2400
+
 
 @dataclass
 class JobEvents:
@@ -256,8 +260,9 @@ def _draw_progress(
             xs, low, high, color=GREEN, alpha=0.18, linewidth=0, label="plan P50 to P95"
         )
         ax.plot(xs, high, color=GREEN, linewidth=1.0)
+    share = max(STEP_POINTS // max(len(jobs), 1), 200)
     for index, job in enumerate(jobs):
-        points = thin([(t, s) for t, s, _, _ in job.steps])
+        points = thin([(t, s) for t, s, _, _ in job.steps], share)
         if job.start_time is not None and job.steps:
             points = [(job.start_time, job.start_step), *points]
         if points:
@@ -350,8 +355,9 @@ def _draw_steps(
     )
     top_s = min(top_s, ordered[-1]) if ordered[-1] > 0 else 1.0
     unit = time_unit(top_s)
+    share = max(STEP_POINTS // max(len(jobs), 1), 200)
     for index, job in enumerate(jobs):
-        points = thin([(s, t) for _, s, t, _ in job.steps if t is not None])
+        points = thin([(s, t) for _, s, t, _ in job.steps if t is not None], share)
         if not points:
             continue
         colour = PALETTE[index % len(PALETTE)]
@@ -406,7 +412,8 @@ def _loss_chart(jobs: Sequence[JobEvents]) -> Chart:
 def _draw_loss(fig: Any, layout: Layout, jobs: Sequence[JobEvents]) -> None:
     ax = fig.add_subplot()
     points = thin(
-        sorted((s, loss) for job in jobs for _, s, _, loss in job.steps if loss is not None)
+        sorted((s, loss) for job in jobs for _, s, _, loss in job.steps if loss is not None),
+        STEP_POINTS,
     )
     ax.plot(
         [s for s, _ in points],
@@ -426,6 +433,9 @@ def _draw_loss(fig: Any, layout: Layout, jobs: Sequence[JobEvents]) -> None:
             linewidth=1.0,
             label="evaluation loss",
         )
+    losses = [v for _, v in points] + [v for _, v in evals]
+    if losses and min(losses) > 0 and max(losses) / min(losses) > 30:
+        ax.set_yscale("log")  # a loss that falls by orders of magnitude
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     legend(ax, layout, columns=2, loc="upper right")
