@@ -11,7 +11,7 @@ The names below are imported on first use (PEP 562), so `import planner.errors` 
 CLI does first) stays as cheap as that module; none of them imports click, nor torch at
 import. Errors: planner.errors (BadInputError: the input must change; JobError: a job did not
 do its work). The packages, by what they own: spec, calibration, slurm, model, runs, eta,
-followup, history and cli (README "Architecture").
+followup, history, pages and cli (README "Architecture").
 """
 
 from __future__ import annotations
