@@ -1,7 +1,8 @@
 """The plan's section of a report page: run time (P50, P95) and GPU-hours against node count
 with the measured counts drawn apart from the modelled ones and the choice marked; the time
 model's terms as one stacked bar; the Slurm jobs as a timeline, each job's expected work
-against its --time, its saves as ticks, and the queue waits where a run has shown them.
+against its --time, its saves as ticks, and the gaps before each job where a run has shown
+them (its queue wait, with the job's own start up to its first progress line).
 
 The numbers are the Plan's, as `plan-job plan --json` prints them (planner.model.plan_json:
 this section's "plan" data); the words are the plan's own (its choice, its notes).
@@ -44,7 +45,8 @@ def plan_section(
     intro: str = "",
 ) -> Section:
     """``data["plan"]`` is plan_json(plan, model); ``record`` tells which node counts a
-    calibration ran; ``waits``: queue wait in seconds by segment index, where a run has
+    calibration ran; ``waits``: the gap before each job in seconds by segment index
+    (planner.pages.run.queue_waits), where a run has
     shown it."""
     units = units_of(plan.spec)
     facts = [
@@ -354,7 +356,9 @@ def _segments_chart(plan: Plan, waits: Mapping[int, float] | None) -> Chart:
     count = len(plan.segments)
     shown = min(count, MAX_SEGMENT_ROWS)
     waits_text = (
-        "queue waits (hatched) as the run's jobs showed them"
+        "hatched: the gap before each job as the run showed it, from its submission (or the "
+        "job before it ending) to its first progress line: the queue wait, with the job's "
+        "start"
         if waits
         else "queue waits are not known before the jobs run (not drawn)"
     )
@@ -399,9 +403,9 @@ def _draw_segments(fig: Any, layout: Layout, plan: Plan, waits: Mapping[int, flo
                 edgecolor=GREY,
                 hatch="////",
                 linewidth=0.6,
-                label="queue wait" if row == 0 or "queue wait" not in labels else None,
+                label="queue and start" if "wait" not in labels else None,
             )
-            labels.append("queue wait")
+            labels.append("wait")
         ax.barh(
             y,
             unit.of(limit_s),

@@ -86,8 +86,10 @@ def job_events(events: Sequence[Mapping[str, Any]]) -> list[JobEvents]:
 
 
 def queue_waits(source: Source, jobs: Sequence[JobEvents]) -> dict[int, float]:
-    """Seconds each submitted segment waited in the queue: from its submission (jobs.yaml),
-    or the end of the job before it when that was later (afterany), to its start line."""
+    """Seconds before each submitted segment's first line: from its submission (jobs.yaml),
+    or the last line of the job before it when that was later (afterany), to its ``start``
+    line: its queue wait, and the job's own start (script, interpreter, imports) up to it.
+    The progress file tells no more; sacct's start time would split the two."""
     started = {job.job_id: job for job in jobs if job.job_id and job.start_time is not None}
     waits: dict[int, float] = {}
     previous_end: float | None = None
