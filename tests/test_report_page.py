@@ -268,7 +268,7 @@ def test_a_bare_progress_file_gets_a_run_page_without_a_plan(tmp_path: Path) -> 
         {"event": "step", "time": float(i), "step": i, "step_s": 1.0, "loss": 5.0 / i}
         for i in range(1, 31)
     ]
-    lines += [{"event": "hang", "time": 40.0, "step": 30}]  # a kind this page marks
+    lines += [{"event": "hang", "time": 40.0}]  # a kind this page marks, at the last step
     path = tmp_path / "progress.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     built = run_page(str(path), now=45.0)
@@ -276,4 +276,8 @@ def test_a_bare_progress_file_gets_a_run_page_without_a_plan(tmp_path: Path) -> 
     assert [s.key for s in built.page.sections] == ["run"]
     assert html.count("<figure") == 3  # progress, step times, loss
     assert page_data(html)["eta"]["done_step"] == 30  # type: ignore[index]
-    assert JobEvents(1).steps == []
+    from jobs.progress import read_progress
+    from planner.pages.run import job_events
+
+    (job,) = job_events(read_progress(path))
+    assert job.hangs == [(40.0, 30)] and JobEvents(1).steps == []

@@ -45,9 +45,8 @@ def plan_section(
     intro: str = "",
 ) -> Section:
     """``data["plan"]`` is plan_json(plan, model); ``record`` tells which node counts a
-    calibration ran; ``waits``: the gap before each job in seconds by segment index
-    (planner.pages.run.queue_waits), where a run has
-    shown it."""
+    calibration ran; ``waits``: the gap before each job in seconds by segment index, where a
+    run has shown it (planner.pages.run.queue_waits)."""
     units = units_of(plan.spec)
     facts = [
         Fact(

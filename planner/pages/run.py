@@ -67,6 +67,10 @@ def job_events(events: Sequence[Mapping[str, Any]]) -> list[JobEvents]:
             job.start_step = int(step or 0)
         elif kind == "resume":
             job.resumed = True
+        elif kind == "hang" and moment is not None:
+            # Where the job stood when it stopped stepping: its line's step, else its last.
+            last = job.steps[-1][1] if job.steps else job.start_step
+            job.hangs.append((moment, int(step) if step is not None else last))
         elif moment is not None and step is not None:
             if kind == "step":
                 job.steps.append(
@@ -76,8 +80,6 @@ def job_events(events: Sequence[Mapping[str, Any]]) -> list[JobEvents]:
                 job.evals.append((moment, int(step), _number(event.get("loss"))))
             elif kind == "checkpoint":
                 job.saves.append((moment, int(step)))
-            elif kind == "hang":
-                job.hangs.append((moment, int(step)))
         if kind == "stop":
             job.stop_reason = str(event.get("reason"))
         if moment is not None:
