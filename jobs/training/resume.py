@@ -164,17 +164,18 @@ def check_fresh_start(
     if not saved and not set_aside and not earlier_bad:
         return  # a new run
     what = []
-    for item in set_aside:
-        what.append(f"{item.path.name}: {item.reason} (set aside as {item.moved_to.name})")
-    if earlier_bad:
-        shown = ", ".join(earlier_bad[:3]) + (
-            f" and {len(earlier_bad) - 3} more" if len(earlier_bad) > 3 else ""
-        )
-        what.append(f"set aside by earlier jobs: {shown}")
     if saved:
         step, path = max(saved)
         state = "still there" if Path(path).exists() else "gone"
-        what.append(f"the progress file records a checkpoint of step {step:,} at {path} ({state})")
+        name = Path(path).name if Path(path).parent == folder else path
+        what.append(f"the progress file records {name}, a checkpoint of step {step:,} ({state})")
+    for item in set_aside:
+        # The event's message has 500 characters; the log has each error whole above.
+        reason = item.reason if len(item.reason) <= 50 else item.reason[:47] + "..."
+        what.append(f"{item.path.name}: {reason} (now .bad)")
+    if earlier_bad:
+        more = f" and {len(earlier_bad) - 3} more" if len(earlier_bad) > 3 else ""
+        what.append(f"set aside by earlier jobs: {', '.join(earlier_bad[:3])}{more}")
     found = "; ".join(what)
     if config.restart_from_scratch:
         print(
@@ -185,8 +186,7 @@ def check_fresh_start(
         return
     raise Refusal(
         "no_checkpoint_loads",
-        f"no checkpoint in {folder} loads, and the run is past step 0: {found}. Refusing to "
-        f"start over from step 0 silently: restore a good checkpoint there, or start over on "
-        f"purpose with `python -m jobs.train --restart-from-scratch` (train.json: "
-        f'"restart_from_scratch": true)',
+        f"no checkpoint in {folder} loads, and the run is past step 0: {found}. Not starting "
+        f"over silently: restore a good checkpoint, or start over with --restart-from-scratch "
+        f"(train.json: restart_from_scratch)",
     )
