@@ -124,7 +124,7 @@ class Watchdog(NoWatchdog):
         _bounded(lambda: self._write_event(phase, step, waited, timeout), "the hang line")
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         sys.stderr.flush()
-        for cleanup in self._cleanups:
+        for cleanup in reversed(self._cleanups):  # the command's kill before the lock's release
             _bounded(cleanup, "a clean-up")
         if self.ranks > 1:
             time.sleep(PEERS_WAIT_S)
