@@ -46,6 +46,9 @@ class NoWatchdog:
     def add_cleanup(self, cleanup: Callable[[], None]) -> None:
         pass
 
+    def hold_if_fired(self) -> None:
+        """Never return once the watchdog has fired (it is ending the process)."""
+
     def close(self) -> None:
         pass
 
@@ -75,6 +78,7 @@ class Watchdog(NoWatchdog):
 
     def arm(self, phase: str, step: int | None = None, extra_s: float = 0.0) -> None:
         """From now, allow ``phase``'s timeout (plus ``extra_s``) before the next arm."""
+        self.hold_if_fired()
         with self._cond:
             self._phase = phase
             if step is not None:
@@ -87,6 +91,13 @@ class Watchdog(NoWatchdog):
 
     def add_cleanup(self, cleanup: Callable[[], None]) -> None:
         self._cleanups.append(cleanup)
+
+    def hold_if_fired(self) -> None:
+        # A step that was only very late (a node starved for a minute) can return while the
+        # watchdog is already saying it hung: it must not go on to save or write a stop line
+        # behind the hang line, nor end the process with another status than EXIT_HANG.
+        while self.fired is not None:
+            time.sleep(3600)
 
     def close(self) -> None:
         with self._cond:
@@ -111,7 +122,7 @@ class Watchdog(NoWatchdog):
         self._fire(phase, step, waited, timeout)
 
     def _fire(self, phase: str, step: int, waited: float, timeout: float) -> None:
-        self.fired = (phase, step, waited, timeout)
+        self.fired = (phase, step, waited, timeout)  # first: the main thread holds from now
         who = f"rank {self.rank}/{self.ranks}: " if self.ranks > 1 else ""
         print(
             f"plan-job train: {who}hang watchdog: no progress in phase {phase!r} for "

@@ -57,10 +57,14 @@ def train_rank(
     try:
         status = train(config, stop_at, stop, world, watch)
         stop.ignore_from_now()
+        watch.hold_if_fired()
         return status
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:
+        # A collective that fails because the hung peer is gone is the hang's echo, which
+        # the watchdog is reporting: it ends this process.
+        watch.hold_if_fired()
         cause = cause_of(exc)
         if isinstance(exc, NodeError):
             failure = parse_failure(str(exc)) or {"kind": exc.kind, "message": str(exc)}
@@ -244,8 +248,8 @@ def _run(
             say(f"plan-job train: resumed from {resumed.path} (step {first})")
             resumed = None  # its CPU copy of the whole state would live as long as the run
         step, reason, signal_name = run.loop(first)
+        watch.arm("exit", step)  # before the stop line: not behind a hang line
         progress.stop(step, reason, signal_name)
-    watch.arm("exit", step)
     say(f"plan-job train: stopped at step {step}/{config.total_steps} ({reason})")
     return EXIT_OK
 

@@ -112,7 +112,9 @@ def run_training(config: TrainConfig, stop_at: float | None, signalled: str | No
             if refused is not None:
                 print(f"plan-job train: rank {_rank_of(env)}: {refused}", file=sys.stderr)
                 return EXIT_REFUSED
-        return _launch(config, stop_at, signalled, forwarder, watch, first, path, ranks)
+        status = _launch(config, stop_at, signalled, forwarder, watch, first, path, ranks)
+        watch.hold_if_fired()  # the command was killed for a hang: EXIT_HANG, not its status
+        return status
     finally:
         watch.close()
         if lock is not None:
@@ -260,7 +262,7 @@ def _run(
     tail.poll()
     if tail.last_step is not None:
         step = max(step, tail.last_step)
-    return _finish(config, status, forwarder, writer, step, ignored_stop)
+    return _finish(config, status, forwarder, writer, step, ignored_stop, watch)
 
 
 def _rank() -> int | None:
@@ -297,8 +299,10 @@ def _finish(
     forwarder: Forwarder,
     writer: ProgressWriter | None,
     step: int,
-    ignored_stop: str | None = None,
+    ignored_stop: str | None,
+    watch: NoWatchdog,
 ) -> int:
+    watch.hold_if_fired()  # killed by the hang watchdog: its line says so, not these
     stopped = forwarder.signal is not None
     sent = int(signal.Signals[forwarder.signal]) if forwarder.signal is not None else 0
     # A shell or launcher in between reports a signal death as 128+n.
