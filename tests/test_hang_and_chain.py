@@ -126,6 +126,28 @@ def test_a_command_whose_progress_lines_stop_is_ended_with_its_stacks(tmp_path: 
     assert resumed[-1]["step"] == 3
 
 
+def test_a_script_with_the_reporter_dumps_its_stacks_when_the_launcher_asks() -> None:
+    code = (
+        "import os, signal, time\n"
+        "from jobs.report import Reporter\n"
+        "rep = Reporter(total_steps=5, checkpoint_dir='ck', checkpoint_interval_steps=1)\n"
+        "def where_it_is_stuck():\n"
+        "    os.kill(os.getpid(), signal.SIGURG)\n"
+        "    time.sleep(0.5)\n"
+        "where_it_is_stuck()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "most recent call first" in proc.stderr and "in where_it_is_stuck" in proc.stderr
+
+
 def test_the_watchdog_is_off_without_timeouts(tmp_path: Path) -> None:
     """The same hang with train.json of an older emit (no hang_timeouts): nothing fires."""
     marker = tmp_path / "hung-once"

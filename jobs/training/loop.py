@@ -190,6 +190,7 @@ class Run:
             return False
         if self.save_s is None:
             self.save_s = self._probe_save()
+            self.watch.arm("step")  # back in the step the probe interrupted
         step_s = max(self.step_times, default=0.0)
         needed = step_s + self.save_s + self.config.stop_lead_s
         if self._eval_due(next_step):
