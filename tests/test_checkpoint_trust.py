@@ -27,6 +27,7 @@ from jobs.contract.train_config import TrainConfig
 from jobs.node import trainer_lock
 from jobs.node.signals import StopRequest
 from jobs.node.world import detect
+from jobs.progress import read_progress
 from jobs.training import builtin, checksum
 from tests.test_command import PACED
 from tests.test_command import make_config as command_config
@@ -194,7 +195,7 @@ def test_command_mode_refuses_when_the_checkpoints_it_recorded_are_gone(tmp_path
 
 
 def json_lines(folder: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (folder / "progress.jsonl").read_text().splitlines()]
+    return read_progress(folder / "progress.jsonl")
 
 
 # --- one trainer per run -----------------------------------------------------------------------
@@ -385,3 +386,44 @@ def test_the_room_check_counts_the_checkpoints_already_there() -> None:
     assert needed_bytes(2, 100, []) == 300
     assert needed_bytes(2, 100, [100]) == 200
     assert needed_bytes(2, 100, [100, 100, 100]) == 100  # never less than the next one
+
+
+@pytest.mark.parametrize(
+    ("flag", "detail", "said"),
+    [
+        ("--fail-at=2", {"exit_code": 3, "signal": None}, "exited with status 3 at step 1"),
+        ("--die-at=2", {"exit_code": None, "signal": "SIGKILL"}, "was killed by SIGKILL"),
+    ],
+)
+def test_a_command_that_fails_is_named_with_its_status_or_signal(
+    tmp_path: Path, flag: str, detail: dict[str, Any], said: str
+) -> None:
+    config = command_config(tmp_path, [sys.executable, str(PACED), "--pace", "0.02", flag])
+    status, _, err = run_command(tmp_path, config)
+    assert status != 0, err
+    (failure,) = [e for e in json_lines(tmp_path) if e["event"] == "failure"]
+    assert failure["cause"] == "command_failed" and failure["detail"] == detail
+    assert said in failure["message"] and failure["step"] == 1
+
+
+def test_a_command_that_ignores_the_stop_signal_is_named(tmp_path: Path) -> None:
+    argv = [sys.executable, str(PACED), "--pace", "0.05", "--deaf"]
+    config = command_config(tmp_path, argv, total_steps=400, stop_grace_s=1.0)
+    (tmp_path / "train.json").write_text(config.to_json())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.train", str(tmp_path / "train.json")],
+        cwd=tmp_path,
+        env=env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not any(e["event"] == "step" for e in json_lines(tmp_path)):
+        assert proc.poll() is None and time.monotonic() < deadline, "no step"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR2)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    (failure,) = [e for e in json_lines(tmp_path) if e["event"] == "failure"]
+    assert failure["cause"] == "command_ignored_stop"
+    assert "did not exit within stop_grace_s (1 s) of SIGUSR2" in failure["message"]
