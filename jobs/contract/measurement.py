@@ -133,6 +133,9 @@ class Measurement:
     compile_s: float = 0.0
     eager_step_s: float = 0.0
     eager_steps: int = 0
+    # The 99th percentile of the steady step times (jobs.calibration.tail): what the hang
+    # watchdog's step timeout is a multiple of. 0.0: a record from before it was kept.
+    step_p99_s: float = 0.0
     # GPU power from NVML (jobs.calibration.power), in watts, one entry per GPU (rank order):
     # the median over the steady steps and the idle power before them. () when unknown, and
     # power_source says why ("unknown: ..."); "nvml" when read; "" in records from before

@@ -22,12 +22,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TypedDict
 
-from jobs.contract.train_config import TrainConfig
+from jobs.contract.train_config import DEFAULT_LOCK_HEARTBEAT_S, TrainConfig
 from jobs.contract.work import Work
 from planner.errors import RunFolderExistsError, SpecError, UnsafeRunFolderError
 from planner.model.plan import Plan, Segment
 from planner.runs.checkpoint_dir import FIELD as CHECKPOINT_FIELD
 from planner.runs.checkpoint_dir import check_writable, foreign_checkpoints
+from planner.runs.hang_timeouts import hang_timeouts
 from planner.runs.run_folder import (
     EMIT_FILE,
     MARKER,
@@ -97,6 +98,12 @@ def train_config(plan: Plan, run_dir: Path, workdir: Path, run_id: str = "") -> 
         run_id=run_id,
         eval_interval_steps=spec.plan.eval_interval_steps or 0,
         eval_batches=spec.plan.eval_batches,
+        # What keeps a long run honest on the node (jobs.node): the hang watchdog's
+        # timeouts, the chain's progress guard, the space check and the trainer lock.
+        hang_timeouts=hang_timeouts(plan),
+        max_stalled_segments=spec.plan.max_stalled_segments,
+        checkpoint_bytes=plan.checkpoint_bytes or None,
+        lock_heartbeat_s=DEFAULT_LOCK_HEARTBEAT_S,
     )
 
 
