@@ -268,7 +268,8 @@ def test_a_bare_progress_file_gets_a_run_page_without_a_plan(tmp_path: Path) -> 
         {"event": "step", "time": float(i), "step": i, "step_s": 1.0, "loss": 5.0 / i}
         for i in range(1, 31)
     ]
-    lines += [{"event": "hang", "time": 40.0}]  # a kind this page marks, at the last step
+    lines += [{"event": "hang", "time": 40.0, "phase": "step", "waited_s": 9.5}]  # no step
+    lines += [{"event": "failure", "time": 41.0, "step": 30, "cause": "hang", "message": "x"}]
     path = tmp_path / "progress.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     built = run_page(str(path), now=45.0)
@@ -280,4 +281,7 @@ def test_a_bare_progress_file_gets_a_run_page_without_a_plan(tmp_path: Path) -> 
     from planner.pages.run import job_events
 
     (job,) = job_events(read_progress(path))
-    assert job.hangs == [(40.0, 30)] and JobEvents(1).steps == []
+    assert job.hangs == [(40.0, 30)] and JobEvents(1).steps == []  # marked at its last step
+    # What the lines say is said on the page.
+    assert "job 1: hung in its step phase (no progress for 9.5 s" in html
+    assert "job 1: failed after step 30: hang: x" in html

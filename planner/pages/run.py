@@ -45,6 +45,7 @@ class JobEvents:
     evals: list[tuple[float, int, float | None]] = field(default_factory=list)
     saves: list[tuple[float, int]] = field(default_factory=list)
     hangs: list[tuple[float, int]] = field(default_factory=list)
+    incidents: list[str] = field(default_factory=list)  # hangs, failures, bad checkpoints
     stop_reason: str | None = None
     last_time: float | None = None
 
@@ -71,6 +72,8 @@ def job_events(events: Sequence[Mapping[str, Any]]) -> list[JobEvents]:
             # Where the job stood when it stopped stepping: its line's step, else its last.
             last = job.steps[-1][1] if job.steps else job.start_step
             job.hangs.append((moment, int(step) if step is not None else last))
+        if kind in _INCIDENTS:
+            job.incidents.append(f"job {job.index}: " + _INCIDENTS[str(kind)](event))
         elif moment is not None and step is not None:
             if kind == "step":
                 job.steps.append(
@@ -85,6 +88,33 @@ def job_events(events: Sequence[Mapping[str, Any]]) -> list[JobEvents]:
         if moment is not None:
             job.last_time = max(job.last_time or moment, moment)
     return jobs
+
+
+def _at_step(event: Mapping[str, Any]) -> str:
+    return f" at step {event['step']}" if _number(event.get("step")) is not None else ""
+
+
+def _seconds(value: Any) -> str:
+    seconds = _number(value)
+    return fmt_duration(seconds) if seconds is not None else "?"
+
+
+# What the run page says of the lines that tell why a job ended (jobs.progress).
+_INCIDENTS: dict[str, Any] = {
+    "hang": lambda e: (
+        f"hung{_at_step(e)} in its {e.get('phase', '?')} phase (no progress for "
+        f"{_seconds(e.get('waited_s'))}, timeout {_seconds(e.get('timeout_s'))}; rank "
+        f"{e.get('rank', '?')})"
+    ),
+    "failure": lambda e: (
+        f"failed after step {e.get('step')}: {e.get('cause', '?')}: {e.get('message', '')}"
+    ),
+    "checkpoint_bad": lambda e: (
+        f"checkpoint {e.get('path')} set aside as {e.get('moved_to')} ({e.get('reason')})"
+    ),
+    "chain_stopped": lambda e: f"stopped its chain at step {e.get('step')}: {e.get('reason')}",
+}
+MAX_INCIDENTS = 12  # lines of them on the page; the rest counted
 
 
 def queue_waits(source: Source, jobs: Sequence[JobEvents]) -> dict[int, float]:
@@ -161,6 +191,10 @@ def run_section(
     if any(loss is not None for job in jobs for *_, loss in job.steps):
         charts.append(_loss_chart(jobs))
     notes = list(eta.notes)
+    incidents = [line for job in jobs for line in job.incidents]
+    notes += incidents[:MAX_INCIDENTS]
+    if len(incidents) > MAX_INCIDENTS:
+        notes.append(f"... and {len(incidents) - MAX_INCIDENTS} more such lines in the file")
     if not any(job.steps for job in jobs):
         notes.append("no step lines yet: the figures are empty until the run has stepped")
     return Section(
