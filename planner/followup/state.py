@@ -15,10 +15,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from jobs.contract.train_config import TrainConfig
-from jobs.progress import read_progress
 from planner.errors import BadInputError, SlurmUnavailableError
 from planner.eta.progress import History
 from planner.eta.source import Source, load_source
@@ -116,7 +114,6 @@ def inspect_run(target: str, runner: Runner | None = None, preview: bool = False
     ended = [i for i in ids if i not in {job.job_id for job in active}]
     logs = {job.job_id: job for job in history.jobs if job.job_id}
     accounting = with_inferred(job_outcomes(ended, runner), ended, logs, run_dir)
-    events = read_progress(history.path)
     starts = {
         o.job_id: o.start_time
         for o in accounting.outcomes.values()
@@ -125,11 +122,11 @@ def inspect_run(target: str, runner: Runner | None = None, preview: bool = False
     pace = measure_pace(
         history,
         plan,
-        job_timings(events),
+        job_timings(history),
         starts,
         train.checkpoint_interval_steps,
         train.eval_interval_steps,
-        [float(e["eval_s"]) for e in events if e.get("event") == "eval" and e.get("eval_s")],
+        history.evals,
     )
     notes = [n for n in (accounting.missing_note(),) if n]
     return RunState(
@@ -146,7 +143,7 @@ def inspect_run(target: str, runner: Runner | None = None, preview: bool = False
             if job.job_id
         },
         checkpoint=(
-            newest_logged_checkpoint(events)
+            newest_logged_checkpoint(history.checkpoint_lines)
             if train.command
             else newest_checkpoint(Path(train.checkpoint_dir), history)
         ),
@@ -157,7 +154,7 @@ def inspect_run(target: str, runner: Runner | None = None, preview: bool = False
 
 
 def newest_checkpoint(folder: Path, history: History) -> CheckpointState:
-    logged = [step for job in history.jobs for step, _ in job.saves]
+    logged = [step for step, _ in history.saves]
     logged_step = logged[-1] if logged else None
     files = sorted(
         (
@@ -181,16 +178,17 @@ def newest_checkpoint(folder: Path, history: History) -> CheckpointState:
     return CheckpointState(0, None, 0, logged_step, where + ": the run starts again from step 0")
 
 
-def newest_logged_checkpoint(events: Sequence[dict[str, Any]]) -> CheckpointState:
+def newest_logged_checkpoint(lines: Sequence[tuple[int | None, str]]) -> CheckpointState:
     """A user command's checkpoints are in its own format and naming: the progress file's
-    ``checkpoint`` lines say which it saved; the newest whose path still exists counts."""
-    saved = [e for e in events if e.get("event") == "checkpoint" and e.get("path")]
-    logged_step = int(saved[-1]["step"]) if saved else None
+    ``checkpoint`` lines say which it saved (the newest CHECKPOINT_LINES_KEPT of them, (step,
+    path)); the newest whose path still exists counts."""
+    logged_step = lines[-1][0] if lines else None
     missing: list[str] = []
-    for event in reversed(saved):
-        path = Path(str(event["path"]))
+    for step, name in reversed(lines):
+        path = Path(name)
+        if step is None:
+            continue  # a line that names no step cannot be resumed from
         if path.exists():
-            step = int(event["step"])
             note = f"step {step:,}: the newest checkpoint line whose path exists ({path})"
             if missing:
                 note += f"; missing on disk: {', '.join(missing)}"

@@ -15,13 +15,13 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jobs.calibration.stats import steady_estimate
 from planner.calibration.record import CalibrationRecord
 from planner.errors import HistoryError
+from planner.eta.job_log import JobLog
 from planner.model.plan import Plan
 from planner.model.timemodel import job_saves
 from planner.slurm.partition import PartitionLimits
@@ -184,7 +184,7 @@ def record_outcomes(state: RunState, path: Path | None = None) -> int:
         for job_id, outcome in state.accounting.outcomes.items():
             steps = state.job_steps.get(job_id)
             from_step, done = (steps.from_step, steps.steps) if steps else (0, 0)
-            step_s = job_step_s(logs[job_id].step_times) if job_id in logs else None
+            step_s = job_step_s(logs[job_id]) if job_id in logs else None
             db.execute(
                 "INSERT INTO outcomes (recorded, run_dir, job_id, state, state_source, inferred,"
                 " start_time, end_time, elapsed_s, time_limit_s, from_step, steps, predicted_s,"
@@ -237,11 +237,11 @@ def predicted_job_s(plan: Plan, from_step: int, to_step: int) -> float:
     return overhead + steps * plan.step_s + saves * plan.checkpoint.save_s + evals
 
 
-def job_step_s(step_times: Sequence[float]) -> float | None:
+def job_step_s(job: JobLog) -> float | None:
     """A job's steady step time (its warm-up cut), from at least MIN_STEPS_TIMED steps."""
-    if len(step_times) < MIN_STEPS_TIMED:
+    if job.timed < MIN_STEPS_TIMED:
         return None
-    return steady_estimate(step_times).mean
+    return job.steady_mean(job.warmup_steps)
 
 
 def _insert_plan(

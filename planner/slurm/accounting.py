@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import CommandError
-from planner.eta.progress import JobLog
+from planner.eta.job_log import JobLog
 from planner.runs.run_folder import job_log_path
 from planner.shell import run_command
 from planner.slurm.queue import (
