@@ -244,17 +244,30 @@ def test_a_replaced_or_shrunk_file_is_read_again_from_its_start(tmp_path: Path) 
     assert not reader.exists and reader.snapshot().events == 0
 
 
-def test_eta_with_a_kept_reader_is_the_eta_read_afresh(tmp_path: Path) -> None:
-    from planner.eta.estimate import estimate
-    from planner.eta.source import Source
+def test_eta_watch_reads_only_what_was_appended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """eta_for with kept readers (what `eta --watch` and `submit --watch` keep between
+    refreshes) reads only the new bytes, and gives the estimate a fresh read gives."""
+    from planner.eta.estimate import eta_for
 
     path = long_run(tmp_path / "progress.jsonl", jobs=2, per_job=HEAD + 300)
-    reader = ProgressReader(path)
-    load_progress(path, reader=reader)
+    size = path.stat().st_size
+    read: list[int] = []
+    whole = ProgressReader._block
+    monkeypatch.setattr(
+        ProgressReader, "_block", lambda self, block: read.append(len(block)) or whole(self, block)
+    )
+    readers: dict[Path, ProgressReader] = {}
+    first = eta_for(str(path), readers=readers, now=T0 + 10**6)
+    assert sum(read) == size and first.done_step == 2 * (HEAD + 300)
+    added = line("start", T0 + 10**5, step=4600, total_steps=9000, job_id="5") + "".join(
+        line("step", T0 + 10**5 + step, step=step, step_s=0.12) for step in range(4601, 4700)
+    )
     with open(path, "a") as handle:
-        handle.write(line("start", T0 + 10**5, step=4600, total_steps=9000, job_id="5"))
-        for step in range(4601, 4700):
-            handle.write(line("step", T0 + 10**5 + step, step=step, step_s=0.12))
-    kept = estimate(Source(str(path), load_progress(path, reader=reader)), None, T0 + 10**6)
-    fresh = estimate(Source(str(path), load_progress(path)), None, T0 + 10**6)
+        handle.write(added)
+    read.clear()
+    kept = eta_for(str(path), readers=readers, now=T0 + 10**6)
+    assert sum(read) == len(added)
+    fresh = eta_for(str(path), now=T0 + 10**6)
     assert kept == fresh and kept.done_step == 4699 and kept.total_steps == 9000

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from planner.cli.common import EXIT_INTERRUPTED, BadInputExit, InterruptedExit, fail, watch_option
 from planner.cli.status_line import StatusLine
 from planner.errors import PlanJobError
+
+if TYPE_CHECKING:  # imported when --watch runs: --help needs none of it
+    from planner.eta.progress_reader import ProgressReader
 
 
 @click.command()
@@ -74,10 +77,11 @@ def _follow_run(run_dir: Path, interval_s: float, job_ids: list[str]) -> None:
         err=True,
     )
     line = StatusLine()
+    readers: dict[Path, ProgressReader] = {}  # each refresh reads only the new lines
     try:
         try:
             final = follow(
-                lambda: run_progress(run_dir),
+                lambda: run_progress(run_dir, readers),
                 lambda p: line.show(bar_text(p), bar_key(p)),
                 interval_s,
             )

@@ -21,6 +21,7 @@ import datetime as dt
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from planner.errors import SlurmUnavailableError
@@ -36,6 +37,7 @@ from planner.eta.outlook import (
     stop_reserve,
 )
 from planner.eta.progress import History
+from planner.eta.progress_reader import ProgressReader
 from planner.eta.source import Source, load_source
 from planner.eta.steps import (
     DEFAULT_SPREAD,
@@ -122,10 +124,12 @@ def eta_for(
     total_steps: int | None = None,
     runner: Runner | None = None,
     now: float | None = None,
+    readers: dict[Path, ProgressReader] | None = None,
 ) -> Eta:
     """The estimate for TARGET (a progress.jsonl, a trainer_state.json, a run folder or a
-    Slurm job id), with what squeue says about its jobs where Slurm is here."""
-    source = load_source(target, total_steps, runner)
+    Slurm job id), with what squeue says about its jobs where Slurm is here. ``readers``:
+    kept between calls (`--watch`), so that each reads only the progress lines added since."""
+    source = load_source(target, total_steps, runner, readers)
     return estimate(source, observe_slurm(source, runner), now)
 
 

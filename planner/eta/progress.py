@@ -79,19 +79,22 @@ def load_progress(
     path: Path,
     total_steps: int | None = None,
     fallback_total: int | None = None,
-    reader: ProgressReader | None = None,
+    readers: dict[Path, ProgressReader] | None = None,
 ) -> History:
     """A progress file (jobs.progress format) as a History; BadInputError if it says nothing.
 
     ``total_steps`` (the user's) beats the file's start lines, which beat ``fallback_total``
-    (a run folder's train.json or plan). ``reader``: one kept between calls (`eta --watch`),
-    which reads only what was appended since (planner.eta.progress_reader)."""
+    (a run folder's train.json or plan). ``readers``: kept between calls (`eta --watch`), so
+    that a file is read on from where the last call stopped (planner.eta.progress_reader)."""
     if not path.is_file():
         raise NoProgressError(
             f"{path}: no progress file here (has the run started?); {WHAT_TO_PASS}"
         )
-    if reader is None or reader.path != path:
+    reader = readers.get(path) if readers is not None else None
+    if reader is None:
         reader = ProgressReader(path)
+        if readers is not None:
+            readers[path] = reader
     reader.refresh()
     summary = reader.snapshot()
     if not summary.events:
