@@ -74,6 +74,7 @@ def emit(
     from planner.model.report import summary_table
     from planner.runs.emit import EmitOptions
     from planner.runs.emit import emit as write_run
+    from planner.shell import command_text
 
     try:
         planned = plan_from_files(
@@ -96,4 +97,4 @@ def emit(
     click.echo(f"\nwrote {run.folder}:")
     for path in (run.plan_path, run.train_config_path, *run.scripts):
         click.echo(f"  {path}")
-    click.echo(f"submit with: plan-job submit {run.folder}")
+    click.echo(f"submit with: {command_text('plan-job', 'submit', run.folder)}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ def resubmit(
     from planner.followup.state import inspect_run
     from planner.history import database as history
     from planner.runs.run_folder import JOBS_FILE
+    from planner.shell import command_text
 
     try:
         state = inspect_run(target, preview=dry_run)
@@ -62,7 +62,7 @@ def resubmit(
                 click.echo(f"\n# ===== {name} (not written) =====\n{text}")
             click.echo("\n# dry run: would submit")
             for argv in resubmission.planned_commands(plan):
-                click.echo(" ".join(shlex.quote(arg) for arg in argv))
+                click.echo(command_text(*argv))
             if plan.unread:
                 click.echo(
                     "\n# a preview without Slurm (see 'not read' above): resubmit on the login "
@@ -78,7 +78,8 @@ def resubmit(
         raise InterruptedExit("interrupted: cancelled the segments already submitted") from None
     except SlurmUnavailableError as exc:
         raise BadInputExit(
-            f"{exc}; `plan-job resubmit {target} --dry-run` previews from the run folder alone"
+            f"{exc}; `{command_text('plan-job', 'resubmit', target, '--dry-run')}` previews from "
+            "the run folder alone"
         ) from exc
     except PlanJobError as exc:
         fail(exc)

@@ -53,6 +53,7 @@ from planner.eta.steps import (
     steady_step_time,
     step_sigma,
 )
+from planner.shell import command_text
 from planner.slurm.queue import Runner, SlurmJob, queued, with_end_from_env
 from planner.units import fmt_duration
 
@@ -239,7 +240,7 @@ def estimate(source: Source, slurm: SlurmView | None, now: float | None = None) 
         where = "no job of this run is queued or running" if known else "the last job stopped"
         notes.append(
             f"{where}: {remaining.steps:,} steps remain; submit the rest with "
-            f"`plan-job resubmit {folder}`"
+            f"`{command_text('plan-job', 'resubmit', folder)}`"
         )
     if known and not done and current.job_id is None and history.kind == "progress":
         notes.append("the progress file names no job ($SLURM_JOB_ID): its segment not checked")

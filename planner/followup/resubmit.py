@@ -46,6 +46,7 @@ from planner.runs.run_folder import (
     segment_scripts,
     write_scripts,
 )
+from planner.shell import command_text
 from planner.slurm.accounting import OOM_RE, job_log_text
 from planner.slurm.partition import PartitionLimits, read_partition
 from planner.slurm.queue import Runner
@@ -77,9 +78,9 @@ def check_resubmittable(state: RunState, nodes: int | None, max_retries: int) ->
     if state.active:
         jobs = ", ".join(f"{job.job_id} {job.state}" for job in state.active)
         raise RefusedError(
-            f"{folder}: still running (job {jobs}); see `plan-job eta {folder}`. Resubmit once "
-            f"its jobs have ended; to shorten the pending segments' --time to the measured pace "
-            f"use `plan-job tighten {folder}`"
+            f"{folder}: still running (job {jobs}); see `{command_text('plan-job', 'eta', folder)}`"
+            f". Resubmit once its jobs have ended; to shorten the pending segments' --time to the "
+            f"measured pace use `{command_text('plan-job', 'tighten', folder)}`"
         )
     last = state.last
     if state.done:
@@ -111,7 +112,7 @@ def check_resubmittable(state: RunState, nodes: int | None, max_retries: int) ->
             f"{state.plan.nodes} node(s), and jobs.train resumes a checkpoint only with the "
             f"world size that wrote it (the global batch and the ranks' data streams would "
             f"change mid-run). Resubmit with --nodes {state.plan.nodes}, or start a new run "
-            f"with `plan-job emit --nodes {nodes}`"
+            f"with `{command_text('plan-job', 'emit', '--nodes', nodes)}`"
         )
     done = resubmissions(folder)
     if len(done) >= max_retries:

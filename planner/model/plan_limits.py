@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from planner.calibration.record import CalibrationRecord
 from planner.history.correction import MAX_FACTOR, Correction
 from planner.model.scaling import StepTime
+from planner.shell import command_text
 from planner.spec.run_spec import RunSpec
 from planner.units import fmt_percent
 
@@ -45,9 +46,10 @@ def measured_cap(
     measured = measured_nodes(record)
     if limit <= measured:
         return MeasuredCap(limit, "")
-    measure = (
-        f"measure them with `plan-job calibrate SPEC --nodes 1,{measured + 1} --executor slurm`"
+    calibrate = command_text(
+        "plan-job", "calibrate", "SPEC", "--nodes", f"1,{measured + 1}", "--executor", "slurm"
     )
+    measure = f"measure them with `{calibrate}`"
     if forced is not None:
         note = ""
         if forced > measured:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from planner.errors import PlanJobError, RunFailedError, RunNotStartedError, SlurmUnavailableError
 from planner.runs.run_folder import SubmittedJob, job_log_path
+from planner.shell import command_text
 from planner.slurm.accounting import JobOutcome, job_log_text, job_outcomes, with_inferred
 from planner.slurm.queue import Runner, queued
 from planner.units import fmt_duration
@@ -40,7 +41,7 @@ def no_progress_error(
             return RunNotStartedError(
                 f"{folder}: no progress line yet: segment {segment[job.job_id]} (job "
                 f"{job.job_id}) is {job.state}{reason}; try again once it has run some steps, "
-                f"or follow it with `plan-job eta {folder} --watch`"
+                f"or follow it with `{command_text('plan-job', 'eta', folder, '--watch')}`"
             )
     ended = [i for i in ids if not queue or i not in queue]
     accounting = job_outcomes(ended, runner) if queue is not None else None
