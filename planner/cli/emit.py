@@ -77,11 +77,12 @@ def emit(
     from planner.shell import command_text
 
     try:
-        planned = plan_from_files(
+        planned, record = plan_from_files(
             spec_path, calibration_path, sets, deadline, nodes, history_file, not no_correction
         )
         result = planned.plan
-        options = EmitOptions(out_dir, Path.cwd(), python, template, force)
+        size = record.measurement.checkpoint_bytes
+        options = EmitOptions(out_dir, Path.cwd(), python, template, force, size)
         run = write_run(result, options)
     except PlanJobError as exc:
         fail(exc)
