@@ -49,6 +49,7 @@ class Source:
     chain: tuple[SubmittedJob, ...] = ()
     checkpoint_interval: int | None = None  # train.json's
     job: SlurmJob | None = None  # the job TARGET named
+    checkpoint_dir: Path | None = None  # train.json's: where the run's trainer lock lives
 
 
 def load_source(
@@ -112,6 +113,7 @@ def _from_folder(
         chain=chain,
         checkpoint_interval=_int(train.get("checkpoint_interval_steps")),
         job=job,
+        checkpoint_dir=Path(train["checkpoint_dir"]) if train.get("checkpoint_dir") else None,
     )
 
 

@@ -330,6 +330,8 @@ def _exit(outcome: JobOutcome | None, log_text: str | None) -> str | None:
             return f"killed by {signal_name(status - 128)} (its script exited {status})"
         if outcome.exit_code == 9 and _KILLED.search(log_text):
             return "killed by SIGKILL (the log says Killed)"
+    if not outcome.signal and outcome.exit_code == 0:
+        return None  # says nothing: the state does
     return exit_text(outcome.exit_code, outcome.signal)
 
 
