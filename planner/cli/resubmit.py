@@ -32,9 +32,20 @@ from planner.errors import PlanJobError, SlurmUnavailableError
     show_default=True,
     help="Refuse when the run folder records this many resubmissions already.",
 )
+@click.option(
+    "--force-retry",
+    is_flag=True,
+    help="Resubmit even though the last two attempts failed the same way at the same step, "
+    "or the chain stopped itself (once the cause is fixed).",
+)
 @HISTORY
 def resubmit(
-    target: str, nodes: int | None, dry_run: bool, max_retries: int, history_file: Path | None
+    target: str,
+    nodes: int | None,
+    dry_run: bool,
+    max_retries: int,
+    force_retry: bool,
+    history_file: Path | None,
 ) -> None:
     """Submit the rest of a run whose jobs ended short of its last step.
 
@@ -55,7 +66,9 @@ def resubmit(
     try:
         state = inspect_run(target, preview=dry_run)
         record_history(lambda: history.record_outcomes(state, history_file))
-        plan = resubmission.prepare(state, nodes, max_retries, preview=dry_run)
+        plan = resubmission.prepare(
+            state, nodes, max_retries, preview=dry_run, force_retry=force_retry
+        )
         click.echo(resubmission_text(plan))
         if dry_run:
             for name, text in plan.scripts:

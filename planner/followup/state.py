@@ -18,11 +18,13 @@ from pathlib import Path
 
 from jobs.contract.train_config import TrainConfig
 from planner.errors import BadInputError, SlurmUnavailableError
+from planner.eta.job_log import JobLog
 from planner.eta.progress import History
 from planner.eta.source import Source, load_source
 from planner.followup.pace import RunPace, job_timings, measure_pace
 from planner.followup.preview import unread_job_facts
 from planner.model.plan import Plan
+from planner.runs.diagnosis import Diagnosis, diagnose_job
 from planner.runs.run_folder import SubmittedJob, load_plan, load_train_config
 from planner.slurm.accounting import Accounting, JobOutcome, job_outcomes, with_inferred
 from planner.slurm.queue import Runner, SlurmJob, queued
@@ -52,6 +54,39 @@ class JobSteps:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One run of one job: a requeued job (node failure, preemption) runs more than once, each
+    attempt with its own state, restart count and lines in the progress file."""
+
+    job_id: str
+    outcome: JobOutcome
+    log: JobLog | None  # its lines in the progress file (None: it wrote none)
+    diagnosis: Diagnosis
+
+    @property
+    def restarts(self) -> int:
+        return self.outcome.restarts
+
+    @property
+    def from_step(self) -> int:
+        return self.log.start_step if self.log is not None else 0
+
+    @property
+    def steps(self) -> int:
+        return max(self.log.last_step - self.log.start_step, 0) if self.log is not None else 0
+
+    @property
+    def learnable(self) -> bool:
+        """Its steps say what the run's step costs: it stopped cleanly (done, at the signal or
+        the stop time), not hung, failed or killed."""
+        return (
+            self.log is not None
+            and self.log.stop_reason in ("done", "signal", "time_limit")
+            and not self.diagnosis.failed
+        )
+
+
+@dataclass(frozen=True)
 class RunState:
     run_dir: Path
     plan: Plan
@@ -65,6 +100,15 @@ class RunState:
     pace: RunPace
     notes: tuple[str, ...]
     unread: tuple[str, ...] = ()  # facts a preview without Slurm could not read (preview.py)
+    attempts: tuple[Attempt, ...] = ()  # of the ended jobs, oldest first
+
+    @property
+    def last_attempt(self) -> Attempt | None:
+        """The newest attempt of the job that ran last."""
+        if self.last is None:
+            return None
+        mine = [a for a in self.attempts if a.job_id == self.last.job_id]
+        return mine[-1] if mine else None
 
     @property
     def history(self) -> History:
@@ -129,6 +173,11 @@ def inspect_run(target: str, runner: Runner | None = None, preview: bool = False
         history.evals,
     )
     notes = [n for n in (accounting.missing_note(),) if n]
+    checkpoint_dir = Path(train.checkpoint_dir)
+    attempts = tuple(
+        Attempt(job_id, outcome, log, diagnose_job(run_dir, job_id, outcome, log, checkpoint_dir))
+        for job_id, outcome, log in _attempt_logs(ended, accounting, history)
+    )
     return RunState(
         run_dir=run_dir,
         plan=plan,
@@ -150,7 +199,51 @@ def inspect_run(target: str, runner: Runner | None = None, preview: bool = False
         pace=pace,
         notes=tuple(notes),
         unread=unread,
+        attempts=attempts,
     )
+
+
+def _attempt_logs(
+    job_ids: Sequence[str], accounting: Accounting, history: History
+) -> list[tuple[str, JobOutcome, JobLog | None]]:
+    """Each ended job's attempts (sacct -D) with its lines in the progress file, by start
+    time; a job that wrote lines but that Slurm no longer lists keeps them under its one
+    outcome. Sorted oldest first."""
+    found: list[tuple[str, JobOutcome, JobLog | None]] = []
+    for job_id in job_ids:
+        attempts = accounting.all_attempts(job_id)
+        logs = [job for job in history.jobs if job.job_id == job_id]
+        for index, outcome in enumerate(attempts):
+            found.append((job_id, outcome, _log_of(outcome, index, attempts, logs)))
+    return sorted(found, key=lambda item: _start_key(item[1], item[2]))
+
+
+def _log_of(
+    outcome: JobOutcome,
+    index: int,
+    attempts: Sequence[JobOutcome],
+    logs: Sequence[JobLog],
+) -> JobLog | None:
+    """The progress lines of attempt ``index``: by count when they match one for one, else
+    the newest that started within the attempt (an attempt killed at once wrote none)."""
+    if len(logs) == len(attempts):
+        return logs[index]
+    if outcome.start_time is None:
+        return logs[-1] if logs and index == len(attempts) - 1 else None
+    end = outcome.end_time if outcome.end_time is not None else float("inf")
+    inside = [
+        log
+        for log in logs
+        if log.start_time is not None and outcome.start_time - 60 <= log.start_time <= end
+    ]
+    return inside[-1] if inside else None
+
+
+def _start_key(outcome: JobOutcome, log: JobLog | None) -> tuple[float, int]:
+    start = outcome.start_time
+    if start is None and log is not None:
+        start = log.start_time
+    return (start if start is not None else float("inf"), outcome.restarts)
 
 
 def newest_checkpoint(folder: Path, history: History) -> CheckpointState:

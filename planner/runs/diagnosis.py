@@ -200,7 +200,19 @@ def diagnose(
     chain = _last(events, "chain_stopped")
     hangs = [e for e in events if e.get("event") == "hang"]
     failure = _last(events, "failure")
-    if orphan is not None:
+    never_ran = (
+        job is None
+        and outcome is not None
+        and outcome.state == "CANCELLED"
+        and not outcome.elapsed_s
+    )
+    # Nothing to go on (no line, no Slurm record, no log): not counted as a failure.
+    unknown = job is None and not log_text and (outcome is None or outcome.state == "UNKNOWN")
+    if never_ran:
+        why = "cancelled before it started (a chain's spare segment, or by hand)"
+    elif unknown:
+        why = "nothing tells how it ended: no progress line, no log, no record in Slurm"
+    elif orphan is not None:
         cause, why = "orphan", orphan
     elif chain is not None:
         cause, why = "chain_stopped", _chain_stopped(chain)
@@ -218,7 +230,7 @@ def diagnose(
         why = _unexplained(outcome, stop)
     # Done its share: a clean stop line, or Slurm's COMPLETED where nothing tells otherwise.
     completed = outcome is not None and outcome.state == "COMPLETED" and cause is None
-    failed = orphan is None and cause != "orphan" and not (stop in _OK_STOPS or completed)
+    failed = not (never_ran or unknown) and orphan is None and not (stop in _OK_STOPS or completed)
     return Diagnosis(
         job_id=job_id,
         state=state,
