@@ -86,7 +86,9 @@ def emit(
         run = write_run(result, options)
     except PlanJobError as exc:
         fail(exc)
-    record_history(lambda: history.record_plan(result, run.folder, planned.model, history_file))
+    record_history(
+        lambda: history.record_plan(result, run.folder, planned.model, history_file, record=record)
+    )
     for warning in run.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(summary_table(result))

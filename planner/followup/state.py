@@ -11,6 +11,7 @@ torn. Torch-free.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,13 @@ from planner.followup.preview import unread_job_facts
 from planner.model.plan import Plan
 from planner.runs.diagnosis import Diagnosis, diagnose_job
 from planner.runs.run_folder import SubmittedJob, load_plan, load_train_config
-from planner.slurm.accounting import Accounting, JobOutcome, job_outcomes, with_inferred
+from planner.slurm.accounting import (
+    Accounting,
+    JobOutcome,
+    infer_outcome,
+    job_outcomes,
+    with_inferred,
+)
 from planner.slurm.queue import Runner, SlurmJob, queued
 
 _CHECKPOINT_RE = re.compile(r"ckpt-(\d{9,})\.pt")
@@ -206,15 +213,25 @@ def inspect_run(target: str, runner: Runner | None = None, preview: bool = False
 def _attempt_logs(
     job_ids: Sequence[str], accounting: Accounting, history: History
 ) -> list[tuple[str, JobOutcome, JobLog | None]]:
-    """Each ended job's attempts (sacct -D) with its lines in the progress file, by start
-    time; a job that wrote lines but that Slurm no longer lists keeps them under its one
-    outcome. Sorted oldest first."""
+    """Each ended job's attempts (sacct -D) with its lines in the progress file, oldest
+    first. A requeued job's runs each have a start line with its job id: where Slurm lists
+    fewer attempts than those (no accounting: scontrol knows one), the others are read from
+    their lines (infer_outcome), so that every attempt that wrote is one."""
     found: list[tuple[str, JobOutcome, JobLog | None]] = []
     for job_id in job_ids:
         attempts = accounting.all_attempts(job_id)
         logs = [job for job in history.jobs if job.job_id == job_id]
-        for index, outcome in enumerate(attempts):
-            found.append((job_id, outcome, _log_of(outcome, index, attempts, logs)))
+        paired = [(o, _log_of(o, i, attempts, logs)) for i, o in enumerate(attempts)]
+        used = {id(log) for _, log in paired if log is not None}
+        unpaired = [log for log in logs if id(log) not in used]
+        for index, log in enumerate(unpaired):
+            inferred = dataclasses.replace(infer_outcome(job_id, log, None), restarts=index)
+            paired.insert(index, (inferred, log))
+        if unpaired:  # restart counts follow the order once the progress file adds runs
+            paired = [
+                (dataclasses.replace(o, restarts=i), log) for i, (o, log) in enumerate(paired)
+            ]
+        found += [(job_id, outcome, log) for outcome, log in paired]
     return sorted(found, key=lambda item: _start_key(item[1], item[2]))
 
 
