@@ -120,8 +120,10 @@ def make_run(folder: Path, steps: int) -> Path:
     return run
 
 
-def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int, int]:
-    """Wall seconds, peak RSS in KiB and exit code of one process."""
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int, int, float]:
+    """Wall seconds, peak RSS in KiB, exit code and CPU seconds (user + system) of one
+    process: on a shared machine the CPU time is what the command costs, the wall time
+    what it took among the others."""
     start = time.perf_counter()
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
@@ -130,7 +132,7 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int, int]:
     stderr = process.stderr.read().decode() if process.stderr else ""
     if process.returncode not in (0, 1, 2):
         raise SystemExit(f"{' '.join(argv)}: exit {process.returncode}\n{stderr}")
-    return elapsed, usage.ru_maxrss, process.returncode
+    return elapsed, usage.ru_maxrss, process.returncode, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -181,17 +183,21 @@ def main() -> None:
             "tighten": ([str(PLAN_JOB), "tighten", str(run)], slurm_env),
             "history": ([str(PLAN_JOB), "history", "--update", str(run)], slurm_env),
         }
-        print(f"{'command':<26} {'median s':>9} {'min s':>7} {'x wc -l':>8} {'RSS MB':>7}  exit")
+        print(
+            f"{'command':<26} {'median s':>9} {'min s':>7} {'x wc -l':>8} {'CPU s':>6} "
+            f"{'RSS MB':>7}  exit"
+        )
         for name in args.commands:
             argv, command_env = argvs[name]
             results = [timed(argv, command_env) for _ in range(args.runs)]
             seconds = [r[0] for r in results]
             rss = max(r[1] for r in results) / 1024
             median = statistics.median(seconds)
+            cpu = statistics.median(r[3] for r in results)
             label = labels[name]
             print(
                 f"{label:<26} {median:>9.2f} {min(seconds):>7.2f} {median / base:>8.1f} "
-                f"{rss:>7.0f}  {results[-1][2]}"
+                f"{cpu:>6.2f} {rss:>7.0f}  {results[-1][2]}"
             )
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 

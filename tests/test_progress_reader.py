@@ -120,6 +120,26 @@ def damaged(path: Path) -> Path:
     w.raw(line("mystery", w.t, step=12))
     w.raw(line("stop", w.t, step=30, reason="signal", signal="SIGUSR2"))
     w.raw('{"event": "step", "time": 1.0,\r "step": 40, "step_s": 0.1}\n')  # a stray \r
+    # ProgressWriter's own shape, with what json.dumps writes at the edges: NaN, null
+    # counts, peak memory, an infinity (json.loads reads 1e400 as one), a float step.
+    w.raw(line("step", w.t + 4, step=41, samples=None, tokens=None, step_s=0.1, loss=float("nan")))
+    w.raw(
+        line(
+            "step",
+            w.t + 5,
+            step=42,
+            samples=1,
+            tokens=2,
+            step_s=0.1,
+            loss=1.0,
+            peak_memory_bytes=123,
+        )
+    )
+    w.raw(
+        '{"event": "step", "time": 1e400, "step": 43, "samples": 1, "tokens": 1, '
+        '"step_s": 0.1, "loss": 1.0}\n'
+    )
+    w.raw(line("step", w.t + 6, step=44.0, samples=1, tokens=1, step_s=0.1, loss=1.0))
     w.start(30, "12").resume(30, 2.5).resume(30, 9.0).steps(31, 25, save_every=10)
     w.start(55, None).steps(56, 12)
     w.raw(line("failure", w.t, step=67, cause="no_space", message="No space left on device"))
@@ -205,6 +225,20 @@ def test_a_bulk_run_that_is_not_one_step_a_line_is_read_line_by_line(tmp_path: P
     assert_same(read_summary(path), full_read(path), rel=1e-6)
 
 
+def test_a_foreign_line_and_a_missing_step_in_one_run_do_not_cancel_out(tmp_path: Path) -> None:
+    """One step line gone and one line of garbage in the same run: as many lines as steps,
+    but not one a step; the run is parsed line by line."""
+    body = Writer(4).start(0, "8").steps(1, HEAD + 500).parts
+    del body[HEAD + 200]
+    body.insert(HEAD + 400, "a line of someone else's\n")
+    w = Writer()
+    w.parts = body
+    path = w.write(tmp_path / "progress.jsonl")
+    summary, full = read_summary(path), full_read(path)
+    assert summary.jobs[0].timed == HEAD + 499
+    assert_same(summary, full, rel=1e-6)
+
+
 def test_reading_on_from_where_it_stopped_gives_the_same_summary(tmp_path: Path) -> None:
     """`eta --watch` reads only what was appended; cut anywhere, even mid-line."""
     source = long_run(tmp_path / "whole.jsonl", jobs=2, per_job=HEAD + 700)
@@ -256,7 +290,9 @@ def test_eta_watch_reads_only_what_was_appended(
     read: list[int] = []
     whole = ProgressReader._block
     monkeypatch.setattr(
-        ProgressReader, "_block", lambda self, block: read.append(len(block)) or whole(self, block)
+        ProgressReader,
+        "_block",
+        lambda self, block, length: read.append(length) or whole(self, block, length),
     )
     readers: dict[Path, ProgressReader] = {}
     first = eta_for(str(path), readers=readers, now=T0 + 10**6)

@@ -5,17 +5,20 @@ stopped, for `eta --watch`.
 Parsing every line as JSON costs a few microseconds a line: a run of a million steps took
 11.7 s and 1.38 GB when every event was kept as a dict. Most of a long file is step lines of
 one shape, the one ProgressWriter writes (``{"event": "step", "time": ...``), and a job's
-summary needs few of them one by one. So the file is read in chunks of bytes:
+summary needs few of them one by one. So the file is read in chunks of bytes (into one
+buffer, over and over):
 
-- Lines that do not begin like a step line (start, resume, checkpoint, eval, stop, failure,
-  hang, ..., and anything torn or foreign) are found with one regular expression over the
-  chunk and parsed one by one, as are a job's first HEAD step lines (its warm-up is looked
-  for there) and every run of step lines shorter than BULK_MIN.
-- A longer run of step lines between two such lines is taken whole when its first and last
-  lines parse, are timed step lines, and their steps are consecutive across its line count
-  (one line a step, in order). Its lines then count as timed steps, and their step_s sum is
-  the last line's time less the first's: the format defines step_s as the time from the end
-  of the previous step (or the save or evaluation after it), and this run has no save or
+- The lines of other events (start, resume, checkpoint, eval, stop, failure, hang, ...) are
+  found with one regular expression over the chunk and parsed one by one, as are a job's
+  first HEAD step lines (its warm-up is looked for there: ProgressWriter's own step lines
+  are read by a pattern of JSON's grammar, anything else by json.loads) and every run of
+  step lines shorter than BULK_MIN.
+- A longer run of lines between two such lines is taken whole when its first and last
+  lines parse, are timed step lines, and their steps are consecutive across its step lines
+  (one line a step, in order: a torn or foreign line in it makes the count disagree). Its
+  lines then count as timed steps, and their step_s sum is the first line's step_s plus the
+  last line's time less the first's: the format defines step_s as the time from the end of
+  the previous step (or the save or evaluation after it), and this run has no save or
   evaluation lines in it, so the times telescope (to the microseconds it takes to write a
   line, not accumulating). Only its newest RECENT lines are kept, raw, and parsed when the
   summary is made. A run that fails a check is parsed line by line.
@@ -46,8 +49,21 @@ CHUNK = 4 << 20  # bytes read at a time
 Raw = bytes | bytearray
 BULK_MIN = 64  # shorter runs of step lines are parsed line by line
 STEP_PREFIX = b'{"event": "step",'
-# A line (after a newline) that does not begin the way ProgressWriter begins a step line.
-_OTHER_LINE = re.compile(rb'\n(?!\{"event": "step",)')
+_STEP_AFTER_STEP = b"}\n" + STEP_PREFIX
+# A line (after its newline) of another event than a step. Lines of no event at all (torn,
+# foreign) are not looked for: a run of step lines taken whole must have as many lines as
+# steps, and one such line makes it be parsed line by line.
+_OTHER_EVENT = re.compile(rb'\n\{"event": "(?!step")')
+# A whole step line as ProgressWriter writes it (json.dumps, its keys in its order), each
+# value in JSON's grammar: time, step and step_s as groups 1-3.
+_NUMBER = rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
+_COUNT = rb"(?:null|-?(?:0|[1-9][0-9]*))"
+_WRITERS_STEP = re.compile(
+    rb'\{"event": "step", "time": (' + _NUMBER + rb'), "step": (-?(?:0|[1-9][0-9]*)), '
+    rb'"samples": ' + _COUNT + rb', "tokens": ' + _COUNT + rb', "step_s": (' + _NUMBER + rb"), "
+    rb'"loss": (?:null|NaN|-?Infinity|' + _NUMBER + rb")"
+    rb'(?:, "peak_memory_bytes": -?(?:0|[1-9][0-9]*))?\}\n'
+)
 EVALS_KEPT = 16  # the newest evaluations' times (resubmit uses five)
 CHECKPOINT_LINES_KEPT = 64  # the newest checkpoint lines with a path (a command's checkpoints)
 
@@ -76,14 +92,15 @@ class _Job:
         self.save_gaps: dict[int, int] = {}  # insertion order: first seen first, as mode() ties
         self.stop_reason: str | None = None
         self.last_event: Mapping[str, Any] | None = None
+        self.last_raw: bytes | None = None  # the newest line, when add_step took it unparsed
         self.notable: collections.deque[Mapping[str, Any]] = collections.deque(maxlen=NOTABLE_KEPT)
 
     def add(self, event: Mapping[str, Any]) -> None:
         """One parsed line, as planner.eta.progress has always read a job's lines."""
         name = event.get("event")
-        if self.last_event is None and name == "start":
+        if self.last_event is None and self.last_raw is None and name == "start":
             self.start = event
-        self.last_event = event
+        self.last_event, self.last_raw = event, None
         step = _int(event.get("step"))
         if step is not None:
             self.max_step = step if self.max_step is None else max(self.max_step, step)
@@ -114,6 +131,18 @@ class _Job:
                 self.stop_reason = str(event.get("reason"))
             self.notable.append(event)
 
+    def add_step(self, moment: float, step: int, step_s: float, raw: Raw) -> None:
+        """A step line as ProgressWriter writes it (finite time and step_s, a step number):
+        what add() does with its dict. ``raw``: the line, parsed only if it is the newest."""
+        self.max_step = step if self.max_step is None else max(self.max_step, step)
+        self.max_time = moment if self.max_time is None else max(self.max_time, moment)
+        if not self.first_step_seen:
+            self.first_step_seen = True
+            self.first_step_begin = moment - step_s
+        self._timed(step_s)
+        self.last_event = None
+        self.last_raw = bytes(raw)
+
     def _timed(self, step_s: float) -> None:
         self.settle()
         self.timed += 1
@@ -136,12 +165,21 @@ class _Job:
         step, moment = int(last["step"]), float(last["time"])
         self.max_step = step if self.max_step is None else max(self.max_step, step)
         self.max_time = moment if self.max_time is None else max(self.max_time, moment)
-        self.last_event = last
+        self.last_event, self.last_raw = last, None
         if lines >= RECENT:
             self.recent.clear()  # all of the window comes from this run
         else:
             self.settle()
         self.pending = run
+
+    def detach(self) -> None:
+        """Copy the pending run's newest lines out of the buffer it points into."""
+        if self.pending is None or isinstance(self.pending[0], bytes):
+            return
+        block, begin, end, lines = self.pending
+        keep = min(lines, RECENT)
+        start = _newest_lines(block, begin, end, keep)
+        self.pending = (bytes(block[start:end]), 0, end - start, keep)
 
     def settle(self) -> None:
         """Parse the pending run's newest lines into ``recent`` (and let go of its chunk)."""
@@ -149,16 +187,16 @@ class _Job:
             return
         block, begin, end, lines = self.pending
         self.pending = None
-        newest = end - 1
-        for _ in range(min(lines, RECENT)):  # -1 only past the run's first line
-            newest = block.rfind(b"\n", begin, newest)
-        for raw in block[max(newest + 1, begin) : end - 1].split(b"\n"):
+        start = _newest_lines(block, begin, end, min(lines, RECENT))
+        for raw in block[start : end - 1].split(b"\n"):
             event = _parse(raw)
             if event is not None and _is_timed(event):
                 self.recent.append(float(event["step_s"]))
 
     def snapshot(self) -> JobLog:
         self.settle()
+        if self.last_raw is not None:
+            self.last_event, self.last_raw = _parse(self.last_raw), None
         start = self.start
         start_step = _int(start.get("step"))
         last_step = self.max_step if self.max_step is not None else start_step or 0
@@ -217,18 +255,21 @@ class ProgressReader:
                     self._reset()
                     self.identity = identity
                 handle.seek(self.offset)
+                # One buffer, read into again and again: fresh pages for every chunk cost
+                # as much as reading them. The partial line read last time goes first.
+                buffer = bytearray(CHUNK)
                 while True:
-                    # A fresh buffer each time: a job's pending run may still point into the
-                    # last one. The partial line read last time goes first.
                     kept = len(self._partial)
-                    block = bytearray(kept + CHUNK)
-                    block[:kept] = self._partial
-                    size = handle.readinto(memoryview(block)[kept:])
+                    if len(buffer) < kept + CHUNK:
+                        buffer = bytearray(kept + CHUNK)
+                    buffer[:kept] = self._partial
+                    size = handle.readinto(memoryview(buffer)[kept : kept + CHUNK])
                     if not size:
                         break
                     self.offset += size
-                    del block[kept + size :]
-                    self._block(block)
+                    self._block(buffer, kept + size)
+                    if self.jobs:
+                        self.jobs[-1].detach()  # its pending run must not point into buffer
         except FileNotFoundError:
             self._reset()
 
@@ -250,9 +291,10 @@ class ProgressReader:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _block(self, block: bytearray) -> None:
-        end = block.rfind(b"\n") + 1
-        self._partial = bytes(block[end:])
+    def _block(self, block: bytearray, length: int) -> None:
+        """block[:length]: what was read; up to its last newline are whole lines."""
+        end = block.rfind(b"\n", 0, length) + 1
+        self._partial = bytes(block[end:length])
         if end:
             self._lines(block, 0, end)
 
@@ -271,14 +313,27 @@ class ProgressReader:
     def _step_lines(self, block: Raw, begin: int, end: int) -> None:
         """block[begin:end]: lines that each begin as a step line."""
         position = begin
-        # A job's first HEAD timed steps, one by one.
+        # A job's first HEAD timed steps, one by one: ProgressWriter's own step lines read
+        # by a pattern of JSON's grammar (what json.loads reads of them, at a quarter of the
+        # cost), any other line parsed.
         while position < end and (not self.jobs or len(self.jobs[-1].head) < HEAD):
+            match = _WRITERS_STEP.match(block, position, end) if self.jobs else None
+            if match is not None:
+                moment, step_s = float(match[1]), float(match[3])
+                if math.isfinite(moment) and math.isfinite(step_s):  # not 1e400
+                    self.events += 1
+                    self.jobs[-1].add_step(moment, int(match[2]), step_s, match[0])
+                    position = match.end()
+                    continue
             line_end = block.find(b"\n", position, end)
             self._line(block[position:line_end])
             position = line_end + 1
         if position >= end:
             return
-        lines = block.count(b"\n", position, end)
+        # Line ends followed by a step line's start: one fewer than the lines when every line
+        # is a whole step line. A torn or foreign line breaks two of them, so that with the
+        # steps' span it cannot add up (_consecutive), even where a step line is missing too.
+        lines = block.count(_STEP_AFTER_STEP, position, end) + 1
         first = last = None
         if lines >= BULK_MIN:
             first = _parse(block[position : block.find(b"\n", position, end)])
@@ -343,12 +398,20 @@ def read_summary(path: str | os.PathLike[str]) -> ProgressSummary:
 
 
 def _other_lines(block: Raw, begin: int, end: int) -> Iterator[int]:
-    """Where each line of block[begin:end] that does not begin as a step line begins."""
+    """Where each line of block[begin:end] of another event than a step begins (and the first
+    line, when it does not begin as a step line)."""
     if not block.startswith(STEP_PREFIX, begin):
         yield begin
-    for match in _OTHER_LINE.finditer(block, begin, end):
-        if match.end() < end:
-            yield match.end()
+    for match in _OTHER_EVENT.finditer(block, begin, end):
+        yield match.start() + 1
+
+
+def _newest_lines(block: Raw, begin: int, end: int, count: int) -> int:
+    """Where the newest ``count`` lines of block[begin:end] (whole lines) begin."""
+    start = end - 1
+    for _ in range(count):  # -1 only past the first line
+        start = block.rfind(b"\n", begin, start)
+    return max(start + 1, begin)
 
 
 def _split(block: Raw, begin: int, end: int) -> Sequence[Raw]:
