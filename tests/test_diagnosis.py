@@ -60,7 +60,8 @@ def test_sacct_attempts_and_signals_from_a_real_cluster() -> None:
         "CANCELLED",
         1,
     )
-    assert first.exit_text == "killed by SIGTERM"  # its batch step, at the requeue
+    assert first.signal == 15  # its batch step's, at the requeue: Slurm's, not a cause
+    assert first.exit_text == "exit 0"
     assert attempts["3"][0].exit_text == "killed by SIGKILL"
     assert attempts["5"][0].exit_text == "killed by SIGKILL"  # from its step 5.0
     assert attempts["4"][0].exit_text == "exit 3"

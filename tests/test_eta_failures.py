@@ -143,3 +143,30 @@ def test_a_live_orphan_is_a_running_trainer_not_a_crash(tmp_path: Path) -> None:
     # Its heartbeat gone stale: the job is what Slurm says.
     eta = estimator.estimate(source, slurm, log.t + 30)
     assert "ended NODE_FAIL: its node failed" in "\n".join(eta.notes)
+
+
+def test_jobs_that_ended_before_any_progress_line_say_why(tmp_path: Path) -> None:
+    """No progress line at all: the first job's log names the cause (an import error)."""
+    from planner.errors import RunFailedError
+    from tests.run_folders import FakeSlurm, chain_folder, sacct_line
+    from tests.test_eta import T0
+
+    folder = chain_folder(tmp_path)
+    (folder / "logs" / "segment-01-11.out").write_text(
+        "Traceback (most recent call last):\nModuleNotFoundError: No module named 'mymodel'\n"
+    )
+    lines = [sacct_line("11", "FAILED", T0, 3, "1:0"), sacct_line("12", "FAILED", T0, 0, "0:9")]
+    lines += [sacct_line(str(i), "CANCELLED by 0", None, 0) for i in (13, 14, 15)]
+    slurm = FakeSlurm(sacct="\n".join(lines) + "\n")
+    try:
+        load_source(str(folder), runner=slurm)
+    except RunFailedError as exc:
+        message = str(exc)
+    else:
+        raise AssertionError("no error")
+    assert "segment 1, job 11: FAILED, exit code 1" in message
+    assert "segment 2, job 12: FAILED, killed by SIGKILL" in message
+    assert (
+        "job 11: an import failed: the log says \"ModuleNotFoundError: No module named 'mymodel'\""
+        in message
+    )

@@ -28,7 +28,7 @@ from typing import Any
 from planner.clock import clock_text
 from planner.eta.job_log import JobLog
 from planner.runs.run_folder import job_log_path
-from planner.slurm.accounting import JobOutcome, exit_text, job_log_text, signal_name
+from planner.slurm.accounting import SLURM_ENDED, JobOutcome, job_log_text, signal_name
 from planner.units import fmt_duration
 
 # The training's exit codes and failure causes (jobs.contract.failure, issues 20/21's
@@ -335,16 +335,15 @@ def _exit(outcome: JobOutcome | None, log_text: str | None) -> str | None:
     script's own last line (or bash's "Killed") tells."""
     if outcome is None:
         return None
-    if not outcome.signal and log_text:
+    if outcome.state not in SLURM_ENDED and not outcome.signal and log_text:
         statuses = _SCRIPT_STATUS.findall(log_text)
         if statuses and int(statuses[-1]) > 128:
             status = int(statuses[-1])
             return f"killed by {signal_name(status - 128)} (its script exited {status})"
         if outcome.exit_code == 9 and _KILLED.search(log_text):
             return "killed by SIGKILL (the log says Killed)"
-    if not outcome.signal and outcome.exit_code == 0:
-        return None  # says nothing: the state does
-    return exit_text(outcome.exit_code, outcome.signal)
+    text = outcome.exit_text
+    return None if text == "exit 0" else text  # says nothing: the state does
 
 
 def _orphan(

@@ -35,6 +35,8 @@ from planner.slurm.queue import (
 )
 
 SACCT_FIELDS = "JobID,State,ExitCode,Start,End,ElapsedRaw,Timelimit,NNodes"
+# States in which Slurm itself signalled the job's processes.
+SLURM_ENDED = ("TIMEOUT", "CANCELLED", "PREEMPTED", "NODE_FAIL", "REQUEUED", "DEADLINE")
 # slurmstepd's line in the job's output when Slurm ends it; the reason names the state.
 _STEPD_RE = re.compile(r"\*\*\* JOB (\d+) ON \S+ CANCELLED AT \S+(?: DUE TO ([A-Z ]+))? \*\*\*")
 _STEPD_REASONS = {"TIME LIMIT": "TIMEOUT", "PREEMPTION": "PREEMPTED", "NODE FAILURE": "NODE_FAIL"}
@@ -61,8 +63,11 @@ class JobOutcome:
 
     @property
     def exit_text(self) -> str | None:
-        """The exit status in words: "exit 1", "killed by SIGKILL"."""
-        return exit_text(self.exit_code, self.signal)
+        """The exit status in words: "exit 1", "killed by SIGKILL". Where Slurm ended the job
+        itself (its time limit, a cancel, a requeue), the signal it sent says nothing more
+        than the state does."""
+        signum = None if self.state in SLURM_ENDED else self.signal
+        return exit_text(self.exit_code, signum)
 
 
 def signal_name(number: int) -> str:
