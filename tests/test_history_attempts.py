@@ -157,6 +157,28 @@ def test_the_issues_drill_jobs_do_not_double_a_local_plan(tmp_path: Path) -> Non
     assert "the newest 5 of 13 job(s) of this kind" in note and "run(s) drills" in note
 
 
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"calibration__executor": "slurm"},  # calibrated (and so run) elsewhere
+        {"batch__micro_batch": 16},
+        {"precision": "fp32"},
+        {"workload__overrides": {"depth": 2}},
+    ],
+)
+def test_a_correction_comes_only_from_jobs_of_the_same_kind(
+    tmp_path: Path, other: dict[str, object]
+) -> None:
+    """Agreeing jobs (x1.5 each) of another kind: no correction; of the same kind: x1.5."""
+    db = tmp_path / "h.sqlite"
+    theirs = spec_with(plan__max_nodes=8, **other)
+    add_outcomes(db, recorded_run(db, tmp_path, "theirs", spec=theirs), [1.5, 1.5, 1.5])
+    ours = spec_with(plan__max_nodes=1)
+    assert history_correction.corrections_for(ours, None, db, record=record_for(ours)) == {}
+    same = history_correction.corrections_for(theirs, None, db, record=record_for(theirs))
+    assert same[1].factor == pytest.approx(1.5) and same[1].applied
+
+
 def test_an_applied_correction_says_what_it_rests_on(tmp_path: Path) -> None:
     db = tmp_path / "h.sqlite"
     add_outcomes(db, recorded_run(db, tmp_path, "first"), [1.5])
