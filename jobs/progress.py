@@ -46,6 +46,35 @@ lines to the same file, so the file reads as the run's history: every job begins
     and its save would not have finished before the job's stop time); ``signal`` (str or
     null): the signal's name, e.g. ``"SIGUSR2"``, when ``reason`` is ``"signal"``.
 
+``checkpoint_bad``
+    A checkpoint failed its checksum or did not load, and was set aside: ``path`` (str:
+    where it was); ``moved_to`` (str: the ``.bad`` path it was renamed to); ``reason`` (str,
+    one line: ``"checksum mismatch"`` or the load error); ``step`` (int or null: the step its
+    name says).
+``failure``
+    The training entry (the built-in training or the launcher of a user's command) knows
+    why it ends with an error; written just before its non-zero exit. ``step`` (int: the
+    last step it completed); ``cause`` (str, one of jobs.contract.failure.CAUSES);
+    ``message`` (str, one line, at most 500 characters); ``detail`` (object, optional,
+    cause-specific: ``trainer_running``: ``{"holder": {the lock's fields}}``;
+    ``command_failed``: ``{"exit_code": int or null, "signal": str or null}``;
+    ``no_space``: ``{"path": str, "free_bytes": int, "needed_bytes": int}``). Optional:
+    ``rank`` (int: the rank that wrote it, in a job of several) and ``job_id`` (str or null).
+``hang``
+    A rank's hang watchdog expired (every rank whose watchdog fires writes one, then dumps
+    its threads' stacks into the job's log and exits 124): ``step`` (int: the last optimizer
+    step this rank completed); ``phase`` (str: ``"startup"``, ``"load"``, ``"compile"``,
+    ``"step"``, ``"save"``, ``"eval"``, ``"exit"`` (after the last save, until the process
+    ends) or ``"progress"`` (a user's command wrote no progress line within its timeout));
+    ``waited_s`` and ``timeout_s`` (float); ``rank`` (int); ``host`` (str); ``job_id`` (str
+    or null).
+``chain_stopped``
+    A segment found at its start that the segments before it made no progress ``stalled``
+    times in a row: it cancelled the rest of its chain and exits 3. ``step`` (int: the
+    newest checkpoint's step, 0 if none); ``stalled`` (int); ``reason`` (str, one sentence);
+    ``cancelled`` (list of str: the job ids it cancelled); ``log_tail`` (list of str, at
+    most 20: the last lines of the previous job's log); ``job_id`` (str or null).
+
 A job killed while writing can leave a last line cut short; readers skip a line that is
 not a complete JSON object, and the next writer starts on a fresh line. Readers must also
 skip events they do not know: new kinds of line may be added (``eval`` was).
@@ -60,8 +89,21 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-EVENTS = ("start", "resume", "step", "checkpoint", "eval", "stop")
+EVENTS = (
+    "start",
+    "resume",
+    "step",
+    "checkpoint",
+    "eval",
+    "stop",
+    "checkpoint_bad",
+    "failure",
+    "hang",
+    "chain_stopped",
+)
 STOP_REASONS = ("done", "signal", "time_limit")
+MESSAGE_CHARS = 500  # a failure's message, at most
+LOG_TAIL_LINES = 20  # a chain_stopped event's log lines, at most
 
 
 class ProgressWriter:
@@ -136,6 +178,55 @@ class ProgressWriter:
         if reason not in STOP_REASONS:
             raise ValueError(f"stop reason {reason!r} is not one of {', '.join(STOP_REASONS)}")
         self._write("stop", step=step, reason=reason, signal=signal)
+
+    def checkpoint_bad(self, path: str, moved_to: str, reason: str, step: int | None) -> None:
+        self._write("checkpoint_bad", path=path, moved_to=moved_to, reason=reason, step=step)
+
+    def failure(
+        self,
+        step: int,
+        cause: str,
+        message: str,
+        detail: dict[str, Any] | None = None,
+        *,
+        rank: int | None = None,
+    ) -> None:
+        one_line = " ".join(message.split())
+        if len(one_line) > MESSAGE_CHARS:
+            one_line = one_line[: MESSAGE_CHARS - 3] + "..."
+        self._write(
+            "failure",
+            step=step,
+            cause=cause,
+            message=one_line,
+            **_known(detail=detail, rank=rank),
+            job_id=os.environ.get("SLURM_JOB_ID"),
+        )
+
+    def hang(self, step: int, phase: str, waited_s: float, timeout_s: float, rank: int) -> None:
+        self._write(
+            "hang",
+            step=step,
+            phase=phase,
+            waited_s=waited_s,
+            timeout_s=timeout_s,
+            rank=rank,
+            host=socket.gethostname(),
+            job_id=os.environ.get("SLURM_JOB_ID"),
+        )
+
+    def chain_stopped(
+        self, step: int, stalled: int, reason: str, cancelled: list[str], log_tail: list[str]
+    ) -> None:
+        self._write(
+            "chain_stopped",
+            step=step,
+            stalled=stalled,
+            reason=reason,
+            cancelled=list(cancelled),
+            log_tail=list(log_tail)[-LOG_TAIL_LINES:],
+            job_id=os.environ.get("SLURM_JOB_ID"),
+        )
 
     def close(self) -> None:
         self._handle.close()

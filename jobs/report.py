@@ -61,7 +61,7 @@ from jobs.contract.command_fields import (
     stop_at_field,
     text_field,
 )
-from jobs.node.signals import STOP_SIGNALS
+from jobs.node.signals import STOP_SIGNALS, dump_stacks_on_signal
 from jobs.progress import ProgressWriter, read_progress, restart_count
 
 RECENT_STEPS = 5  # the next step is assumed to take as long as the slowest of these
@@ -349,6 +349,9 @@ class Reporter:
         for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._on_signal)
         self._handling = True
+        # So that plan-job's hang watchdog can show where this script is stuck before it
+        # kills it (jobs.training.command).
+        dump_stacks_on_signal()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Only a flag: the loop acts on it between steps, never inside one.

@@ -17,20 +17,32 @@ rank's RNG states; the ranks agree on every stop, so they all stop after the sam
 checkpoint resumes only with the number of ranks that wrote it (else exit 1): the global
 batch and the ranks' data streams would change mid-run.
 
-Exit status: 0 done or cleanly stopped, 1 the workload (or its checkpoint, or another rank)
-failed, 2 bad config file, arguments or launch environment. torch is imported only once
-training starts: the login node imports this module.
+Before it trains, rank 0 takes the run's trainer lock (jobs.node.trainer_lock), checks that
+the chain's earlier segments made progress (jobs.node.chain_guard) and that the checkpoint
+folder has room (jobs.node.space), and resumes from the newest checkpoint whose checksum
+matches; when none loads although the run is past step 0 it refuses, unless told
+``--restart-from-scratch``. With train.json's ``hang_timeouts`` every rank runs a hang
+watchdog (jobs.node.watchdog). A failure writes a `failure` progress event naming its cause.
+
+Exit status (jobs.contract.failure): 0 done or cleanly stopped; 1 the workload (or its
+checkpoint, or another rank) failed; 2 refused to start (no checkpoint loads, another trainer
+holds the lock, no room) or bad config file, arguments or launch environment; 3 the chain
+stopped itself; 124 the hang watchdog expired. torch is imported only once training starts:
+the login node imports this module.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
+from jobs.contract.failure import EXIT_REFUSED
 from jobs.contract.train_config import TrainConfig
 from jobs.node.signals import STOP_SIGNALS, StopRequest
+from jobs.node.watchdog import make_watchdog
 from jobs.node.world import detect
 
 # The training itself (jobs.training); these names were defined here before, and stay
@@ -39,7 +51,7 @@ from jobs.training.builtin import EXIT_FAILED, EXIT_OK, train, train_rank
 from jobs.training.loop import CHECKPOINT_FORMAT, QuietProgress, Run
 from jobs.training.resume import RECENT_STEPS, JobStart, Resumed, newest_readable
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = EXIT_REFUSED  # a bad config file, arguments or environment: nothing started
 STOP_AT_ENV = "PLANJOB_STOP_AT"
 
 
@@ -58,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="UNIX_SECONDS",
         help=f"leave before this time (default: ${STOP_AT_ENV}; neither: no limit)",
     )
+    parser.add_argument(
+        "--restart-from-scratch",
+        action="store_true",
+        help="start over from step 0 when no checkpoint loads although the run is past it "
+        "(without it the job refuses, exit 2); as train.json's restart_from_scratch",
+    )
     args = parser.parse_args(argv)  # exits 2 on bad arguments
     try:
         config = TrainConfig.from_json(args.config.read_text(encoding="utf-8"))
@@ -65,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"plan-job train: bad config {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.restart_from_scratch:
+        config = dataclasses.replace(config, restart_from_scratch=True)
     if config.work.command:  # the user's own training command: jobs.training.command runs it
         from jobs.training.command import run_training
 
@@ -76,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"plan-job train: bad launch environment: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    status = train_rank(config, stop_at, stop, world)
+    # Armed before torch's import: a stuck filesystem hangs that too.
+    watch = make_watchdog(config.hang_timeouts, config.progress_path, world.rank, world.size)
+    watch.arm("startup", 0)
+    status = train_rank(config, stop_at, stop, world, watch)
     if world.size > 1:
         # Leave without the interpreter's finalisation: gloo's and the rendezvous store's C++
         # threads can still be joinable there (always after a failure, where the group is

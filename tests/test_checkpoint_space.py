@@ -50,12 +50,20 @@ def test_emit_refuses_a_checkpoint_dir_without_room_and_says_how_much_is_missing
     assert emit(folder).returncode == 0
 
 
+def set_train_json(folder: Path, checkpoint_bytes: int | None) -> None:
+    train = folder / "run" / "train.json"
+    config = json.loads(train.read_text())
+    config.pop("checkpoint_bytes", None)
+    if checkpoint_bytes is not None:
+        config["checkpoint_bytes"] = checkpoint_bytes
+    train.write_text(json.dumps(config))
+
+
 def test_submit_refuses_before_any_sbatch_when_the_folder_has_no_room(tmp_path: Path) -> None:
-    """The size comes from the calibration record plan.yaml names (a run folder whose
-    train.json does not keep checkpoint_bytes, as every one before issue 20's node side)."""
     folder = project(tmp_path, 2 << 20)
     assert emit(folder).returncode == 0
-    project(tmp_path, PETABYTE)  # the record on disk now says a petabyte
+    assert checkpoint_size(folder / "run") == 2 << 20  # train.json's, from the calibration
+    set_train_json(folder, PETABYTE)
     env = cli_env({"PATH": str(Path(sys.executable).parent)})  # no sbatch here at all
     proc = run_cli(["submit", "run"], folder, env)
     assert proc.returncode == 2, proc.stderr
@@ -63,16 +71,17 @@ def test_submit_refuses_before_any_sbatch_when_the_folder_has_no_room(tmp_path: 
     assert not (folder / "run" / "jobs.yaml").exists()
 
 
-def test_train_jsons_checkpoint_bytes_comes_first(tmp_path: Path) -> None:
-    """The contract's train.json key, which the node side's emit writes, beats the record."""
+def test_an_older_run_folder_takes_the_size_from_its_record(tmp_path: Path) -> None:
+    """A train.json without checkpoint_bytes (emitted before issue 20): the calibration
+    record plan.yaml names."""
     folder = project(tmp_path, 2 << 20)
     assert emit(folder).returncode == 0
+    set_train_json(folder, None)
     assert checkpoint_size(folder / "run") == 2 << 20
-    train = folder / "run" / "train.json"
-    config = json.loads(train.read_text())
-    config["checkpoint_bytes"] = 5 << 20
-    train.write_text(json.dumps(config))
-    assert checkpoint_size(folder / "run") == 5 << 20
+    project(tmp_path, PETABYTE)  # the record on disk now says a petabyte
+    env = cli_env({"PATH": str(Path(sys.executable).parent)})
+    proc = run_cli(["submit", "run"], folder, env)
+    assert proc.returncode == 2 and f"{fmt_bytes(3 * PETABYTE)} needed" in proc.stderr
 
 
 def test_the_runs_own_checkpoints_count_toward_what_it_keeps(tmp_path: Path) -> None:

@@ -205,9 +205,6 @@ def test_the_same_failure_at_the_same_step_twice(tmp_path: Path) -> None:
 
 
 def test_every_contract_cause_has_words() -> None:
-    from jobs.contract import failure
+    from jobs.contract.failure import CAUSES as CONTRACT
 
-    causes = getattr(failure, "CAUSES", None)
-    if causes is None:
-        pytest.skip("jobs.contract.failure.CAUSES comes with the node side of issues 20/21")
-    assert set(causes) <= set(CAUSES)
+    assert set(CONTRACT) == set(CAUSES)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs.calibration import allreduce_timing, fresh_start, host
+from jobs.calibration import allreduce_timing, fresh_start, host, tail
 from jobs.calibration.rank_failure import rank_failure
 from jobs.calibration.stats import steady_estimate
 from jobs.calibration.steps import run_steps, time_evaluation
@@ -148,6 +148,7 @@ def _calibrate(request: CalibrationRequest, world: World, clock: _Clock, torch: 
         step_std_s=est.std,
         step_ci_half_s=est.ci_half_width,
         step_p90_s=est.p90,
+        step_p99_s=tail.p99(steps.step_times[est.warmup_steps :]),
         data_share=sum(steps.load_times[steady_start:]) / steady_total if steady_total else 0.0,
         stopped_by=steps.stopped_by,
         target_ci=request.target_ci,

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.calibration import host
+from jobs.calibration import host, tail
 from jobs.calibration.command_reports import Seen, Timing, finite
 from jobs.calibration.command_run import CommandRun
 from jobs.calibration.stats import SteadyEstimate, steady_estimate
@@ -180,6 +180,7 @@ def _measurement(
         step_std_s=est.std * scale,
         step_ci_half_s=est.ci_half_width,
         step_p90_s=est.p90,
+        step_p99_s=tail.p99(timing.times[cut:]),
         data_share=0.0,
         stopped_by=stopped_by,
         target_ci=request.target_ci,

@@ -133,6 +133,9 @@ class Measurement:
     compile_s: float = 0.0
     eager_step_s: float = 0.0
     eager_steps: int = 0
+    # The 99th percentile of the steady step times (jobs.calibration.tail): what the hang
+    # watchdog's step timeout is a multiple of. 0.0: a record from before it was kept.
+    step_p99_s: float = 0.0
 
     def __post_init__(self) -> None:
         # A record read back from YAML gives lists of lists: make them the declared tuples

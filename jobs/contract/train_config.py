@@ -16,13 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from jobs.contract.hang import HangTimeouts
 from jobs.contract.work import (
     DEVICES,
     WORK_FIELDS,
     Work,
     WorkFields,
     check,
-    check_types,
+    check_type,
     split_work,
 )
 
@@ -54,8 +55,20 @@ JSON_FIELDS = (
     "run_id",
     "compile",
 )
+# Keys added since, each optional: a file without them loads with the default, and a config
+# with the default writes none of them, so that train.json files emitted before read and
+# write back the same.
+OPTIONAL_FIELDS = (
+    "hang_timeouts",
+    "max_stalled_segments",
+    "checkpoint_bytes",
+    "lock_heartbeat_s",
+    "restart_from_scratch",
+)
+DEFAULT_MAX_STALLED_SEGMENTS = 2
+DEFAULT_LOCK_HEARTBEAT_S = 30.0
 
-__all__ = ["DEVICES", "FORMAT", "JSON_FIELDS", "TrainConfig"]
+__all__ = ["DEVICES", "FORMAT", "JSON_FIELDS", "OPTIONAL_FIELDS", "TrainConfig"]
 
 
 @dataclass(frozen=True)
@@ -76,10 +89,36 @@ class TrainConfig(WorkFields):
     # The run folder's id (planner.runs.run_folder): the checkpoint folder is marked with it, so a
     # later run does not resume from this one's checkpoints unknowingly. '': not emitted.
     run_id: str = ""
+    # The hang watchdog's timeouts (jobs.contract.hang); None: no watchdog.
+    hang_timeouts: HangTimeouts | None = None
+    # Segments in a row without progress after which a segment cancels the rest of its chain
+    # (jobs.node.chain_guard); 0: never. None: not in the file, DEFAULT_MAX_STALLED_SEGMENTS.
+    max_stalled_segments: int | None = None
+    checkpoint_bytes: int | None = None  # the calibration's checkpoint size (space check)
+    # How often the trainer lock's heartbeat is written; None: DEFAULT_LOCK_HEARTBEAT_S.
+    lock_heartbeat_s: float | None = None
+    # Start from step 0 when no checkpoint loads although the run is past step 0 (else the
+    # job refuses): the explicit way to start over.
+    restart_from_scratch: bool = False
+
+    @property
+    def stalled_limit(self) -> int:
+        limit = self.max_stalled_segments
+        return DEFAULT_MAX_STALLED_SEGMENTS if limit is None else limit
+
+    @property
+    def heartbeat_s(self) -> float:
+        beat = self.lock_heartbeat_s
+        return DEFAULT_LOCK_HEARTBEAT_S if beat is None else float(beat)
 
     def __post_init__(self) -> None:
         """ValueError naming the field (the work's fields are checked by Work)."""
-        check_types(self)
+        hang = self.hang_timeouts
+        if hang is not None and not isinstance(hang, HangTimeouts):
+            object.__setattr__(self, "hang_timeouts", HangTimeouts.from_dict(hang))
+        for f in dataclasses.fields(self):
+            if f.name != "hang_timeouts":  # made a HangTimeouts above, or None
+                check_type(f.name, getattr(self, f.name), f.type)
         positive = ("total_steps", "checkpoint_interval_steps", "keep_checkpoints")
         for name in (*positive, "log_every", "eval_batches"):
             check(name, getattr(self, name), getattr(self, name) > 0, "must be > 0")
@@ -88,12 +127,24 @@ class TrainConfig(WorkFields):
         check("stop_lead_s", self.stop_lead_s, self.stop_lead_s >= 0, "must be >= 0")
         for name in ("checkpoint_dir", "progress_path"):
             check(name, getattr(self, name), bool(getattr(self, name)), "must not be empty")
+        stalled = self.max_stalled_segments
+        rule = "must be >= 0 (0: the chain never stops itself)"
+        check("max_stalled_segments", stalled, stalled is None or stalled >= 0, rule)
+        size = self.checkpoint_bytes
+        check("checkpoint_bytes", size, size is None or size >= 0, "must be >= 0 bytes")
+        beat = self.lock_heartbeat_s
+        check("lock_heartbeat_s", beat, beat is None or beat > 0, "must be > 0 seconds")
 
     def to_json(self) -> str:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields.update(self.work.flat())
         del fields["work"]
-        return json.dumps({"format": FORMAT, **{key: fields[key] for key in JSON_FIELDS}}, indent=2)
+        out = {"format": FORMAT, **{key: fields[key] for key in JSON_FIELDS}}
+        for key in OPTIONAL_FIELDS:
+            if fields[key] not in (None, False):
+                value = fields[key]
+                out[key] = value.to_dict() if isinstance(value, HangTimeouts) else value
+        return json.dumps(out, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
@@ -116,7 +167,7 @@ class TrainConfig(WorkFields):
     def from_flat(cls, fields: Mapping[str, Any]) -> TrainConfig:
         """From train.json's flat fields (the work's and the run's side by side, without
         ``format``); a ValueError, prefixed "train config:", names the offending field."""
-        unknown = sorted(set(fields) - set(JSON_FIELDS))
+        unknown = sorted(set(fields) - set(JSON_FIELDS) - set(OPTIONAL_FIELDS))
         if unknown:
             raise ValueError(f"train config: unknown field(s) {', '.join(map(repr, unknown))}")
         missing = [name for name in JSON_FIELDS if name not in fields and _required(name)]
@@ -131,5 +182,7 @@ class TrainConfig(WorkFields):
 
 def _required(name: str) -> bool:
     owner = Work if name in WORK_FIELDS else TrainConfig
+    if name in OPTIONAL_FIELDS:
+        return False
     field = next(f for f in dataclasses.fields(owner) if f.name == name)
     return field.default is dataclasses.MISSING

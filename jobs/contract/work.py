@@ -179,6 +179,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "tuple[str, ...]": (tuple,),
     "bool": (bool,),
     "Work": (Work,),
+    "int | None": (int, type(None)),
+    "float | None": (int, float, type(None)),
 }
 
 

@@ -9,6 +9,7 @@ library only.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import signal
 import time
@@ -19,6 +20,23 @@ if TYPE_CHECKING:
 
 
 STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+# What the launcher sends a user's command whose progress lines stopped, before it kills it:
+# a process that registered dump_stacks_on_signal() (jobs.report's Reporter does) writes every
+# thread's stack to its stderr, the job's log. SIGURG because its default is to be ignored:
+# a process that did not register loses nothing.
+STACK_DUMP_SIGNAL = signal.SIGURG
+
+
+def dump_stacks_on_signal() -> bool:
+    """Have STACK_DUMP_SIGNAL dump every thread's Python stack to stderr (faulthandler, which
+    works while the main thread is stuck in C code). Not when a handler is set already."""
+    if signal.getsignal(STACK_DUMP_SIGNAL) not in (signal.SIG_DFL, None):
+        return False
+    try:
+        faulthandler.register(STACK_DUMP_SIGNAL, all_threads=True, chain=False)
+    except (RuntimeError, ValueError, OSError):  # no usable stderr (closed, not a file)
+        return False
+    return True
 
 
 class StopRequest:

@@ -1,5 +1,6 @@
-"""Checkpoints of model + optimizer, written atomically (temp file, fsync, rename), and the
-numbered checkpoints of a training run's folder."""
+"""Checkpoints of model + optimizer, written atomically (temp file, fsync, rename) with a
+checksum inside (jobs.training.checksum), and the numbered checkpoints of a training run's
+folder."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 
+from jobs.training import checksum
 from jobs.workloads.base import Workload
 
 
@@ -118,12 +120,15 @@ def remove_stale_temporaries(folder: Path) -> None:
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> int:
-    """Save so that ``path`` is either the old checkpoint or the complete new one."""
+    """Save so that ``path`` is either the old checkpoint or the complete new one, its
+    checksum inside."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
-            torch.save(state, handle)
+            writer = checksum.HashingWriter(handle)
+            torch.save(state, writer)  # type: ignore[arg-type]  # write and flush suffice
+            writer.finish()
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -138,6 +143,7 @@ def save_atomic(state: dict[str, Any], path: Path) -> int:
 
 
 def load_into(workload: Workload, path: Path, device: torch.device) -> dict[str, Any]:
+    checksum.verify(path)  # what every resume pays, so the calibration's load time has it
     state = read_state(path, device)
     apply_state(workload, state)
     return state

@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.contract.failure import NodeError
+from jobs.contract.failure import CheckpointMismatch, NodeError
 from jobs.contract.train_config import TrainConfig
 from jobs.node import compiling, runtime
 from jobs.node.group import Group
 from jobs.node.signals import StopRequest
+from jobs.node.watchdog import NoWatchdog
 from jobs.progress import ProgressWriter
 from jobs.training.resume import RECENT_STEPS, JobStart, Resumed
 from jobs.workloads.base import Workload
@@ -53,6 +54,9 @@ class QuietProgress:
     def stop(self, *args: Any) -> None:
         pass
 
+    def checkpoint_bad(self, *args: Any) -> None:
+        pass
+
 
 class Run:
     """The step loop of one job (of one rank), with what it knows about how long steps and
@@ -68,10 +72,12 @@ class Run:
         stop: StopRequest,
         job: JobStart,
         group: Group,
+        watch: NoWatchdog | None = None,
     ) -> None:
         import torch
 
         self.config, self.workload, self.device = config, workload, device
+        self.watch = watch or NoWatchdog()
         self.progress, self.stop, self.stop_at = progress, stop, job.stop_at
         self.group = group
         self.sync = runtime.synchronizer(device, torch)
@@ -94,8 +100,7 @@ class Run:
 
         saved_ranks, ranks = checkpoint.saved_world_size(resumed.state), self.group.size
         if saved_ranks != ranks:
-            raise NodeError(
-                "checkpoint",
+            raise CheckpointMismatch(
                 f"{resumed.path} was written by {saved_ranks} rank(s) and this job has "
                 f"{ranks}: the global batch (ranks x micro_batch x grad_accum) and the ranks' "
                 f"data streams would change mid-run. Launch {saved_ranks} task(s) (nodes x "
@@ -110,8 +115,7 @@ class Run:
                 own = resumed.state["ranks"][self.group.world.rank]
                 checkpoint.set_rank_rng_state(self.workload, own, self.device)
         except Exception as exc:
-            raise NodeError(
-                "checkpoint",
+            raise CheckpointMismatch(
                 f"{resumed.path} does not fit the workload (was the run's config changed?): "
                 f"{type(exc).__name__}: {exc}",
             ) from exc
@@ -132,7 +136,12 @@ class Run:
         # A step's time runs from the previous one's end (or the save or evaluation after it):
         # the loop's own work between steps is part of what every step costs.
         mark = time.perf_counter()
+        # The job's first step also pays what the calibration counted as start-up beyond the
+        # steady step: the kernels' first use, and a compiled model's compile.
+        first_extra = self._first_step_extra()
         while step < config.total_steps:
+            self.watch.arm("step", step, first_extra)
+            first_extra = 0.0
             stopping = self._stop_reason(step + 1)
             if stopping is not None:
                 reason, signal_name = stopping
@@ -156,6 +165,12 @@ class Run:
             self.save(step)
         return step, reason, signal_name
 
+    def _first_step_extra(self) -> float:
+        timeouts = self.config.hang_timeouts
+        if timeouts is None:
+            return 0.0
+        return timeouts.startup_s + (timeouts.compile_s if self.config.work.compile else 0.0)
+
     def _stop_reason(self, next_step: int) -> tuple[str, str | None] | None:
         """Whether to stop before ``next_step``, decided by all ranks together: srun
         forwards a signal to every task but not at one instant, and the clocks differ."""
@@ -175,6 +190,7 @@ class Run:
             return False
         if self.save_s is None:
             self.save_s = self._probe_save()
+            self.watch.arm("step")  # back in the step the probe interrupted
         step_s = max(self.step_times, default=0.0)
         needed = step_s + self.save_s + self.config.stop_lead_s
         if self._eval_due(next_step):
@@ -191,6 +207,7 @@ class Run:
         """One evaluation after ``step``; every rank evaluates its own held-out batches."""
         import torch
 
+        self.watch.arm("eval", step)
         batches = self.config.eval_batches
         first = self.group.world.rank * batches
         try:
@@ -207,6 +224,7 @@ class Run:
         """Time one real save, then delete it: the stop decision needs the save time before
         this job has saved anything."""
         path = self.folder / "probe.pt"
+        self.watch.arm("save")
         try:
             save_s, _ = self._write(self.saved_step, path)
             return save_s
@@ -241,6 +259,7 @@ class Run:
         from jobs.training import checkpoint
 
         path = checkpoint.checkpoint_path(self.folder, step)
+        self.watch.arm("save", step)
         self.save_s, nbytes = self._write(step, path)
         self.saved_step = step
         if self.group.is_main:

@@ -152,6 +152,15 @@ class Plan:
     # the steps term at the calibration's eager step instead (0.0: eager, or not measured).
     compile_s: float = 0.0
     eager_steps_s: float = 0.0
+    # What the training's hang watchdog is set from (planner.runs.hang_timeouts): the P99
+    # optimizer step at the chosen node count (step_s times the calibration's P99 over its
+    # mean) and what that P99 is; a job's process start-up to its first step; the measured
+    # checkpoint load and size. 0 / '': a plan.yaml from before they were kept.
+    step_p99_s: float = 0.0
+    step_p99_source: str = ""
+    process_startup_s: float = 0.0
+    checkpoint_load_s: float = 0.0
+    checkpoint_bytes: int = 0
 
     @property
     def gpus(self) -> int:

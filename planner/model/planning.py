@@ -17,6 +17,8 @@ import dataclasses
 import math
 from collections.abc import Mapping
 
+from jobs.calibration import tail
+from jobs.contract.measurement import Measurement
 from planner.calibration.record import CalibrationRecord
 from planner.errors import (
     BatchSplitError,
@@ -129,6 +131,7 @@ def make_plan(
     )
     gpus = chosen.nodes * gpus_per_node(spec)
     cost = spec.plan.gpu_hour_cost
+    tail_ratio, tail_source = step_tail(m)
     return Plan(
         spec=spec,
         calibration_path=calibration_path,
@@ -176,6 +179,11 @@ def make_plan(
         ),
         compile_s=m.compile_s,
         eager_steps_s=_eager_steps_s(record, totals, chosen),
+        step_p99_s=chosen.stats.mean_s * tail_ratio,
+        step_p99_source=tail_source,
+        process_startup_s=m.startup_s,
+        checkpoint_load_s=m.checkpoint_load_s,
+        checkpoint_bytes=m.checkpoint_bytes,
     )
 
 
@@ -183,6 +191,18 @@ def _history_note(corrections: Mapping[int, Correction] | None, nodes: int) -> s
     """What the history says at the chosen node count, applied or not."""
     correction = (corrections or {}).get(nodes)
     return correction_note(correction) if correction is not None else ""
+
+
+def step_tail(m: Measurement) -> tuple[float, str]:
+    """The calibration's P99 step over its mean step (at least 1), and what the P99 is."""
+    if m.step_p99_s > 0:
+        p99, source = m.step_p99_s, f"P99 of {m.steady_steps} steady calibration steps"
+    elif len(m.step_times_s) - m.warmup_steps >= 2:
+        steady = m.step_times_s[m.warmup_steps :]
+        p99, source = tail.p99(steady), f"P99 of the record's {len(steady)} steady step times"
+    else:
+        p99, source = m.step_p90_s, "P90 of the calibration (its record keeps no P99)"
+    return max(p99 / m.step_mean_s, 1.0), source
 
 
 def check_calibration(spec: RunSpec, record: CalibrationRecord, path: str) -> None:

@@ -25,17 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jobs.contract.failure import EXIT_CHAIN_STOPPED, EXIT_HANG, EXIT_REFUSED
+from jobs.node.trainer_lock import LOCK_FILE
 from planner.clock import clock_text
 from planner.eta.job_log import JobLog
 from planner.runs.run_folder import job_log_path
 from planner.slurm.accounting import SLURM_ENDED, JobOutcome, job_log_text, signal_name
 from planner.units import fmt_duration
 
-# The training's exit codes and failure causes (jobs.contract.failure, issues 20/21's
-# contract): the login node reads them from sacct and from ``failure`` events.
-EXIT_REFUSED = 2
-EXIT_CHAIN_STOPPED = 3
-EXIT_HANG = 124
+# The training's failure causes (jobs.contract.failure.CAUSES) in words.
 CAUSES = {
     "no_space": "no space left on the device",
     "out_of_memory": "the device (CUDA) ran out of memory",
@@ -48,7 +46,6 @@ CAUSES = {
     "command_ignored_stop": "the command ignored the stop signal",
     "exception": "the training raised an exception",
 }
-LOCK_FILE = ".plan-job-trainer.json"
 TAIL_LINES = 15
 # What a job's log says, checked in this order: the first that matches names the cause.
 _LOG_CAUSES: tuple[tuple[str, re.Pattern[str]], ...] = (

@@ -22,12 +22,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TypedDict
 
-from jobs.contract.train_config import TrainConfig
+from jobs.contract.train_config import DEFAULT_LOCK_HEARTBEAT_S, TrainConfig
 from jobs.contract.work import Work
 from planner.errors import RunFolderExistsError, SpecError, UnsafeRunFolderError
 from planner.model.plan import Plan, Segment
 from planner.runs.checkpoint_dir import FIELD as CHECKPOINT_FIELD
 from planner.runs.checkpoint_dir import check_space, check_writable, foreign_checkpoints
+from planner.runs.hang_timeouts import hang_timeouts
 from planner.runs.run_folder import (
     EMIT_FILE,
     MARKER,
@@ -58,8 +59,8 @@ class EmitOptions:
     python: str = sys.executable  # the interpreter on the nodes (a shared venv, usually)
     template: Path | None = None  # a user template extending segment.sbatch.j2
     force: bool = False  # replace an existing run folder that plan-job wrote
-    # The calibration's checkpoint size: checkpoint.dir must have room for checkpoint.keep + 1
-    # of them (planner.runs.checkpoint_dir.check_space); None: not checked.
+    # The checkpoint size checkpoint.dir must have room for checkpoint.keep + 1 of
+    # (planner.runs.checkpoint_dir.check_space); None: the plan's (the calibration's).
     checkpoint_bytes: int | None = None
 
 
@@ -101,6 +102,12 @@ def train_config(plan: Plan, run_dir: Path, workdir: Path, run_id: str = "") -> 
         run_id=run_id,
         eval_interval_steps=spec.plan.eval_interval_steps or 0,
         eval_batches=spec.plan.eval_batches,
+        # What keeps a long run honest on the node (jobs.node): the hang watchdog's
+        # timeouts, the chain's progress guard, the space check and the trainer lock.
+        hang_timeouts=hang_timeouts(plan),
+        max_stalled_segments=spec.plan.max_stalled_segments,
+        checkpoint_bytes=plan.checkpoint_bytes or None,
+        lock_heartbeat_s=DEFAULT_LOCK_HEARTBEAT_S,
     )
 
 
@@ -241,7 +248,8 @@ def emit(plan: Plan, options: EmitOptions) -> EmittedRun:
     config = train_config(plan, out_dir, workdir, marker.run_id)
     checkpoints = Path(config.checkpoint_dir)
     check_writable(checkpoints, plan.spec.source)
-    check_space(checkpoints, plan.spec.checkpoint.keep, options.checkpoint_bytes)
+    size = options.checkpoint_bytes or plan.checkpoint_bytes or None
+    check_space(checkpoints, plan.spec.checkpoint.keep, size)
     foreign = foreign_checkpoints(checkpoints, marker.run_id, bool(config.command))
     warnings: tuple[str, ...] = ()
     if foreign is not None:

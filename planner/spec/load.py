@@ -19,6 +19,7 @@ from jobs.workloads.registry import BUILTIN
 from planner.errors import SpecError
 from planner.spec.run_spec import (
     COMMAND_WORKLOAD,
+    HANG_MODES,
     BatchSpec,
     CalibrationSpec,
     CheckpointSpec,
@@ -379,6 +380,18 @@ def _plan(sec: Section) -> PlanSpec:
         eval_batches=sec.integer("eval_batches", 10, minimum=1),
         eval_s=eval_s,
         allow_unmeasured_scaling=sec.boolean("allow_unmeasured_scaling", False),
+        hang_factor=sec.number("hang_factor", 5.0, minimum=1.0),
+        hang_timeouts=_hang_mode(sec),
+        max_stalled_segments=sec.integer("max_stalled_segments", 2, minimum=0),
     )
     sec.done()
     return spec
+
+
+def _hang_mode(sec: Section) -> str:
+    # YAML 1.1 reads a bare `off` as false (and `on` as true).
+    value = sec.get("hang_timeouts", "auto")
+    mode = {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
+    if mode not in HANG_MODES:
+        raise sec.error("hang_timeouts", value, f"allowed: {', '.join(HANG_MODES)}")
+    return str(mode)

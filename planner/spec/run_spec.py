@@ -14,6 +14,7 @@ from typing import Any
 from jobs.workloads.registry import BUILTIN
 
 COMMAND_WORKLOAD = "command"  # the workload name of a run that trains with command.run
+HANG_MODES = ("auto", "off")  # plan.hang_timeouts
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,13 @@ class PlanSpec:
     # Let the plan choose node counts beyond those the calibration measured, from the
     # network model (plan.interconnect_gbps ...) or the fit's extrapolation.
     allow_unmeasured_scaling: bool = False
+    # The training's hang watchdog (jobs.node.watchdog): each phase may take this many times
+    # its calibrated time (the step: its P99) before the rank is taken for hung.
+    hang_factor: float = 5.0
+    hang_timeouts: str = "auto"  # one of HANG_MODES: "off" writes no timeouts into train.json
+    # Segments in a row without progress after which the next one cancels the rest of the
+    # chain (jobs.node.chain_guard); 0: never.
+    max_stalled_segments: int = 2
 
 
 @dataclass(frozen=True)
