@@ -13,6 +13,10 @@ import pytest
 
 from tests.slurm_cluster import INSTALL_HINT, SlurmCluster, missing_binaries
 
+# The history moves to a session folder before anything is collected, and the session fails
+# if the user's own history was touched (tests/history_guard.py).
+pytest_plugins = ["tests.history_guard"]
+
 # A shell that starts the suite in the background (`cmd &`, nohup) has it ignore SIGINT, and
 # every process it starts inherits that: the Ctrl-C tests would see no Ctrl-C. A handler (not
 # SIG_IGN) is reset to the default in the processes the tests start.
@@ -50,7 +54,8 @@ def private_history(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """plan-job records calibrations, plans and outcomes in a history database whose
-    corrections change later plans: tests must neither read nor write the user's."""
+    corrections change later plans: each test gets its own (the session's, set by
+    tests/history_guard.py, is what fixtures wider than a test use)."""
     folder = tmp_path_factory.mktemp("history")
     monkeypatch.setenv("PLANJOB_HISTORY", str(folder / "history.sqlite"))
 

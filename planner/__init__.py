@@ -4,7 +4,8 @@
 
     spec = load_spec("run.yaml")
     record = load_record("cal.yaml")  # what calibrate(spec, folder) measured, saved
-    plan = make_plan(spec, record, None, "cal.yaml", corrections=corrections_for(spec, None))
+    corrections = corrections_for(spec, None, record=record)  # from jobs of this kind
+    plan = make_plan(spec, record, None, "cal.yaml", corrections=corrections)
     run = emit(plan, EmitOptions(out_dir=Path("runs/big"), workdir=Path.cwd()))
 
 The names below are imported on first use (PEP 562), so `import planner.errors` (what the

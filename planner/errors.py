@@ -111,6 +111,10 @@ class ForeignCheckpointsError(BadInputError):
     """checkpoint.dir holds checkpoints of another run; submitting would resume from them."""
 
 
+class NoSpaceError(BadInputError):
+    """checkpoint.dir has no room for the checkpoints the run keeps plus the one it writes."""
+
+
 class NoProgressError(BadInputError):
     """A progress file that is missing or holds no line yet: nothing to estimate from."""
 

@@ -1,8 +1,12 @@
-"""The one place plan-job runs a command: every call reports argv, exit code, stdout, stderr."""
+"""The one place plan-job runs a command: every call reports argv, exit code, stdout, stderr.
+And the one way it prints a command for a person to run (command_text): quoted, so that a path
+with spaces, quotes or `$(...)` in it pastes as one argument and runs nothing.
+"""
 
 from __future__ import annotations
 
 import logging
+import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -10,6 +14,11 @@ from dataclasses import dataclass
 from planner.errors import CommandError
 
 log = logging.getLogger(__name__)
+
+
+def command_text(*argv: object) -> str:
+    """A command as a user types it: every word shlex.quote'd (``plan-job submit 'my run'``)."""
+    return shlex.join(str(word) for word in argv)
 
 
 @dataclass(frozen=True)

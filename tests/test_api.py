@@ -105,4 +105,4 @@ def test_an_unreadable_history_plans_without_it_and_says_why(tmp_path: Path) -> 
     assert planned.warning is not None
     assert planned.warning.endswith("; planned without the history's correction")
     with pytest.raises(HistoryError):
-        planner.corrections_for(spec, None, tmp_path)
+        planner.corrections_for(spec, None, tmp_path, record=record_for(spec))

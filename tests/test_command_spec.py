@@ -15,9 +15,10 @@ import yaml
 
 from jobs.contract.command_fields import render
 from jobs.contract.train_config import TrainConfig
-from jobs.progress import ProgressWriter, read_progress
+from jobs.progress import ProgressWriter
 from planner.calibration.calibrate import build_request
 from planner.errors import SpecError
+from planner.eta.progress_reader import read_summary
 from planner.followup.state import newest_logged_checkpoint
 from planner.runs.emit import EmitOptions, emit
 from planner.spec.load import load_spec, parse_spec
@@ -180,7 +181,7 @@ def test_a_commands_newest_checkpoint_is_its_newest_logged_one_on_disk(tmp_path:
             if step != 30:  # the newest line's file is gone
                 path.write_bytes(b"x" * step)
             writer.checkpoint(step, 0.1, str(path), step)
-    state = newest_logged_checkpoint(read_progress(progress))
+    state = newest_logged_checkpoint(read_summary(progress).checkpoint_lines)
     assert (state.step, state.path, state.nbytes, state.logged_step) == (
         20,
         saved / "step20.bin",
@@ -190,7 +191,7 @@ def test_a_commands_newest_checkpoint_is_its_newest_logged_one_on_disk(tmp_path:
     assert "step30.bin" in state.note
     (saved / "step10.bin").unlink()
     (saved / "step20.bin").unlink()
-    gone = newest_logged_checkpoint(read_progress(progress))
+    gone = newest_logged_checkpoint(read_summary(progress).checkpoint_lines)
     assert gone.step == 0 and gone.path is None and "from step 0" in gone.note
     assert newest_logged_checkpoint([]).note.startswith("no checkpoint line")
 

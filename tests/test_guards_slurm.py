@@ -160,6 +160,12 @@ def test_a_rank_that_hangs_ends_its_job_within_the_step_timeout_and_the_next_res
     resume = events_of(run, "resume")[-1]
     assert resume["step"] == 20  # the newest checkpoint before the hang
     assert events_of(run, "stop")[-1] == {**events_of(run, "stop")[-1], "reason": "done"}
+    # What the login side makes of it: a hang, kept in the history and not learned from.
+    proc = run_cli(["history", "--update", str(run), "--json"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [r for r in json.loads(proc.stdout)["not_learned"] if r["job_id"] == first]
+    assert row["cause"] == "hang" and row["why"].startswith("hung in step 25 for "), row
+    assert "on ranks 0, 1" in row["why"], row
 
 
 # --- (b) a user's command that stops reporting -----------------------------------------------
@@ -252,6 +258,15 @@ def test_a_chain_whose_workload_fails_at_start_stops_after_three_segments(
     assert "the user's data path" in stopped["reason"]
     assert any("the user's data path" in line for line in stopped["log_tail"])
     assert "`scancel " in text and "exited 0" in text  # the one function reported its call
+    # eta and resubmit say why the chain stopped and what it cancelled.
+    proc = run_cli(["eta", str(run)], cwd=tmp_path, timeout=120)
+    said = " ".join(proc.stdout.split())
+    assert "the chain stopped itself:" in said, proc.stdout + proc.stderr
+    assert f"cancelled job(s) {jobs[3]}, {jobs[4]}" in said, said
+    proc = run_cli(["resubmit", str(run), "--dry-run"], cwd=tmp_path, timeout=120)
+    refused = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "the chain stopped itself:" in refused, refused
+    assert "--force-retry" in refused
 
 
 # --- an orphaned trainer beside its requeued job ---------------------------------------------

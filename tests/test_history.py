@@ -13,9 +13,12 @@ from planner.calibration.record import save_record
 from planner.followup.state import inspect_run
 from planner.history import correction as history_correction
 from planner.history import database as history
+from planner.history.kind import kind_key
 from planner.history.report import history_text
+from planner.spec.run_spec import RunSpec
 from tests.cli_helpers import cli_env, run_cli, write_spec
 from tests.run_folders import FakeSlurm, accounted, stopped_folder
+from tests.test_eta import Log
 from tests.test_planning import SPEC, plan_for, record_for, spec_with
 
 MODEL_STEP_S = 1.06  # the one-node reference plan's step (tests/test_planning.py)
@@ -49,11 +52,20 @@ def add_outcomes(
             )
 
 
-def recorded_run(db: Path, tmp_path: Path, name: str, nodes: int = 1) -> str:
+# The reference spec's kind (planner.history.kind), calibrated by the reference record.
+KIND = kind_key(spec_with(), record_for(spec_with()))
+
+
+def recorded_run(
+    db: Path, tmp_path: Path, name: str, nodes: int = 1, spec: RunSpec | None = None
+) -> str:
+    """A run folder whose plan (of ``spec``, the reference one by default, calibrated by the
+    reference record) is in the history."""
     folder = tmp_path / name
     folder.mkdir()
-    plan = plan_for(spec_with(plan__max_nodes=8), nodes=nodes)
-    history.record_plan(plan, folder, path=db)
+    spec = spec or spec_with(plan__max_nodes=8)
+    plan = plan_for(spec, nodes=nodes)
+    history.record_plan(plan, folder, path=db, record=record_for(spec))
     return str(folder.resolve())
 
 
@@ -83,13 +95,13 @@ def test_calibration_plan_and_outcomes_round_trip(tmp_path: Path) -> None:
     spec = spec_with(plan__max_nodes=1, checkpoint={"interval_steps": 100})
     history.record_calibration(record_for(spec), tmp_path / "cal.yaml", db)
     state = inspect_run(str(stopped), FakeSlurm(sacct=accounted()))
-    assert history.record_outcomes(state, db) == 5
-    assert history.record_outcomes(state, db) == 5  # again: updated, not doubled
+    assert history.record_outcomes(state, db, record_for(spec)) == 5
+    assert history.record_outcomes(state, db, record_for(spec)) == 5  # updated, not doubled
     with history.connect(db) as conn:
         plans = conn.execute("SELECT workload, partition, nodes, source FROM plans").fetchall()
         outcomes = conn.execute(
-            "SELECT job_id, state, steps, elapsed_s, predicted_s, step_s, model_step_s"
-            " FROM outcomes ORDER BY job_id"
+            "SELECT job_id, state, steps, elapsed_s, predicted_s, step_s, model_step_s,"
+            " learned, why FROM outcomes ORDER BY job_id"
         ).fetchall()
         calibrations = conn.execute("SELECT name, workload FROM calibrations").fetchall()
     # No plan was recorded at emit: the run folder's plan.yaml stands in for it.
@@ -106,30 +118,45 @@ def test_calibration_plan_and_outcomes_round_trip(tmp_path: Path) -> None:
     assert (first["step_s"], first["model_step_s"]) == pytest.approx((1.06, 1.06))
     assert [o["predicted_s"] for o in outcomes[1:]] == [None] * 4  # never ran
     assert [o["step_s"] for o in outcomes[1:]] == [None] * 4
-    assert history_correction.step_biases("jit:tiny", "gpu", 1, db) == [pytest.approx((1, 1))]
-    assert history_correction.step_biases("jit:tiny", "gpu", 2, db) == []
+    # Job 11 died at step 950 (NODE_FAIL, no stop line): kept, not learned from.
+    assert first["learned"] == 0 and first["why"] == "its node failed (NODE_FAIL)"
+    assert history_correction.step_biases(KIND, "gpu", 1, db) == []
     text = history_text(db, width=200)  # wide: the row on one line (tests/test_table_width.py)
-    assert "950/3,907  26 min 07 s so far" in text
-    assert "0.88" in text and "none (< 2 jobs)" in text and "plan-test" in text
+    assert "950/3,907  26 min 07 s so far" in text and "0.88" in text and "plan-test" in text
+    assert "attempts not learned from" in text and "its node failed (NODE_FAIL)" in text
+    # A job of the run that stopped cleanly at its time limit is learned from.
+    Log(stopped / "progress.jsonl", total=3907).job(
+        0, [1.06] * 950, job_id="11", save_every=100, save_s=60.0, stop="time_limit"
+    ).write()
+    clean = inspect_run(str(stopped), FakeSlurm(sacct=accounted("COMPLETED")))
+    history.record_outcomes(clean, db, record_for(spec))
+    biases = history_correction.step_biases(KIND, "gpu", 1, db)
+    assert [(b.bias, b.planned, b.job_id) for b in biases] == [pytest.approx((1, 1, "11"))]
+    assert history_correction.step_biases(KIND, "gpu", 2, db) == []
 
 
 def test_recent_outcomes_beat_old_ones(tmp_path: Path) -> None:
     db = tmp_path / "h.sqlite"
     run = recorded_run(db, tmp_path, "a")
     add_outcomes(db, run, [0.5])
-    assert history_correction.correction_for("jit:tiny", "gpu", 1, db) is None  # one job
+    assert history_correction.correction_for(KIND, "gpu", 1, db) is None  # one job
     add_outcomes(db, run, [2.0, 1.2, 1.1, 1.3, 0.9])
-    correction = history_correction.correction_for("jit:tiny", "gpu", 1, db)
+    correction = history_correction.correction_for(KIND, "gpu", 1, db)
     assert correction is not None
     assert correction.outcomes == 6 and correction.overall_median == pytest.approx(1.15)
     assert correction.factor == pytest.approx(1.2)  # median of the newest five
-    assert history_correction.correction_for("gpt:124M", "gpu", 1, db) is None
+    assert (
+        history_correction.correction_for(
+            kind_key(spec_with(workload__preset="micro"), record_for(spec_with())), "gpu", 1, db
+        )
+        is None
+    )
 
 
 def test_a_prediction_that_was_exceeded_raises_the_next(tmp_path: Path) -> None:
     db = tmp_path / "h.sqlite"
     add_outcomes(db, recorded_run(db, tmp_path, "a"), [1.0, 1.0, 1.0, 1.4, 1.6])
-    correction = history_correction.correction_for("jit:tiny", "gpu", 1, db)
+    correction = history_correction.correction_for(KIND, "gpu", 1, db)
     assert correction is not None
     # The median of the newest five is 1.0, but the newest ran 60% over: the mean of the last
     # two (Tsafrir, Etsion and Feitelson 2007).
@@ -141,7 +168,7 @@ def test_the_bias_is_against_the_uncorrected_model(tmp_path: Path) -> None:
     db = tmp_path / "h.sqlite"
     # A plan whose steps were already scaled by 1.5, and whose jobs then ran exactly that.
     add_outcomes(db, recorded_run(db, tmp_path, "a"), [1.0, 1.0, 1.0], correction=1.5)
-    correction = history_correction.correction_for("jit:tiny", "gpu", 1, db)
+    correction = history_correction.correction_for(KIND, "gpu", 1, db)
     assert correction is not None and correction.factor == pytest.approx(1.5)
 
 
@@ -149,7 +176,7 @@ def test_a_correction_applies_only_at_the_node_count_it_was_learned_at(tmp_path:
     db = tmp_path / "h.sqlite"
     add_outcomes(db, recorded_run(db, tmp_path, "two", nodes=2), [1.3, 1.3])
     spec = spec_with(plan__max_nodes=1)
-    corrections = history_correction.corrections_for(spec, None, db)
+    corrections = history_correction.corrections_for(spec, None, db, record=record_for(spec))
     assert list(corrections) == [2] and corrections[2].factor == pytest.approx(1.3)
     # A 1-node plan: nothing learnt at 1 node, so nothing changes.
     assert plan_for(spec, corrections=corrections) == plan_for(spec)
@@ -170,7 +197,9 @@ def test_a_large_factor_is_capped_and_said(tmp_path: Path) -> None:
     db = tmp_path / "h.sqlite"
     # The mis-scaled 2-node run of the issue: planned 9.93 ms steps, ran 59.6 ms (x6.0).
     add_outcomes(db, recorded_run(db, tmp_path, "two", nodes=2), [6.0, 6.0])
-    corrections = history_correction.corrections_for(spec_with(), None, db)
+    corrections = history_correction.corrections_for(
+        spec_with(), None, db, record=record_for(spec_with())
+    )
     assert corrections[2].learned == pytest.approx(6.0)
     assert corrections[2].factor == history_correction.MAX_FACTOR and corrections[2].capped
     spec = spec_with(plan__max_nodes=2)
@@ -185,10 +214,10 @@ def test_the_newest_jobs_spread_widens_the_band_only_past_the_specs(tmp_path: Pa
     db = tmp_path / "h.sqlite"
     run = recorded_run(db, tmp_path, "a")
     add_outcomes(db, run, [1.0, 1.0])
-    two = history_correction.correction_for("jit:tiny", "gpu", 1, db)
+    two = history_correction.correction_for(KIND, "gpu", 1, db)
     assert two is not None and two.spread == 0.0  # two jobs: no spread learnt
     add_outcomes(db, run, [1.2, 0.8, 1.1, 0.9, 1.0])
-    correction = history_correction.correction_for("jit:tiny", "gpu", 1, db)
+    correction = history_correction.correction_for(KIND, "gpu", 1, db)
     assert correction is not None and correction.factor == pytest.approx(1.0)
     # Newest five 1.2, 0.8, 1.1, 0.9, 1.0: sample sd sqrt(0.1 / 4) over the factor 1.0.
     assert correction.spread == pytest.approx(0.158114, rel=1e-5)
@@ -313,4 +342,4 @@ def test_a_schema_1_database_gains_the_step_columns(tmp_path: Path) -> None:
     with history.connect(db) as conn:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(outcomes)")}
         assert {"step_s", "model_step_s"} <= columns
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == history.SCHEMA_VERSION

@@ -62,7 +62,9 @@ def test_plan_json_of_a_cpu_spec_and_a_correction(tmp_path: Path) -> None:
         tmp_path, cluster__gpus_per_node=0, batch__global_batch=64, plan__max_nodes=1
     )
     db = tmp_path / "h.sqlite"
-    add_outcomes(db, recorded_run(db, tmp_path, "old"), [1.5, 1.5])
+    # Jobs of the same kind: the CPU spec's, at its global batch.
+    same = spec_with(cluster__gpus_per_node=0, batch__global_batch=64, plan__max_nodes=8)
+    add_outcomes(db, recorded_run(db, tmp_path, "old", spec=same), [1.5, 1.5])
     env = no_slurm_env(tmp_path, PLANJOB_HISTORY=str(db))
     proc = run_cli(["plan", str(spec), "--calibration", str(cal), "--json"], tmp_path, env)
     assert proc.returncode == 0, proc.stderr

@@ -19,6 +19,7 @@ from planner.errors import (
 )
 
 if TYPE_CHECKING:  # imported by the commands that plan: --help needs none of it
+    from planner.calibration.record import CalibrationRecord
     from planner.history.corrected_plan import CorrectedPlan
 
 EXIT_JOB_FAILED = 1
@@ -128,17 +129,22 @@ def plan_from_files(
     nodes: int | None,
     history_file: Path | None = None,
     correct: bool = True,
-) -> CorrectedPlan:
+) -> tuple[CorrectedPlan, CalibrationRecord]:
     """plan and emit: the spec and record named on the command line, the partition's limits
-    where Slurm is here, and the plan with the history's correction (raises PlanJobError)."""
+    where Slurm is here, and the plan with the history's correction (raises PlanJobError);
+    with the record, whose measurements emit checks checkpoint.dir's room against."""
     from planner.calibration.record import load_record
     from planner.history.corrected_plan import corrected_plan
+    from planner.runs.emit import record_mismatch
     from planner.slurm.partition import read_partition
     from planner.slurm.submission import slurm_available
     from planner.spec.load import load_spec
 
     spec = load_spec(spec_path, sets)
     record = load_record(calibration_path)
+    mismatch = record_mismatch(spec, record.spec, str(calibration_path))
+    if mismatch is not None:
+        click.echo(f"warning: {mismatch}", err=True)
     partition = None
     if slurm_available():
         partition = read_partition(spec.cluster.partition)
@@ -160,4 +166,4 @@ def plan_from_files(
     )
     if planned.warning:
         click.echo(f"warning: {planned.warning}", err=True)
-    return planned
+    return planned, record

@@ -74,17 +74,21 @@ def emit(
     from planner.model.report import summary_table
     from planner.runs.emit import EmitOptions
     from planner.runs.emit import emit as write_run
+    from planner.shell import command_text
 
     try:
-        planned = plan_from_files(
+        planned, record = plan_from_files(
             spec_path, calibration_path, sets, deadline, nodes, history_file, not no_correction
         )
         result = planned.plan
-        options = EmitOptions(out_dir, Path.cwd(), python, template, force)
+        size = record.measurement.checkpoint_bytes
+        options = EmitOptions(out_dir, Path.cwd(), python, template, force, size)
         run = write_run(result, options)
     except PlanJobError as exc:
         fail(exc)
-    record_history(lambda: history.record_plan(result, run.folder, planned.model, history_file))
+    record_history(
+        lambda: history.record_plan(result, run.folder, planned.model, history_file, record=record)
+    )
     for warning in run.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(summary_table(result))
@@ -96,4 +100,4 @@ def emit(
     click.echo(f"\nwrote {run.folder}:")
     for path in (run.plan_path, run.train_config_path, *run.scripts):
         click.echo(f"  {path}")
-    click.echo(f"submit with: plan-job submit {run.folder}")
+    click.echo(f"submit with: {command_text('plan-job', 'submit', run.folder)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -14,6 +15,7 @@ from planner.errors import PlanJobError
 
 if TYPE_CHECKING:  # the command imports it when it runs: --help needs none of it
     from planner.eta.estimate import Eta
+    from planner.eta.progress_reader import ProgressReader
 
 
 @click.command()
@@ -40,8 +42,10 @@ def eta(target: str, watch: float | None, as_json: bool, total_steps: int | None
     from planner.eta.estimate import eta_for
     from planner.eta.progress_bar import bar_key, bar_text, from_eta
 
+    readers: dict[Path, ProgressReader] = {}  # --watch reads on from where it stopped
+
     def compute() -> Eta:
-        return eta_for(target, total_steps)
+        return eta_for(target, total_steps, readers=readers)
 
     render: Callable[[Eta], str] = eta_report.eta_table
     if as_json:

@@ -24,8 +24,8 @@ from planner.errors import PlanJobError
 def history_command(
     updates: tuple[str, ...], limit: int, history_file: Path | None, as_json: bool
 ) -> None:
-    """Predicted vs actual per run, and the bias per workload and partition that corrects
-    new plans."""
+    """Predicted vs actual per run, the bias per kind of run, partition and node count that
+    corrects new plans, and the attempts not learned from (failed, hung, killed)."""
     from planner.followup.state import inspect_run
     from planner.history import database as history
     from planner.history.report import history_json, history_text
@@ -33,7 +33,7 @@ def history_command(
     try:
         for target in updates:
             count = history.record_outcomes(inspect_run(target), history_file)
-            click.echo(f"recorded {count} ended job(s) of {target}", err=True)
+            click.echo(f"recorded {count} attempt(s) of ended jobs of {target}", err=True)
         show = history_json if as_json else history_text
         click.echo(show(history_file, limit))
     except PlanJobError as exc:

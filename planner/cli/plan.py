@@ -45,7 +45,7 @@ def plan(
     from planner.model.report import plan_table
 
     try:
-        planned = plan_from_files(
+        planned, _ = plan_from_files(
             spec_path, calibration_path, sets, deadline, nodes, history_file, not no_correction
         )
     except PlanJobError as exc:

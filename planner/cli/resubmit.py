@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +32,20 @@ from planner.errors import PlanJobError, SlurmUnavailableError
     show_default=True,
     help="Refuse when the run folder records this many resubmissions already.",
 )
+@click.option(
+    "--force-retry",
+    is_flag=True,
+    help="Resubmit even though the last two attempts failed the same way at the same step, "
+    "or the chain stopped itself (once the cause is fixed).",
+)
 @HISTORY
 def resubmit(
-    target: str, nodes: int | None, dry_run: bool, max_retries: int, history_file: Path | None
+    target: str,
+    nodes: int | None,
+    dry_run: bool,
+    max_retries: int,
+    force_retry: bool,
+    history_file: Path | None,
 ) -> None:
     """Submit the rest of a run whose jobs ended short of its last step.
 
@@ -51,18 +61,21 @@ def resubmit(
     from planner.followup.state import inspect_run
     from planner.history import database as history
     from planner.runs.run_folder import JOBS_FILE
+    from planner.shell import command_text
 
     try:
         state = inspect_run(target, preview=dry_run)
         record_history(lambda: history.record_outcomes(state, history_file))
-        plan = resubmission.prepare(state, nodes, max_retries, preview=dry_run)
+        plan = resubmission.prepare(
+            state, nodes, max_retries, preview=dry_run, force_retry=force_retry
+        )
         click.echo(resubmission_text(plan))
         if dry_run:
             for name, text in plan.scripts:
                 click.echo(f"\n# ===== {name} (not written) =====\n{text}")
             click.echo("\n# dry run: would submit")
             for argv in resubmission.planned_commands(plan):
-                click.echo(" ".join(shlex.quote(arg) for arg in argv))
+                click.echo(command_text(*argv))
             if plan.unread:
                 click.echo(
                     "\n# a preview without Slurm (see 'not read' above): resubmit on the login "
@@ -78,7 +91,8 @@ def resubmit(
         raise InterruptedExit("interrupted: cancelled the segments already submitted") from None
     except SlurmUnavailableError as exc:
         raise BadInputExit(
-            f"{exc}; `plan-job resubmit {target} --dry-run` previews from the run folder alone"
+            f"{exc}; `{command_text('plan-job', 'resubmit', target, '--dry-run')}` previews from "
+            "the run folder alone"
         ) from exc
     except PlanJobError as exc:
         fail(exc)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from planner.cli.common import EXIT_INTERRUPTED, BadInputExit, InterruptedExit, fail, watch_option
 from planner.cli.status_line import StatusLine
 from planner.errors import PlanJobError
+
+if TYPE_CHECKING:  # imported when --watch runs: --help needs none of it
+    from planner.eta.progress_reader import ProgressReader
 
 
 @click.command()
@@ -39,6 +41,7 @@ def submit(
     from planner.followup.report import jobs_table
     from planner.runs.chain import planned_commands, submit_chain
     from planner.runs.run_folder import JOBS_FILE
+    from planner.shell import command_text
 
     if dry_run and watch is not None:
         raise BadInputExit(
@@ -48,7 +51,7 @@ def submit(
     try:
         if dry_run:
             for argv in planned_commands(run_dir, after):
-                click.echo(" ".join(shlex.quote(arg) for arg in argv))
+                click.echo(command_text(*argv))
             return
 
         def on_submitted(job: Any) -> None:
@@ -68,16 +71,18 @@ def submit(
 def _follow_run(run_dir: Path, interval_s: float, job_ids: list[str]) -> None:
     """submit --watch: the progress bar until the run is over; Ctrl-C leaves the jobs be."""
     from planner.eta.progress_bar import bar_key, bar_text, follow, run_progress
+    from planner.shell import command_text
 
     click.echo(
         f"watching {run_dir} every {interval_s:g} s; Ctrl-C stops watching, not the jobs",
         err=True,
     )
     line = StatusLine()
+    readers: dict[Path, ProgressReader] = {}  # each refresh reads only the new lines
     try:
         try:
             final = follow(
-                lambda: run_progress(run_dir),
+                lambda: run_progress(run_dir, readers),
                 lambda p: line.show(bar_text(p), bar_key(p)),
                 interval_s,
             )
@@ -86,8 +91,9 @@ def _follow_run(run_dir: Path, interval_s: float, job_ids: list[str]) -> None:
     except KeyboardInterrupt:
         # Not an error: the jobs are submitted and run on.
         click.echo(
-            f"stopped watching; the submitted jobs keep running: `plan-job eta {run_dir} "
-            f"--watch` watches again, `scancel {' '.join(job_ids)}` cancels them",
+            f"stopped watching; the submitted jobs keep running: "
+            f"`{command_text('plan-job', 'eta', run_dir, '--watch')}` watches again, "
+            f"`{command_text('scancel', *job_ids)}` cancels them",
             err=True,
         )
         click.get_current_context().exit(EXIT_INTERRUPTED)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-
 import click
 
 from planner.cli.common import fail
@@ -21,6 +19,7 @@ def tighten(target: str, dry_run: bool) -> None:
     """
     from planner.followup.report import tighten_text
     from planner.followup.tighten import apply_tightening, changed, plan_tightening
+    from planner.shell import command_text
 
     try:
         plan = plan_tightening(target)
@@ -30,10 +29,10 @@ def tighten(target: str, dry_run: bool) -> None:
             if commands:
                 click.echo("\n# dry run: would run")
             for argv in commands:
-                click.echo(" ".join(shlex.quote(arg) for arg in argv))
+                click.echo(command_text(*argv))
             return
         apply_tightening(plan)
     except PlanJobError as exc:
         fail(exc)
     for argv in commands:
-        click.echo(f"done: {' '.join(shlex.quote(arg) for arg in argv)}")
+        click.echo(f"done: {command_text(*argv)}")

@@ -20,7 +20,8 @@ import dataclasses
 import datetime as dt
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from planner.errors import SlurmUnavailableError
@@ -36,6 +37,7 @@ from planner.eta.outlook import (
     stop_reserve,
 )
 from planner.eta.progress import History
+from planner.eta.progress_reader import ProgressReader
 from planner.eta.source import Source, load_source
 from planner.eta.steps import (
     DEFAULT_SPREAD,
@@ -51,10 +53,16 @@ from planner.eta.steps import (
     steady_step_time,
     step_sigma,
 )
+from planner.runs.diagnosis import Diagnosis, diagnose, diagnose_job
+from planner.shell import command_text
+from planner.slurm.accounting import JobOutcome, job_outcomes
 from planner.slurm.queue import Runner, SlurmJob, queued, with_end_from_env
 from planner.units import fmt_duration
 
 STALE_MIN_S = 300.0  # no line for this long (and 20 steps): say the job may be dead
+LOG_LINES_SHOWN = 5  # of a failed job's log, in the notes (--json: its diagnosis has 15)
+# Lines the training writes as it ends without a stop line (issues 20/21's contract).
+ENDING_EVENTS = ("hang", "failure", "chain_stopped")
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,8 @@ class Eta:
     chain: ChainOutlook | None
     notes: tuple[str, ...]
     watch_over: bool  # nothing more will happen: done, or no job left to run
+    # How the newest job ended when it wrote no stop line (planner.runs.diagnosis), as a dict.
+    diagnosis: dict[str, Any] | None = None
 
     @property
     def fraction(self) -> float:
@@ -115,6 +125,8 @@ class SlurmView:
     asked: tuple[str, ...]
     queue: dict[str, SlurmJob]
     error: str | None = None
+    # How the newest job in the file ended, when it is no longer queued and wrote no stop line.
+    ended: dict[str, JobOutcome] = field(default_factory=dict)
 
 
 def eta_for(
@@ -122,10 +134,12 @@ def eta_for(
     total_steps: int | None = None,
     runner: Runner | None = None,
     now: float | None = None,
+    readers: dict[Path, ProgressReader] | None = None,
 ) -> Eta:
     """The estimate for TARGET (a progress.jsonl, a trainer_state.json, a run folder or a
-    Slurm job id), with what squeue says about its jobs where Slurm is here."""
-    source = load_source(target, total_steps, runner)
+    Slurm job id), with what squeue says about its jobs where Slurm is here. ``readers``:
+    kept between calls (`--watch`), so that each reads only the progress lines added since."""
+    source = load_source(target, total_steps, runner, readers)
     return estimate(source, observe_slurm(source, runner), now)
 
 
@@ -140,7 +154,12 @@ def observe_slurm(source: Source, runner: Runner | None = None) -> SlurmView | N
         queue = queued(asked, runner)
     except SlurmUnavailableError as exc:
         return SlurmView(asked, {}, str(exc))
-    return SlurmView(asked, {k: with_end_from_env(v) for k, v in queue.items()})
+    current = source.history.current
+    ended = {}
+    if current.job_id and current.job_id not in queue and current.stop_reason is None:
+        # One sacct call, only for a job that ended without its stop line: why it ended.
+        ended = job_outcomes([current.job_id], runner).outcomes
+    return SlurmView(asked, {k: with_end_from_env(v) for k, v in queue.items()}, None, ended)
 
 
 def estimate(source: Source, slurm: SlurmView | None, now: float | None = None) -> Eta:
@@ -156,22 +175,29 @@ def estimate(source: Source, slurm: SlurmView | None, now: float | None = None) 
     running = running_job(source, queue)
     writer = running if running is not None and running.job_id == current.job_id else None
     done = history.done_step >= history.total_steps or current.stop_reason == "done"
+    # The training's own last words (a hang, a failure, a stopped chain): it has ended.
+    last_words = bool(current.events(*ENDING_EVENTS))
     if done:
         status = "done"
     elif known:
         active = any(job.active for job in queue.values())
         status = "running" if running else ("pending" if active else "stopped")
     else:
-        status = "running" if current.stop_reason is None else "stopped"
+        status = "running" if current.stop_reason is None and not last_words else "stopped"
     # Live: the job that writes the file is still stepping, so its newest line is where the
     # run is; otherwise the next job resumes from the newest checkpoint.
-    live = not done and (writer is not None or (not known and current.stop_reason is None))
-    from_step = history.done_step if live or done else history.resumable_step
+    writing = current.stop_reason is None and not last_words
+    live = not done and (writer is not None or (not known and writing))
+    diagnosis = None
     if not live and not done and current.stop_reason is None and history.kind == "progress":
-        notes.append(
-            f"the last job ended without a stop line (killed or crashed): the run resumes "
-            f"from its newest checkpoint, step {from_step:,}"
-        )
+        diagnosis = _diagnose_newest(source, slurm, now)
+        if diagnosis.orphan is not None:
+            live = True  # a trainer still writes: the run is where its lines are
+            if status == "stopped":
+                status = "running"
+    from_step = history.done_step if live or done else history.resumable_step
+    if diagnosis is not None:
+        notes += _diagnosis_notes(diagnosis, live, from_step)
 
     step = steady_step_time(history.jobs, cut_warmup=history.timing == "step_s")
     if step is None:
@@ -235,13 +261,43 @@ def estimate(source: Source, slurm: SlurmView | None, now: float | None = None) 
         where = "no job of this run is queued or running" if known else "the last job stopped"
         notes.append(
             f"{where}: {remaining.steps:,} steps remain; submit the rest with "
-            f"`plan-job resubmit {folder}`"
+            f"`{command_text('plan-job', 'resubmit', folder)}`"
         )
     if known and not done and current.job_id is None and history.kind == "progress":
         notes.append("the progress file names no job ($SLURM_JOB_ID): its segment not checked")
     if resumes and plan is None and history.kind == "progress":
         notes.append("no plan.yaml: each resume costs only the observed checkpoint load")
-    return _eta(source, now, status, step, remaining, finish, segment, chain, notes, done, slurm)
+    return _eta(
+        source, now, status, step, remaining, finish, segment, chain, notes, done, slurm, diagnosis
+    )
+
+
+def _diagnose_newest(source: Source, slurm: SlurmView | None, now: float) -> Diagnosis:
+    """How the file's newest job ended: from its lines, and with a run folder its log, the
+    run's trainer lock and what sacct said (SlurmView.ended)."""
+    job = source.history.current
+    outcome = slurm.ended.get(job.job_id or "") if slurm is not None else None
+    if source.run_dir is not None and job.job_id:
+        return diagnose_job(source.run_dir, job.job_id, outcome, job, source.checkpoint_dir, now)
+    return diagnose(job.job_id, outcome, job, None, None, None, now)
+
+
+def _diagnosis_notes(found: Diagnosis, live: bool, from_step: int) -> list[str]:
+    if found.orphan is not None:
+        return [found.orphan]
+    if found.cause is None and found.state is None:
+        lead = "the last job ended without a stop line (killed or crashed; nothing says why)"
+    else:
+        lead = found.headline()
+    notes = [f"{lead}: the run resumes from its newest checkpoint, step {from_step:,}"]
+    notes += list(found.notes)
+    if found.last_line:
+        notes.append(f"its last progress line: {found.last_line}")
+    if found.log_tail:
+        shown = found.log_tail[-LOG_LINES_SHOWN:]
+        notes.append(f"its log ({found.log_path}), last {len(shown)} lines:")
+        notes += [f"  {line}" for line in shown]
+    return notes
 
 
 def _eta(
@@ -256,6 +312,7 @@ def _eta(
     notes: list[str],
     done: bool,
     slurm: SlurmView | None,
+    diagnosis: Diagnosis | None = None,
 ) -> Eta:
     history = source.history
     left = remaining.steps if remaining else history.total_steps - history.done_step
@@ -283,6 +340,7 @@ def _eta(
         chain=chain,
         notes=tuple(notes),
         watch_over=over,
+        diagnosis=diagnosis.to_dict() if diagnosis is not None else None,
     )
 
 

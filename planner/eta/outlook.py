@@ -16,6 +16,7 @@ from planner.eta.source import Source
 from planner.eta.steps import StepTime
 from planner.model.plan import PlanFacts
 from planner.runs.emit import STOP_MARGIN_S
+from planner.shell import command_text
 from planner.slurm.queue import SlurmJob
 
 
@@ -208,12 +209,12 @@ def chain_outlook(
     if missing50:
         advice = (
             f"{missing50:,} steps will be missing when the queued jobs end: add segments with "
-            f"`plan-job resubmit {folder}`"
+            f"`{command_text('plan-job', 'resubmit', folder)}`"
         )
     elif missing95:
         advice = (
             f"enough at P50, but {missing95:,} steps short at P95: consider "
-            f"`plan-job resubmit {folder}` once the last segment runs"
+            f"`{command_text('plan-job', 'resubmit', folder)}` once the last segment runs"
         )
     return ChainOutlook(
         segments=len(source.chain),

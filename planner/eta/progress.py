@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import re
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.progress import read_progress
 from planner.errors import BadInputError, NoProgressError
+from planner.eta.job_log import JobLog, job_from_times
+from planner.eta.progress_reader import ProgressReader
 
 TRAINER_STATE = "trainer_state.json"
 _CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -29,24 +28,6 @@ WHAT_TO_PASS = (
     "pass a progress.jsonl (jobs.progress), a Hugging Face trainer_state.json, a run folder "
     "(`plan-job emit -o FOLDER`) or a Slurm job id"
 )
-
-
-@dataclass(frozen=True)
-class JobLog:
-    """One job of a run: a ``start`` line up to the next one (or the whole file, if the
-    writer never wrote a start line)."""
-
-    index: int  # 0-based, in file order
-    job_id: str | None
-    start_time: float | None
-    start_step: int
-    load_s: float | None  # checkpoint load of a resumed job
-    steps: tuple[int, ...]  # the step number of each timed sample
-    step_times: tuple[float, ...]  # seconds per step, one per sample
-    last_step: int  # the newest step this job reached
-    last_time: float | None  # the time of its newest line
-    saves: tuple[tuple[int, float], ...]  # (step, save_s) of its checkpoints
-    stop_reason: str | None  # None: no stop line (still running, or killed)
 
 
 @dataclass(frozen=True)
@@ -59,6 +40,9 @@ class History:
     includes_saves: bool  # step times already hold the checkpoint saves (wall-clock rates)
     checkpoint_interval: int | None  # from the source itself, if it tells
     notes: tuple[str, ...] = ()
+    evals: tuple[float, ...] = ()  # the newest evaluations' eval_s (progress_reader.EVALS_KEPT)
+    # The newest checkpoint lines that name a path, (step, path): a command's checkpoints.
+    checkpoint_lines: tuple[tuple[int | None, str], ...] = ()
 
     @property
     def current(self) -> JobLog:
@@ -82,37 +66,60 @@ class History:
         return max([*saves[-1:], *starts[-1:], 0])
 
     @property
+    def saves(self) -> list[tuple[int, float]]:
+        """(step, save_s) of the newest saves of every job, in order."""
+        return [save for job in self.jobs for save in job.saves]
+
+    @property
     def stopped(self) -> bool:
         return self.current.stop_reason is not None
 
 
 def load_progress(
-    path: Path, total_steps: int | None = None, fallback_total: int | None = None
+    path: Path,
+    total_steps: int | None = None,
+    fallback_total: int | None = None,
+    readers: dict[Path, ProgressReader] | None = None,
 ) -> History:
     """A progress file (jobs.progress format) as a History; BadInputError if it says nothing.
 
     ``total_steps`` (the user's) beats the file's start lines, which beat ``fallback_total``
-    (a run folder's train.json or plan)."""
+    (a run folder's train.json or plan). ``readers``: kept between calls (`eta --watch`), so
+    that a file is read on from where the last call stopped (planner.eta.progress_reader)."""
     if not path.is_file():
         raise NoProgressError(
             f"{path}: no progress file here (has the run started?); {WHAT_TO_PASS}"
         )
-    events = read_progress(path)
-    if not events:
+    reader = readers.get(path) if readers is not None else None
+    if reader is None:
+        reader = ProgressReader(path)
+        if readers is not None:
+            readers[path] = reader
+    reader.refresh()
+    summary = reader.snapshot()
+    if not summary.events:
         raise NoProgressError(
             f"{path}: no progress lines (empty, or not the JSON Lines of jobs.progress); if "
             f"its job is still queued or starting, try again once it has run some steps; "
             f"else {WHAT_TO_PASS}"
         )
-    jobs = _split_jobs(events)
-    logged = next((int(e["total_steps"]) for e in reversed(events) if e.get("total_steps")), None)
-    total = total_steps or logged or fallback_total
+    total = total_steps or summary.total_steps or fallback_total
     if not total:
         raise BadInputError(
             f"{path}: no `start` line gives total_steps; pass --total-steps N (the run's last "
             f"optimizer step)"
         )
-    return History("progress", path, total, jobs, "step_s", False, None)
+    return History(
+        "progress",
+        path,
+        total,
+        summary.jobs,
+        "step_s",
+        False,
+        None,
+        evals=summary.evals,
+        checkpoint_lines=summary.checkpoint_lines,
+    )
 
 
 def load_trainer_state(path: Path, total_steps: int | None = None) -> History:
@@ -157,17 +164,10 @@ def load_trainer_state(path: Path, total_steps: int | None = None) -> History:
             "checkpoint-*/ folders, or write progress lines with jobs.progress.ProgressWriter "
             "from a TrainerCallback (on_step_end) and pass that file"
         )
-    job = JobLog(
-        index=0,
-        job_id=None,
-        start_time=None,
-        start_step=0,
-        load_s=None,
-        steps=tuple(step for _, step in rates),
-        step_times=tuple(rate for rate, _ in rates),
+    job = job_from_times(
+        [rate for rate, _ in rates],
         last_step=global_step,
         last_time=mtime,
-        saves=(),
         # train() writes train_runtime when it returns: early stopping ends short of total.
         stop_reason="done" if global_step >= total else ("stopped" if runtime else None),
     )
@@ -181,45 +181,6 @@ def load_trainer_state(path: Path, total_steps: int | None = None) -> History:
         True,
         int(interval) if isinstance(interval, int) and interval > 0 else None,
         tuple(notes),
-    )
-
-
-def _split_jobs(events: Sequence[Mapping[str, Any]]) -> tuple[JobLog, ...]:
-    groups: list[list[Mapping[str, Any]]] = []
-    for event in events:
-        if event.get("event") == "start" or not groups:
-            groups.append([])
-        groups[-1].append(event)
-    return tuple(_job_log(index, group) for index, group in enumerate(groups))
-
-
-def _job_log(index: int, events: Sequence[Mapping[str, Any]]) -> JobLog:
-    start = events[0] if events[0].get("event") == "start" else {}
-    timed = [
-        e
-        for e in events
-        if e.get("event") == "step" and _finite(e.get("step_s")) and _int(e.get("step")) is not None
-    ]
-    steps = [int(e["step"]) for e in events if _int(e.get("step")) is not None]
-    resume = next((e for e in events if e.get("event") == "resume"), {})
-    stop = next((e for e in reversed(events) if e.get("event") == "stop"), None)
-    times = [float(e["time"]) for e in events if _finite(e.get("time"))]
-    return JobLog(
-        index=index,
-        job_id=str(start["job_id"]) if start.get("job_id") else None,
-        start_time=_float(start.get("time")),
-        start_step=_int(start.get("step")) or 0,
-        load_s=_float(resume.get("load_s")),
-        steps=tuple(int(e["step"]) for e in timed),
-        step_times=tuple(float(e["step_s"]) for e in timed),
-        last_step=max(steps, default=_int(start.get("step")) or 0),
-        last_time=max(times, default=None),
-        saves=tuple(
-            (int(e["step"]), float(e["save_s"]))
-            for e in events
-            if e.get("event") == "checkpoint" and _finite(e.get("save_s"))
-        ),
-        stop_reason=str(stop.get("reason")) if stop is not None else None,
     )
 
 
@@ -257,15 +218,3 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _float(value: Any) -> float | None:
-    return float(value) if _finite(value) else None
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

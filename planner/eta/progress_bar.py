@@ -18,6 +18,7 @@ from pathlib import Path
 from planner.clock import short_moment_text
 from planner.errors import SlurmUnavailableError
 from planner.eta.estimate import Eta, eta_for
+from planner.eta.progress_reader import ProgressReader
 from planner.runs.run_folder import LOGS_DIR, load_jobs, progress_candidates, read_train_json
 from planner.slurm.queue import Runner, queued
 
@@ -110,11 +111,12 @@ def started(run_dir: Path) -> bool:
     return False
 
 
-def run_progress(run_dir: Path) -> Progress:
-    """Where a submitted run stands: planner.eta.estimate's estimate once it has progress lines."""
+def run_progress(run_dir: Path, readers: dict[Path, ProgressReader] | None = None) -> Progress:
+    """Where a submitted run stands: planner.eta.estimate's estimate once it has progress lines
+    (``readers``: kept between calls, each reads only the lines added since)."""
     if not started(run_dir):
         return waiting(run_dir)
-    return from_eta(eta_for(str(run_dir)))
+    return from_eta(eta_for(str(run_dir), readers=readers))
 
 
 def follow(

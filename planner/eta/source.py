@@ -21,6 +21,7 @@ from planner.eta.progress import (
     newest_trainer_state,
     trainer_state,
 )
+from planner.eta.progress_reader import ProgressReader
 from planner.model.plan import PlanFacts
 from planner.runs.no_progress import no_progress_error
 from planner.runs.run_folder import (
@@ -48,25 +49,30 @@ class Source:
     chain: tuple[SubmittedJob, ...] = ()
     checkpoint_interval: int | None = None  # train.json's
     job: SlurmJob | None = None  # the job TARGET named
+    checkpoint_dir: Path | None = None  # train.json's: where the run's trainer lock lives
 
 
 def load_source(
-    target: str, total_steps: int | None = None, runner: Runner | None = None
+    target: str,
+    total_steps: int | None = None,
+    runner: Runner | None = None,
+    readers: dict[Path, ProgressReader] | None = None,
 ) -> Source:
-    """Resolve TARGET: a file, a folder or a Slurm job id, in that order."""
+    """Resolve TARGET: a file, a folder or a Slurm job id, in that order. ``readers``: the
+    progress files' readers kept between calls (planner.eta.progress.load_progress)."""
     path = Path(target).expanduser()
     if path.is_dir():
-        return _from_folder(target, path, total_steps, runner=runner)
+        return _from_folder(target, path, total_steps, runner=runner, readers=readers)
     if path.is_file():
         if path.name == TRAIN_FILE or path.name == PLAN_FILE or path.name == JOBS_FILE:
-            return _from_folder(target, path.parent, total_steps, runner=runner)
+            return _from_folder(target, path.parent, total_steps, runner=runner, readers=readers)
         if path.suffix == ".json" and trainer_state(path) is not None:
             return Source(target, load_trainer_state(path, total_steps))
-        return Source(target, load_progress(path, total_steps))
+        return Source(target, load_progress(path, total_steps, readers=readers))
     if looks_like_job_id(target):
         job = find_job(target.strip(), runner)
         folder = _folder_of_job(job)
-        return _from_folder(target, folder, total_steps, job=job, runner=runner)
+        return _from_folder(target, folder, total_steps, job=job, runner=runner, readers=readers)
     raise BadInputError(f"{target}: no such file or folder, and not a Slurm job id; {WHAT_TO_PASS}")
 
 
@@ -76,6 +82,7 @@ def _from_folder(
     total_steps: int | None,
     job: SlurmJob | None = None,
     runner: Runner | None = None,
+    readers: dict[Path, ProgressReader] | None = None,
 ) -> Source:
     train = read_train_json(folder)
     plan = plan_facts(folder)
@@ -91,7 +98,7 @@ def _from_folder(
     fallback = _int(train.get("total_steps")) or (plan.total_steps if plan else None)
     chain = load_chain(folder)
     try:
-        history = load_progress(progress, total_steps, fallback)
+        history = load_progress(progress, total_steps, fallback, readers)
     except NoProgressError:
         # Submitted jobs and no line yet: still queued, or ended without training.
         error = no_progress_error(folder, chain, runner) if chain else None
@@ -106,6 +113,7 @@ def _from_folder(
         chain=chain,
         checkpoint_interval=_int(train.get("checkpoint_interval_steps")),
         job=job,
+        checkpoint_dir=Path(train["checkpoint_dir"]) if train.get("checkpoint_dir") else None,
     )
 
 

@@ -5,8 +5,9 @@ Every job of a run starts slow (allocator, cuDNN autotuning, compilation, cold p
 data workers filling their queues) and for a number of steps that differs per job and per
 model, so a fixed "drop the first K steps" is either too few (compile) or wastes data. Each
 job's own step times are cut where MSER-5 finds its steady state begins (the calibration's
-rule, so the ETA and the plan mean the same thing by "steady"); a job with fewer than
-MIN_JOB_STEPS timed steps is left out while older jobs have steady steps, as its warm-up
+rule, so the ETA and the plan mean the same thing by "steady"), looked for in its first
+planner.eta.job_log.HEAD timed steps (all of them in a job no longer than that); a job with
+fewer than MIN_JOB_STEPS timed steps is left out while older jobs have steady steps, as its warm-up
 cannot be told from its steady state yet. The estimate is the mean of the last WINDOW steady
 steps, winsorized at 10% each side: the remaining time is a sum of step times, so its P50 is
 steps x the mean (not the median: a right-skewed step distribution would be underestimated),
@@ -19,18 +20,21 @@ Torch-free.
 
 from __future__ import annotations
 
-import itertools
+import collections
 import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jobs.calibration.stats import mean_ci, warmup_cut
+from jobs.calibration.stats import mean_ci
 from jobs.training.resume import RECENT_STEPS
-from planner.eta.progress import History, JobLog
+from planner.eta.job_log import RECENT, JobLog
+from planner.eta.progress import History
 from planner.model.plan import PlanFacts
 
-WINDOW = 200  # steady steps the estimate averages: recent enough to follow a node change
+# Steady steps the estimate averages, recent enough to follow a node change: as many as a
+# job's summary holds (planner.eta.job_log.RECENT).
+WINDOW = RECENT
 WINSOR = 0.1  # share clipped at each end of the window
 MIN_JOB_STEPS = 10  # fewer timed steps: a job's warm-up cannot be told from its steady state
 DEFAULT_SPREAD = 0.02  # run-to-run spread when no plan gives one (plan.run_to_run_spread)
@@ -70,25 +74,23 @@ def steady_step_time(jobs: Sequence[JobLog], cut_warmup: bool = True) -> StepTim
     cuts: list[int] = []
     excess: list[float] = []
     for job in jobs:
-        xs = list(job.step_times)
         if not cut_warmup:  # wall-clock rates over save intervals: no warm-up to find
             cuts.append(0)
-            pools.append(xs)
+            pools.append(list(job.recent))
             continue
-        if len(xs) < MIN_JOB_STEPS:
+        if job.timed < MIN_JOB_STEPS:
             cuts.append(0)
             pools.append([])
             continue
-        cut = warmup_cut(xs)
-        steady = xs[cut:]
+        cut = job.warmup_steps
         cuts.append(cut)
         if job.index > 0:
-            excess.append(max(sum(xs[:cut]) - cut * statistics.fmean(steady), 0.0))
-        pools.append(steady)
+            excess.append(max(sum(job.head[:cut]) - cut * job.steady_mean(cut), 0.0))
+        pools.append(job.steady_tail(cut))
     window = [x for pool in pools for x in pool][-WINDOW:]
     provisional = len(window) < 2 and cut_warmup
     if provisional:
-        window = [x for job in jobs for x in job.step_times][-WINDOW:]
+        window = [x for job in jobs for x in job.recent][-WINDOW:]
     if len(window) < 2:
         return None
     clipped, share = winsorize(window, WINSOR)
@@ -112,11 +114,11 @@ def steady_step_time(jobs: Sequence[JobLog], cut_warmup: bool = True) -> StepTim
 
 
 def baseline(jobs: Sequence[JobLog], remaining_steps: int) -> Baseline | None:
-    times = [x for job in jobs for x in job.step_times]
-    if not times:
+    samples = sum(job.timed for job in jobs)
+    if not samples:
         return None
-    mean = statistics.fmean(times)
-    return Baseline(mean, len(times), remaining_steps * mean)
+    mean = sum(job.timed_s for job in jobs) / samples
+    return Baseline(mean, samples, remaining_steps * mean)
 
 
 def winsorize(values: Sequence[float], share: float) -> tuple[list[float], float]:
@@ -145,15 +147,17 @@ def mean_p95(step: StepTime, steps: int, spread: float) -> float:
 
 
 def observed_interval(history: History) -> int | None:
-    """The most common gap between consecutive checkpoints of one job."""
-    gaps = [
-        b - a for job in history.jobs for (a, _), (b, _) in itertools.pairwise(job.saves) if b > a
-    ]
-    return statistics.mode(gaps) if gaps else None
+    """The most common gap between consecutive checkpoints of one job (the first seen of
+    equally common ones, as statistics.mode)."""
+    gaps: collections.Counter[int] = collections.Counter()
+    for job in history.jobs:
+        for gap, count in job.save_gaps:
+            gaps[gap] += count
+    return gaps.most_common(1)[0][0] if gaps else None
 
 
 def save_time(history: History, plan: PlanFacts | None) -> float:
-    saves = [s for job in history.jobs for _, s in job.saves]
+    saves = [s for _, s in history.saves]
     if saves:
         return statistics.median(saves[-5:])  # recent: the filesystem's load changes
     return plan.save_s if plan and plan.save_s else 0.0

@@ -20,7 +20,6 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from planner.eta.progress import History
 from planner.eta.steps import Z975, StepTime, steady_step_time
@@ -75,25 +74,11 @@ class RunPace:
         return self.lead_s - SIGNAL_SLACK_S
 
 
-def job_timings(events: Sequence[Mapping[str, Any]]) -> list[JobTiming]:
-    """Per job (a start line up to the next), as planner.eta.progress splits them."""
-    groups: list[list[Mapping[str, Any]]] = []
-    for event in events:
-        if event.get("event") == "start" or not groups:
-            groups.append([])
-        groups[-1].append(event)
-    out = []
-    for group in groups:
-        start = group[0] if group[0].get("event") == "start" else {}
-        first = next((e for e in group if e.get("event") == "step" and _num(e.get("step_s"))), None)
-        begin = None
-        if first is not None and _num(first.get("time")):
-            begin = float(first["time"]) - float(first["step_s"])
-        resume = next((e for e in group if e.get("event") == "resume"), None)
-        load = float(resume["load_s"]) if resume and _num(resume.get("load_s")) else None
-        job_id = str(start["job_id"]) if start.get("job_id") else None
-        out.append(JobTiming(job_id, resume is not None, begin, load))
-    return out
+def job_timings(history: History) -> list[JobTiming]:
+    """Per job (a start line up to the next), from the progress file's summary."""
+    return [
+        JobTiming(job.job_id, job.resumed, job.first_step_begin, job.load_s) for job in history.jobs
+    ]
 
 
 def measure_pace(
@@ -120,7 +105,7 @@ def measure_pace(
             f"the run has {seen} steady steps (fewer than {MIN_RUN_STEPS}): the step time is "
             f"the plan's, not a measurement of this run"
         )
-    saves = [s for job in history.jobs for _, s in job.saves]
+    saves = [s for _, s in history.saves]
     if saves:
         save_s, save_source = statistics.median(saves[-RECENT_SAVES:]), "run"
     else:
@@ -183,7 +168,3 @@ def _resume(
         "load and warm-up"
     )
     return plan.resume_s, "plan"
-
-
-def _num(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

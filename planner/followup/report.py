@@ -8,6 +8,7 @@ from planner.followup.pace import RunPace
 from planner.followup.resubmit import Resubmission
 from planner.followup.state import RunState
 from planner.followup.tighten import TightenPlan
+from planner.runs.diagnosis import Diagnosis
 from planner.runs.run_folder import SubmittedJob, script_name
 from planner.slurm.accounting import JobOutcome
 from planner.textwidth import fit_table
@@ -18,9 +19,15 @@ def state_rows(state: RunState) -> list[tuple[str, str]]:
     rows = [("run", str(state.run_dir))]
     if state.last is not None:
         rows.append(("last job", _outcome(state.last)))
+        attempt = state.last_attempt
+        if attempt is not None:
+            rows += diagnosis_rows(attempt.diagnosis)
     ended = [o for o in state.accounting.outcomes.values() if o is not state.last]
     if ended:
         rows.append(("earlier jobs", ", ".join(f"{o.job_id} {o.state}" for o in ended)))
+    failed = [a for a in state.attempts if a.diagnosis.failed and a is not state.last_attempt]
+    for attempt in failed[-3:]:
+        rows.append(("failed before", attempt.diagnosis.headline()))
     for job in state.active:
         rows.append(("still queued", f"job {job.job_id} {job.state}"))
     history, ckpt = state.history, state.checkpoint
@@ -126,10 +133,24 @@ def tighten_text(plan: TightenPlan, width: int | None = None) -> str:
     return f"{table}\n\n{changes}"
 
 
+def diagnosis_rows(found: Diagnosis, log_lines: int = 5) -> list[tuple[str, str]]:
+    """How a job ended and why (planner.runs.diagnosis), for a two-column table."""
+    rows = [("why", found.why)]
+    rows += [("", note) for note in found.notes]
+    if found.last_line:
+        rows.append(("last line", found.last_line))
+    if found.failed and found.log_tail:
+        rows.append(("log", f"{found.log_path}, last lines:"))
+        rows += [("", line) for line in found.log_tail[-log_lines:]]
+    return rows
+
+
 def _outcome(o: JobOutcome) -> str:
     text = f"job {o.job_id} {o.state}"
-    if o.exit_code is not None:
-        text += f" (exit {o.exit_code})"
+    if o.restarts:
+        text += f" (restart {o.restarts})"
+    if o.exit_text is not None:
+        text += f" ({o.exit_text})"
     text += f", from {o.source}"
     if o.inferred:
         text += " (inferred)"

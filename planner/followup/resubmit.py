@@ -10,9 +10,13 @@ resumes from the checkpoint. They are submitted as an afterany chain whose job i
 appended to jobs.yaml, and resubmit-K.yaml records what was decided and why.
 
 It refuses (BadInputError), with what to change: while a job of the run is queued or
-running; when the run is done; after an out-of-memory failure (the same batch fails again);
-after a failure of the launch itself (exit 2); with another node count (a checkpoint
-resumes only with the world size that wrote it); past --max-retries resubmissions.
+running, or a trainer of it still runs after Slurm said its job ended (a live orphan: the
+run's lock is fresh); when the run is done; after an out-of-memory failure (the same batch
+fails again); after a failure of the launch itself (exit 2); when the last two failed
+attempts failed the same way at the same step, or the chain stopped itself, unless
+--force-retry (planner.runs.diagnosis says how each ended); with another node count (a
+checkpoint resumes only with the world size that wrote it); past --max-retries
+resubmissions.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from planner.followup.state import RunState
 from planner.model.plan import Plan, Segment
 from planner.model.timemodel import split_segments
 from planner.runs.chain import sbatch_argv, submit_scripts
+from planner.runs.diagnosis import Diagnosis, same_failure_twice
 from planner.runs.emit import EmitOptions, render
 from planner.runs.run_folder import (
     LOGS_DIR,
@@ -46,6 +51,7 @@ from planner.runs.run_folder import (
     segment_scripts,
     write_scripts,
 )
+from planner.shell import command_text
 from planner.slurm.accounting import OOM_RE, job_log_text
 from planner.slurm.partition import PartitionLimits, read_partition
 from planner.slurm.queue import Runner
@@ -71,15 +77,23 @@ class Resubmission:
     partition_source: str = "scontrol"  # or, previewing without Slurm: plan.yaml, none
 
 
-def check_resubmittable(state: RunState, nodes: int | None, max_retries: int) -> None:
+def check_resubmittable(
+    state: RunState, nodes: int | None, max_retries: int, force_retry: bool = False
+) -> None:
     """Raise RefusedError with the reason and what to change; return when it may go on."""
     folder = state.run_dir
     if state.active:
         jobs = ", ".join(f"{job.job_id} {job.state}" for job in state.active)
         raise RefusedError(
-            f"{folder}: still running (job {jobs}); see `plan-job eta {folder}`. Resubmit once "
-            f"its jobs have ended; to shorten the pending segments' --time to the measured pace "
-            f"use `plan-job tighten {folder}`"
+            f"{folder}: still running (job {jobs}); see `{command_text('plan-job', 'eta', folder)}`"
+            f". Resubmit once its jobs have ended; to shorten the pending segments' --time to the "
+            f"measured pace use `{command_text('plan-job', 'tighten', folder)}`"
+        )
+    orphan = next((a.diagnosis.orphan for a in state.attempts if a.diagnosis.orphan), None)
+    if orphan is not None:
+        raise RefusedError(
+            f"{folder}: {orphan}. A new job would find the run's lock held and refuse to "
+            f"start; let that trainer finish, or stop it on its node, then resubmit"
         )
     last = state.last
     if state.done:
@@ -98,12 +112,17 @@ def check_resubmittable(state: RunState, nodes: int | None, max_retries: int) ->
             f"batch.grad_accum (the global batch stays), calibrate and plan again "
             f"(`plan-job calibrate`, `plan-job emit`)"
         )
+    attempt = state.last_attempt
     if last is not None and last.state == "FAILED" and last.exit_code == 2:
+        why = f" ({attempt.diagnosis.why})" if attempt is not None else ""
         raise RefusedError(
-            f"{folder}: job {last.job_id} FAILED with exit code 2: the training refused its "
-            f"train.json, arguments or launch environment, or the batch script did not parse "
-            f"(bash exits 2 too), and would again; see its log in {folder / LOGS_DIR}"
+            f"{folder}: job {last.job_id} FAILED with exit code 2{why}: the training refused "
+            f"to start (its train.json, arguments or launch environment, the run's lock, a "
+            f"checkpoint that does not load, no room), or the batch script did not parse (bash "
+            f"exits 2 too), and would again; see its log in {folder / LOGS_DIR}"
         )
+    if not force_retry:
+        _refuse_a_repeat(state)
     if nodes is not None and nodes != state.plan.nodes:
         ranks = state.plan.nodes * max(state.plan.gpus_per_node, 1)
         raise RefusedError(
@@ -111,7 +130,7 @@ def check_resubmittable(state: RunState, nodes: int | None, max_retries: int) ->
             f"{state.plan.nodes} node(s), and jobs.train resumes a checkpoint only with the "
             f"world size that wrote it (the global batch and the ranks' data streams would "
             f"change mid-run). Resubmit with --nodes {state.plan.nodes}, or start a new run "
-            f"with `plan-job emit --nodes {nodes}`"
+            f"with `{command_text('plan-job', 'emit', '--nodes', nodes)}`"
         )
     done = resubmissions(folder)
     if len(done) >= max_retries:
@@ -129,10 +148,11 @@ def prepare(
     max_retries: int = DEFAULT_MAX_RETRIES,
     runner: Runner | None = None,
     preview: bool = False,
+    force_retry: bool = False,
 ) -> Resubmission:
     """The new segments and their scripts; refuses as check_resubmittable does. ``preview``
     (a dry run) goes on without Slurm, from plan.yaml's partition if it has one."""
-    check_resubmittable(state, nodes, max_retries)
+    check_resubmittable(state, nodes, max_retries, force_retry)
     pace, plan, folder = state.pace, state.plan, state.run_dir
     notes = list(state.notes) + list(pace.notes)
     if preview:
@@ -227,6 +247,9 @@ def record(resub: Resubmission, jobs: list[SubmittedJob]) -> dict[str, object]:
         "number": resub.number,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "last_job": dataclasses.asdict(last) if last else None,
+        "last_job_diagnosis": (
+            state.last_attempt.diagnosis.to_dict() if state.last_attempt is not None else None
+        ),
         "checkpoint_step": state.checkpoint.step,
         "checkpoint_note": state.checkpoint.note,
         "total_steps": state.total_steps,
@@ -250,11 +273,42 @@ def record(resub: Resubmission, jobs: list[SubmittedJob]) -> dict[str, object]:
     }
 
 
+def _refuse_a_repeat(state: RunState) -> None:
+    """The same failure twice in a row at the same step, or a chain that stopped itself: a
+    resubmission would repeat it."""
+    folder, attempts = state.run_dir, state.attempts
+    repeated = same_failure_twice([a.diagnosis for a in attempts])
+    if repeated is not None:
+        older, newer = repeated
+        where = f" at step {newer.step:,}" if newer.step is not None else ""
+        raise RefusedError(
+            f"{folder}: {_attempt_name(older)} and {_attempt_name(newer)} failed the same "
+            f"way{where}: {newer.why}. A third try would too: fix the cause (their log: "
+            f"{newer.log_path or folder / LOGS_DIR}), then resubmit with --force-retry"
+        )
+    last = state.last_attempt
+    newest = last.diagnosis if last is not None else None
+    if newest is not None and newest.cause == "chain_stopped":
+        raise RefusedError(
+            f"{folder}: {newest.why}. Its segments made no progress, and resubmitted ones "
+            f"would not either: fix the cause its log shows ({newest.log_path or folder / LOGS_DIR}"
+            f"), then resubmit with --force-retry"
+        )
+
+
+def _attempt_name(diagnosis: Diagnosis) -> str:
+    name = f"job {diagnosis.job_id}"
+    return name + (f" (restart {diagnosis.restarts})" if diagnosis.restarts else "")
+
+
 def _out_of_memory(state: RunState) -> bool:
     last = state.last
     if last is None:
         return False
     if last.state == "OUT_OF_MEMORY":
+        return True
+    attempt = state.last_attempt
+    if attempt is not None and attempt.diagnosis.cause in ("out_of_memory", "host_out_of_memory"):
         return True
     if last.state not in ("FAILED", "UNKNOWN"):
         return False

@@ -11,22 +11,29 @@ torn. Torch-free.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from jobs.contract.train_config import TrainConfig
-from jobs.progress import read_progress
 from planner.errors import BadInputError, SlurmUnavailableError
+from planner.eta.job_log import JobLog
 from planner.eta.progress import History
 from planner.eta.source import Source, load_source
 from planner.followup.pace import RunPace, job_timings, measure_pace
 from planner.followup.preview import unread_job_facts
 from planner.model.plan import Plan
+from planner.runs.diagnosis import Diagnosis, diagnose_job
 from planner.runs.run_folder import SubmittedJob, load_plan, load_train_config
-from planner.slurm.accounting import Accounting, JobOutcome, job_outcomes, with_inferred
+from planner.slurm.accounting import (
+    Accounting,
+    JobOutcome,
+    infer_outcome,
+    job_outcomes,
+    with_inferred,
+)
 from planner.slurm.queue import Runner, SlurmJob, queued
 
 _CHECKPOINT_RE = re.compile(r"ckpt-(\d{9,})\.pt")
@@ -54,6 +61,39 @@ class JobSteps:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One run of one job: a requeued job (node failure, preemption) runs more than once, each
+    attempt with its own state, restart count and lines in the progress file."""
+
+    job_id: str
+    outcome: JobOutcome
+    log: JobLog | None  # its lines in the progress file (None: it wrote none)
+    diagnosis: Diagnosis
+
+    @property
+    def restarts(self) -> int:
+        return self.outcome.restarts
+
+    @property
+    def from_step(self) -> int:
+        return self.log.start_step if self.log is not None else 0
+
+    @property
+    def steps(self) -> int:
+        return max(self.log.last_step - self.log.start_step, 0) if self.log is not None else 0
+
+    @property
+    def learnable(self) -> bool:
+        """Its steps say what the run's step costs: it stopped cleanly (done, at the signal or
+        the stop time), not hung, failed or killed."""
+        return (
+            self.log is not None
+            and self.log.stop_reason in ("done", "signal", "time_limit")
+            and not self.diagnosis.failed
+        )
+
+
+@dataclass(frozen=True)
 class RunState:
     run_dir: Path
     plan: Plan
@@ -67,6 +107,15 @@ class RunState:
     pace: RunPace
     notes: tuple[str, ...]
     unread: tuple[str, ...] = ()  # facts a preview without Slurm could not read (preview.py)
+    attempts: tuple[Attempt, ...] = ()  # of the ended jobs, oldest first
+
+    @property
+    def last_attempt(self) -> Attempt | None:
+        """The newest attempt of the job that ran last."""
+        if self.last is None:
+            return None
+        mine = [a for a in self.attempts if a.job_id == self.last.job_id]
+        return mine[-1] if mine else None
 
     @property
     def history(self) -> History:
@@ -116,7 +165,6 @@ def inspect_run(target: str, runner: Runner | None = None, preview: bool = False
     ended = [i for i in ids if i not in {job.job_id for job in active}]
     logs = {job.job_id: job for job in history.jobs if job.job_id}
     accounting = with_inferred(job_outcomes(ended, runner), ended, logs, run_dir)
-    events = read_progress(history.path)
     starts = {
         o.job_id: o.start_time
         for o in accounting.outcomes.values()
@@ -125,13 +173,18 @@ def inspect_run(target: str, runner: Runner | None = None, preview: bool = False
     pace = measure_pace(
         history,
         plan,
-        job_timings(events),
+        job_timings(history),
         starts,
         train.checkpoint_interval_steps,
         train.eval_interval_steps,
-        [float(e["eval_s"]) for e in events if e.get("event") == "eval" and e.get("eval_s")],
+        history.evals,
     )
     notes = [n for n in (accounting.missing_note(),) if n]
+    checkpoint_dir = Path(train.checkpoint_dir)
+    attempts = tuple(
+        Attempt(job_id, outcome, log, diagnose_job(run_dir, job_id, outcome, log, checkpoint_dir))
+        for job_id, outcome, log in _attempt_logs(ended, accounting, history)
+    )
     return RunState(
         run_dir=run_dir,
         plan=plan,
@@ -146,18 +199,72 @@ def inspect_run(target: str, runner: Runner | None = None, preview: bool = False
             if job.job_id
         },
         checkpoint=(
-            newest_logged_checkpoint(events)
+            newest_logged_checkpoint(history.checkpoint_lines)
             if train.command
             else newest_checkpoint(Path(train.checkpoint_dir), history)
         ),
         pace=pace,
         notes=tuple(notes),
         unread=unread,
+        attempts=attempts,
     )
 
 
+def _attempt_logs(
+    job_ids: Sequence[str], accounting: Accounting, history: History
+) -> list[tuple[str, JobOutcome, JobLog | None]]:
+    """Each ended job's attempts (sacct -D) with its lines in the progress file, oldest
+    first. A requeued job's runs each have a start line with its job id: where Slurm lists
+    fewer attempts than those (no accounting: scontrol knows one), the others are read from
+    their lines (infer_outcome), so that every attempt that wrote is one."""
+    found: list[tuple[str, JobOutcome, JobLog | None]] = []
+    for job_id in job_ids:
+        attempts = accounting.all_attempts(job_id)
+        logs = [job for job in history.jobs if job.job_id == job_id]
+        paired = [(o, _log_of(o, i, attempts, logs)) for i, o in enumerate(attempts)]
+        used = {id(log) for _, log in paired if log is not None}
+        unpaired = [log for log in logs if id(log) not in used]
+        for index, log in enumerate(unpaired):
+            inferred = dataclasses.replace(infer_outcome(job_id, log, None), restarts=index)
+            paired.insert(index, (inferred, log))
+        if unpaired:  # restart counts follow the order once the progress file adds runs
+            paired = [
+                (dataclasses.replace(o, restarts=i), log) for i, (o, log) in enumerate(paired)
+            ]
+        found += [(job_id, outcome, log) for outcome, log in paired]
+    return sorted(found, key=lambda item: _start_key(item[1], item[2]))
+
+
+def _log_of(
+    outcome: JobOutcome,
+    index: int,
+    attempts: Sequence[JobOutcome],
+    logs: Sequence[JobLog],
+) -> JobLog | None:
+    """The progress lines of attempt ``index``: by count when they match one for one, else
+    the newest that started within the attempt (an attempt killed at once wrote none)."""
+    if len(logs) == len(attempts):
+        return logs[index]
+    if outcome.start_time is None:
+        return logs[-1] if logs and index == len(attempts) - 1 else None
+    end = outcome.end_time if outcome.end_time is not None else float("inf")
+    inside = [
+        log
+        for log in logs
+        if log.start_time is not None and outcome.start_time - 60 <= log.start_time <= end
+    ]
+    return inside[-1] if inside else None
+
+
+def _start_key(outcome: JobOutcome, log: JobLog | None) -> tuple[float, int]:
+    start = outcome.start_time
+    if start is None and log is not None:
+        start = log.start_time
+    return (start if start is not None else float("inf"), outcome.restarts)
+
+
 def newest_checkpoint(folder: Path, history: History) -> CheckpointState:
-    logged = [step for job in history.jobs for step, _ in job.saves]
+    logged = [step for step, _ in history.saves]
     logged_step = logged[-1] if logged else None
     files = sorted(
         (
@@ -181,16 +288,17 @@ def newest_checkpoint(folder: Path, history: History) -> CheckpointState:
     return CheckpointState(0, None, 0, logged_step, where + ": the run starts again from step 0")
 
 
-def newest_logged_checkpoint(events: Sequence[dict[str, Any]]) -> CheckpointState:
+def newest_logged_checkpoint(lines: Sequence[tuple[int | None, str]]) -> CheckpointState:
     """A user command's checkpoints are in its own format and naming: the progress file's
-    ``checkpoint`` lines say which it saved; the newest whose path still exists counts."""
-    saved = [e for e in events if e.get("event") == "checkpoint" and e.get("path")]
-    logged_step = int(saved[-1]["step"]) if saved else None
+    ``checkpoint`` lines say which it saved (the newest CHECKPOINT_LINES_KEPT of them, (step,
+    path)); the newest whose path still exists counts."""
+    logged_step = lines[-1][0] if lines else None
     missing: list[str] = []
-    for event in reversed(saved):
-        path = Path(str(event["path"]))
+    for step, name in reversed(lines):
+        path = Path(name)
+        if step is None:
+            continue  # a line that names no step cannot be resumed from
         if path.exists():
-            step = int(event["step"])
             note = f"step {step:,}: the newest checkpoint line whose path exists ({path})"
             if missing:
                 note += f"; missing on disk: {', '.join(missing)}"

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.progress import read_progress
 from planner.errors import SlurmUnavailableError
 from planner.eta.estimate import estimate, observe_slurm
 from planner.eta.outlook import Queued, pending_jobs, running_job
@@ -84,7 +83,7 @@ def plan_tightening(
     interval = source.checkpoint_interval or plan.checkpoint_interval_steps
     # The running job's start is in the queue; ended jobs' would need sacct: not worth it.
     starts = {i: job.start_time for i, job in queue.items() if job.running and job.start_time}
-    timings = job_timings(read_progress(history.path))
+    timings = job_timings(history)
     pace = measure_pace(history, plan, timings, starts, interval, None)
     segment = eta.segment
     if segment is not None and segment.stop_step_p95 is not None:

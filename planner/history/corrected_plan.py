@@ -48,11 +48,13 @@ def corrected_plan(
     warning = None
     if correct:
         try:
-            corrections = corrections_for(spec, partition, history)
+            corrections = corrections_for(spec, partition, history, record=record)
         except HistoryError as exc:
             warning = f"{exc}; planned without the history's correction"
     if not corrections:
         return CorrectedPlan(model, model, False, warning)
+    # Corrections whose jobs disagree are not applied, only said: the plan is the model's
+    # with the note.
     plan = make_plan(
         spec,
         record,

@@ -1,31 +1,44 @@
-"""The correction a new plan learns from the history: of its step time, per node count.
+"""The correction a new plan learns from the history: of its step time, per node count, from
+jobs of its own kind.
 
 What strays between plan and run is, on a GPU, the step time (a busier machine, another
 fabric, a modelled all-reduce that the nodes do not reach); start-up, saves and loads are
 measured per job and were scaled wrongly along with it when the factor came from whole jobs:
 a x4.23 factor learned from one mis-scaled 2-node run made every later plan, on any node
-count, 18x longer in start-up and saves as well. So:
+count, 18x longer in start-up and saves as well. And a correction keyed by workload name,
+partition and node count alone doubled a fresh, accurate local plan of jit:tiny from 13 jobs
+of a paced test variant of it (x3.22, spread 47.6%). So:
 
 - a job's bias is its own steady step time (from its progress lines, warm-up cut) over the
   step the model gave for it, before any correction (planner.history.database.record_outcomes);
-- a correction is learned per workload, partition and node count, and applied only to the
-  step time of that node count: outcomes at other node counts are ignored;
+  only attempts that stopped cleanly count: a failed, hung or killed one is kept, not learned;
+- a correction is learned per kind (planner.history.kind: what sets the step: workload and
+  preset or command, overrides, compile, micro-batch and global batch, precision, the
+  calibration's device and executor), partition and node count, and applied only to the
+  step time of that node count: outcomes of other kinds or node counts are ignored;
 - the factor is the median bias of the newest RECENT jobs, raised to the mean of the last two
   when the newest ran over its plan's step (Tsafrir, Etsion and Feitelson, "Backfilling using
   system-generated predictions rather than user runtime estimates", IEEE TPDS 18(6), 2007);
 - its effect is capped at MAX_FACTOR either way, and the plan says so: a bias that large
   means the model is wrong at that node count (calibrate it), not that the machine drifted;
 - the same newest biases give the run-to-run spread, which widens a plan's P95 when it is
-  larger than plan.run_to_run_spread. Torch-free.
+  larger than plan.run_to_run_spread; newest jobs that disagree among themselves by more
+  than MAX_SPREAD (sample standard deviation over the factor) are shown, not applied: one
+  factor cannot stand for them;
+- the plan says in one line what a correction rests on: how many jobs, when they ended,
+  which runs. Torch-free.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from planner.calibration.record import CalibrationRecord
 from planner.history.database import connect, history_path, partition_name, workload_key
+from planner.history.kind import describe, kind_key
 from planner.slurm.partition import PartitionLimits
 from planner.spec.run_spec import RunSpec
 
@@ -33,20 +46,37 @@ RECENT = 5
 MIN_OUTCOMES = 2
 MIN_SPREAD_OUTCOMES = 3  # a standard deviation of two jobs says little
 MAX_FACTOR = 2.0
+MAX_SPREAD = 0.25  # newest jobs' spread above which their factor is not applied
 
 _BIASES = """
-SELECT p.nodes, o.step_s, o.model_step_s, o.plan_correction FROM outcomes o
+SELECT p.nodes, o.step_s, o.model_step_s, o.plan_correction, o.run_dir, o.job_id,
+       COALESCE(o.end_time, o.recorded) AS moment
+FROM outcomes o
 JOIN plans p ON p.id = (SELECT MAX(id) FROM plans WHERE run_dir = o.run_dir)
-WHERE p.workload = ? AND p.partition = ? AND p.nodes > 0 AND o.step_s > 0 AND o.model_step_s > 0
+WHERE p.kind = ? AND p.partition = ? AND p.nodes > 0 AND o.step_s > 0 AND o.model_step_s > 0
+  AND o.learned = 1
 ORDER BY COALESCE(o.end_time, o.recorded), o.id
 """
 
-Biases = list[tuple[float, float]]
+
+@dataclass(frozen=True)
+class Bias:
+    """One ended job's step against the model's (``bias``) and against its plan's step as
+    emitted (``planned``), where it ran and when it ended."""
+
+    bias: float
+    planned: float
+    run_dir: str
+    job_id: str
+    moment: float
+
+
+Biases = list[Bias]
 
 
 @dataclass(frozen=True)
 class Correction:
-    workload: str
+    workload: str  # the workload's key (database.workload_key), for tables
     partition: str
     nodes: int  # the node count it was learned at, and the only one it applies to
     factor: float  # the step time at ``nodes`` is multiplied by this (after the cap)
@@ -59,54 +89,82 @@ class Correction:
     # Sample standard deviation of the newest jobs' biases over the learned factor: how far
     # one run strays from the corrected pace (0.0 with fewer than MIN_SPREAD_OUTCOMES jobs).
     spread: float = 0.0
+    kind: str = ""  # planner.history.kind.kind_key: what sets the step of these jobs
+    runs: tuple[str, ...] = ()  # the run folders of the newest RECENT jobs, oldest first
+    first: float | None = None  # when the oldest and newest of them ended
+    last: float | None = None
+    recent: int = 0  # jobs the factor comes from (the newest RECENT)
 
     @property
     def capped(self) -> bool:
         return self.factor != self.learned
 
+    @property
+    def applied(self) -> bool:
+        """Whether plans apply it: the newest jobs agree within MAX_SPREAD."""
+        return self.spread <= MAX_SPREAD
 
-def step_biases_by_nodes(
-    workload: str, partition: str, path: Path | None = None
-) -> dict[int, Biases]:
-    """(bias against the model's step, ratio against the plan's step as emitted) per ended
-    job that timed its steps, oldest first, by the node count its run was planned on. One
-    query: a plan reads every node count's at once."""
+    def rests_on(self) -> str:
+        """What it comes from, in one line: jobs, dates, runs, kind."""
+        when = ""
+        if self.first is not None and self.last is not None:
+            first, last = _date(self.first), _date(self.last)
+            when = f", ended {first}" if first == last else f", ended {first} to {last}"
+        names = ", ".join(dict.fromkeys(Path(run).name for run in self.runs))
+        return (
+            f"the newest {self.recent} of {self.outcomes} job(s) of this kind at {self.nodes} "
+            f"node(s) on partition {self.partition}{when}, run(s) {names}; kind: "
+            f"{describe(self.kind)}"
+        )
+
+
+def step_biases_by_nodes(kind: str, partition: str, path: Path | None = None) -> dict[int, Biases]:
+    """Every learned ended job of this kind and partition, oldest first, by the node count its
+    run was planned on. One query: a plan reads every node count's at once."""
     if not history_path(path).exists():
         return {}  # a plan only reads: it creates no database
     with connect(path) as db:
-        rows = db.execute(_BIASES, (workload, partition)).fetchall()
+        rows = db.execute(_BIASES, (kind, partition)).fetchall()
     found: dict[int, Biases] = {}
     for row in rows:
         bias = row["step_s"] / row["model_step_s"]
         found.setdefault(int(row["nodes"]), []).append(
-            (bias, bias / (row["plan_correction"] or 1.0))
+            Bias(
+                bias,
+                bias / (row["plan_correction"] or 1.0),
+                row["run_dir"],
+                row["job_id"],
+                row["moment"],
+            )
         )
     return dict(sorted(found.items()))
 
 
-def step_biases(workload: str, partition: str, nodes: int, path: Path | None = None) -> Biases:
+def step_biases(kind: str, partition: str, nodes: int, path: Path | None = None) -> Biases:
     """step_biases_by_nodes at one node count."""
-    return step_biases_by_nodes(workload, partition, path).get(nodes, [])
+    return step_biases_by_nodes(kind, partition, path).get(nodes, [])
 
 
 def correction_for(
-    workload: str, partition: str, nodes: int, path: Path | None = None
+    kind: str, partition: str, nodes: int, path: Path | None = None, workload: str = ""
 ) -> Correction | None:
     """The step correction for ``nodes`` nodes; None with fewer than MIN_OUTCOMES jobs."""
-    return correction_from(
-        workload, partition, nodes, step_biases(workload, partition, nodes, path)
-    )
+    biases = step_biases(kind, partition, nodes, path)
+    return correction_from(workload, partition, nodes, biases, kind)
 
 
-def correction_from(workload: str, partition: str, nodes: int, pairs: Biases) -> Correction | None:
-    """The correction ``pairs`` (step_biases at ``nodes`` nodes) give, if there are enough."""
-    if len(pairs) < MIN_OUTCOMES:
+def correction_from(
+    workload: str, partition: str, nodes: int, biases: Biases, kind: str = ""
+) -> Correction | None:
+    """The correction ``biases`` (step_biases at ``nodes`` nodes) give, if there are enough."""
+    if len(biases) < MIN_OUTCOMES:
         return None
-    model = [bias for bias, _ in pairs]
+    model = [b.bias for b in biases]
+    newest = biases[-RECENT:]
     recent = model[-RECENT:]
     learned = statistics.median(recent)
     rule = f"median step time / model step of the newest {len(recent)} jobs"
-    if pairs[-1][1] > 1:
+    if biases[-1].planned > 1:
         last_two = statistics.fmean(model[-2:])
         if last_two > learned:
             learned = last_two
@@ -128,15 +186,31 @@ def correction_from(workload: str, partition: str, nodes: int, pairs: Biases) ->
         latest=model[-1],
         rule=rule,
         spread=spread,
+        kind=kind,
+        runs=tuple(b.run_dir for b in newest),
+        first=newest[0].moment,
+        last=newest[-1].moment,
+        recent=len(newest),
     )
 
 
 def corrections_for(
-    spec: RunSpec, partition: PartitionLimits | None, path: Path | None = None
+    spec: RunSpec,
+    partition: PartitionLimits | None,
+    path: Path | None = None,
+    *,
+    record: CalibrationRecord | None,
 ) -> dict[int, Correction]:
-    """Every node count's correction for the spec's workload on its partition: what
-    planner.model.planning.make_plan takes as ``corrections``."""
-    workload, where = workload_key(spec), partition_name(spec, partition)
-    by_nodes = step_biases_by_nodes(workload, where, path)
-    found = {n: correction_from(workload, where, n, pairs) for n, pairs in by_nodes.items()}
+    """Every node count's correction for plans of the spec's kind (from its calibration
+    ``record``: the device and executor are part of it) on its partition: what
+    planner.model.planning.make_plan takes as ``corrections``. Those whose jobs disagree
+    (Correction.applied false) are there too: the plan says why it does not apply them."""
+    kind, where = kind_key(spec, record), partition_name(spec, partition)
+    workload = workload_key(spec)
+    by_nodes = step_biases_by_nodes(kind, where, path)
+    found = {n: correction_from(workload, where, n, pairs, kind) for n, pairs in by_nodes.items()}
     return {n: c for n, c in found.items() if c is not None}
+
+
+def _date(moment: float) -> str:
+    return dt.datetime.fromtimestamp(moment).astimezone().strftime("%Y-%m-%d")

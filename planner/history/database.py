@@ -2,11 +2,20 @@
 
 Tables: calibrations (one per record `plan-job calibrate` writes), plans (one per run folder
 `plan-job emit` writes: predicted P50/P95, workload, partition, nodes, fingerprint, the step
-correction it carried) and outcomes (one per ended job of a run, read from sacct by
-`resubmit` or `history --update`: state, elapsed, steps done, the time the run's plan
-predicted for exactly those steps, and the job's own steady step time beside the step the
-model gave). The correction new plans learn from the outcomes: planner.history.correction.
-Torch-free.
+correction it carried, and its kind: what sets its step, planner.history.kind) and outcomes
+(one per attempt of an ended job of a run, read from sacct by `resubmit` or `history
+--update`: a requeued job's every run, with Slurm's restart count; state, elapsed, steps done,
+the time the run's plan predicted for exactly those steps, the job's own steady step time
+beside the step the model gave, how it ended and why (planner.runs.diagnosis), and whether
+its steps are learned from: only an attempt that stopped cleanly's are; a failed, hung or
+killed one is kept and shown, not learned from). The correction new plans learn from the
+outcomes: planner.history.correction.
+
+Several plan-job processes may write at once (a chain's watchers, scripts): each writer
+takes the database's write lock before it reads what it is about to add (BEGIN IMMEDIATE),
+and unique keys (outcomes: run folder, job id, attempt; plans: run folder, fingerprint,
+source) make a second insert of the same row an update. Older databases are migrated in
+place on first open (schema 1 and 2 to 3). Torch-free.
 """
 
 from __future__ import annotations
@@ -15,13 +24,14 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jobs.calibration.stats import steady_estimate
 from planner.calibration.record import CalibrationRecord
 from planner.errors import HistoryError
+from planner.eta.job_log import JobLog
+from planner.history.kind import plan_kind
 from planner.model.plan import Plan
 from planner.model.timemodel import job_saves
 from planner.slurm.partition import PartitionLimits
@@ -32,8 +42,20 @@ if TYPE_CHECKING:  # only for a type: calibrate and emit need not import the run
 
 ENV = "PLANJOB_HISTORY"
 MIN_STEPS_TIMED = 10  # a job's own step time from fewer steps is mostly its warm-up
-SCHEMA_VERSION = 2
-_SCHEMA = """
+SCHEMA_VERSION = 3
+_OUTCOMES = """
+CREATE TABLE IF NOT EXISTS outcomes (
+    id INTEGER PRIMARY KEY, recorded REAL NOT NULL, run_dir TEXT NOT NULL,
+    job_id TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0, state TEXT, state_source TEXT,
+    inferred INTEGER, start_time REAL, end_time REAL, elapsed_s REAL, time_limit_s REAL,
+    from_step INTEGER, steps INTEGER, predicted_s REAL, plan_correction REAL,
+    step_s REAL, model_step_s REAL, exit TEXT, cause TEXT, why TEXT,
+    learned INTEGER NOT NULL DEFAULT 1,
+    UNIQUE (run_dir, job_id, attempt)
+);
+"""
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS calibrations (
     id INTEGER PRIMARY KEY, recorded REAL NOT NULL, path TEXT NOT NULL, name TEXT,
     workload TEXT NOT NULL, fingerprint TEXT NOT NULL, host TEXT, device TEXT,
@@ -43,20 +65,35 @@ CREATE TABLE IF NOT EXISTS plans (
     id INTEGER PRIMARY KEY, recorded REAL NOT NULL, run_dir TEXT NOT NULL, name TEXT,
     workload TEXT NOT NULL, partition TEXT NOT NULL, nodes INTEGER, gpus INTEGER,
     fingerprint TEXT, total_steps INTEGER, step_s REAL, p50_s REAL, p95_s REAL,
-    model_p50_s REAL, model_p95_s REAL, correction REAL, source TEXT
+    model_p50_s REAL, model_p95_s REAL, correction REAL, source TEXT, kind TEXT
 );
 CREATE INDEX IF NOT EXISTS plans_run ON plans (run_dir);
-CREATE TABLE IF NOT EXISTS outcomes (
-    id INTEGER PRIMARY KEY, recorded REAL NOT NULL, run_dir TEXT NOT NULL,
-    job_id TEXT NOT NULL, state TEXT, state_source TEXT, inferred INTEGER,
-    start_time REAL, end_time REAL, elapsed_s REAL, time_limit_s REAL,
-    from_step INTEGER, steps INTEGER, predicted_s REAL, plan_correction REAL,
-    step_s REAL, model_step_s REAL,
-    UNIQUE (run_dir, job_id)
+CREATE UNIQUE INDEX IF NOT EXISTS plans_unique ON plans (run_dir, fingerprint, source);
+"""
+    + _OUTCOMES
+)
+# Columns added since schema 1, with their types: ALTER TABLE adds them to older databases.
+_ADDED_COLUMNS = {"outcomes": {"step_s": "REAL", "model_step_s": "REAL"}, "plans": {"kind": "TEXT"}}
+# Schema 3 keys outcomes by attempt: the table is rebuilt, its rows kept. Rows from before
+# carry no attempt (0) and no way to tell a clean stop: only COMPLETED jobs stay learned from
+# (a segment that stopped at its signal or stop time ends COMPLETED).
+_OUTCOME_COLUMNS = (
+    "recorded, run_dir, job_id, state, state_source, inferred, start_time, end_time, elapsed_s,"
+    " time_limit_s, from_step, steps, predicted_s, plan_correction, step_s, model_step_s"
+)
+_MIGRATE_OUTCOMES = f"""
+ALTER TABLE outcomes RENAME TO outcomes_before_3;
+{_OUTCOMES}
+INSERT INTO outcomes ({_OUTCOME_COLUMNS}, attempt, learned)
+    SELECT {_OUTCOME_COLUMNS}, 0, COALESCE(state, '') = 'COMPLETED' FROM outcomes_before_3;
+DROP TABLE outcomes_before_3;
+"""
+# A plans row written twice (concurrent writers before schema 3): the newest stays.
+_DEDUPE_PLANS = """
+DELETE FROM plans WHERE id NOT IN (
+    SELECT MAX(id) FROM plans GROUP BY run_dir, fingerprint, source
 );
 """
-# Columns added after schema 1, with their types: ALTER TABLE adds them to older databases.
-_ADDED_COLUMNS = {"outcomes": {"step_s": "REAL", "model_step_s": "REAL"}}
 
 
 def history_path(explicit: Path | None = None) -> Path:
@@ -70,12 +107,14 @@ def history_path(explicit: Path | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def connect(path: Path | None = None) -> Iterator[sqlite3.Connection]:
-    """A connection with the schema in place; commits on success (one transaction)."""
+def connect(path: Path | None = None, write: bool = False) -> Iterator[sqlite3.Connection]:
+    """A connection with the schema in place; commits on success (one transaction).
+    ``write``: take the write lock first (BEGIN IMMEDIATE), so that what the transaction
+    reads stays true until it commits: two writers never both see a row missing."""
     where = history_path(path)
     try:
         where.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(where, timeout=10)
+        db = sqlite3.connect(where, timeout=30)
     except (OSError, sqlite3.Error) as exc:
         raise HistoryError(f"history {where}: cannot open ({exc}); pass --history PATH") from exc
     try:
@@ -86,11 +125,11 @@ def connect(path: Path | None = None) -> Iterator[sqlite3.Connection]:
                 f"history {where}: written by a newer plan-job (schema {version}); pass "
                 f"--history PATH for another file"
             )
+        if version < SCHEMA_VERSION:
+            _migrate(db)
         with db:
-            db.executescript(_SCHEMA)
-            _add_columns(db)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        with db:
+            if write:
+                db.execute("BEGIN IMMEDIATE")
             yield db
     except sqlite3.Error as exc:
         raise HistoryError(f"history {where}: {exc}") from exc
@@ -98,8 +137,41 @@ def connect(path: Path | None = None) -> Iterator[sqlite3.Connection]:
         db.close()
 
 
-def _add_columns(db: sqlite3.Connection) -> None:
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring the schema to SCHEMA_VERSION under the write lock (another process may be
+    migrating the same file: the version is read again once the lock is held)."""
+    previous = db.isolation_level
+    db.isolation_level = None  # statements as written: the transaction below is explicit
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version < SCHEMA_VERSION:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+            if "outcomes" in tables or "plans" in tables:
+                _add_columns(db, tables)
+            if "outcomes" in tables and version < 3:
+                for statement in _MIGRATE_OUTCOMES.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            if "plans" in tables and version < 3:
+                db.execute(_DEDUPE_PLANS)
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    finally:
+        db.isolation_level = previous
+
+
+def _add_columns(db: sqlite3.Connection, tables: set[str]) -> None:
     for table, columns in _ADDED_COLUMNS.items():
+        if table not in tables:
+            continue
         have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
         for name, kind in columns.items():
             if name not in have:
@@ -127,7 +199,7 @@ def record_calibration(
     record: CalibrationRecord, record_path: Path, path: Path | None = None
 ) -> None:
     m = record.measurement
-    with connect(path) as db:
+    with connect(path, write=True) as db:
         db.execute(
             "INSERT INTO calibrations (recorded, path, name, workload, fingerprint, host, "
             "device, step_mean_s, step_ci_half_s, startup_s, save_s) "
@@ -154,53 +226,63 @@ def record_plan(
     model: Plan | None = None,
     path: Path | None = None,
     source: str = "emit",
+    record: CalibrationRecord | None = None,
 ) -> None:
-    """A run folder's plan; ``model`` is the uncorrected plan when a correction applied."""
+    """A run folder's plan; ``model`` is the uncorrected plan when a correction applied;
+    ``record``: the calibration it was made from, which says the device and where it ran
+    (the plan's kind, planner.history.kind: what its jobs' biases are learned for)."""
     base = model or plan
     factor = plan.step_correction if plan.step_correction != 1.0 else None
-    with connect(path) as db:
-        _insert_plan(db, plan, base, run_dir, factor, source)
+    with connect(path, write=True) as db:
+        _insert_plan(db, plan, base, run_dir, factor, source, plan_kind(plan, record))
 
 
-def record_outcomes(state: RunState, path: Path | None = None) -> int:
-    """The ended jobs of a run, as sacct (or the fallbacks) told; returns how many. A state
-    read without Slurm (RunState.unread: a preview took every job as ended) records none:
-    jobs taken as ended without Slurm's word are not outcomes."""
+def record_outcomes(
+    state: RunState, path: Path | None = None, record: CalibrationRecord | None = None
+) -> int:
+    """Every attempt of the run's ended jobs, as sacct (or the fallbacks) told, with how it
+    ended (its diagnosis); returns how many. A state read without Slurm (RunState.unread: a
+    preview took every job as ended) records none: jobs taken as ended without Slurm's word
+    are not outcomes. ``record``: the run's calibration record, for a run folder whose plan
+    is not in the history yet (plan.yaml's record is read when it is not given)."""
     if state.unread:
         return 0
     run_dir = str(state.run_dir.resolve())
     plan = state.plan
     count = 0
-    with connect(path) as db:
+    with connect(path, write=True) as db:
         row = db.execute(
             "SELECT correction FROM plans WHERE run_dir = ? ORDER BY id DESC LIMIT 1", (run_dir,)
         ).fetchone()
         if row is None:
-            _insert_plan(db, plan, plan, state.run_dir, None, "plan.yaml")
+            kind = plan_kind(plan, record or _plans_record(state))
+            _insert_plan(db, plan, plan, state.run_dir, None, "plan.yaml", kind)
         correction = row["correction"] if row is not None else None
         # The step the model gave before any correction: what a step bias is measured on.
         model_step = plan.step_s / (correction or 1.0)
-        logs = {job.job_id: job for job in state.history.jobs if job.job_id}
-        for job_id, outcome in state.accounting.outcomes.items():
-            steps = state.job_steps.get(job_id)
-            from_step, done = (steps.from_step, steps.steps) if steps else (0, 0)
-            step_s = job_step_s(logs[job_id].step_times) if job_id in logs else None
+        for attempt in state.attempts:
+            outcome, log, found = attempt.outcome, attempt.log, attempt.diagnosis
+            from_step, done = attempt.from_step, attempt.steps
+            step_s = job_step_s(log) if log is not None else None
             db.execute(
-                "INSERT INTO outcomes (recorded, run_dir, job_id, state, state_source, inferred,"
-                " start_time, end_time, elapsed_s, time_limit_s, from_step, steps, predicted_s,"
-                " plan_correction, step_s, model_step_s)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (run_dir, job_id) DO UPDATE SET recorded = excluded.recorded,"
-                " state = excluded.state, state_source = excluded.state_source,"
-                " inferred = excluded.inferred, start_time = excluded.start_time,"
-                " end_time = excluded.end_time, elapsed_s = excluded.elapsed_s,"
-                " time_limit_s = excluded.time_limit_s, from_step = excluded.from_step,"
-                " steps = excluded.steps, predicted_s = excluded.predicted_s,"
-                " step_s = excluded.step_s, model_step_s = excluded.model_step_s",
+                "INSERT INTO outcomes (recorded, run_dir, job_id, attempt, state, state_source,"
+                " inferred, start_time, end_time, elapsed_s, time_limit_s, from_step, steps,"
+                " predicted_s, plan_correction, step_s, model_step_s, exit, cause, why, learned)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (run_dir, job_id, attempt) DO UPDATE SET"
+                " recorded = excluded.recorded, state = excluded.state,"
+                " state_source = excluded.state_source, inferred = excluded.inferred,"
+                " start_time = excluded.start_time, end_time = excluded.end_time,"
+                " elapsed_s = excluded.elapsed_s, time_limit_s = excluded.time_limit_s,"
+                " from_step = excluded.from_step, steps = excluded.steps,"
+                " predicted_s = excluded.predicted_s, step_s = excluded.step_s,"
+                " model_step_s = excluded.model_step_s, exit = excluded.exit,"
+                " cause = excluded.cause, why = excluded.why, learned = excluded.learned",
                 (
                     time.time(),
                     run_dir,
-                    job_id,
+                    attempt.job_id,
+                    attempt.restarts,
                     outcome.state,
                     outcome.source,
                     int(outcome.inferred),
@@ -214,10 +296,31 @@ def record_outcomes(state: RunState, path: Path | None = None) -> int:
                     correction,
                     step_s,
                     model_step if step_s is not None else None,
+                    found.exit,
+                    found.cause,
+                    found.why if found.failed or found.cause else None,
+                    int(attempt.learnable),
                 ),
             )
             count += 1
     return count
+
+
+def _plans_record(state: RunState) -> CalibrationRecord | None:
+    """The calibration record plan.yaml names, where it can still be read."""
+    from planner.calibration.record import load_record
+    from planner.errors import PlanJobError
+    from planner.runs.run_folder import load_emit_settings, segment_scripts
+
+    try:
+        where = Path(state.plan.calibration_path)
+        if not where.is_absolute():
+            where = (
+                load_emit_settings(state.run_dir, segment_scripts(state.run_dir)).workdir / where
+            )
+        return load_record(where)
+    except PlanJobError:
+        return None
 
 
 def predicted_job_s(plan: Plan, from_step: int, to_step: int) -> float:
@@ -237,11 +340,11 @@ def predicted_job_s(plan: Plan, from_step: int, to_step: int) -> float:
     return overhead + steps * plan.step_s + saves * plan.checkpoint.save_s + evals
 
 
-def job_step_s(step_times: Sequence[float]) -> float | None:
+def job_step_s(job: JobLog) -> float | None:
     """A job's steady step time (its warm-up cut), from at least MIN_STEPS_TIMED steps."""
-    if len(step_times) < MIN_STEPS_TIMED:
+    if job.timed < MIN_STEPS_TIMED:
         return None
-    return steady_estimate(step_times).mean
+    return job.steady_mean(job.warmup_steps)
 
 
 def _insert_plan(
@@ -251,11 +354,14 @@ def _insert_plan(
     run_dir: Path,
     correction: float | None,
     source: str,
+    kind: str,
 ) -> None:
+    """One plans row; the same run folder, plan and source again replaces it (a new id: it
+    is the newest), so that concurrent writers leave one row."""
     db.execute(
-        "INSERT INTO plans (recorded, run_dir, name, workload, partition, nodes, gpus, "
-        "fingerprint, total_steps, step_s, p50_s, p95_s, model_p50_s, model_p95_s, correction, "
-        "source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO plans (recorded, run_dir, name, workload, partition, nodes, "
+        "gpus, fingerprint, total_steps, step_s, p50_s, p95_s, model_p50_s, model_p95_s, "
+        "correction, source, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             time.time(),
             str(run_dir.resolve()),
@@ -273,5 +379,6 @@ def _insert_plan(
             model.wall.p95_s,
             correction,
             source,
+            kind,
         ),
     )

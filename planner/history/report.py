@@ -4,6 +4,7 @@ partition (and the correction a new plan gets), the newest calibrations."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
 import statistics
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.history.correction import (
+    MAX_SPREAD,
     MIN_OUTCOMES,
     RECENT,
     Correction,
@@ -18,6 +20,7 @@ from planner.history.correction import (
     step_biases_by_nodes,
 )
 from planner.history.database import connect, history_path
+from planner.history.kind import describe
 from planner.model.plan import Plan
 from planner.model.plan_json import dumps
 from planner.textwidth import fit_table, wrap_text
@@ -36,9 +39,17 @@ GROUP BY p.id ORDER BY p.recorded
 """
 
 
+_NOT_LEARNED_HEADERS = ("run", "job", "ended", "at step", "why")
+_NOT_LEARNED = """
+SELECT o.run_dir, o.job_id, o.attempt, o.state, o.exit, o.cause, o.why, o.steps, o.from_step
+FROM outcomes o WHERE o.learned = 0 AND o.why IS NOT NULL
+ORDER BY COALESCE(o.end_time, o.recorded) DESC, o.id DESC LIMIT ?
+"""
+
+
 def history_text(path: Path | None = None, limit: int = 20, width: int | None = None) -> str:
     where = history_path(path)
-    runs, pairs, calibrations = _read(path, limit)
+    runs, pairs, calibrations, unlearned = _read(path, limit)
     parts = [wrap_text(f"history: {where}", width)]
     if runs:
         parts.append("runs: predicted (as emitted) vs actual (the jobs' elapsed time)")
@@ -55,7 +66,23 @@ def history_text(path: Path | None = None, limit: int = 20, width: int | None = 
             f"{RECENT} beat the rest): the next plan's steps at that node count are scaled"
         )
         parts.append(wrap_text(title, width))
-        parts.append(fit_table(bias_rows, _BIAS_HEADERS, wrap={0: 12, -1: 14}, width=width))
+        parts.append(fit_table(bias_rows, _BIAS_HEADERS, wrap={0: 16, -1: 16}, width=width))
+    if unlearned:
+        parts.append(
+            "attempts not learned from (failed, hung or killed; newest first): kept, shown, "
+            "never in a correction"
+        )
+        rows = [
+            (
+                Path(row["run_dir"]).name,
+                row["job_id"] + (f" (restart {row['attempt']})" if row["attempt"] else ""),
+                " ".join(filter(None, (row["state"], row["exit"] and f"({row['exit']})"))),
+                f"{(row['from_step'] or 0) + (row['steps'] or 0):,}",
+                row["why"],
+            )
+            for row in unlearned
+        ]
+        parts.append(fit_table(rows, _NOT_LEARNED_HEADERS, wrap={0: 12, -1: 30}, width=width))
     if calibrations:
         parts.append("newest calibrations")
         rows = [
@@ -78,10 +105,11 @@ def history_text(path: Path | None = None, limit: int = 20, width: int | None = 
 def history_json(path: Path | None = None, limit: int = 20) -> str:
     """The same three tables as JSON (README "JSON output"): runs oldest first, the step bias
     and next correction per workload, partition and node count, the newest calibrations first."""
-    runs, pairs, calibrations = _read(path, limit)
+    runs, pairs, calibrations, unlearned = _read(path, limit)
     biases = [
         {
             "workload": b.workload,
+            "kind": json.loads(b.kind) if b.kind else None,
             "partition": b.partition,
             "nodes": b.nodes,
             "jobs": len(b.model),
@@ -91,6 +119,7 @@ def history_json(path: Path | None = None, limit: int = 20) -> str:
             "next_factor": b.correction.factor if b.correction else None,
             "learned_factor": b.correction.learned if b.correction else None,
             "next_spread": b.correction.spread if b.correction else None,
+            "applied": b.correction.applied if b.correction else None,
         }
         for b in _biases(pairs, path)
     ]
@@ -108,24 +137,27 @@ def history_json(path: Path | None = None, limit: int = 20) -> str:
             "runs": out_runs,
             "biases": biases,
             "calibrations": [dict(row) for row in calibrations],
+            "not_learned": [dict(row) for row in unlearned],
         }
     )
 
 
 def _read(
     path: Path | None, limit: int
-) -> tuple[list[sqlite3.Row], list[sqlite3.Row], list[sqlite3.Row]]:
+) -> tuple[list[sqlite3.Row], list[sqlite3.Row], list[sqlite3.Row], list[sqlite3.Row]]:
     with connect(path) as db:
         runs = db.execute(_RUNS).fetchall()[-limit:]
         pairs = db.execute(
-            "SELECT DISTINCT p.workload, p.partition FROM outcomes o JOIN plans p"
-            " ON p.run_dir = o.run_dir ORDER BY p.workload, p.partition"
+            "SELECT DISTINCT p.workload, p.kind, p.partition FROM outcomes o JOIN plans p"
+            " ON p.id = (SELECT MAX(id) FROM plans WHERE run_dir = o.run_dir)"
+            " WHERE p.kind IS NOT NULL ORDER BY p.workload, p.kind, p.partition"
         ).fetchall()
         calibrations = db.execute(
             "SELECT recorded, name, workload, device, step_mean_s, path FROM calibrations"
             " ORDER BY id DESC LIMIT 5"
         ).fetchall()
-    return runs, pairs, calibrations
+        unlearned = db.execute(_NOT_LEARNED, (min(limit, 10),)).fetchall()
+    return runs, pairs, calibrations, unlearned
 
 
 _RUN_HEADERS = (
@@ -166,7 +198,7 @@ def _run_row(row: sqlite3.Row) -> tuple[object, ...]:
 
 
 _BIAS_HEADERS = (
-    "workload",
+    "kind",
     "partition",
     "nodes",
     "jobs",
@@ -180,6 +212,7 @@ _BIAS_HEADERS = (
 @dataclass(frozen=True)
 class _Bias:
     workload: str
+    kind: str
     partition: str
     nodes: int
     model: list[float]  # each job's step bias against the model, oldest first
@@ -187,24 +220,31 @@ class _Bias:
 
 
 def _biases(pairs: Sequence[sqlite3.Row], path: Path | None) -> list[_Bias]:
-    """Every workload, partition and node count with timed jobs: one query per pair."""
+    """Every kind, partition and node count with learned jobs: one query per pair."""
     found = []
-    for workload, partition in pairs:
-        for nodes, biases in step_biases_by_nodes(workload, partition, path).items():
-            correction = correction_from(workload, partition, nodes, biases)
-            found.append(_Bias(workload, partition, nodes, [b for b, _ in biases], correction))
+    for workload, kind, partition in pairs:
+        for nodes, biases in step_biases_by_nodes(kind, partition, path).items():
+            correction = correction_from(workload, partition, nodes, biases, kind)
+            model = [b.bias for b in biases]
+            found.append(_Bias(workload, kind, partition, nodes, model, correction))
     return found
 
 
 def _bias_row(bias: _Bias) -> tuple[object, ...]:
     correction, model = bias.correction, bias.model
     factor = f"x{correction.factor:.2f}" if correction else f"none (< {MIN_OUTCOMES} jobs)"
-    if correction and correction.capped:
-        factor += f" (capped; learned x{correction.learned:.2f})"
-    if correction and correction.spread:
-        factor += f", spread {correction.spread:.1%}"
+    if correction and not correction.applied:
+        factor = (
+            f"none: the newest disagree (spread {correction.spread:.1%} > {MAX_SPREAD:.0%}; "
+            f"x{correction.learned:.2f})"
+        )
+    elif correction:
+        if correction.capped:
+            factor += f" (capped; learned x{correction.learned:.2f})"
+        if correction.spread:
+            factor += f", spread {correction.spread:.1%}"
     return (
-        bias.workload,
+        describe(bias.kind),
         bias.partition,
         bias.nodes,
         len(model),

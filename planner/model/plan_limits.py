@@ -16,8 +16,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from planner.calibration.record import CalibrationRecord
-from planner.history.correction import MAX_FACTOR, Correction
+from planner.history.correction import MAX_FACTOR, MAX_SPREAD, Correction
 from planner.model.scaling import StepTime
+from planner.shell import command_text
 from planner.spec.run_spec import RunSpec
 from planner.units import fmt_percent
 
@@ -45,9 +46,10 @@ def measured_cap(
     measured = measured_nodes(record)
     if limit <= measured:
         return MeasuredCap(limit, "")
-    measure = (
-        f"measure them with `plan-job calibrate SPEC --nodes 1,{measured + 1} --executor slurm`"
+    calibrate = command_text(
+        "plan-job", "calibrate", "SPEC", "--nodes", f"1,{measured + 1}", "--executor", "slurm"
     )
+    measure = f"measure them with `{calibrate}`"
     if forced is not None:
         note = ""
         if forced > measured:
@@ -99,10 +101,18 @@ def corrected_step(step: StepTime, correction: Correction | None) -> StepTime:
 
 
 def correction_note(correction: Correction) -> str:
+    if not correction.applied:
+        return (
+            f"history: not applied: the newest {correction.recent} job(s) of this kind at "
+            f"{correction.nodes} node(s) disagree (their biases' spread "
+            f"{fmt_percent(correction.spread)}, above {fmt_percent(MAX_SPREAD)}): their "
+            f"x{correction.learned:.2f} would stand for none of them; it rests on "
+            f"{correction.rests_on()}. See `plan-job history`"
+        )
     text = (
         f"history: steps x{correction.factor:.2f} at {correction.nodes} node(s), learned "
         f"from {correction.outcomes} job(s) of {correction.workload} on partition "
-        f"{correction.partition} ({correction.rule})"
+        f"{correction.partition} ({correction.rule}); it rests on {correction.rests_on()}"
     )
     if correction.capped:
         text += (

@@ -107,6 +107,8 @@ def make_plan(
     for n in range(1, limit + 1):
         try:
             correction = (corrections or {}).get(n)
+            if correction is not None and not correction.applied:
+                correction = None  # its jobs disagree: shown (below), not applied
             results.append(
                 evaluate(
                     spec, record, totals, model, partition, n, one_node, eval_s, spread, correction
@@ -176,7 +178,7 @@ def make_plan(
             for note in (
                 held.note,
                 weak,
-                correction_note(chosen.correction) if chosen.correction else "",
+                _history_note(corrections, chosen.nodes),
                 _spread_note(spec, chosen),
             )
             if note
@@ -192,6 +194,12 @@ def make_plan(
         power_w=power.power_w,
         energy_note=power.note,
     )
+
+
+def _history_note(corrections: Mapping[int, Correction] | None, nodes: int) -> str:
+    """What the history says at the chosen node count, applied or not."""
+    correction = (corrections or {}).get(nodes)
+    return correction_note(correction) if correction is not None else ""
 
 
 def step_tail(m: Measurement) -> tuple[float, str]:

@@ -11,12 +11,15 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from planner.errors import CommandError, SubmissionError
+from planner.errors import CommandError, PlanJobError, SubmissionError
 from planner.runs.checkpoint_dir import prepare_for_submission
 from planner.runs.run_folder import (
     SubmittedJob,
+    load_emit_settings,
     load_jobs,
+    load_plan,
     load_train_config,
+    read_train_json,
     save_jobs,
     segment_scripts,
 )
@@ -64,7 +67,26 @@ def check_checkpoint_dir(folder: Path, resume_foreign: bool) -> None:
     checkpoints = Path(config.checkpoint_dir)
     run_dir = folder.resolve()
     command = bool(config.command)
-    prepare_for_submission(run_dir, checkpoints, config.run_id, command, resume_foreign)
+    space = (config.keep_checkpoints, checkpoint_size(folder))
+    prepare_for_submission(run_dir, checkpoints, config.run_id, command, resume_foreign, space)
+
+
+def checkpoint_size(folder: Path) -> int | None:
+    """The calibration's checkpoint size for a run folder: train.json's checkpoint_bytes, else
+    the calibration record plan.yaml names (a folder emitted before train.json kept it)."""
+    size = read_train_json(folder).get("checkpoint_bytes")
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return size
+    from planner.calibration.record import load_record  # only for older run folders
+
+    try:
+        plan = load_plan(folder)
+        path = Path(plan.calibration_path)
+        if not path.is_absolute():
+            path = load_emit_settings(folder, segment_scripts(folder)).workdir / path
+        return load_record(path).measurement.checkpoint_bytes or None
+    except PlanJobError:
+        return None  # not readable: the space is not checked, as before
 
 
 def submit_scripts(

@@ -1,5 +1,6 @@
 """checkpoint.dir, checked on the login node before anything is submitted: that it can be
-written, and whether it already holds another run's checkpoints.
+written, that it has room for the checkpoints the run keeps, and whether it already holds
+another run's checkpoints.
 
 An unwritable folder (a typo, /proc/x, a read-only mount) was found only by the job, after
 the calibration's timed steps; a folder holding an older run's checkpoints made a new run
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.contract.checkpoint_owner import Owner, read_owner, saved_files, write_owner
-from planner.errors import ForeignCheckpointsError, SpecError
+from planner.errors import ForeignCheckpointsError, NoSpaceError, SpecError
+from planner.units import fmt_bytes
 
 FIELD = "checkpoint.dir"
 
@@ -75,6 +78,54 @@ def check_writable(folder: Path, source: str | None = None) -> None:
                 path.rmdir()
 
 
+def check_space(
+    folder: Path,
+    keep: int,
+    checkpoint_bytes: int | None,
+    run_id: str = "",
+    any_file: bool = False,
+) -> None:
+    """NoSpaceError (exit 2) unless ``folder`` has room for ``keep`` + 1 checkpoints of
+    ``checkpoint_bytes`` (the calibration's measured size; None or 0: unknown, not checked).
+
+    A run keeps ``keep`` checkpoints and writes the next one whole (temp file, then rename)
+    before it deletes the oldest, so keep + 1 are on disk at once. Checkpoints ``run_id``
+    already has there are part of those keep + 1: only the rest must be free."""
+    if not checkpoint_bytes:
+        return
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return  # unreadable: check_writable says what is wrong with the folder
+    owner = read_owner(folder) if folder.is_dir() else None
+    own = 0
+    if run_id and owner is not None and owner.run_id == run_id:
+        own = sum(_size(path) for path in saved_files(folder, any_file))
+    needed = max((keep + 1) * checkpoint_bytes - own, checkpoint_bytes)
+    if free >= needed:
+        return
+    held = f", less the {fmt_bytes(own)} of this run's checkpoints there" if own else ""
+    raise NoSpaceError(
+        f"{FIELD} {folder}: {fmt_bytes(free)} free, {fmt_bytes(needed)} needed "
+        f"({fmt_bytes(needed - free)} missing): the run keeps checkpoint.keep = {keep} "
+        f"checkpoints of {fmt_bytes(checkpoint_bytes)} (the calibration's) and writes the next "
+        f"before it deletes the oldest, so {keep + 1} at once{held}. Free space there, lower "
+        f"checkpoint.keep, or choose another {FIELD}; nothing was written or submitted"
+    )
+
+
+def _size(path: Path) -> int:
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def foreign_checkpoints(folder: Path, run_id: str, any_file: bool) -> ForeignCheckpoints | None:
     """What in ``folder`` a run ``run_id`` would resume from though another run wrote it.
 
@@ -97,12 +148,19 @@ def claim(folder: Path, run_id: str, run_dir: Path) -> None:
 
 
 def prepare_for_submission(
-    run_dir: Path, checkpoint_dir: Path, run_id: str, any_file: bool, resume_foreign: bool
+    run_dir: Path,
+    checkpoint_dir: Path,
+    run_id: str,
+    any_file: bool,
+    resume_foreign: bool,
+    space: tuple[int, int | None] = (0, None),
 ) -> ForeignCheckpoints | None:
-    """Before a run's first sbatch: the folder must be writable, and hold no other run's
+    """Before a run's first sbatch: the folder must be writable, have room for ``space``
+    (checkpoint.keep, the measured checkpoint size: check_space), and hold no other run's
     checkpoints unless ``resume_foreign``; then it is claimed for this run. Returns what was
     found (and allowed), if anything."""
     check_writable(checkpoint_dir)
+    check_space(checkpoint_dir, space[0], space[1], run_id, any_file)
     foreign = foreign_checkpoints(checkpoint_dir, run_id, any_file)
     if foreign is not None and not resume_foreign:
         raise ForeignCheckpointsError(

@@ -27,7 +27,7 @@ from jobs.contract.work import Work
 from planner.errors import RunFolderExistsError, SpecError, UnsafeRunFolderError
 from planner.model.plan import Plan, Segment
 from planner.runs.checkpoint_dir import FIELD as CHECKPOINT_FIELD
-from planner.runs.checkpoint_dir import check_writable, foreign_checkpoints
+from planner.runs.checkpoint_dir import check_space, check_writable, foreign_checkpoints
 from planner.runs.hang_timeouts import hang_timeouts
 from planner.runs.run_folder import (
     EMIT_FILE,
@@ -43,6 +43,7 @@ from planner.runs.run_folder import (
     script_name,
     write_run_files,
 )
+from planner.spec.run_spec import RunSpec
 from planner.units import slurm_minutes
 
 TEMPLATE = "segment.sbatch.j2"
@@ -58,6 +59,9 @@ class EmitOptions:
     python: str = sys.executable  # the interpreter on the nodes (a shared venv, usually)
     template: Path | None = None  # a user template extending segment.sbatch.j2
     force: bool = False  # replace an existing run folder that plan-job wrote
+    # The checkpoint size checkpoint.dir must have room for checkpoint.keep + 1 of
+    # (planner.runs.checkpoint_dir.check_space); None: the plan's (the calibration's).
+    checkpoint_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,8 @@ def emit(plan: Plan, options: EmitOptions) -> EmittedRun:
     config = train_config(plan, out_dir, workdir, marker.run_id)
     checkpoints = Path(config.checkpoint_dir)
     check_writable(checkpoints, plan.spec.source)
+    size = options.checkpoint_bytes or plan.checkpoint_bytes or None
+    check_space(checkpoints, plan.spec.checkpoint.keep, size)
     foreign = foreign_checkpoints(checkpoints, marker.run_id, bool(config.command))
     warnings: tuple[str, ...] = ()
     if foreign is not None:
@@ -272,6 +278,31 @@ def emit(plan: Plan, options: EmitOptions) -> EmittedRun:
         run_id=marker.run_id,
         warnings=warnings,
     )
+
+
+def record_mismatch(spec: RunSpec, measured: RunSpec, record_path: str) -> str | None:
+    """A warning when the calibration record (whose spec is ``measured``) ran another
+    workload or command than ``spec`` trains: the plan's step would be another's. (A
+    different built-in workload or micro-batch is refused by planning; a command's text is
+    not part of that check, and may differ in what does not change its step.)"""
+    ours, theirs = _trains(spec), _trains(measured)
+    if ours == theirs:
+        return None
+    return (
+        f"the calibration record {record_path} measured {theirs}, but {spec.source or 'the spec'} "
+        f"trains {ours}: the plan's step time is the recorded one's; calibrate this spec "
+        f"(`plan-job calibrate SPEC`) unless the two take the same step"
+    )
+
+
+def _trains(spec: RunSpec) -> str:
+    if spec.command is not None:
+        return f"the command `{spec.command.run}` (report: {spec.command.report})"
+    workload = spec.workload
+    what = workload.function or f"{workload.name}:{workload.preset}"
+    if workload.overrides:
+        what += f" with overrides {dict(workload.overrides)}"
+    return f"workload {what}" + (" compiled" if workload.compile else "")
 
 
 def protected_reason(folder: Path, cwd: Path, home: Path) -> str | None:

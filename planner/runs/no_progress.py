@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from planner.errors import PlanJobError, RunFailedError, RunNotStartedError, SlurmUnavailableError
+from planner.runs.diagnosis import diagnose
 from planner.runs.run_folder import SubmittedJob, job_log_path
+from planner.shell import command_text
 from planner.slurm.accounting import JobOutcome, job_log_text, job_outcomes, with_inferred
 from planner.slurm.queue import Runner, queued
 from planner.units import fmt_duration
@@ -40,7 +42,7 @@ def no_progress_error(
             return RunNotStartedError(
                 f"{folder}: no progress line yet: segment {segment[job.job_id]} (job "
                 f"{job.job_id}) is {job.state}{reason}; try again once it has run some steps, "
-                f"or follow it with `plan-job eta {folder} --watch`"
+                f"or follow it with `{command_text('plan-job', 'eta', folder, '--watch')}`"
             )
     ended = [i for i in ids if not queue or i not in queue]
     accounting = job_outcomes(ended, runner) if queue is not None else None
@@ -60,9 +62,13 @@ def no_progress_error(
     text = job_log_text(folder.resolve(), shown) if log and shown else None
     failed = [o for o in (outcomes.outcomes.values() if outcomes else ()) if o.state != "COMPLETED"]
     what = failed[0].state if failed else "ended"
+    shown_outcome = outcomes.outcomes.get(shown) if outcomes is not None and shown else None
+    found = diagnose(shown, shown_outcome, None, text, log) if shown else None
+    cause = f"\njob {shown}: {found.why}" if found is not None and found.cause else ""
     return RunFailedError(
         f"{folder}: the run's jobs ended ({what}) without a progress line: none of them got "
-        f"to train\n" + "\n".join(lines) + "\nfix the cause the log shows, then submit again",
+        f"to train\n" + "\n".join(lines) + cause + "\nfix the cause the log shows, then submit "
+        "again",
         job_id=shown,
         log_path=log,
         stderr_tail="\n".join((text or "").rstrip().splitlines()[-TAIL_LINES:]),
@@ -73,7 +79,10 @@ def _describe(outcome: JobOutcome | None) -> str:
     if outcome is None:
         return "state unknown (no Slurm client here)"
     text = outcome.state
-    if outcome.exit_code is not None:
+    words = outcome.exit_text
+    if words is not None and words != f"exit {outcome.exit_code}":
+        text += f", {words}"  # a signal, by name
+    elif outcome.exit_code is not None:
         text += f", exit code {outcome.exit_code}"
     if outcome.elapsed_s is not None:
         text += f", ran {fmt_duration(outcome.elapsed_s)}"

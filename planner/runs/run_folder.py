@@ -34,6 +34,7 @@ from jobs.contract.train_config import TrainConfig
 from planner.atomic import write_text_atomic
 from planner.errors import BadInputError, NotARunFolderError, PlanFileError, PlanJobError
 from planner.model.plan import Plan, PlanFacts, Segment
+from planner.shell import command_text
 
 MARKER = ".plan-job-run"
 MARKER_FORMAT = "plan-job/run/v1"
@@ -132,7 +133,7 @@ def segment_scripts(folder: Path) -> list[Path]:
     if not scripts:
         raise NotARunFolderError(
             f"{folder}: no {SEGMENT_GLOB} here; write them first with "
-            f"`plan-job emit SPEC --calibration CAL -o {folder}`"
+            f"`{command_text('plan-job', 'emit', 'SPEC', '--calibration', 'CAL', '-o', folder)}`"
         )
     return scripts
 

@@ -1,7 +1,12 @@
 """How the jobs of a run ended: sacct, else scontrol, else the job's log and progress lines.
 
 sacct (the accounting database) keeps a job's final state, exit code and elapsed time for
-good. Sites run without it (no slurmdbd, or AccountingStorageType=none) or it can fail; then
+good, and with --duplicates every attempt of a requeued job (a node failure, a preemption,
+`scontrol requeue`), oldest first: each is an attempt with its own state, numbered as Slurm's
+restart count. Its ExitCode is "code:signal"; a job whose training was killed by a signal
+shows it after the colon, on the job or on its srun step (a batch script that exits with the
+shell's 128 + n shows n before the colon, which the job's log tells apart). Sites run without
+it (no slurmdbd, or AccountingStorageType=none) or it can fail; then
 `scontrol show job` still knows a job for MinJobAge after its end (300 s by default), with
 the same state. Past that, the job's own output file may hold slurmstepd's
 "*** JOB n ... CANCELLED AT ... DUE TO TIME LIMIT ***" line, and the progress file tells
@@ -11,13 +16,15 @@ where it came from, and what was inferred is marked so. Torch-free.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import signal
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from planner.errors import CommandError
-from planner.eta.progress import JobLog
+from planner.eta.job_log import JobLog
 from planner.runs.run_folder import job_log_path
 from planner.shell import run_command
 from planner.slurm.queue import (
@@ -28,6 +35,8 @@ from planner.slurm.queue import (
 )
 
 SACCT_FIELDS = "JobID,State,ExitCode,Start,End,ElapsedRaw,Timelimit,NNodes"
+# States in which Slurm itself signalled the job's processes.
+SLURM_ENDED = ("TIMEOUT", "CANCELLED", "PREEMPTED", "NODE_FAIL", "REQUEUED", "DEADLINE")
 # slurmstepd's line in the job's output when Slurm ends it; the reason names the state.
 _STEPD_RE = re.compile(r"\*\*\* JOB (\d+) ON \S+ CANCELLED AT \S+(?: DUE TO ([A-Z ]+))? \*\*\*")
 _STEPD_REASONS = {"TIME LIMIT": "TIMEOUT", "PREEMPTION": "PREEMPTED", "NODE FAILURE": "NODE_FAIL"}
@@ -49,12 +58,48 @@ class JobOutcome:
     time_limit_s: int | None = None
     nodes: int | None = None
     note: str | None = None
+    signal: int | None = None  # the signal that ended it (ExitCode after the colon, or a step's)
+    restarts: int = 0  # Slurm's restart count of this attempt: 0 for the job's first run
+
+    @property
+    def exit_text(self) -> str | None:
+        """The exit status in words: "exit 1", "killed by SIGKILL". Where Slurm ended the job
+        itself (its time limit, a cancel, a requeue), the signal it sent says nothing more
+        than the state does."""
+        signum = None if self.state in SLURM_ENDED else self.signal
+        return exit_text(self.exit_code, signum)
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def exit_text(code: int | None, signum: int | None) -> str | None:
+    if signum:
+        return f"killed by {signal_name(signum)}"
+    if code is None:
+        return None
+    if code > 128 and code - 128 < 65:  # a shell's (or srun's) report of a signal death
+        return f"exit {code} (killed by {signal_name(code - 128)})"
+    return f"exit {code}"
 
 
 @dataclass(frozen=True)
 class Accounting:
-    outcomes: dict[str, JobOutcome]
+    outcomes: dict[str, JobOutcome]  # the newest attempt of each job
     sacct_error: str | None  # why sacct gave nothing; None when it answered
+    # Every attempt of each job that sacct knows, oldest first (a job requeued twice: three).
+    attempts: dict[str, tuple[JobOutcome, ...]] = field(default_factory=dict)
+
+    def all_attempts(self, job_id: str) -> tuple[JobOutcome, ...]:
+        """The job's attempts; its one outcome where sacct did not list them."""
+        found = self.attempts.get(job_id)
+        if found:
+            return found
+        return (self.outcomes[job_id],) if job_id in self.outcomes else ()
 
     def missing_note(self) -> str | None:
         if self.sacct_error is None:
@@ -69,14 +114,30 @@ class Accounting:
 
 
 def parse_sacct_outcomes(text: str) -> dict[str, JobOutcome]:
-    """Outcomes by job id from `sacct -X -n -P -o SACCT_FIELDS` output."""
-    found = {}
+    """Outcomes by job id from `sacct -n -P -o SACCT_FIELDS` output: each job's newest attempt."""
+    return {job_id: found[-1] for job_id, found in parse_sacct_attempts(text).items()}
+
+
+def parse_sacct_attempts(text: str) -> dict[str, tuple[JobOutcome, ...]]:
+    """Every attempt by job id from `sacct -D -n -P -o SACCT_FIELDS` output, oldest first.
+
+    Without -X, each job's row is followed by its steps' (``ID.batch``, ``ID.0``): a step
+    killed by a signal (the training under srun) gives the attempt its signal."""
+    found: dict[str, list[JobOutcome]] = {}
+    current: JobOutcome | None = None
     for line in text.splitlines():
         parts = line.strip().split("|")
         if len(parts) < 8:
             continue
         job_id, state, exit_code, start, end, elapsed, limit, nodes = parts[:8]
-        found[job_id] = JobOutcome(
+        if "." in job_id:  # a step of the attempt above
+            step_signal = _exit_signal(exit_code)
+            ours = current is not None and job_id.split(".")[0] == current.job_id
+            if current is not None and ours and step_signal and not current.signal:
+                current = _replace_signal(found, current, step_signal)
+            continue
+        attempts = found.setdefault(job_id, [])
+        current = JobOutcome(
             job_id=job_id,
             state=state.split()[0] if state.strip() else "UNKNOWN",  # "CANCELLED by 0"
             source="sacct",
@@ -87,8 +148,19 @@ def parse_sacct_outcomes(text: str) -> dict[str, JobOutcome]:
             elapsed_s=float(elapsed) if elapsed.strip().isdigit() else None,
             time_limit_s=parse_time_limit(limit),
             nodes=int(nodes) if nodes.strip().isdigit() else None,
+            signal=_exit_signal(exit_code),
+            restarts=len(attempts),
         )
-    return found
+        attempts.append(current)
+    return {job_id: tuple(attempts) for job_id, attempts in found.items()}
+
+
+def _replace_signal(
+    found: dict[str, list[JobOutcome]], current: JobOutcome, signum: int
+) -> JobOutcome:
+    changed = dataclasses.replace(current, signal=signum)
+    found[current.job_id][-1] = changed
+    return changed
 
 
 def outcome_from_scontrol(text: str) -> JobOutcome | None:
@@ -100,6 +172,7 @@ def outcome_from_scontrol(text: str) -> JobOutcome | None:
     if state not in ("PENDING", "RUNNING"):
         end = parse_slurm_time(fields.get("EndTime", ""))
     nodes = fields.get("NumNodes", "").split("-")[0]
+    restarts = fields.get("Restarts", "")
     return JobOutcome(
         job_id=fields["JobId"],
         state=state,
@@ -111,6 +184,8 @@ def outcome_from_scontrol(text: str) -> JobOutcome | None:
         elapsed_s=parse_time_limit(fields.get("RunTime", "")),
         time_limit_s=parse_time_limit(fields.get("TimeLimit", "")),
         nodes=int(nodes) if nodes.isdigit() else None,
+        signal=_exit_signal(fields.get("ExitCode", "")),
+        restarts=int(restarts) if restarts.isdigit() else 0,
     )
 
 
@@ -121,10 +196,14 @@ def job_outcomes(job_ids: Iterable[str], runner: Runner | None = None) -> Accoun
     if not ids:
         return Accounting({}, None)
     found: dict[str, JobOutcome] = {}
+    attempts: dict[str, tuple[JobOutcome, ...]] = {}
     error = None
     try:
-        argv = ["sacct", "-X", "-n", "-P", "-j", ",".join(ids), "-o", SACCT_FIELDS]
-        found = {k: v for k, v in parse_sacct_outcomes(run(argv).stdout).items() if k in ids}
+        # -D: every attempt of a requeued job; no -X: the steps, whose exit holds the signal.
+        argv = ["sacct", "-D", "-n", "-P", "-j", ",".join(ids), "-o", SACCT_FIELDS]
+        parsed = parse_sacct_attempts(run(argv).stdout)
+        attempts = {k: v for k, v in parsed.items() if k in ids and v}
+        found = {k: v[-1] for k, v in attempts.items()}
         if not found:
             error = "it knows none of these jobs"
     except CommandError as exc:
@@ -140,7 +219,7 @@ def job_outcomes(job_ids: Iterable[str], runner: Runner | None = None) -> Accoun
         outcome = outcome_from_scontrol(text)
         if outcome is not None:
             found[job_id] = outcome
-    return Accounting(found, error)
+    return Accounting(found, error, attempts)
 
 
 def infer_outcome(job_id: str, job: JobLog | None, log_text: str | None) -> JobOutcome:
@@ -198,9 +277,15 @@ def with_inferred(
         if known is not None and known.state != "UNKNOWN":
             continue
         outcomes[job_id] = infer_outcome(job_id, jobs.get(job_id), job_log_text(run_dir, job_id))
-    return Accounting(outcomes, accounting.sacct_error)
+    return Accounting(outcomes, accounting.sacct_error, accounting.attempts)
 
 
 def _exit_code(text: str) -> int | None:
     code = text.strip().split(":")[0]
     return int(code) if code.isdigit() else None
+
+
+def _exit_signal(text: str) -> int | None:
+    """The signal of Slurm's "code:signal" (ExitCode), if one ended the job."""
+    _, _, number = text.strip().partition(":")
+    return int(number) if number.isdigit() and int(number) > 0 else None

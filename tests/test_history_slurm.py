@@ -1,0 +1,63 @@
+"""The history on the real test cluster: a job that Slurm requeues is two attempts, each its
+own row with its restart count, not one row that the second overwrites."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from jobs.progress import read_progress
+from planner.history import database as history
+from tests.cli_helpers import paced_spec, run_cli, write_spec
+from tests.slurm_cluster import SlurmCluster
+from tests.test_chain_slurm import wait_for_chain
+from tests.test_resubmit import wait_for_steps
+
+TOTAL = 120  # paced steps of 0.2 s: half a minute of work
+INTERVAL = 20
+
+
+@pytest.mark.slurm
+def test_a_requeued_job_is_one_history_row_per_attempt(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    spec = paced_spec(4 * TOTAL, "requeued", {"dir": "ck", "interval_steps": INTERVAL})
+    path = write_spec(tmp_path, spec)
+    proc = run_cli(["calibrate", str(path), "-o", "cal.yaml"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli(["emit", str(path), "--calibration", "cal.yaml", "-o", "run"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "run"
+    proc = run_cli(["submit", str(run)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    jobs = re.findall(r"submitted segment \d+: job (\d+)", proc.stderr)
+    first = jobs[0]
+    progress = run / "progress.jsonl"
+    wait_for_steps(progress, 30, timeout_s=120)
+    # What a node failure or a preemption does to the job: Slurm stops it and queues it
+    # again under the same id (SLURM_RESTART_COUNT 1); released at once, not in 2 minutes.
+    subprocess.run(["scontrol", "requeue", first], check=True, timeout=30)
+    subprocess.run(["scontrol", "update", f"JobId={first}", "StartTime=now"], timeout=30)
+    wait_for_chain(jobs, timeout_s=240)
+    starts = [e for e in read_progress(progress) if e["event"] == "start"]
+    assert [e["job_id"] for e in starts[:2]] == [first, first], starts
+
+    proc = run_cli(["history", "--update", str(run), "--json"], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    with history.connect() as db:
+        rows = db.execute(
+            "SELECT attempt, state, from_step, steps, learned FROM outcomes WHERE job_id = ?"
+            " ORDER BY attempt",
+            (first,),
+        ).fetchall()
+    assert [(r["attempt"], r["state"]) for r in rows] == [(0, "REQUEUED"), (1, "COMPLETED")]
+    again, done = rows
+    # The first run stopped on Slurm's SIGTERM with a checkpoint; the second resumed there.
+    assert again["steps"] > 0 and done["from_step"] == again["from_step"] + again["steps"]
+    assert done["from_step"] + done["steps"] == TOTAL
+    runs = json.loads(proc.stdout)["runs"]
+    assert [r["reached"] for r in runs] == [TOTAL]
