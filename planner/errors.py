@@ -84,7 +84,13 @@ class DeadlineError(SpecError):
 
 
 class SlurmUnavailableError(BadInputError):
-    """--executor slurm was asked for on a machine without a working Slurm client."""
+    """Slurm cannot be asked here: no client, a client that cannot run, or (the subclass) a
+    controller that does not answer. The planning commands go on without it; the ones that
+    submit stop (exit 2)."""
+
+
+class ControllerUnreachableError(SlurmUnavailableError):
+    """Slurm's client is installed but its controller does not answer (or cannot be found)."""
 
 
 class UnknownJobError(BadInputError):

@@ -213,12 +213,12 @@ def calibrate(
     submitted, JobError subclasses after.
     """
     check_node_counts(spec)
-    check_submission(spec)
+    partition = check_submission(spec)
     # The job's checkpoint probe writes there after its timed steps: a folder that cannot be
     # written would fail the job minutes in, not here in a second.
     check_writable(Path(spec.checkpoint.dir).resolve(), spec.source)
     if spec.calibration.executor == "slurm" and max(spec.calibration.nodes) > 1:
-        check_node_counts(spec, read_partition(spec.cluster.partition))
+        check_node_counts(spec, partition or read_partition(spec.cluster.partition))
     runs = calibration_runs(spec)
     folder.mkdir(parents=True, exist_ok=True)
     done: list[tuple[CalibrationRun, Measurement, JobInfo]] = []

@@ -20,6 +20,7 @@ from planner.errors import (
 
 if TYPE_CHECKING:  # imported by the commands that plan: --help needs none of it
     from planner.history.corrected_plan import CorrectedPlan
+    from planner.slurm.partition import PartitionLimits
 
 EXIT_JOB_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -133,21 +134,11 @@ def plan_from_files(
     where Slurm is here, and the plan with the history's correction (raises PlanJobError)."""
     from planner.calibration.record import load_record
     from planner.history.corrected_plan import corrected_plan
-    from planner.slurm.partition import read_partition
-    from planner.slurm.submission import slurm_available
     from planner.spec.load import load_spec
 
     spec = load_spec(spec_path, sets)
     record = load_record(calibration_path)
-    partition = None
-    if slurm_available():
-        partition = read_partition(spec.cluster.partition)
-    else:
-        click.echo(
-            "note: no Slurm client here, so the partition's MaxTime and node limits are not "
-            "checked; run plan-job on the login node for a plan that fits the partition",
-            err=True,
-        )
+    partition = partition_or_note(spec.cluster.partition)
     planned = corrected_plan(
         spec,
         record,
@@ -161,3 +152,29 @@ def plan_from_files(
     if planned.warning:
         click.echo(f"warning: {planned.warning}", err=True)
     return planned
+
+
+def partition_or_note(name: str | None) -> PartitionLimits | None:
+    """The partition's limits where Slurm answers; else None and one line on stderr saying
+    why (no client, or a controller that does not answer, in Slurm's own words)."""
+    from planner.errors import SlurmUnavailableError
+    from planner.slurm.client import client_status
+    from planner.slurm.partition import read_partition
+
+    status = client_status(("scontrol", "sinfo"))
+    why = ""
+    if status.kind == "missing":
+        why = f"no Slurm client here ({status.reason})"
+    elif status.kind == "unreachable":
+        why = f"Slurm's controller does not answer (scontrol ping: {status.reason})"
+    else:
+        try:
+            return read_partition(name)
+        except SlurmUnavailableError as exc:  # it went down between the ping and now
+            why = str(exc).split(": run plan-job")[0]
+    click.echo(
+        f"note: {why}, so the partition's MaxTime and node limits are not checked; run "
+        "plan-job on the login node for a plan that fits the partition",
+        err=True,
+    )
+    return None

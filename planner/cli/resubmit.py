@@ -51,11 +51,27 @@ def resubmit(
     from planner.followup.state import inspect_run
     from planner.history import database as history
     from planner.runs.run_folder import JOBS_FILE
+    from planner.slurm.client import client_status, offline_runner, require_controller
 
+    runner = None
     try:
-        state = inspect_run(target, preview=dry_run)
+        if not dry_run:
+            # Before anything is read or written: a real resubmission needs the controller.
+            require_controller("resubmit")
+        else:
+            status = client_status()
+            if status.kind == "unreachable":
+                # Each Slurm call would retry a dead controller for ~10 s: answer them at once
+                # with the ping's reason, and preview from the folder as without Slurm.
+                click.echo(
+                    f"note: Slurm's controller does not answer (scontrol ping: {status.reason}); "
+                    "previewing from the run folder alone",
+                    err=True,
+                )
+                runner = offline_runner(status)
+        state = inspect_run(target, runner, preview=dry_run)
         record_history(lambda: history.record_outcomes(state, history_file))
-        plan = resubmission.prepare(state, nodes, max_retries, preview=dry_run)
+        plan = resubmission.prepare(state, nodes, max_retries, preview=dry_run, runner=runner)
         click.echo(resubmission_text(plan))
         if dry_run:
             for name, text in plan.scripts:

@@ -21,6 +21,7 @@ from planner.runs.run_folder import (
     segment_scripts,
 )
 from planner.shell import run_command
+from planner.slurm.client import require_controller
 
 
 def sbatch_argv(script: Path, after: str | None) -> list[str]:
@@ -53,6 +54,8 @@ def submit_chain(
     would resume from them. Ctrl-C or a refused sbatch cancels what was already submitted.
     """
     scripts = segment_scripts(folder)
+    # Before the checkpoint folder is claimed: a dead controller must leave nothing changed.
+    require_controller("submit")
     check_checkpoint_dir(folder, resume_foreign)
     return _submit(folder, scripts, 1, after, on_submitted, [])
 
@@ -76,6 +79,7 @@ def submit_scripts(
 ) -> list[SubmittedJob]:
     """Submit more segments of a run (a resubmission) as a chain of their own, numbered from
     ``first_segment``; their job ids are appended to jobs.yaml after the earlier ones."""
+    require_controller("resubmit")
     return _submit(folder, scripts, first_segment, after, on_submitted, load_jobs(folder))
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from planner.errors import CommandError, SlurmUnavailableError, UnknownJobError
 from planner.shell import CommandResult, run_command
+from planner.slurm.client import classify
 
 Runner = Callable[[Sequence[str]], CommandResult]
 
@@ -198,7 +199,7 @@ def find_job(job_id: str, runner: Runner | None = None) -> SlurmJob:
         if text.strip():
             return job_from_scontrol(text)
     except CommandError as exc:
-        if exc.returncode == 127:
+        if classify(exc, "") is not None:  # no client, or a dead controller: not "unknown"
             raise _unavailable(exc) from exc
         errors.append(f"scontrol: {_last_line(exc)}")
     try:
@@ -246,9 +247,9 @@ def _script_of(submit_line: str, workdir: str) -> str | None:
 
 
 def _unavailable(exc: CommandError) -> SlurmUnavailableError:
-    return SlurmUnavailableError(
-        f"{exc.argv[0]} failed ({_last_line(exc)}): run plan-job where the Slurm client works "
-        f"(the login node)"
+    what = "run plan-job where the Slurm client works (the login node)"
+    return classify(exc, what) or SlurmUnavailableError(
+        f"{exc.argv[0]} failed ({_last_line(exc)}): {what}"
     )
 
 

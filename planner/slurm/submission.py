@@ -9,7 +9,6 @@ import contextlib
 import math
 import os
 import shlex
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -24,11 +23,13 @@ from planner.errors import (
     CommandError,
     JobFailedError,
     OutOfMemoryError,
+    PartitionLimitError,
     PendingTimeoutError,
-    SlurmUnavailableError,
     SpecError,
 )
 from planner.shell import run_command
+from planner.slurm.client import READ_TIMEOUT_S, classify, require_controller
+from planner.slurm.partition import PartitionLimits, read_partition
 from planner.spec.run_spec import RunSpec
 
 POLL_S = 1.0
@@ -59,26 +60,19 @@ class Finished:
     wall_s: float
 
 
-def slurm_available() -> bool:
-    """Whether this machine has Slurm's client commands (a login node, or the test cluster)."""
-    return shutil.which("sbatch") is not None and shutil.which("scontrol") is not None
-
-
 def slurm_partitions() -> list[str]:
-    """Partitions the Slurm controller reports; SlurmUnavailableError when there is no Slurm."""
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        raise SlurmUnavailableError(
-            "--executor slurm: no Slurm client here (sbatch/sinfo not on PATH). Run plan-job on "
-            "the cluster's login node, or use --executor local to calibrate on this machine."
-        )
+    """Partitions the Slurm controller reports; SlurmUnavailableError (exit 2) when there is
+    no usable client or the controller does not answer (planner.slurm.client)."""
+    require_controller(
+        "--executor slurm",
+        ("scontrol", "sbatch", "sinfo", "squeue"),
+        "or use --executor local to calibrate on this machine",
+    )
     try:
-        out = run_command(["sinfo", "-h", "-o", "%R"], timeout=30).stdout
+        out = run_command(["sinfo", "-h", "-o", "%R"], timeout=READ_TIMEOUT_S).stdout
     except CommandError as exc:
-        raise SlurmUnavailableError(
-            f"--executor slurm: Slurm is installed but the controller does not answer "
-            f"(sinfo exited {exc.returncode}: {exc.stderr.strip()}). Check SLURM_CONF / "
-            f"slurmctld, or use --executor local."
-        ) from exc
+        unavailable = classify(exc, "use --executor local to calibrate on this machine")
+        raise (unavailable or exc) from exc
     return sorted({line.strip() for line in out.splitlines() if line.strip()})
 
 
@@ -102,11 +96,12 @@ def check_time_limit(time_limit_minutes: int, max_seconds: float) -> None:
         )
 
 
-def check_submission(spec: RunSpec) -> None:
-    """Every check that needs no job: raises before a folder or a job exists."""
+def check_submission(spec: RunSpec) -> PartitionLimits | None:
+    """Every check that needs no job: raises before a folder or a job exists. Returns the
+    partition's limits for a Slurm calibration (None for a local one)."""
     cal = spec.calibration
     if cal.executor == "local":
-        return
+        return None
     partitions = slurm_partitions()
     partition = spec.cluster.partition
     if partition is not None and partition not in partitions:
@@ -116,6 +111,26 @@ def check_submission(spec: RunSpec) -> None:
             f"partitions on this cluster: {', '.join(partitions) or '(none)'}",
         )
     check_time_limit(cal.time_limit_minutes, cal.max_seconds)
+    limits = read_partition(partition)
+    check_time_within_partition(cal.time_limit_minutes, limits, spec.source)
+    return limits
+
+
+def check_time_within_partition(
+    time_limit_minutes: int, partition: PartitionLimits, source: str | None = None
+) -> None:
+    """A --time above the partition's MaxTime is accepted by sbatch and then never runs: the
+    job stays PENDING (PartitionTimeLimit) until the pending timeout. Refuse it here."""
+    most = partition.max_time_minutes
+    if most is not None and time_limit_minutes > most:
+        raise PartitionLimitError(
+            "calibration.time_limit_minutes",
+            time_limit_minutes,
+            f"at most {most}: partition {partition.name}'s MaxTime is {most} min, and a job "
+            f"asking for more stays pending (PartitionTimeLimit); lower --time-limit or "
+            f"calibration.max_seconds, or calibrate on another partition",
+            source,
+        )
 
 
 def job_timing_lines(folder: Path) -> list[str]:
