@@ -101,6 +101,10 @@ class RunFolderExistsError(BadInputError):
     """emit would overwrite an earlier run's scripts (and the record of their jobs)."""
 
 
+class RunFolderBusyError(BadInputError):
+    """Another plan-job process is writing the same run folder at this moment."""
+
+
 class UnsafeRunFolderError(BadInputError):
     """The -o folder is one that --force must never replace."""
 

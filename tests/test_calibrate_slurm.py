@@ -146,4 +146,11 @@ def test_bad_cluster_input_exits_2_before_anything_is_written(
     proc = run_cli(["calibrate", str(path), "--time-limit", "2"], cwd=tmp_path)
     assert proc.returncode == 2
     assert "calibration.time_limit_minutes: got 2; must be at least 3" in proc.stderr
+    # Above the partition's MaxTime (3 min): sbatch takes it and the job never starts.
+    proc = run_cli(["calibrate", str(path), "--time-limit", "4"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        "calibration.time_limit_minutes: got 4; at most 3: partition gpu's MaxTime is 3 min"
+        in proc.stderr
+    )
     assert not (tmp_path / ".plan-job").exists()

@@ -28,6 +28,7 @@ from planner.errors import RunFolderExistsError, SpecError, UnsafeRunFolderError
 from planner.model.plan import Plan, Segment
 from planner.runs.checkpoint_dir import FIELD as CHECKPOINT_FIELD
 from planner.runs.checkpoint_dir import check_writable, foreign_checkpoints
+from planner.runs.folder_lock import exclusive_claim
 from planner.runs.run_folder import (
     EMIT_FILE,
     MARKER,
@@ -227,7 +228,8 @@ def render(plan: Plan, segment: Segment, options: EmitOptions, run_dir: Path) ->
 
 
 def emit(plan: Plan, options: EmitOptions) -> EmittedRun:
-    """Write the run folder whole, or not at all."""
+    """Write the run folder whole, or not at all. Two emits into one folder at once: the
+    second fails naming the first (planner.runs.folder_lock)."""
     out_dir = options.out_dir.resolve()
     check_output_folder(out_dir, options.force, Path.cwd(), Path.home())
     workdir = options.workdir.resolve()
@@ -249,14 +251,18 @@ def emit(plan: Plan, options: EmitOptions) -> EmittedRun:
     # What resubmit needs to render more segments the same way; the plan does not know it.
     settings = EmitSettings(workdir, options.python, template, correction, EMIT_FILE)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        write_run_files(staging, plan, config, settings, rendered, marker)
-        staging.chmod(0o755)
-        _swap_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with exclusive_claim(out_dir, "emit"):
+        # Checked again under the claim: an emit that finished since the first check has
+        # written the folder, and this one must not replace it.
+        check_output_folder(out_dir, options.force, Path.cwd(), Path.home())
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        try:
+            write_run_files(staging, plan, config, settings, rendered, marker)
+            staging.chmod(0o755)
+            _swap_into_place(staging, out_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return EmittedRun(
         folder=out_dir,
         plan_path=out_dir / PLAN_FILE,
