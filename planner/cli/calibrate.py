@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from planner.cli.common import HISTORY, fail, record_history
+from planner.cli.common import HISTORY, fail, record_history, show_spec_notes
 from planner.cli.status_line import StatusLine
 from planner.errors import PlanJobError, SpecError
 
@@ -112,6 +112,7 @@ def calibrate(
         if node_counts is not None:
             overrides.append(f"calibration.nodes={_node_list(node_counts)}")
         spec = load_spec(spec_path, overrides, command=command_run)
+        show_spec_notes(spec)
         folder = calibration.job_folder(jobs_dir, spec)
         out_path = output or default_record_path(spec)
         # The job running now: its progress file, and which of several it is.

@@ -137,6 +137,7 @@ def plan_from_files(
     from planner.spec.load import load_spec
 
     spec = load_spec(spec_path, sets)
+    show_spec_notes(spec)
     record = load_record(calibration_path)
     partition = partition_or_note(spec.cluster.partition)
     planned = corrected_plan(
@@ -152,6 +153,12 @@ def plan_from_files(
     if planned.warning:
         click.echo(f"warning: {planned.warning}", err=True)
     return planned
+
+
+def show_spec_notes(spec: Any) -> None:
+    """What reading the spec changed (a `~` expanded), one line each on stderr."""
+    for note in spec.notes:
+        click.echo(f"note: {note}", err=True)
 
 
 def partition_or_note(name: str | None) -> PartitionLimits | None:

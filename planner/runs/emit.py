@@ -27,7 +27,7 @@ from jobs.contract.work import Work
 from planner.errors import RunFolderExistsError, SpecError, UnsafeRunFolderError
 from planner.model.plan import Plan, Segment
 from planner.runs.checkpoint_dir import FIELD as CHECKPOINT_FIELD
-from planner.runs.checkpoint_dir import check_writable, foreign_checkpoints
+from planner.runs.checkpoint_dir import check_writable, foreign_checkpoints, node_local_warning
 from planner.runs.folder_lock import exclusive_claim
 from planner.runs.run_folder import (
     EMIT_FILE,
@@ -240,12 +240,15 @@ def emit(plan: Plan, options: EmitOptions) -> EmittedRun:
     checkpoints = Path(config.checkpoint_dir)
     check_writable(checkpoints, plan.spec.source)
     foreign = foreign_checkpoints(checkpoints, marker.run_id, bool(config.command))
-    warnings: tuple[str, ...] = ()
+    warnings: list[str] = []
     if foreign is not None:
-        warnings = (
+        warnings.append(
             f"{foreign.describe()}; `plan-job submit` refuses to start unless given "
-            f"--resume-foreign: give a new run an empty {CHECKPOINT_FIELD}",
+            f"--resume-foreign: give a new run an empty {CHECKPOINT_FIELD}"
         )
+    local = node_local_warning(checkpoints, len(plan.segments), plan.nodes)
+    if local is not None:
+        warnings.append(local)
     template = options.template.resolve() if options.template else None
     correction = plan.step_correction if plan.step_correction != 1.0 else None
     # What resubmit needs to render more segments the same way; the plan does not know it.
@@ -269,7 +272,7 @@ def emit(plan: Plan, options: EmitOptions) -> EmittedRun:
         train_config_path=out_dir / TRAIN_FILE,
         scripts=tuple(out_dir / name for name in rendered),
         run_id=marker.run_id,
-        warnings=warnings,
+        warnings=tuple(warnings),
     )
 
 

@@ -17,6 +17,7 @@ from jobs.contract.command_fields import REPORT_MODES, fields_in
 from jobs.workloads.base import PRECISIONS
 from jobs.workloads.registry import BUILTIN
 from planner.errors import SpecError
+from planner.spec.paths import expand_path
 from planner.spec.run_spec import (
     COMMAND_WORKLOAD,
     BatchSpec,
@@ -92,8 +93,9 @@ def parse_spec(
     raw: Mapping[str, Any], source: str | None = None, default_name: str = "run"
 ) -> RunSpec:
     top = Section(raw, "", source)
+    notes: list[str] = []
     name = _name(top, default_name)
-    command = _command(top)
+    command = _command(top, notes)
     if command is None:
         workload = _workload(top.section("workload"))
     else:
@@ -110,7 +112,7 @@ def parse_spec(
     cluster = _cluster(top.section("cluster"))
     batch = _batch(top.section("batch"), cluster)
     precision = top.choice("precision", PRECISIONS, "fp32")
-    checkpoint = _checkpoint(top.section("checkpoint"))
+    checkpoint = _checkpoint(top.section("checkpoint"), notes)
     calibration = _calibration(top.section("calibration"))
     plan = _plan(top.section("plan"))
     top.done()
@@ -126,7 +128,19 @@ def parse_spec(
         source,
         plan,
         command,
+        tuple(notes),
     )
+
+
+def _path(sec: Section, key: str, default: str | None, notes: list[str]) -> Any:
+    """A path field: a non-empty string, ~ and $VARIABLES expanded (planner.spec.paths)."""
+    value = sec.string(key, default)
+    if value is None:
+        return None
+    expanded, note = expand_path(sec.field(key), value, sec.source)
+    if note:
+        notes.append(note)
+    return expanded
 
 
 def _name(top: Section, default: str) -> str:
@@ -148,7 +162,7 @@ def _name(top: Section, default: str) -> str:
     return name
 
 
-def _command(top: Section) -> CommandSpec | None:
+def _command(top: Section, notes: list[str]) -> CommandSpec | None:
     """``command: "python train.py ..."`` or a mapping with ``run:`` and its settings."""
     if not top.has("command"):
         top.get("command", None)  # an empty command: is consumed, and means none
@@ -165,7 +179,7 @@ def _command(top: Section) -> CommandSpec | None:
     except ValueError as exc:
         raise sec.error("run", run, str(exc)) from exc
     report = sec.choice("report", REPORT_MODES, "progress")
-    output_dir = sec.string("output_dir", None)
+    output_dir = _path(sec, "output_dir", None, notes)
     if report == "trainer_state":
         if output_dir is None:
             raise sec.error(
@@ -302,9 +316,9 @@ def _batch(sec: Section, cluster: ClusterSpec) -> BatchSpec:
     return BatchSpec(global_batch, micro, derived)
 
 
-def _checkpoint(sec: Section) -> CheckpointSpec:
+def _checkpoint(sec: Section, notes: list[str]) -> CheckpointSpec:
     spec = CheckpointSpec(
-        dir=sec.string("dir", "checkpoints"),
+        dir=_path(sec, "dir", "checkpoints", notes),
         interval_steps=sec.integer("interval_steps", None, minimum=1),
         keep=sec.integer("keep", 2, minimum=1),
     )
