@@ -107,7 +107,14 @@ def test_pending_past_the_limit_is_cancelled_with_the_reason(
     assert accounted_state(job_id) == "CANCELLED"
 
 
-def test_ctrl_c_cancels_the_queued_job(full_cluster: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "said"),
+    [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "interrupted by SIGTERM")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_and_sigterm_cancel_the_queued_job(
+    full_cluster: str, tmp_path: Path, signum: int, said: str
+) -> None:
     path = write_spec(tmp_path, slurm_spec(), name="queued.yaml")
     proc = subprocess.Popen(
         [str(PLAN_JOB), "calibrate", str(path)],
@@ -118,7 +125,7 @@ def test_ctrl_c_cancels_the_queued_job(full_cluster: str, tmp_path: Path) -> Non
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         queued = ""
         while not queued:
             assert time.monotonic() < deadline, "the calibration job never reached the queue"
@@ -126,12 +133,12 @@ def test_ctrl_c_cancels_the_queued_job(full_cluster: str, tmp_path: Path) -> Non
             time.sleep(0.3)
         job_id, state = queued.split()
         assert state == "PENDING"
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 130, err
-    assert f"interrupted: cancelled job {job_id}" in err
+    assert f"{said}: cancelled job {job_id}" in err
     assert accounted_state(job_id) == "CANCELLED"
     assert squeue("-j", job_id, "-t", "PENDING,RUNNING") == ""
 

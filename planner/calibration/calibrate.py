@@ -20,7 +20,13 @@ from planner.errors import BatchSplitError, JobFailedError, PartitionLimitError,
 from planner.model.scaling_fit import ScalingPoint, make_section
 from planner.runs.checkpoint_dir import check_writable
 from planner.slurm.partition import PartitionLimits, read_partition
-from planner.slurm.submission import JobRunner, JobStatus, check_submission, make_executor
+from planner.slurm.submission import (
+    JobRunner,
+    JobStatus,
+    check_submission,
+    make_executor,
+    submit_job,
+)
 from planner.spec.run_spec import RunSpec
 
 PROGRESS_FILE = "calibration-progress.jsonl"
@@ -248,7 +254,7 @@ def _calibrate_one(
     name = f"plan-job-cal-{spec.name}" + (f"-{run.nodes}n" if several else "")
     executor = make_executor(spec, folder, name, run.nodes, run.tasks_per_node)
     request = build_request(spec, folder, run.grad_accum)
-    job = executor.submit(entry.calibrate, request)
+    job = submit_job(executor, spec.calibration.executor, folder, entry.calibrate, request)
     runner = JobRunner(
         job,
         spec.calibration.executor,

@@ -16,6 +16,7 @@ from planner.cli.common import (
     record_history,
 )
 from planner.errors import PlanJobError, SlurmUnavailableError
+from planner.stop_signals import interrupted_by
 
 
 @click.command()
@@ -90,8 +91,10 @@ def resubmit(
             click.echo(f"submitted segment {job.segment}: job {job.job_id}", err=True)
 
         jobs = resubmission.submit(plan, on_submitted)
-    except KeyboardInterrupt:
-        raise InterruptedExit("interrupted: cancelled the segments already submitted") from None
+    except KeyboardInterrupt as exc:
+        raise InterruptedExit(
+            f"interrupted{interrupted_by(exc)}: cancelled the segments already submitted"
+        ) from None
     except SlurmUnavailableError as exc:
         raise BadInputExit(
             f"{exc}; `plan-job resubmit {target} --dry-run` previews from the run folder alone"

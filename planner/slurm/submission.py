@@ -10,6 +10,7 @@ import math
 import os
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from planner.shell import run_command
 from planner.slurm.client import READ_TIMEOUT_S, classify, require_controller
 from planner.slurm.partition import PartitionLimits, read_partition
 from planner.spec.run_spec import RunSpec
+from planner.stop_signals import interrupted_by
 
 POLL_S = 1.0
 # submitit always asks Slurm for a time-limit signal (USR2); 90 s, its default, would eat most
@@ -186,6 +188,36 @@ def make_executor(
     return executor
 
 
+LOCAL_CONTROLLER_LOG = "local-controller.log"
+
+
+def submit_job(executor: Any, kind: str, folder: Path, function: Any, *args: Any) -> Any:
+    """executor.submit(function, *args); for the local executor, with its controller's
+    stdout and stderr in the job folder.
+
+    submitit's local controller is a child process that inherits plan-job's stdout and
+    stderr: on Ctrl-C (the terminal signals the whole process group) and on cancel (it is
+    sent SIGINT) it printed its 12-24-line KeyboardInterrupt traceback above plan-job's
+    clean message. Its output goes to LOCAL_CONTROLLER_LOG instead (the job's own output
+    has its log files already)."""
+    if kind != "local":
+        return executor.submit(function, *args)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCAL_CONTROLLER_LOG, "ab") as log:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            return executor.submit(function, *args)
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
 def count_local_gpus(proc: Path = Path("/proc/driver/nvidia/gpus")) -> int:
     """NVIDIA GPUs on this machine, from the driver's /proc entries: the login side must not
     import torch to ask, and nvidia-smi can take seconds to answer."""
@@ -249,10 +281,10 @@ class JobRunner:
         try:
             self._watch()
             result = self._result()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             self._cancel()
             raise CancelledByUserError(
-                f"interrupted: cancelled job {self.job.job_id}",
+                f"interrupted{interrupted_by(exc)}: cancelled job {self.job.job_id}",
                 job_id=str(self.job.job_id),
                 log_path=Path(self.job.paths.stderr),
             ) from None
