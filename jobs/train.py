@@ -25,6 +25,7 @@ training starts: the login node imports this module.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -94,9 +95,12 @@ def _stop_at_from_env() -> float | None:
     if not text:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise ValueError(f"${STOP_AT_ENV}={text!r} is not Unix seconds") from None
+        value = math.nan
+    if not math.isfinite(value):  # "nan" and "inf" parse, and would never stop the run
+        raise ValueError(f"${STOP_AT_ENV}={text!r} is not Unix seconds")
+    return value
 
 
 __all__ = [

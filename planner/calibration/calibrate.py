@@ -226,7 +226,12 @@ def calibrate(
     if spec.calibration.executor == "slurm" and max(spec.calibration.nodes) > 1:
         check_node_counts(spec, partition or read_partition(spec.cluster.partition))
     runs = calibration_runs(spec)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpecError(
+            "--jobs-dir", str(folder.parent), f"cannot make the job's folder: {exc.strerror}"
+        ) from None
     done: list[tuple[CalibrationRun, Measurement, JobInfo]] = []
     for index, run in enumerate(runs, start=1):
         run_folder = folder if len(runs) == 1 else folder / f"nodes-{run.nodes}"

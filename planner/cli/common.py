@@ -4,6 +4,7 @@ fail a command."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -89,9 +90,19 @@ CALIBRATION = click.option(
     type=click.Path(dir_okay=False, path_type=Path),
     help="The record `plan-job calibrate` wrote for this spec.",
 )
+
+
+def finite(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """click reads "nan" and "inf" as floats: a flag's number must be finite."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"got {value}; must be a finite number", param=param)
+    return value
+
+
 DEADLINE = click.option(
     "--deadline",
     type=float,
+    callback=finite,
     metavar="HOURS",
     help="Finish within this many hours at P95 [spec: plan.deadline_hours].",
 )
@@ -106,6 +117,7 @@ def watch_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
         is_flag=False,
         flag_value=30.0,
         default=None,
+        callback=finite,
         metavar="[SECONDS]",
         help=help,
     )

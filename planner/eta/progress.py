@@ -105,7 +105,7 @@ def load_progress(
             f"else {WHAT_TO_PASS}"
         )
     jobs = _split_jobs(events)
-    logged = next((int(e["total_steps"]) for e in reversed(events) if e.get("total_steps")), None)
+    logged = next((n for e in reversed(events) if (n := _int(e.get("total_steps")))), None)
     total = total_steps or logged or fallback_total
     if not total:
         raise BadInputError(
@@ -119,10 +119,10 @@ def load_trainer_state(path: Path, total_steps: int | None = None) -> History:
     state = trainer_state(path)
     if state is None:
         raise BadInputError(f"{path}: not a trainer_state.json (no log_history); {WHAT_TO_PASS}")
-    total = total_steps or int(state.get("max_steps") or 0)
+    total = total_steps or _int(state.get("max_steps")) or 0
     if total <= 0:
         raise BadInputError(f"{path}: max_steps is not set; pass --total-steps N")
-    global_step = int(state.get("global_step") or 0)
+    global_step = max(_int(state.get("global_step")) or 0, 0)
     mtime = path.stat().st_mtime
     runtime = next(
         (e for e in reversed(state["log_history"]) if isinstance(e, dict) and "train_runtime" in e),
@@ -260,7 +260,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    # NaN, infinities and counts past 64 bits are damage, not steps: read as missing.
+    if not _finite(value) or not -(2**63) <= value < 2**63:
+        return None
+    return int(value)
 
 
 def _float(value: Any) -> float | None:

@@ -193,7 +193,11 @@ def render(plan: Plan, segment: Segment, options: EmitOptions, run_dir: Path) ->
     search = [str(Path(templates.__file__).resolve().parent)]
     name = TEMPLATE
     if options.template is not None:
-        if not options.template.is_file():
+        try:
+            usable = options.template.is_file()
+        except OSError:  # a name too long, a loop of links
+            usable = False
+        if not usable:
             raise SpecError("--template", str(options.template), "no such file")
         search.insert(0, str(options.template.resolve().parent))
         name = options.template.name
@@ -204,13 +208,34 @@ def render(plan: Plan, segment: Segment, options: EmitOptions, run_dir: Path) ->
         autoescape=False,
     )
     env.filters["q"] = lambda value: shlex.quote(str(value))
+    values = _template_values(plan, segment, options, run_dir)
     try:
-        template = env.get_template(name)
-    except jinja2.TemplateError as exc:
+        return env.get_template(name).render(**values)
+    except (jinja2.TemplateError, UnicodeDecodeError) as exc:
+        if options.template is None:
+            raise  # the shipped template: a bug, not the user's input
         raise SpecError(
-            "--template", str(options.template), f"not a usable template: {exc}"
-        ) from exc
-    return template.render(
+            "--template", str(options.template), f"not a usable template: {_why(exc)}"
+        ) from None
+    except Exception as exc:
+        if options.template is None:
+            raise
+        # A user's template runs code ({{ 1 / 0 }}, a filter given the wrong type).
+        raise SpecError(
+            "--template", str(options.template), f"rendering it raised {_why(exc)}"
+        ) from None
+
+
+def _why(exc: BaseException) -> str:
+    where = getattr(exc, "lineno", None)
+    text = f"{type(exc).__name__}: {str(exc)[:300]}"
+    return f"{text} (line {where})" if where else text
+
+
+def _template_values(
+    plan: Plan, segment: Segment, options: EmitOptions, run_dir: Path
+) -> dict[str, object]:
+    return dict(
         version=_version(),
         run_name=plan.spec.name,
         job_name=f"plan-job-{plan.spec.name}",
@@ -229,8 +254,23 @@ def render(plan: Plan, segment: Segment, options: EmitOptions, run_dir: Path) ->
 
 def emit(plan: Plan, options: EmitOptions) -> EmittedRun:
     """Write the run folder whole, or not at all. Two emits into one folder at once: the
-    second fails naming the first (planner.runs.folder_lock)."""
+    second fails naming the first (planner.runs.folder_lock). A folder that cannot be made
+    or written (a read-only filesystem, a name too long, a file in the way) is a SpecError
+    naming -o."""
     out_dir = options.out_dir.resolve()
+    try:
+        return _emit(plan, options, out_dir)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(out_dir) else ""
+        raise SpecError(
+            "-o",
+            str(out_dir),
+            f"cannot write the run folder there: {exc.strerror or exc}{where}; choose a folder "
+            "you can write",
+        ) from None
+
+
+def _emit(plan: Plan, options: EmitOptions, out_dir: Path) -> EmittedRun:
     check_output_folder(out_dir, options.force, Path.cwd(), Path.home())
     workdir = options.workdir.resolve()
     # Rendered against the final path: the scripts name where they will live.

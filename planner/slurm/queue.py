@@ -200,7 +200,11 @@ def find_job(job_id: str, runner: Runner | None = None) -> SlurmJob:
             return job_from_scontrol(text)
     except CommandError as exc:
         if classify(exc, "") is not None:  # no client, or a dead controller: not "unknown"
-            raise _unavailable(exc) from exc
+            unavailable = _unavailable(exc)
+            raise type(unavailable)(
+                f"job {job_id}: {unavailable}; or pass the run folder, its progress.jsonl or a "
+                f"trainer_state.json instead"
+            ) from exc
         errors.append(f"scontrol: {_last_line(exc)}")
     try:
         text = run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", SACCT_FIELDS]).stdout
