@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 from jobs.contract.train_config import TrainConfig
+from jobs.node import threads
 from jobs.node.signals import STOP_SIGNALS, StopRequest
 from jobs.node.world import detect
 
@@ -63,9 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = TrainConfig.from_json(args.config.read_text(encoding="utf-8"))
         stop_at = args.stop_at if args.stop_at is not None else _stop_at_from_env()
+        if stop_at is not None and not math.isfinite(stop_at):
+            raise ValueError(f"--stop-at {stop_at} is not Unix seconds")
     except (OSError, ValueError) as exc:
         print(f"plan-job train: bad config {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    # torch's threads as the calibration chose them (jobs.node.threads), before torch is
+    # imported here or in a user's command.
+    threads.apply()
     if config.work.command:  # the user's own training command: jobs.training.command runs it
         from jobs.training.command import run_training
 

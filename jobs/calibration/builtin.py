@@ -34,7 +34,7 @@ from jobs.calibration.stats import steady_estimate
 from jobs.calibration.steps import run_steps, time_evaluation
 from jobs.contract.failure import NodeError
 from jobs.contract.measurement import CalibrationRequest, Measurement
-from jobs.node import compiling, data_parallel, runtime
+from jobs.node import compiling, data_parallel, runtime, threads
 from jobs.node.group import Group, select_gpu, start
 from jobs.node.world import World, detect
 from jobs.workloads.base import Workload
@@ -55,11 +55,13 @@ def calibrate(request: CalibrationRequest) -> Measurement:
     import torch
 
     imported = time.perf_counter()
+    # Before the workload is built: the run's jobs.train makes the same choice.
+    threading = threads.apply(torch)
     try:
         world = detect(os.environ)
     except ValueError as exc:
         raise NodeError("distributed", f"bad launch environment: {exc}") from exc
-    clock = _Clock(age_at_entry, launched_s, entry, imported)
+    clock = _Clock(age_at_entry, launched_s, entry, imported, threading)
     if world.size == 1:
         return _calibrate(request, world, clock, torch)
     try:
@@ -74,6 +76,7 @@ class _Clock:
     launched_s: float  # the batch script's start to this process's
     entry: float  # perf_counter() at the call
     imported: float  # perf_counter() once torch was imported
+    threads: threads.ThreadChoice
 
 
 def _calibrate(request: CalibrationRequest, world: World, clock: _Clock, torch: Any) -> Measurement:
@@ -177,6 +180,9 @@ def _calibrate(request: CalibrationRequest, world: World, clock: _Clock, torch: 
         backend=_backend(group),
         allreduce_times=allreduce_times,
         slowdowns=tuple((s.first_step, s.last_step, s.ratio) for s in est.slowdowns),
+        step_raw_mean_s=est.raw_mean,
+        torch_threads=clock.threads.threads,
+        threads_why=clock.threads.why,
         returned_at=time.time(),
     )
     # Only after success: tearing down NCCL after a peer's failure can hang, and a failing

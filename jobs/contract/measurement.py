@@ -117,8 +117,16 @@ class Measurement:
     # rank's median. () for one rank.
     allreduce_times: tuple[tuple[int, float], ...] = ()
     # (first step, last step, times the median) of slow stretches after the warm-up: noise
-    # such as a load spike, counted in the steady mean and its CI, not as warm-up.
+    # such as a load spike, not warm-up; the winsorized steady mean clips what fits in its
+    # slowest 10% of steps.
     slowdowns: tuple[tuple[int, int, float], ...] = ()
+    # The plain mean of the steady steps beside the winsorized step_mean_s (0.0: a record
+    # from before the steady mean was winsorized, whose step_mean_s is the plain one).
+    step_raw_mean_s: float = 0.0
+    # torch's CPU threads in the job (jobs.node.threads), and where the count came from;
+    # 0 and '': a record from before plan-job chose them.
+    torch_threads: int = 0
+    threads_why: str = ""
     # The calibration process's own start-up and warm-up (under submitit, the node's first
     # process to run the step), beside the training entry's above; steps that entry ran (0:
     # the figures above are the process's own: a user's command, or a record from before).
