@@ -97,13 +97,11 @@ def _calibrate(request: CalibrationRequest, world: World, clock: _Clock, torch: 
     built = time.perf_counter()
     joining_s = (started - starting) + (built - made) if group.size > 1 else 0.0
     try:
-        eager: list[float] = []
-        compiled_first = 0.0
+        compiled: compiling.CompileTiming | None = None
         if request.work.compile:
             steps_of = functools.partial(run_steps, workload, sync=sync, group=group)
-            eager, compiled_first = compiling.eager_then_compiled(
-                workload, request, device, torch, steps_of
-            )
+            compiled = compiling.eager_then_compiled(workload, request, device, torch, steps_of)
+        eager = compiled.eager_step_times if compiled else []
         steps = run_steps(workload, request, sync, group)
         eval_first_s, eval_s = time_evaluation(workload, request, sync, group.world.rank)
     except torch.cuda.OutOfMemoryError as exc:
@@ -121,13 +119,15 @@ def _calibrate(request: CalibrationRequest, world: World, clock: _Clock, torch: 
     own_startup_s = clock.age_at_entry + (first_step_at - clock.entry)
     del workload  # freed for the training entry's own build on this device
     fresh = fresh_start.on_rank_0(request, est.warmup_steps, est.mean, group, device, torch)
-    compile_s = 0.0
-    if request.work.compile:
+    compile_s = compile_warm_s = 0.0
+    if compiled is not None:
         # What a compiling job pays beyond an eager one's warm-up (the eager steps paid the
         # kernels' first use): compiling and its first compiled step beyond steady, the
         # compiled steps' warm-up, and its first evaluation (another graph) beyond the next.
-        compile_s = max(compiled_first - est.mean, 0.0) + own_warmup_s
-        compile_s += max(eval_first_s - eval_s, 0.0)
+        beyond = own_warmup_s + max(eval_first_s - eval_s, 0.0)
+        compile_s = max(compiled.cold_s - est.mean, 0.0) + beyond
+        if compiled.warm_s:
+            compile_warm_s = max(compiled.warm_s - est.mean, 0.0) + beyond
     measurement = Measurement(
         host=socket.gethostname(),
         device_kind=device.type,
@@ -172,6 +172,8 @@ def _calibrate(request: CalibrationRequest, world: World, clock: _Clock, torch: 
         harness_warmup_extra_s=own_warmup_s,
         fresh_steps=len(fresh.step_times),
         compile_s=compile_s,
+        compile_warm_s=compile_warm_s,
+        compile_cache=compiled.cache if compiled else "",
         eager_step_s=statistics.median(eager[1:] or eager) if eager else 0.0,
         eager_steps=len(eager),
         nodes=nodes,

@@ -141,6 +141,13 @@ class Measurement:
     compile_s: float = 0.0
     eager_step_s: float = 0.0
     eager_steps: int = 0
+    # compile_s is a cold compile (an empty inductor/Triton cache: what a run's first job
+    # pays on a fresh node); compile_warm_s the same with the graph in the cache, and
+    # compile_cache what the cold one found ("cold"; "warm"/"partly warm" where the cache
+    # is not the node's own, "unknown" where torch keeps no counts). 0.0 and '': not
+    # measured (eager, or a record from before).
+    compile_warm_s: float = 0.0
+    compile_cache: str = ""
 
     def __post_init__(self) -> None:
         # A record read back from YAML gives lists of lists: make them the declared tuples

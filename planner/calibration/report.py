@@ -21,6 +21,17 @@ def _compile_rows(record: CalibrationRecord) -> list[tuple[str, str]]:
     if not record.spec.workload.compile:
         return []
     text = f"{fmt_duration(m.compile_s)} per job start (first compiled step and evaluation)"
+    if m.compile_cache:
+        text += (
+            f", {m.compile_cache} cache (compiled in an empty inductor/Triton cache, as a "
+            "run's first job on a fresh node does"
+            + (
+                f"; {fmt_duration(m.compile_warm_s)} with the graph cached"
+                if m.compile_warm_s
+                else ""
+            )
+            + ")"
+        )
     if m.eager_step_s > 0:
         text += (
             f"; eager step {fmt_duration(m.eager_step_s)} (median of {m.eager_steps} before "

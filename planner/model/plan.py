@@ -152,6 +152,10 @@ class Plan:
     # the steps term at the calibration's eager step instead (0.0: eager, or not measured).
     compile_s: float = 0.0
     eager_steps_s: float = 0.0
+    # The calibration's compile with the graph already cached, and what its cold one found
+    # (jobs.contract.measurement): shown beside compile_s, which every job is charged.
+    compile_warm_s: float = 0.0
+    compile_cache: str = ""
 
     @property
     def gpus(self) -> int:

@@ -175,6 +175,8 @@ def make_plan(
             if note
         ),
         compile_s=m.compile_s,
+        compile_warm_s=m.compile_warm_s,
+        compile_cache=m.compile_cache,
         eager_steps_s=_eager_steps_s(record, totals, chosen),
     )
 
