@@ -51,6 +51,16 @@ def time_limits(folder: Path) -> list[str]:
     ]
 
 
+def chain_bound_s(limits: list[str]) -> float:
+    """How long a chain of jobs with these --time limits can take, generously: no job runs
+    past its limit, so twice their sum and two minutes of scheduling per job."""
+    total = 0
+    for limit in limits:
+        hours, minutes, seconds = (int(part) for part in limit.split(":"))
+        total += (hours * 60 + minutes) * 60 + seconds
+    return 2.0 * total + 120.0 * len(limits)
+
+
 def wait_for_chain(job_ids: list[str], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -114,7 +124,7 @@ def test_a_run_longer_than_max_time_chains_to_the_last_step(
     assert proc.returncode == 0, proc.stderr
     job_ids = re.findall(r"submitted segment \d: job (\d+)", proc.stderr)
     assert len(job_ids) == 2
-    wait_for_chain(job_ids, timeout_s=420)
+    wait_for_chain(job_ids, timeout_s=chain_bound_s(limits))
 
     config = TrainConfig.from_json((run_dir / "train.json").read_text())
     events = read_progress(Path(config.progress_path))
