@@ -69,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"plan-job train: bad config {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    # torch's threads as the calibration chose them (jobs.node.threads), before torch is
-    # imported here or in a user's command.
-    threads.apply()
+    # torch's threads as the calibration chose them (jobs.node.threads): before torch is
+    # imported here or in a user's command, or told where it is in already (a caller's
+    # process): a run's jobs must all take the same count, or a resumed run's reductions
+    # would not add up as an uninterrupted one's do.
+    threads.apply(sys.modules.get("torch"))
     if config.work.command:  # the user's own training command: jobs.training.command runs it
         from jobs.training.command import run_training
 
