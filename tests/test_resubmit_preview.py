@@ -32,8 +32,7 @@ def test_preview_from_the_run_folder_alone(tmp_path: Path) -> None:
     # What it could not, each named.
     assert (
         "not read whether a job of the run is still queued or running, and the running job's "
-        "end (no Slurm client here (squeue: command not found)); the preview takes every job as "
-        "ended"
+        "end (no Slurm client here (squeue is not on PATH)); the preview takes every job as ended"
     ) in out
     assert "the jobs' final states, exit codes and elapsed times (sacct, scontrol): inferred" in out
     assert (

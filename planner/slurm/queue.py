@@ -16,9 +16,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from planner.errors import CommandError, SlurmUnavailableError, UnknownJobError
+from planner.errors import (
+    CommandError,
+    ControllerUnreachableError,
+    SlurmUnavailableError,
+    UnknownJobError,
+)
 from planner.shell import CommandResult, run_command
-from planner.slurm.client import classify
+from planner.slurm.client import classify, client_status
 
 Runner = Callable[[Sequence[str]], CommandResult]
 
@@ -178,6 +183,8 @@ def queued(job_ids: Iterable[str], runner: Runner | None = None) -> dict[str, Sl
     ids = [job_id for job_id in dict.fromkeys(job_ids) if job_id]
     if not ids:
         return {}
+    if runner is None:
+        _answering("squeue")
     run = runner or run_command
     argv = ["squeue", "-h", "-j", ",".join(ids), "-o", SQUEUE_FORMAT]
     try:
@@ -192,6 +199,14 @@ def queued(job_ids: Iterable[str], runner: Runner | None = None) -> dict[str, Sl
 
 def find_job(job_id: str, runner: Runner | None = None) -> SlurmJob:
     """The job as scontrol knows it, else as sacct recorded it; UnknownJobError if neither."""
+    if runner is None:
+        try:
+            _answering("scontrol")
+        except SlurmUnavailableError as exc:
+            raise type(exc)(
+                f"job {job_id}: {exc}; or pass the run folder, its progress.jsonl or a "
+                f"trainer_state.json instead"
+            ) from exc
     run = runner or run_command
     errors = []
     try:
@@ -248,6 +263,20 @@ def _script_of(submit_line: str, workdir: str) -> str | None:
         return None  # --wrap, or a script from stdin
     path = Path(scripts[0])
     return str(path if path.is_absolute() or not workdir else Path(workdir) / path)
+
+
+def _answering(command: str) -> None:
+    """SlurmUnavailableError at once when ``command`` cannot run or the controller does not
+    answer a ping: squeue and scontrol would retry a dead controller for ~MessageTimeout
+    seconds per call (eta --watch and the progress bar call them every refresh)."""
+    status = client_status((command,))
+    what = "run plan-job where the Slurm client works (the login node)"
+    if status.kind == "missing":
+        raise SlurmUnavailableError(f"no Slurm client here ({status.reason}): {what}")
+    if status.kind == "unreachable":
+        raise ControllerUnreachableError(
+            f"Slurm's controller does not answer (scontrol ping: {status.reason}): {what}"
+        )
 
 
 def _unavailable(exc: CommandError) -> SlurmUnavailableError:
