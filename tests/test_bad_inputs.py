@@ -399,6 +399,8 @@ RECORDS = [
         ("samples_per_step",),
     ),
     Case("record-step-times-text", record_with(measured("step_times_s", "x")), ("step_times",)),
+    Case("record-threads-negative", record_with(measured("torch_threads", -1)), ("torch_threads",)),
+    Case("record-compile-cache", record_with(measured("compile_cache", "hot")), ("compile_cache",)),
     Case(
         "record-step-times-nan",
         record_with(measured("step_times_s", [NAN, 1.0])),
@@ -833,7 +835,7 @@ def test_damage_a_reader_goes_past_is_no_traceback(case: Case, tmp_path: Path) -
 
 def test_the_table_is_wide() -> None:
     """The sweep covers every kind of input; the count is reported in the issue's notes."""
-    assert len(EXIT_2) + len(TOLERATED) >= 170
+    assert len(EXIT_2) + len(TOLERATED) >= 188
 
 
 @pytest.fixture

@@ -20,7 +20,11 @@ from planner.errors import RecordFieldError
 # as a negative value.
 _POSITIVE = {"step_mean_s", "step_median_s", "samples_per_step", "target_ci", "ranks", "nodes"}
 _POSITIVE_POINT = {"nodes", "ranks", "tasks_per_node", "grad_accum", "step_mean_s"}
-_ALLOWED = {"stopped_by": STOP_REASONS, "device_kind": ("cpu", "cuda")}
+_ALLOWED = {
+    "stopped_by": STOP_REASONS,
+    "device_kind": ("cpu", "cuda"),
+    "compile_cache": ("", "cold", "warm", "partly warm", "unknown"),
+}
 # Beyond these a value was not measured: a duration of more than a year, a model of more
 # than a quadrillion parameters, a count past 64 bits.
 YEAR_S = 365 * 86_400.0
@@ -33,7 +37,7 @@ def check_measurement(m: Measurement, source: str) -> None:
         value = getattr(m, f.name)
         _check_value(f"measurement.{f.name}", value, str(f.type), source, f.name in _POSITIVE)
         if f.name in _ALLOWED and value not in _ALLOWED[f.name]:
-            allowed = ", ".join(_ALLOWED[f.name])
+            allowed = ", ".join(v or "''" for v in _ALLOWED[f.name])
             _fail(f"measurement.{f.name}", value, f"allowed: {allowed}", source)
     if m.steady_steps > m.steps_run:
         rule = "must be <= measurement.steps_run"
