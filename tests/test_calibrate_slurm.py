@@ -88,7 +88,9 @@ def test_tiny_jit_calibrates_on_the_cluster(slurm_cluster: SlurmCluster, tmp_pat
     assert proc.returncode == 0, proc.stderr
     record = check_sane(tmp_path / "cal.yaml", "jit", "slurm")
     assert record.job.job_id.isdigit()
-    assert record.job.queue_wait_s is not None and 0 <= record.job.queue_wait_s < 30
+    # Queued for part of the job's submit-to-result time, never more (same run's clock).
+    assert record.job.queue_wait_s is not None
+    assert 0 <= record.job.queue_wait_s < record.job.wall_s
     assert record.measurement.host == slurm_cluster.hostname
     assert f"job {record.job.job_id} RUNNING on n" in proc.stderr
     assert accounted_state(record.job.job_id) == "COMPLETED"
