@@ -88,7 +88,9 @@ def test_steps_saves_and_evaluations_account_for_the_training_time(
     start, stop = found[0], found[-1]
     spent = sum(e.get("step_s", 0.0) + e.get("save_s", 0.0) + e.get("eval_s", 0.0) for e in found)
     assert spent > 60 * 0.02
-    # What is left: the probe save before the first step, and writing the last lines: a
-    # small share of the whole, measured in the same run (a loaded machine slows both).
+    # What is left: the probe save before the first step, and writing the last lines: 2-4%
+    # of the whole on a quiet machine, 14% seen under load (a stall outside the steps). Had
+    # the steps' times missed the loop's own work, the 60 slow progress writes alone would
+    # leave about 60% unaccounted: the share separates the two, whatever the load.
     left = stop["time"] - start["time"] - spent
-    assert 0 <= left < 0.1 * (stop["time"] - start["time"])
+    assert 0 <= left < 0.3 * (stop["time"] - start["time"])
