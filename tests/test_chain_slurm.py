@@ -19,6 +19,7 @@ import torch
 
 from jobs.contract.train_config import TrainConfig
 from jobs.progress import read_progress
+from planner.slurm.partition import parse_slurm_duration
 from tests.cli_helpers import REPO, cli_env, run_cli, write_spec
 from tests.cli_helpers import paced_spec as shared_paced_spec
 from tests.slurm_cluster import SlurmCluster
@@ -54,10 +55,7 @@ def time_limits(folder: Path) -> list[str]:
 def chain_bound_s(limits: list[str]) -> float:
     """How long a chain of jobs with these --time limits can take, generously: no job runs
     past its limit, so twice their sum and two minutes of scheduling per job."""
-    total = 0
-    for limit in limits:
-        hours, minutes, seconds = (int(part) for part in limit.split(":"))
-        total += (hours * 60 + minutes) * 60 + seconds
+    total = sum(parse_slurm_duration(limit) or 0 for limit in limits)  # "1", "00:03:00"
     return 2.0 * total + 120.0 * len(limits)
 
 
