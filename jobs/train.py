@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from pathlib import Path
 
 from jobs.contract.failure import EXIT_REFUSED
 from jobs.contract.train_config import TrainConfig
+from jobs.node import threads
 from jobs.node.signals import STOP_SIGNALS, StopRequest
 from jobs.node.watchdog import make_watchdog
 from jobs.node.world import detect
@@ -80,11 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = TrainConfig.from_json(args.config.read_text(encoding="utf-8"))
         stop_at = args.stop_at if args.stop_at is not None else _stop_at_from_env()
+        if stop_at is not None and not math.isfinite(stop_at):
+            raise ValueError(f"--stop-at {stop_at} is not Unix seconds")
     except (OSError, ValueError) as exc:
         print(f"plan-job train: bad config {args.config}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.restart_from_scratch:
         config = dataclasses.replace(config, restart_from_scratch=True)
+    # torch's threads as the calibration chose them (jobs.node.threads): before torch is
+    # imported here or in a user's command, or told where it is in already (a caller's
+    # process): a run's jobs must all take the same count, or a resumed run's reductions
+    # would not add up as an uninterrupted one's do.
+    threads.apply(sys.modules.get("torch"))
     if config.work.command:  # the user's own training command: jobs.training.command runs it
         from jobs.training.command import run_training
 
@@ -117,9 +126,12 @@ def _stop_at_from_env() -> float | None:
     if not text:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise ValueError(f"${STOP_AT_ENV}={text!r} is not Unix seconds") from None
+        value = math.nan
+    if not math.isfinite(value):  # "nan" and "inf" parse, and would never stop the run
+        raise ValueError(f"${STOP_AT_ENV}={text!r} is not Unix seconds")
+    return value
 
 
 __all__ = [

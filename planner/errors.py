@@ -9,6 +9,7 @@ CommandError (a shell command failed) is neither until a caller decides (exit 1 
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,22 @@ from typing import Any
 
 class PlanJobError(Exception):
     """Base of every error plan-job raises on purpose."""
+
+
+# What an error message echoes of a value: enough to recognise it, never the whole of a huge
+# one (a 300-character name, a list of a million values, an alias bomb's expansion).
+_ECHO = reprlib.Repr()
+_ECHO.maxstring = 120
+_ECHO.maxother = 120
+_ECHO.maxlist = _ECHO.maxtuple = _ECHO.maxdict = _ECHO.maxset = 8
+_ECHO.maxlevel = 3
+ECHO_LIMIT = 200
+
+
+def shown(value: Any) -> str:
+    """repr(value) for a message, cut to ECHO_LIMIT characters without walking all of it."""
+    text = _ECHO.repr(value)
+    return text if len(text) <= ECHO_LIMIT else text[: ECHO_LIMIT - 3] + "..."
 
 
 # --- bad input (exit 2) ---------------------------------------------------------------------
@@ -34,7 +51,7 @@ class SpecError(BadInputError):
         self.allowed = allowed
         self.source = source
         where = f"{source}: " if source else ""
-        super().__init__(f"{where}{field}: got {value!r}; {allowed}")
+        super().__init__(f"{where}{field}: got {shown(value)}; {allowed}")
 
 
 class UnknownKeysError(SpecError):
@@ -84,7 +101,13 @@ class DeadlineError(SpecError):
 
 
 class SlurmUnavailableError(BadInputError):
-    """--executor slurm was asked for on a machine without a working Slurm client."""
+    """Slurm cannot be asked here: no client, a client that cannot run, or (the subclass) a
+    controller that does not answer. The planning commands go on without it; the ones that
+    submit stop (exit 2)."""
+
+
+class ControllerUnreachableError(SlurmUnavailableError):
+    """Slurm's client is installed but its controller does not answer (or cannot be found)."""
 
 
 class UnknownJobError(BadInputError):
@@ -93,6 +116,10 @@ class UnknownJobError(BadInputError):
 
 class RunFolderExistsError(BadInputError):
     """emit would overwrite an earlier run's scripts (and the record of their jobs)."""
+
+
+class RunFolderBusyError(BadInputError):
+    """Another plan-job process is writing the same run folder at this moment."""
 
 
 class UnsafeRunFolderError(BadInputError):

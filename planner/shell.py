@@ -15,6 +15,12 @@ from planner.errors import CommandError
 
 log = logging.getLogger(__name__)
 
+# Exit codes a shell gives the same failures: a command it cannot find, one it cannot run
+# (not executable, not a program), one killed by timeout(1).
+EXIT_NOT_FOUND = 127
+EXIT_NOT_RUNNABLE = 126
+EXIT_TIMED_OUT = 124
+
 
 def command_text(*argv: object) -> str:
     """A command as a user types it: every word shlex.quote'd (``plan-job submit 'my run'``)."""
@@ -52,9 +58,15 @@ def run_command(
             check=False,
         )
     except FileNotFoundError as exc:
-        raise CommandError(argv, 127, "", f"{argv[0]}: command not found") from exc
+        raise CommandError(argv, EXIT_NOT_FOUND, "", f"{argv[0]}: command not found") from exc
     except subprocess.TimeoutExpired as exc:
-        raise CommandError(argv, 124, "", f"timed out after {timeout:g} s") from exc
+        raise CommandError(argv, EXIT_TIMED_OUT, "", f"timed out after {timeout:g} s") from exc
+    except OSError as exc:
+        # A file on PATH that is not executable (PermissionError), not a program (ENOEXEC),
+        # a folder: the command is there but cannot run, which is not a traceback's matter.
+        found = exc.filename or argv[0]
+        why = exc.strerror or type(exc).__name__
+        raise CommandError(argv, EXIT_NOT_RUNNABLE, "", f"{found}: cannot run it: {why}") from exc
     result = CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
     log.debug("%s -> %d\nstdout: %s\nstderr: %s", argv, proc.returncode, proc.stdout, proc.stderr)
     if check and not result.ok:

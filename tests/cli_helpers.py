@@ -96,6 +96,7 @@ def check_sane(record_path: Path, workload: str, executor: str) -> CalibrationRe
     assert d.samples_per_s == pytest.approx(m.samples_per_step / m.step_mean_s)
     assert d.tokens_per_s == pytest.approx(d.samples_per_s * m.tokens_per_sample)
     assert d.mfu is None  # no peak is known for a CPU unless the spec gives one
+    assert m.torch_threads >= 1 and m.threads_why  # chosen for the job's cores, and said
     assert record.job.executor == executor
     assert Path(record.job.stderr).exists()
     return record

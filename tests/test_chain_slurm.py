@@ -19,6 +19,7 @@ import torch
 
 from jobs.contract.train_config import TrainConfig
 from jobs.progress import read_progress
+from planner.slurm.partition import parse_slurm_duration
 from tests.cli_helpers import REPO, cli_env, run_cli, write_spec
 from tests.cli_helpers import paced_spec as shared_paced_spec
 from tests.slurm_cluster import SlurmCluster
@@ -49,6 +50,13 @@ def time_limits(folder: Path) -> list[str]:
         for match in [re.search(r"^#SBATCH --time=(\S+)$", script.read_text(), re.M)]
         if match
     ]
+
+
+def chain_bound_s(limits: list[str]) -> float:
+    """How long a chain of jobs with these --time limits can take, generously: no job runs
+    past its limit, so twice their sum and two minutes of scheduling per job."""
+    total = sum(parse_slurm_duration(limit) or 0 for limit in limits)  # "1", "00:03:00"
+    return 2.0 * total + 120.0 * len(limits)
 
 
 def wait_for_chain(job_ids: list[str], timeout_s: float) -> None:
@@ -99,30 +107,33 @@ def test_a_run_longer_than_max_time_chains_to_the_last_step(
     workdir = tmp_path / HOSTILE
     workdir.mkdir()
     # 950 steps of at least 0.2 s: 190 s, more than a 3-minute job can hold even when its
-    # signal comes late, so the second segment is needed whatever the machine's speed.
+    # signal comes late, so a second segment is needed whatever the machine's speed; a
+    # machine under load calibrates a slower step and plans more.
     spec = write_spec(workdir, {**paced_spec(3800), "name": HOSTILE})
     run_dir = workdir / "runs" / HOSTILE
     proc = run_cli(
         ["emit", str(spec), "--calibration", str(calibrated), "-o", str(run_dir)], cwd=workdir
     )
     assert proc.returncode == 0, proc.stderr
-    assert "2 jobs chained with afterany" in " ".join(proc.stdout.split())  # may wrap
     limits = time_limits(run_dir)
-    assert len(limits) == 2 and all(limit <= "00:03:00" for limit in limits), limits
+    assert len(limits) >= 2 and all(limit <= "00:03:00" for limit in limits), limits
+    assert f"{len(limits)} jobs chained with afterany" in " ".join(proc.stdout.split())
 
     proc = run_cli(["submit", str(run_dir)], cwd=workdir)
     assert proc.returncode == 0, proc.stderr
-    job_ids = re.findall(r"submitted segment \d: job (\d+)", proc.stderr)
-    assert len(job_ids) == 2
-    wait_for_chain(job_ids, timeout_s=420)
+    job_ids = re.findall(r"submitted segment \d+: job (\d+)", proc.stderr)
+    assert len(job_ids) == len(limits)
+    wait_for_chain(job_ids, timeout_s=chain_bound_s(limits))
 
     config = TrainConfig.from_json((run_dir / "train.json").read_text())
     events = read_progress(Path(config.progress_path))
     starts = [e for e in events if e["event"] == "start"]
     stops = [e for e in events if e["event"] == "stop"]
     logs = "\n".join(p.read_text() for p in sorted((run_dir / "logs").iterdir()))
-    assert [s["job_id"] for s in starts] == job_ids, logs
-    assert [s["restart"] for s in starts] == [0, 1]
+    # Every job that found steps to do started, in order (one planned for a slower machine
+    # than the run found may find the run done).
+    assert len(starts) >= 2 and [s["job_id"] for s in starts] == job_ids[: len(starts)], logs
+    assert [s["restart"] for s in starts] == list(range(len(starts)))
     assert stops[0]["reason"] in ("signal", "time_limit") and 0 < stops[0]["step"] < 950, logs
     assert stops[-1] == {**stops[-1], "reason": "done", "step": 950}
     assert any(e["event"] == "resume" and e["step"] == stops[0]["step"] for e in events)

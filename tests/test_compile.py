@@ -167,7 +167,9 @@ def test_calibration_times_the_eager_step_and_the_compile(tmp_path: Path) -> Non
     spec = parse_spec({**SPEC, "workload": COMPILED})
     record = make_record(spec, m, record_for(spec).job)
     assert "torch.compile" in calibration_table(record)
-    assert f"median of {m.eager_steps} before compiling" in calibration_table(record)
+    assert f"median of {m.eager_steps} before compiling" in " ".join(
+        calibration_table(record).split()
+    )
 
 
 def test_a_compiled_run_resumes_eagerly_and_the_other_way(tmp_path: Path) -> None:
@@ -210,3 +212,53 @@ def test_resubmit_charges_the_compile_when_only_the_first_job_was_seen() -> None
     loaded = JobTiming("12", False, None, 4.0)
     cost, source = _resume(plan, None, [first, loaded], {"11": 1000.0}, [])
     assert (cost, source) == (pytest.approx(66.0), "run")
+
+
+def test_the_calibration_compiles_cold_whatever_the_nodes_cache_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The user's own cache (here a folder of the test's) is neither read nor filled: the
+    # compile the plan charges is the cold one a run's first job pays on a fresh node, and
+    # the warm one is timed after it from the calibration's private cache.
+    users = tmp_path / "users-cache"
+    users.mkdir()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(users))
+    m = harness.calibrate(_request(tmp_path))
+    assert m.compile_cache == "cold"
+    assert 0 < m.compile_warm_s < 0.8 * m.compile_s  # measured in the same run
+    assert not any(users.iterdir())
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(users)  # put back
+    spec = parse_spec({**SPEC, "workload": COMPILED})
+    record = make_record(spec, m, record_for(spec).job)
+    assert "cold cache (compiled in an empty inductor/Triton cache" in " ".join(
+        calibration_table(record).split()
+    )
+    plan = plan_for(spec_with(plan__max_nodes=1, workload=COMPILED), record=record)
+    table = " ".join(plan_table(plan).split())
+    assert "(cold: the first job compiles from nothing on a fresh node" in table
+
+
+def test_a_time_limit_during_the_compile_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # submitit's handler of the time-limit signal raises UncompletedJobError in whatever
+    # runs; inside torch.compile that is dynamo, which wraps it in its own error. It is the
+    # time limit, not a compiler that fails.
+    from submitit.core.utils import UncompletedJobError
+
+    from jobs.node import compiling
+
+    def signal_arrives(_graph: Any, _inputs: Any) -> Any:
+        raise UncompletedJobError("the time-limit signal (USR2)")
+
+    def compile_model(workload: Any, device: Any, torch_: Any) -> None:
+        workload.model.compile(backend=signal_arrives)
+
+    monkeypatch.setattr(compiling, "compile_model", compile_model)
+    with pytest.raises(NodeError) as failed:
+        harness.calibrate(_request(tmp_path))
+    assert failed.value.kind == "time_limit"
+    text = str(failed.value)
+    assert "reached its time limit while torch.compile compiled the model" in text
+    assert "cold compile" in text and "calibration.time_limit_minutes" in text
+    assert "workload.compile: false" not in text

@@ -17,7 +17,7 @@ import torch
 from jobs.contract.checkpoint_owner import read_owner
 from tests.cli_helpers import paced_spec, run_cli, write_spec
 from tests.slurm_cluster import SlurmCluster
-from tests.test_chain_slurm import wait_for_chain
+from tests.test_chain_slurm import chain_bound_s, time_limits, wait_for_chain
 
 pytestmark = pytest.mark.slurm
 
@@ -54,7 +54,7 @@ def test_a_run_that_fails_at_once_shows_its_final_state(
     job_ids = re.findall(r"submitted segment \d+: job (\d+)", proc.stderr)
     owner = read_owner(tmp_path / "ck")
     assert owner is not None and owner.run_dir == str((tmp_path / "run").resolve())
-    wait_for_chain(job_ids, timeout_s=180)
+    wait_for_chain(job_ids, timeout_s=chain_bound_s(time_limits(tmp_path / "run")))
 
     for args in (
         ["eta", "run"],

@@ -32,14 +32,20 @@ def test_the_calibration_times_its_job_script_and_srun(
     assert setup[0] == f'export {JOB_START_ENV}="$(date +%s.%N)"'
     # The script's exit trap writes its end where the login node looks for it.
     script = "\n".join([*setup, "echo working"])
+    before = time.time()
     subprocess.run(["bash", "-c", script], env={"SLURM_JOB_ID": "42", "PATH": "/usr/bin:/bin"})
+    after = time.time()
     ended = float((folder / "job-end-42").read_text())
-    assert abs(ended - time.time()) < 5
+    assert before <= ended <= after  # `date` has a clock of its own, but the same one
     monkeypatch.delenv(JOB_START_ENV, raising=False)
     assert host.job_start_s(age_s=1.0) == 0.0  # a local job: nothing to measure
     # The script started 5 s ago and this process 1 s ago: 4 s of script and srun.
-    monkeypatch.setenv(JOB_START_ENV, f"{time.time() - 5.0:.6f}")
-    assert host.job_start_s(age_s=1.0) == pytest.approx(4.0, abs=0.1)
+    started = time.time() - 5.0
+    monkeypatch.setenv(JOB_START_ENV, f"{started:.6f}")
+    asked = time.time()
+    found = host.job_start_s(age_s=1.0)
+    answered = time.time()
+    assert asked - started - 1.0 - 1e-5 <= found <= answered - started - 1.0 + 1e-5
     monkeypatch.setenv(JOB_START_ENV, "soon")
     assert host.job_start_s(age_s=1.0) == 0.0
 
@@ -82,5 +88,9 @@ def test_steps_saves_and_evaluations_account_for_the_training_time(
     start, stop = found[0], found[-1]
     spent = sum(e.get("step_s", 0.0) + e.get("save_s", 0.0) + e.get("eval_s", 0.0) for e in found)
     assert spent > 60 * 0.02
-    # What is left: the probe save before the first step, and writing the last lines.
-    assert 0 <= stop["time"] - start["time"] - spent < 0.3
+    # What is left: the probe save before the first step, and writing the last lines: 2-4%
+    # of the whole on a quiet machine, 14% seen under load (a stall outside the steps). Had
+    # the steps' times missed the loop's own work, the 60 slow progress writes alone would
+    # leave about 60% unaccounted: the share separates the two, whatever the load.
+    left = stop["time"] - start["time"] - spent
+    assert 0 <= left < 0.3 * (stop["time"] - start["time"])

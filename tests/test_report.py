@@ -481,7 +481,9 @@ def test_plain_example_stops_before_the_stop_time(
 
     torch.optim.AdamW(torch.nn.Linear(1, 1).parameters())
     example = load_example(PLAIN)
-    stop_at = time.time() + 1.5
+    # 1000 steps of 50 ms against a stop 6 s away: it stops part-way, whatever the load does
+    # to the time before its first step.
+    stop_at = time.time() + 6.0
     for name, value in command_fields.environment(job(tmp_path, 1000, stop_at=stop_at)).items():
         monkeypatch.setenv(name, value)
     assert example.main(["--sleep-ms", "50"]) == 0

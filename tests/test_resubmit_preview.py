@@ -32,10 +32,13 @@ def test_preview_from_the_run_folder_alone(tmp_path: Path) -> None:
     # What it could not, each named.
     assert (
         "not read whether a job of the run is still queued or running, and the running job's "
-        "end (squeue failed (squeue: command not found)); the preview takes every job as ended"
+        "end (no Slurm client here (squeue is not on PATH)); the preview takes every job as ended"
     ) in out
     assert "the jobs' final states, exit codes and elapsed times (sacct, scontrol): inferred" in out
-    assert "the partition's MaxTime now (scontrol not found): plan.yaml's from when the run" in out
+    assert (
+        "the partition's MaxTime now (no Slurm client here (scontrol: command not found)): "
+        "plan.yaml's from when the run"
+    ) in out
     # The preview itself: the scripts and the sbatch commands, nothing written or submitted.
     assert "# ===== segment-06.sbatch (not written) =====" in proc.stdout
     assert "# dry run: would submit" in proc.stdout

@@ -26,6 +26,7 @@ from jobs import train
 from jobs.contract.measurement import CalibrationRequest
 from jobs.contract.train_config import TrainConfig
 from jobs.contract.work import WORK_FIELDS, Work
+from jobs.node import threads
 from jobs.node.signals import StopRequest
 from jobs.progress import ProgressWriter, read_progress
 from jobs.training import builtin
@@ -112,6 +113,7 @@ def run_train(
 def run_in_process(config: Path, stop_at: float | None = None) -> int:
     """A job of the run in this process: the same code path past argument parsing, without
     waiting for torch's import, and with the stop time not at the mercy of that import."""
+    threads.apply(torch)  # as jobs.train's main does: every job of a run the same count
     parsed = TrainConfig.from_json(config.read_text())
     return builtin.train(parsed, stop_at, StopRequest())
 

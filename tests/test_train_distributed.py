@@ -194,7 +194,14 @@ def launch(
     return procs
 
 
-def finish(procs: dict[int, subprocess.Popen[str]], timeout: float = 120) -> dict[int, Any]:
+# Two ranks importing torch, building, stepping and saving on a 2-core machine under other
+# work (load 5-12 seen) take a minute or more; a generous multiple of that, still far below
+# the collective timeout (DEFAULT_TIMEOUT_S, 1800 s): a test that finishes within it was not
+# ended by that timeout.
+FINISH_S = 300.0
+
+
+def finish(procs: dict[int, subprocess.Popen[str]], timeout: float = FINISH_S) -> dict[int, Any]:
     """Each rank's (exit status, stdout, stderr); kills the stragglers of a failed test."""
     results = {}
     try:
@@ -234,7 +241,7 @@ def losses(folder: Path) -> dict[int, float]:
 
 
 def wait_for_step(folder: Path, step: int, procs: dict[int, subprocess.Popen[str]]) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + FINISH_S
     while not any(e["step"] >= step for e in events(folder, "step")):
         assert all(p.poll() is None for p in procs.values()), "a rank exited early"
         assert time.monotonic() < deadline, f"the run never got to step {step}"
@@ -536,9 +543,8 @@ def test_checkpoint_of_another_world_size_is_refused(tmp_path: Path, one_rank: P
 
 def test_a_failing_rank_fails_every_rank(tmp_path: Path) -> None:
     config = make_config(tmp_path, builder="tests.test_train_distributed:fails_on_rank_1")
-    start = time.monotonic()
-    results = finish(launch(config), timeout=60)
-    assert time.monotonic() - start < 50  # the peer's closed sockets, not the timeout
+    # Ended by the peer's closed sockets, not the collective timeout (see FINISH_S).
+    results = finish(launch(config))
     status, _, err = results[1]
     assert status == 1
     assert "rank 1/2 on" in err
@@ -593,7 +599,7 @@ def test_srun_on_two_nodes_matches_the_local_two_ranks(
         ],
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=2 * 120 + 120,  # twice the job's --time, and two minutes to be scheduled
         check=False,
     )
     output = log.read_text() if log.exists() else ""

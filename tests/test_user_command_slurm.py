@@ -16,7 +16,7 @@ from jobs.progress import read_progress
 from planner.calibration.record import load_record
 from tests.cli_helpers import REPO, cli_env, run_cli, write_spec
 from tests.slurm_cluster import SlurmCluster
-from tests.test_chain_slurm import wait_for_chain
+from tests.test_chain_slurm import chain_bound_s, time_limits, wait_for_chain
 from tests.test_resubmit import killed_at_one_minute, wait_for_steps
 
 EXAMPLE = REPO / "examples" / "user_train_plain.py"
@@ -109,17 +109,17 @@ def test_a_user_script_calibrates_times_out_resubmits_and_finishes(
     assert proc.returncode == 0, proc.stderr
     first, *spare = re.findall(r"submitted segment \d: job (\d+)", proc.stderr)
     progress = run / "progress.jsonl"
-    wait_for_steps(progress, 40, timeout_s=90)
+    wait_for_steps(progress, 40, timeout_s=chain_bound_s(time_limits(run)[:1]))
     if spare:
         subprocess.run(["scancel", *spare], check=True)  # resubmit is what this test is about
-    wait_for_chain([first, *spare], timeout_s=150)
+    wait_for_chain([first, *spare], timeout_s=chain_bound_s(time_limits(run)[:1]))
 
-    proc = run_cli(["resubmit", str(run)], cwd=tmp_path, timeout=60)
+    proc = run_cli(["resubmit", str(run)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"job {first} TIMEOUT" in proc.stdout, proc.stdout
     resubmitted = re.findall(r"submitted segment \d+: job (\d+)", proc.stderr)
     assert resubmitted, proc.stderr
-    wait_for_chain(resubmitted, timeout_s=180)
+    wait_for_chain(resubmitted, timeout_s=chain_bound_s(time_limits(run)))
 
     events = read_progress(progress)
     logs = "\n".join(p.read_text() for p in sorted((run / "logs").iterdir()))

@@ -34,7 +34,7 @@ from jobs.calibration.stats import steady_estimate
 from jobs.calibration.steps import run_steps, time_evaluation
 from jobs.contract.failure import NodeError
 from jobs.contract.measurement import CalibrationRequest, Measurement
-from jobs.node import compiling, data_parallel, runtime
+from jobs.node import compiling, data_parallel, runtime, threads
 from jobs.node.group import Group, select_gpu, start
 from jobs.node.world import World, detect
 from jobs.workloads.base import Workload
@@ -55,11 +55,13 @@ def calibrate(request: CalibrationRequest) -> Measurement:
     import torch
 
     imported = time.perf_counter()
+    # Before the workload is built: the run's jobs.train makes the same choice.
+    threading = threads.apply(torch)
     try:
         world = detect(os.environ)
     except ValueError as exc:
         raise NodeError("distributed", f"bad launch environment: {exc}") from exc
-    clock = _Clock(age_at_entry, launched_s, entry, imported)
+    clock = _Clock(age_at_entry, launched_s, entry, imported, threading)
     if world.size == 1:
         return _calibrate(request, world, clock, torch)
     try:
@@ -74,6 +76,7 @@ class _Clock:
     launched_s: float  # the batch script's start to this process's
     entry: float  # perf_counter() at the call
     imported: float  # perf_counter() once torch was imported
+    threads: threads.ThreadChoice
 
 
 def _calibrate(request: CalibrationRequest, world: World, clock: _Clock, torch: Any) -> Measurement:
@@ -112,13 +115,11 @@ def _calibrate_on(
     built = time.perf_counter()
     joining_s = (started - starting) + (built - made) if group.size > 1 else 0.0
     try:
-        eager: list[float] = []
-        compiled_first = 0.0
+        compiled: compiling.CompileTiming | None = None
         if request.work.compile:
             steps_of = functools.partial(run_steps, workload, sync=sync, group=group)
-            eager, compiled_first = compiling.eager_then_compiled(
-                workload, request, device, torch, steps_of
-            )
+            compiled = compiling.eager_then_compiled(workload, request, device, torch, steps_of)
+        eager = compiled.eager_step_times if compiled else []
         steps_began = time.time()
         steps = run_steps(workload, request, sync, group)
         eval_first_s, eval_s = time_evaluation(workload, request, sync, group.world.rank)
@@ -140,13 +141,15 @@ def _calibrate_on(
     own_startup_s = clock.age_at_entry + (first_step_at - clock.entry) - idle_s
     del workload  # freed for the training entry's own build on this device
     fresh = fresh_start.on_rank_0(request, est.warmup_steps, est.mean, group, device, torch)
-    compile_s = 0.0
-    if request.work.compile:
+    compile_s = compile_warm_s = 0.0
+    if compiled is not None:
         # What a compiling job pays beyond an eager one's warm-up (the eager steps paid the
         # kernels' first use): compiling and its first compiled step beyond steady, the
         # compiled steps' warm-up, and its first evaluation (another graph) beyond the next.
-        compile_s = max(compiled_first - est.mean, 0.0) + own_warmup_s
-        compile_s += max(eval_first_s - eval_s, 0.0)
+        beyond = own_warmup_s + max(eval_first_s - eval_s, 0.0)
+        compile_s = max(compiled.cold_s - est.mean, 0.0) + beyond
+        if compiled.warm_s:
+            compile_warm_s = max(compiled.warm_s - est.mean, 0.0) + beyond
     measurement = Measurement(
         host=socket.gethostname(),
         device_kind=device.type,
@@ -192,6 +195,8 @@ def _calibrate_on(
         harness_warmup_extra_s=own_warmup_s,
         fresh_steps=len(fresh.step_times),
         compile_s=compile_s,
+        compile_warm_s=compile_warm_s,
+        compile_cache=compiled.cache if compiled else "",
         eager_step_s=statistics.median(eager[1:] or eager) if eager else 0.0,
         eager_steps=len(eager),
         nodes=nodes,
@@ -203,6 +208,9 @@ def _calibrate_on(
         power_w=gpu_power.power_w,
         idle_power_w=gpu_power.idle_w,
         power_source=gpu_power.source,
+        step_raw_mean_s=est.raw_mean,
+        torch_threads=clock.threads.threads,
+        threads_why=clock.threads.why,
         returned_at=time.time(),
     )
     # Only after success: tearing down NCCL after a peer's failure can hang, and a failing

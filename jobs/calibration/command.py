@@ -53,6 +53,7 @@ from jobs.contract.command_fields import (
 )
 from jobs.contract.failure import NodeError
 from jobs.contract.measurement import CalibrationRequest, Measurement
+from jobs.node import threads
 
 ECHO_BYTES = 64 * 1024  # of the command's output, echoed to this job's stderr at the end
 
@@ -62,6 +63,8 @@ def calibrate_command(request: CalibrationRequest) -> Measurement:
     age_at_entry = host.process_age_s()
     launched_s = host.job_start_s(age_at_entry)
     entered = time.time()
+    # $OMP_NUM_THREADS for the command, as jobs.train sets it for the run's.
+    threading = threads.apply()
     trainer = request.work.report == "trainer_state"
     scratch = Path(request.scratch_dir)
     owns_scratch = not scratch.exists()
@@ -125,6 +128,7 @@ def calibrate_command(request: CalibrationRequest) -> Measurement:
         peak_rss=peak_rss,
         trainer=trainer,
         gpu_power=gpu_power,
+        threading=threading,
     )
 
 
@@ -159,6 +163,7 @@ def _measurement(
     peak_rss: int,
     trainer: bool,
     gpu_power: power.PowerReading,
+    threading: threads.ThreadChoice,
 ) -> Measurement:
     est = steady_estimate(timing.times)
     cut = est.warmup_steps
@@ -226,6 +231,9 @@ def _measurement(
         power_w=gpu_power.power_w,
         idle_power_w=gpu_power.idle_w,
         power_source=gpu_power.source,
+        step_raw_mean_s=est.raw_mean,
+        torch_threads=threading.threads,
+        threads_why=threading.why,
         returned_at=time.time(),
     )
 

@@ -26,16 +26,22 @@ class Slowdown:
     ratio: float
 
 
+# Share of the steady steps clipped at each end of the steady mean: `plan-job eta`'s rule
+# (planner.eta.steps), so the plan and the ETA mean the same thing by the steady step.
+WINSOR = 0.1
+
+
 @dataclass(frozen=True)
 class SteadyEstimate:
     warmup_steps: int  # steps before the steady state begins
     n: int  # steady steps
-    mean: float
+    mean: float  # winsorized at WINSOR each side: a transient spike does not move it
     median: float
-    std: float
+    std: float  # of the winsorized steps
     ci_half_width: float  # 95% confidence half-width of the mean
     p90: float
     slowdowns: tuple[Slowdown, ...] = ()
+    raw_mean: float = 0.0  # the plain mean of the steady steps, spike and all
 
     @property
     def ci_relative(self) -> float:
@@ -167,21 +173,43 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     return mean, t_quantile_975(n - 1) * sd / math.sqrt(n)
 
 
+def winsorize(values: Sequence[float], share: float = WINSOR) -> tuple[list[float], float]:
+    """Values clipped to the g-th smallest and largest, g = share x n; and g / n."""
+    n = len(values)
+    g = int(share * n)
+    if g == 0:
+        return list(values), 0.0
+    ordered = sorted(values)
+    low, high = ordered[g], ordered[n - g - 1]
+    return [min(max(v, low), high) for v in values], g / n
+
+
 def steady_estimate(step_times: Sequence[float]) -> SteadyEstimate:
-    """Cut the warm-up (warmup_cut) and describe the rest, slowdowns included."""
+    """Cut the warm-up (warmup_cut) and describe the rest, slowdowns included.
+
+    The mean is winsorized: the slowest and fastest 10% of the steady steps count as the
+    90th and 10th percentiles. A load spike during a short calibration (one stretched a
+    tiny JiT's mean to 48.9 ms against a 25.9 ms median, and every plan from it 2x) then
+    moves it no more than a spike in the run moves `eta`'s; a steady GPU step, whose spread
+    is a fraction of a percent, is left where it was. The CI is the batch-means interval of
+    the winsorized steps, widened by 1/(1 - 2 x share) (Tukey and McLaughlin's interval
+    for a trimmed mean)."""
     if len(step_times) < 2:
         raise ValueError("need at least two step times")
     cut = warmup_cut(step_times)
     steady = list(step_times[cut:])
-    mean, half = mean_ci(steady)
+    clipped, share = winsorize(steady)
+    mean, half = mean_ci(clipped)
+    half /= 1 - 2 * share
     p90 = statistics.quantiles(steady, n=10, method="inclusive")[-1] if len(steady) > 1 else mean
     return SteadyEstimate(
         warmup_steps=cut,
         n=len(steady),
         mean=mean,
         median=statistics.median(steady),
-        std=statistics.stdev(steady) if len(steady) > 1 else 0.0,
+        std=statistics.stdev(clipped) if len(steady) > 1 else 0.0,
         ci_half_width=half,
         p90=p90,
         slowdowns=slowdowns(steady, cut),
+        raw_mean=statistics.fmean(steady),
     )

@@ -57,7 +57,7 @@ def run_steps(
         except Exception as exc:
             if type(exc).__name__ == "OutOfMemoryError":
                 raise
-            if type(exc).__name__ == "UncompletedJobError":
+            if compiling.time_limit_in(exc):
                 # submitit's handler of the Slurm time-limit signal raises inside the step.
                 raise NodeError(
                     "time_limit",

@@ -13,6 +13,7 @@ a keyword given to the Reporter being the default for a variable that is absent.
 
 from __future__ import annotations
 
+import math
 import os
 import string
 from collections.abc import Mapping, Sequence
@@ -170,9 +171,12 @@ def stop_at_field(default: float | None) -> float | None:
     if not text.strip():
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise ValueError(f"${env_name('stop_at')}={text!r} is not Unix seconds") from None
+        value = math.nan
+    if not math.isfinite(value):  # "nan" and "inf" parse, and would never stop the run
+        raise ValueError(f"${env_name('stop_at')}={text!r} is not Unix seconds")
+    return value
 
 
 def env_rank() -> int:

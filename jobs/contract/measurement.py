@@ -117,8 +117,16 @@ class Measurement:
     # rank's median. () for one rank.
     allreduce_times: tuple[tuple[int, float], ...] = ()
     # (first step, last step, times the median) of slow stretches after the warm-up: noise
-    # such as a load spike, counted in the steady mean and its CI, not as warm-up.
+    # such as a load spike, not warm-up; the winsorized steady mean clips what fits in its
+    # slowest 10% of steps.
     slowdowns: tuple[tuple[int, int, float], ...] = ()
+    # The plain mean of the steady steps beside the winsorized step_mean_s (0.0: a record
+    # from before the steady mean was winsorized, whose step_mean_s is the plain one).
+    step_raw_mean_s: float = 0.0
+    # torch's CPU threads in the job (jobs.node.threads), and where the count came from;
+    # 0 and '': a record from before plan-job chose them.
+    torch_threads: int = 0
+    threads_why: str = ""
     # The calibration process's own start-up and warm-up (under submitit, the node's first
     # process to run the step), beside the training entry's above; steps that entry ran (0:
     # the figures above are the process's own: a user's command, or a record from before).
@@ -143,6 +151,13 @@ class Measurement:
     power_w: tuple[float, ...] = ()
     idle_power_w: tuple[float, ...] = ()
     power_source: str = ""
+    # compile_s is a cold compile (an empty inductor/Triton cache: what a run's first job
+    # pays on a fresh node); compile_warm_s the same with the graph in the cache, and
+    # compile_cache what the cold one found ("cold"; "warm"/"partly warm" where the cache
+    # is not the node's own, "unknown" where torch keeps no counts). 0.0 and '': not
+    # measured (eager, or a record from before).
+    compile_warm_s: float = 0.0
+    compile_cache: str = ""
 
     def __post_init__(self) -> None:
         # A record read back from YAML gives lists of lists: make them the declared tuples

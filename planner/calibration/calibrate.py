@@ -20,7 +20,13 @@ from planner.errors import BatchSplitError, JobFailedError, PartitionLimitError,
 from planner.model.scaling_fit import ScalingPoint, make_section
 from planner.runs.checkpoint_dir import check_writable
 from planner.slurm.partition import PartitionLimits, read_partition
-from planner.slurm.submission import JobRunner, JobStatus, check_submission, make_executor
+from planner.slurm.submission import (
+    JobRunner,
+    JobStatus,
+    check_submission,
+    make_executor,
+    submit_job,
+)
 from planner.spec.run_spec import RunSpec
 
 PROGRESS_FILE = "calibration-progress.jsonl"
@@ -213,14 +219,19 @@ def calibrate(
     submitted, JobError subclasses after.
     """
     check_node_counts(spec)
-    check_submission(spec)
+    partition = check_submission(spec)
     # The job's checkpoint probe writes there after its timed steps: a folder that cannot be
     # written would fail the job minutes in, not here in a second.
     check_writable(Path(spec.checkpoint.dir).resolve(), spec.source)
     if spec.calibration.executor == "slurm" and max(spec.calibration.nodes) > 1:
-        check_node_counts(spec, read_partition(spec.cluster.partition))
+        check_node_counts(spec, partition or read_partition(spec.cluster.partition))
     runs = calibration_runs(spec)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpecError(
+            "--jobs-dir", str(folder.parent), f"cannot make the job's folder: {exc.strerror}"
+        ) from None
     done: list[tuple[CalibrationRun, Measurement, JobInfo]] = []
     for index, run in enumerate(runs, start=1):
         run_folder = folder if len(runs) == 1 else folder / f"nodes-{run.nodes}"
@@ -248,7 +259,7 @@ def _calibrate_one(
     name = f"plan-job-cal-{spec.name}" + (f"-{run.nodes}n" if several else "")
     executor = make_executor(spec, folder, name, run.nodes, run.tasks_per_node)
     request = build_request(spec, folder, run.grad_accum)
-    job = executor.submit(entry.calibrate, request)
+    job = submit_job(executor, spec.calibration.executor, folder, entry.calibrate, request)
     runner = JobRunner(
         job,
         spec.calibration.executor,

@@ -5,8 +5,11 @@ It is the input of ``plan-job plan``; it is written atomically and read back wit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from planner.errors import SpecError
 from planner.model.scaling_fit import ScalingSection, section_from_dict
 from planner.spec.load import parse_spec
 from planner.spec.run_spec import RunSpec
+from planner.yaml_input import YamlInputError, load_yaml, read_text
 
 FORMAT = "plan-job/calibration/v1"
 
@@ -121,17 +125,46 @@ def default_record_path(spec: RunSpec) -> Path:
 
 def save_record(record: CalibrationRecord, path: Path) -> None:
     text = yaml.safe_dump(record.to_dict(), sort_keys=False, default_flow_style=None, width=100)
-    write_text_atomic(path, text)
+    try:
+        write_text_atomic(path, text)
+    except OSError as exc:
+        raise SpecError("-o", str(path), f"cannot write the record: {exc.strerror}") from None
+
+
+def check_record_path(path: Path) -> None:
+    """Before a calibration runs: that its record can be written at ``path`` (a folder that
+    can be made, a file name the filesystem takes, write permission). Leaves nothing."""
+    made: list[Path] = []
+    try:
+        if path.is_dir():
+            raise SpecError("-o", str(path), "is a folder: name the record's file")
+        probe = path.parent
+        while not probe.exists() and probe != probe.parent:
+            made.append(probe)
+            probe = probe.parent
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The name the atomic write will use: the longest one it needs.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise SpecError(
+            "-o", str(path), f"cannot write the record there: {exc.strerror or exc}"
+        ) from None
+    finally:
+        for folder in made:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def load_record(path: Path | str) -> CalibrationRecord:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(read_text(path))
     except OSError as exc:
         raise SpecError("--calibration", str(path), f"cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise SpecError("--calibration", str(path), f"not valid YAML: {exc}") from exc
+    except YamlInputError as exc:
+        raise SpecError("--calibration", str(path), str(exc)) from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
         raise SpecError(

@@ -20,7 +20,16 @@ from planner.errors import RecordFieldError
 # as a negative value.
 _POSITIVE = {"step_mean_s", "step_median_s", "samples_per_step", "target_ci", "ranks", "nodes"}
 _POSITIVE_POINT = {"nodes", "ranks", "tasks_per_node", "grad_accum", "step_mean_s"}
-_ALLOWED = {"stopped_by": STOP_REASONS, "device_kind": ("cpu", "cuda")}
+_ALLOWED = {
+    "stopped_by": STOP_REASONS,
+    "device_kind": ("cpu", "cuda"),
+    "compile_cache": ("", "cold", "warm", "partly warm", "unknown"),
+}
+# Beyond these a value was not measured: a duration of more than a year, a model of more
+# than a quadrillion parameters, a count past 64 bits.
+YEAR_S = 365 * 86_400.0
+_MAXIMA = {"params": 10**15}
+_INT64_MAX = 2**63 - 1
 
 
 def check_measurement(m: Measurement, source: str) -> None:
@@ -28,7 +37,7 @@ def check_measurement(m: Measurement, source: str) -> None:
         value = getattr(m, f.name)
         _check_value(f"measurement.{f.name}", value, str(f.type), source, f.name in _POSITIVE)
         if f.name in _ALLOWED and value not in _ALLOWED[f.name]:
-            allowed = ", ".join(_ALLOWED[f.name])
+            allowed = ", ".join(v or "''" for v in _ALLOWED[f.name])
             _fail(f"measurement.{f.name}", value, f"allowed: {allowed}", source)
     if m.steady_steps > m.steps_run:
         rule = "must be <= measurement.steps_run"
@@ -78,13 +87,19 @@ def _check_value(
             _fail(field, value, "must be > 0", source)
         if value < 0:
             _fail(field, value, "must be >= 0", source)
+        name = field.rpartition(".")[2]
+        if name.endswith("_s") and value > YEAR_S:
+            _fail(field, value, "must be at most a year of seconds (3.15e7)", source)
+        most = _MAXIMA.get(name, _INT64_MAX)
+        if value > most:
+            _fail(field, value, f"must be at most {most:.3g}", source)
     elif base == "str":
         if not isinstance(value, str):
             _fail(field, value, "must be a string", source)
     elif base.startswith("tuple[float"):
         for item in value:
             bad = isinstance(item, bool) or not isinstance(item, int | float)
-            if bad or not math.isfinite(item) or item < 0:
+            if bad or not math.isfinite(item) or not 0 <= item <= YEAR_S:
                 unit = "watts" if field.endswith("power_w") else "seconds"
                 _fail(field, item, f"every entry must be a number of {unit} >= 0", source)
     elif base.startswith("tuple[tuple[int, float]"):

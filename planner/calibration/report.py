@@ -21,6 +21,17 @@ def _compile_rows(record: CalibrationRecord) -> list[tuple[str, str]]:
     if not record.spec.workload.compile:
         return []
     text = f"{fmt_duration(m.compile_s)} per job start (first compiled step and evaluation)"
+    if m.compile_cache:
+        text += (
+            f", {m.compile_cache} cache (compiled in an empty inductor/Triton cache, as a "
+            "run's first job on a fresh node does"
+            + (
+                f"; {fmt_duration(m.compile_warm_s)} with the graph cached"
+                if m.compile_warm_s
+                else ""
+            )
+            + ")"
+        )
     if m.eager_step_s > 0:
         text += (
             f"; eager step {fmt_duration(m.eager_step_s)} (median of {m.eager_steps} before "
@@ -42,6 +53,7 @@ def calibration_table(
     )
     rows = [
         ("device", f"{m.device_name} ({m.device_kind}) on {m.host}"),
+        *_threads_rows(m.torch_threads, m.threads_why),
         (
             "workload",
             (
@@ -64,6 +76,7 @@ def calibration_table(
             f" (95% CI, {m.steady_steps} steps; median "
             f"{fmt_duration(m.step_median_s)}, p90 {fmt_duration(m.step_p90_s)})",
         ),
+        *_clipped_rows(m.step_mean_s, m.step_raw_mean_s),
         ("stopped by", _STOP_TEXT[m.stopped_by].format(target=target)),
         *_weak_rows(m.step_ci_relative, m.target_ci),
         (
@@ -164,6 +177,36 @@ def scaling_table(section: ScalingSection, width: int | None = None) -> str:
     return fit_table(scaling_rows(section), headers, width=width)
 
 
+def _threads_rows(count: int, why: str) -> list[tuple[str, str]]:
+    if count <= 0:
+        return []  # a record from before plan-job chose them
+    return [
+        (
+            "threads",
+            f"{count} torch CPU thread{'s' if count > 1 else ''} ({why}); the run's "
+            "jobs choose theirs by the same rule",
+        )
+    ]
+
+
+# The winsorized mean is said beside the plain one once they differ by more than this.
+_CLIPPED_SHOWN = 0.01
+
+
+def _clipped_rows(mean_s: float, raw_s: float) -> list[tuple[str, str]]:
+    if raw_s <= 0 or abs(raw_s / mean_s - 1) <= _CLIPPED_SHOWN:
+        return []
+    return [
+        (
+            "spike clipped",
+            f"the plain mean of the steady steps is {fmt_duration(raw_s)} "
+            f"({raw_s / mean_s - 1:+.0%}): the steady step is the mean with the slowest and "
+            "fastest 10% of steps clipped (winsorized, as `plan-job eta` does), so a "
+            "transient slowdown does not stretch every plan",
+        )
+    ]
+
+
 def _weak_rows(ci: float, target: float) -> list[tuple[str, str]]:
     if not ci > WEAK_CI_FACTOR * target:
         return []
@@ -192,8 +235,9 @@ def _slowdown_rows(slowdowns: tuple[tuple[int, int, float], ...]) -> list[tuple[
         rows.append(
             (
                 "slowdown",
-                f"steps {first}-{last} ran x{ratio:.2f} the median ({why}): kept in the steady "
-                "mean, widening its CI",
+                f"steps {first}-{last} ran x{ratio:.2f} the median ({why}): clipped in the "
+                "steady mean as far as it is among the slowest 10% of steps, and widening its "
+                "CI",
             )
         )
     rest = slowdowns[_MAX_SLOWDOWN_ROWS:]

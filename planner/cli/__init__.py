@@ -46,4 +46,7 @@ for _command in (
 
 
 def main() -> None:
+    from planner import stop_signals
+
+    stop_signals.install()
     cli(prog_name="plan-job")

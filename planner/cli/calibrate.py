@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from planner.cli.common import HISTORY, fail, record_history
+from planner.cli.common import HISTORY, fail, record_history, show_spec_notes
 from planner.cli.status_line import StatusLine
 from planner.errors import PlanJobError, SpecError
 
@@ -92,7 +92,7 @@ def calibrate(
 ) -> None:
     """Run a short calibration job of SPEC's real training step and record what it measured."""
     from planner.calibration import calibrate as calibration
-    from planner.calibration.record import default_record_path, save_record
+    from planner.calibration.record import check_record_path, default_record_path, save_record
     from planner.calibration.report import calibration_table, scaling_table
     from planner.history import database as history
     from planner.spec.load import load_spec
@@ -112,8 +112,10 @@ def calibrate(
         if node_counts is not None:
             overrides.append(f"calibration.nodes={_node_list(node_counts)}")
         spec = load_spec(spec_path, overrides, command=command_run)
+        show_spec_notes(spec)
         folder = calibration.job_folder(jobs_dir, spec)
         out_path = output or default_record_path(spec)
+        check_record_path(out_path)  # before the job: a record it cannot save wastes it
         # The job running now: its progress file, and which of several it is.
         current: dict[str, Any] = {"folder": folder, "label": ""}
 

@@ -4,6 +4,7 @@ fail a command."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -21,6 +22,7 @@ from planner.errors import (
 if TYPE_CHECKING:  # imported by the commands that plan: --help needs none of it
     from planner.calibration.record import CalibrationRecord
     from planner.history.corrected_plan import CorrectedPlan
+    from planner.slurm.partition import PartitionLimits
 
 EXIT_JOB_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -89,9 +91,19 @@ CALIBRATION = click.option(
     type=click.Path(dir_okay=False, path_type=Path),
     help="The record `plan-job calibrate` wrote for this spec.",
 )
+
+
+def finite(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """click reads "nan" and "inf" as floats: a flag's number must be finite."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"got {value}; must be a finite number", param=param)
+    return value
+
+
 DEADLINE = click.option(
     "--deadline",
     type=float,
+    callback=finite,
     metavar="HOURS",
     help="Finish within this many hours at P95 [spec: plan.deadline_hours].",
 )
@@ -106,6 +118,7 @@ def watch_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
         is_flag=False,
         flag_value=30.0,
         default=None,
+        callback=finite,
         metavar="[SECONDS]",
         help=help,
     )
@@ -136,24 +149,15 @@ def plan_from_files(
     from planner.calibration.record import load_record
     from planner.history.corrected_plan import corrected_plan
     from planner.runs.emit import record_mismatch
-    from planner.slurm.partition import read_partition
-    from planner.slurm.submission import slurm_available
     from planner.spec.load import load_spec
 
     spec = load_spec(spec_path, sets)
+    show_spec_notes(spec)
     record = load_record(calibration_path)
     mismatch = record_mismatch(spec, record.spec, str(calibration_path))
     if mismatch is not None:
         click.echo(f"warning: {mismatch}", err=True)
-    partition = None
-    if slurm_available():
-        partition = read_partition(spec.cluster.partition)
-    else:
-        click.echo(
-            "note: no Slurm client here, so the partition's MaxTime and node limits are not "
-            "checked; run plan-job on the login node for a plan that fits the partition",
-            err=True,
-        )
+    partition = partition_or_note(spec.cluster.partition)
     planned = corrected_plan(
         spec,
         record,
@@ -167,3 +171,35 @@ def plan_from_files(
     if planned.warning:
         click.echo(f"warning: {planned.warning}", err=True)
     return planned, record
+
+
+def show_spec_notes(spec: Any) -> None:
+    """What reading the spec changed (a `~` expanded), one line each on stderr."""
+    for note in spec.notes:
+        click.echo(f"note: {note}", err=True)
+
+
+def partition_or_note(name: str | None) -> PartitionLimits | None:
+    """The partition's limits where Slurm answers; else None and one line on stderr saying
+    why (no client, or a controller that does not answer, in Slurm's own words)."""
+    from planner.errors import SlurmUnavailableError
+    from planner.slurm.client import client_status
+    from planner.slurm.partition import read_partition
+
+    status = client_status(("scontrol", "sinfo"))
+    why = ""
+    if status.kind == "missing":
+        why = f"no Slurm client here ({status.reason})"
+    elif status.kind == "unreachable":
+        why = f"Slurm's controller does not answer (scontrol ping: {status.reason})"
+    else:
+        try:
+            return read_partition(name)
+        except SlurmUnavailableError as exc:  # it went down between the ping and now
+            why = str(exc).split(": run plan-job")[0]
+    click.echo(
+        f"note: {why}, so the partition's MaxTime and node limits are not checked; run "
+        "plan-job on the login node for a plan that fits the partition",
+        err=True,
+    )
+    return None

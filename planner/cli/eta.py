@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the command imports it when it runs: --help needs none of i
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON object.")
 @click.option(
     "--total-steps",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=2**63 - 1),
     help="The run's last step, for progress files without a `start` line.",
 )
 def eta(target: str, watch: float | None, as_json: bool, total_steps: int | None) -> None:

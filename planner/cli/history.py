@@ -18,7 +18,7 @@ from planner.errors import PlanJobError
     metavar="RUN",
     help="First record how the jobs of this run folder (or job id) ended (repeatable).",
 )
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=10**6), default=20, show_default=True)
 @HISTORY
 @JSON
 def history_command(

@@ -43,6 +43,7 @@ def plan(
     from planner.history.report import correction_text
     from planner.model.plan_json import plan_json
     from planner.model.report import plan_table
+    from planner.runs.checkpoint_dir import node_local_warning, resolve
 
     try:
         planned, _ = plan_from_files(
@@ -50,6 +51,11 @@ def plan(
         )
     except PlanJobError as exc:
         fail(exc)
+    result = planned.plan
+    folder = resolve(result.spec.checkpoint.dir, Path.cwd())
+    local = node_local_warning(folder, len(result.segments), result.nodes)
+    if local is not None:
+        click.echo(f"warning: {local}", err=True)
     if as_json:
         click.echo(plan_json(planned.plan, planned.model))
         return

@@ -181,9 +181,8 @@ def _plan(
 ) -> CorrectedPlan:
     """The plan `plan-job plan` makes: the spec (or the one the record ran, with --set), the
     partition's limits where Slurm is here, the history's correction."""
+    from planner.cli.common import partition_or_note
     from planner.history.corrected_plan import corrected_plan
-    from planner.slurm.partition import read_partition
-    from planner.slurm.submission import slurm_available
     from planner.spec.load import apply_override, load_spec, parse_spec
 
     if spec_path is not None:
@@ -193,15 +192,7 @@ def _plan(
         for item in sets:
             apply_override(raw, item)
         spec = parse_spec(raw, source=f"{record_path} (spec)")
-    partition = None
-    if slurm_available():
-        partition = read_partition(spec.cluster.partition)
-    else:
-        click.echo(
-            "note: no Slurm client here, so the partition's MaxTime and node limits are not "
-            "checked; run plan-job on the login node for a plan that fits the partition",
-            err=True,
-        )
+    partition = partition_or_note(spec.cluster.partition)
     planned = corrected_plan(
         spec,
         record,

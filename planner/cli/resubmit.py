@@ -15,6 +15,7 @@ from planner.cli.common import (
     record_history,
 )
 from planner.errors import PlanJobError, SlurmUnavailableError
+from planner.stop_signals import interrupted_by
 
 
 @click.command()
@@ -62,12 +63,28 @@ def resubmit(
     from planner.history import database as history
     from planner.runs.run_folder import JOBS_FILE
     from planner.shell import command_text
+    from planner.slurm.client import client_status, offline_runner, require_controller
 
+    runner = None
     try:
-        state = inspect_run(target, preview=dry_run)
+        if not dry_run:
+            # Before anything is read or written: a real resubmission needs the controller.
+            require_controller("resubmit")
+        else:
+            status = client_status()
+            if status.kind == "unreachable":
+                # Each Slurm call would retry a dead controller for ~10 s: answer them at once
+                # with the ping's reason, and preview from the folder as without Slurm.
+                click.echo(
+                    f"note: Slurm's controller does not answer (scontrol ping: {status.reason}); "
+                    "previewing from the run folder alone",
+                    err=True,
+                )
+                runner = offline_runner(status)
+        state = inspect_run(target, runner, preview=dry_run)
         record_history(lambda: history.record_outcomes(state, history_file))
         plan = resubmission.prepare(
-            state, nodes, max_retries, preview=dry_run, force_retry=force_retry
+            state, nodes, max_retries, preview=dry_run, force_retry=force_retry, runner=runner
         )
         click.echo(resubmission_text(plan))
         if dry_run:
@@ -87,8 +104,10 @@ def resubmit(
             click.echo(f"submitted segment {job.segment}: job {job.job_id}", err=True)
 
         jobs = resubmission.submit(plan, on_submitted)
-    except KeyboardInterrupt:
-        raise InterruptedExit("interrupted: cancelled the segments already submitted") from None
+    except KeyboardInterrupt as exc:
+        raise InterruptedExit(
+            f"interrupted{interrupted_by(exc)}: cancelled the segments already submitted"
+        ) from None
     except SlurmUnavailableError as exc:
         raise BadInputExit(
             f"{exc}; `{command_text('plan-job', 'resubmit', target, '--dry-run')}` previews from "

@@ -10,6 +10,7 @@ import click
 from planner.cli.common import EXIT_INTERRUPTED, BadInputExit, InterruptedExit, fail, watch_option
 from planner.cli.status_line import StatusLine
 from planner.errors import PlanJobError
+from planner.stop_signals import interrupted_by
 
 if TYPE_CHECKING:  # imported when --watch runs: --help needs none of it
     from planner.eta.progress_reader import ProgressReader
@@ -58,8 +59,10 @@ def submit(
             click.echo(f"submitted segment {job.segment}: job {job.job_id}", err=True)
 
         jobs = submit_chain(run_dir, after, on_submitted, resume_foreign)
-    except KeyboardInterrupt:
-        raise InterruptedExit("interrupted: cancelled the segments already submitted") from None
+    except KeyboardInterrupt as exc:
+        raise InterruptedExit(
+            f"interrupted{interrupted_by(exc)}: cancelled the segments already submitted"
+        ) from None
     except PlanJobError as exc:
         fail(exc)
     click.echo(jobs_table(jobs))

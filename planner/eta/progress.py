@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,10 +127,10 @@ def load_trainer_state(path: Path, total_steps: int | None = None) -> History:
     state = trainer_state(path)
     if state is None:
         raise BadInputError(f"{path}: not a trainer_state.json (no log_history); {WHAT_TO_PASS}")
-    total = total_steps or int(state.get("max_steps") or 0)
+    total = total_steps or _int(state.get("max_steps")) or 0
     if total <= 0:
         raise BadInputError(f"{path}: max_steps is not set; pass --total-steps N")
-    global_step = int(state.get("global_step") or 0)
+    global_step = max(_int(state.get("global_step")) or 0, 0)
     mtime = path.stat().st_mtime
     runtime = next(
         (e for e in reversed(state["log_history"]) if isinstance(e, dict) and "train_runtime" in e),
@@ -218,3 +219,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _int(value: Any) -> int | None:
+    # NaN, infinities and counts past 64 bits are damage, not steps: read as missing.
+    if not _finite(value) or not -(2**63) <= value < 2**63:
+        return None
+    return int(value)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

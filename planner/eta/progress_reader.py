@@ -449,7 +449,10 @@ def _number(value: Any) -> float | None:
 
 
 def _int(value: Any) -> int | None:
-    return int(value) if _finite(value) else None
+    # NaN, infinities and counts past 64 bits are damage, not steps: read as missing.
+    if not _finite(value) or not -(2**63) <= value < 2**63:
+        return None
+    return int(value)
 
 
 def _finite(value: Any) -> bool:

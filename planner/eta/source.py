@@ -7,6 +7,7 @@ batch script's folder. Torch-free.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,4 +140,11 @@ def _folder_of_job(job: SlurmJob) -> Path:
 
 
 def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    # NaN, infinities and counts past 64 bits are damage, not steps: read as missing.
+    if not _finite(value) or not -(2**63) <= value < 2**63:
+        return None
+    return int(value)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

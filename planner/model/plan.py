@@ -167,6 +167,10 @@ class Plan:
     energy_kwh: float | None = None
     power_w: float | None = None
     energy_note: str = ""
+    # The calibration's compile with the graph already cached, and what its cold one found
+    # (jobs.contract.measurement): shown beside compile_s, which every job is charged.
+    compile_warm_s: float = 0.0
+    compile_cache: str = ""
 
     @property
     def gpus(self) -> int:

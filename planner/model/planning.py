@@ -65,6 +65,7 @@ from planner.model.timemodel import (
     split_segments,
 )
 from planner.slurm.partition import PartitionLimits, check_partition
+from planner.spec.load import YEAR_S
 from planner.spec.run_spec import RunSpec
 from planner.units import fmt_percent
 
@@ -117,6 +118,7 @@ def make_plan(
         except (BatchSplitError, PartitionLimitError) as exc:
             results.append(exc)
     chosen, why = choose(spec, results, deadline_hours, nodes)
+    check_length(spec, chosen, totals.steps)
     options = tuple(
         node_option(spec, r, n, chosen, why, deadline_hours) for n, r in enumerate(results, start=1)
     )
@@ -184,6 +186,8 @@ def make_plan(
             if note
         ),
         compile_s=m.compile_s,
+        compile_warm_s=m.compile_warm_s,
+        compile_cache=m.compile_cache,
         eager_steps_s=_eager_steps_s(record, totals, chosen),
         step_p99_s=chosen.stats.mean_s * tail_ratio,
         step_p99_source=tail_source,
@@ -212,6 +216,23 @@ def step_tail(m: Measurement) -> tuple[float, str]:
     else:
         p99, source = m.step_p90_s, "P90 of the calibration (its record keeps no P99)"
     return max(p99 / m.step_mean_s, 1.0), source
+
+
+def check_length(spec: RunSpec, chosen: Candidate, steps: int) -> None:
+    """A plan past a year is a unit slip (data.samples in tokens, a step time in ms read as
+    s), and its figures would overflow Slurm's --time and every date shown: refuse it."""
+    p95 = chosen.wall.p95_s
+    if math.isfinite(p95) and p95 <= YEAR_S:
+        return
+    days = f"{p95 / 86_400:.3g} days" if math.isfinite(p95) else "an unbounded time"
+    raise SpecError(
+        "data.samples" if spec.data.samples is not None else "data.tokens",
+        spec.data.samples if spec.data.samples is not None else spec.data.tokens,
+        f"the plan would take {days} at P95 ({steps:,} steps of {chosen.stats.mean_s:.3g} s on "
+        f"{chosen.nodes} node(s)); plan-job plans runs of up to a year: check data.samples or "
+        f"data.tokens, data.epochs, the batch and the calibration's step time",
+        spec.source,
+    )
 
 
 def check_calibration(spec: RunSpec, record: CalibrationRecord, path: str) -> None:

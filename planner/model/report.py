@@ -114,6 +114,7 @@ def _compile_rows(plan: Plan) -> list[tuple[str, str]]:
     jobs = len(plan.segments)
     cost = plan.wall.compile_s
     text = f"{fmt_duration(plan.compile_s)} per job start x {jobs} job(s) = {fmt_duration(cost)}"
+    text += _cache_text(plan.compile_cache, plan.compile_warm_s)
     if plan.eager_steps_s > 0:
         saved = plan.eager_steps_s - plan.wall.steps_s
         net = saved - cost
@@ -130,6 +131,22 @@ def _compile_rows(plan: Plan) -> list[tuple[str, str]]:
     else:
         text += "; the saving is unknown (the calibration timed no eager step)"
     return [("torch.compile", text)]
+
+
+def _cache_text(cache: str, warm_s: float) -> str:
+    """Which compile the plan charges: the cold one, and why."""
+    if not cache:
+        return ""  # a calibration from before the cache was looked at
+    if cache != "cold":
+        return (
+            f" (the calibration's compile found the cache {cache}, so a cold compile may be "
+            "longer: calibrate again where TORCHINDUCTOR_CACHE_DIR is unset)"
+        )
+    warm = f"; {fmt_duration(warm_s)} where a node's cache holds the graph" if warm_s else ""
+    return (
+        " (cold: the first job compiles from nothing on a fresh node, and later ones may land "
+        f"on nodes whose caches are empty too{warm})"
+    )
 
 
 def options_table(plan: Plan, width: int | None = None) -> str:

@@ -43,6 +43,7 @@ from planner.model.plan import (
     Segment,
     TimeEstimate,
 )
+from planner.spec.load import INT64_MAX
 from planner.spec.run_spec import RunSpec
 from planner.units import fmt_duration
 
@@ -113,6 +114,16 @@ def count_work(spec: RunSpec, m: Measurement) -> Totals:
     # round(): 1000 x 0.1 epochs must be 100 samples, not 101 from a float's last bit.
     samples = math.ceil(round(per_epoch * data.epochs, 6))
     steps = -(-samples // spec.batch.global_batch)
+    if steps > INT64_MAX:
+        field = "data.tokens" if data.tokens is not None else "data.samples"
+        raise SpecError(
+            field,
+            data.tokens if data.tokens is not None else data.samples,
+            f"with data.epochs {data.epochs:g} and batch.global_batch "
+            f"{spec.batch.global_batch:,} that is {steps:.3g} optimizer steps, more than fit "
+            f"in 64 bits (2^63 - 1): no run is that long",
+            spec.source,
+        )
     return Totals(samples, samples * per_sample, steps, per_sample, m.token_unit)
 
 

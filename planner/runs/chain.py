@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from planner.errors import CommandError, PlanJobError, SubmissionError
+from planner.errors import CommandError, PlanJobError, SpecError, SubmissionError
 from planner.runs.checkpoint_dir import prepare_for_submission
 from planner.runs.run_folder import (
     SubmittedJob,
@@ -24,6 +24,8 @@ from planner.runs.run_folder import (
     segment_scripts,
 )
 from planner.shell import run_command
+from planner.slurm.client import require_controller
+from planner.slurm.queue import looks_like_job_id
 
 
 def sbatch_argv(script: Path, after: str | None) -> list[str]:
@@ -33,8 +35,14 @@ def sbatch_argv(script: Path, after: str | None) -> list[str]:
     return [*argv, str(script)]
 
 
+def check_after(after: str | None) -> None:
+    if after is not None and not looks_like_job_id(after):
+        raise SpecError("--after", after, "expected a Slurm job id, such as 12345 or 12345_7")
+
+
 def planned_commands(folder: Path, after: str | None = None) -> list[list[str]]:
     """What `submit` would run, with the dependency on the previous job shown symbolically."""
+    check_after(after)
     commands = []
     previous = after
     for index, script in enumerate(segment_scripts(folder), start=1):
@@ -56,6 +64,10 @@ def submit_chain(
     would resume from them. Ctrl-C or a refused sbatch cancels what was already submitted.
     """
     scripts = segment_scripts(folder)
+    check_after(after)
+    load_train_config(folder, "; emit the run again")  # the folder's own damage first
+    # Before the checkpoint folder is claimed: a dead controller must leave nothing changed.
+    require_controller("submit")
     check_checkpoint_dir(folder, resume_foreign)
     return _submit(folder, scripts, 1, after, on_submitted, [])
 
@@ -98,6 +110,7 @@ def submit_scripts(
 ) -> list[SubmittedJob]:
     """Submit more segments of a run (a resubmission) as a chain of their own, numbered from
     ``first_segment``; their job ids are appended to jobs.yaml after the earlier ones."""
+    require_controller("resubmit")
     return _submit(folder, scripts, first_segment, after, on_submitted, load_jobs(folder))
 
 

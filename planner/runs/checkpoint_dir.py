@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,3 +172,102 @@ def prepare_for_submission(
         )
     claim(checkpoint_dir, run_id, run_dir)
     return foreign
+
+
+# Paths that are node-local on clusters by convention, whatever their filesystem.
+NODE_LOCAL_PREFIXES = ("/tmp", "/var/tmp", "/dev/shm", "/run/user")
+# Folder names sites give node-local scratch (/scratch/local, /lscratch, /local_scratch).
+_LOCAL_SCRATCH_RE = re.compile(
+    r"(^|/)(l|local[_-]?)scratch(/|$)|(^|/)scratch[_-]?local(/|$)|/scratch/local(/|$)", re.I
+)
+# Filesystems a node keeps to itself: memory, a container's layer, a local disk.
+LOCAL_TYPES = {
+    "tmpfs": "a tmpfs (memory of one node)",
+    "ramfs": "a ramfs (memory of one node)",
+    "overlay": "an overlay filesystem (a container's own layer)",
+    "ext2": "a local ext2 disk",
+    "ext3": "a local ext3 disk",
+    "ext4": "a local ext4 disk",
+    "xfs": "a local xfs disk",
+    "btrfs": "a local btrfs disk",
+    "f2fs": "a local f2fs disk",
+    "vfat": "a local vfat disk",
+}
+
+
+@dataclass(frozen=True)
+class Mount:
+    device: str
+    point: str
+    fstype: str
+
+
+def parse_mounts(text: str) -> list[Mount]:
+    """/proc/mounts: device, mount point (spaces written \\040), type, ..."""
+    mounts = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])
+            mounts.append(Mount(parts[0], point, parts[2]))
+    return mounts
+
+
+def mount_of(folder: Path, mounts: list[Mount]) -> Mount | None:
+    """The mount holding ``folder`` (its symbolic links resolved as far as they exist): the
+    longest mount point above it, the last mounted where two share one."""
+    path = os.path.realpath(folder)
+    best: Mount | None = None
+    for mount in mounts:
+        point = mount.point.rstrip("/") or "/"
+        inside = point == "/" or path == point or path.startswith(point + "/")
+        if inside and (best is None or len(point) >= len(best.point.rstrip("/") or "/")):
+            best = mount
+    return best
+
+
+def node_local_reason(
+    folder: Path, environ: Mapping[str, str] | None = None, mounts_text: str | None = None
+) -> str | None:
+    """Why ``folder`` (absolute) is probably seen by one node only, or None."""
+    env = os.environ if environ is None else environ
+    path = str(folder)
+    tmpdir = env.get("TMPDIR", "").rstrip("/")
+    if tmpdir and (path == tmpdir or path.startswith(tmpdir + "/")):
+        return f"under $TMPDIR ({tmpdir}), which is node-local on most clusters"
+    for prefix in NODE_LOCAL_PREFIXES:
+        if path == prefix or path.startswith(prefix + "/"):
+            return f"under {prefix}, which is node-local on most clusters"
+    if _LOCAL_SCRATCH_RE.search(path):
+        return "on what looks like node-local scratch"
+    if mounts_text is None:
+        try:
+            mounts_text = Path("/proc/mounts").read_text(errors="replace")
+        except OSError:
+            return None
+    mount = mount_of(folder, parse_mounts(mounts_text))
+    if mount is not None and mount.fstype in LOCAL_TYPES:
+        return f"on {LOCAL_TYPES[mount.fstype]} ({mount.device} mounted at {mount.point})"
+    return None
+
+
+def node_local_warning(
+    folder: Path, jobs: int, nodes: int, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """A warning when a run of several jobs or nodes keeps its checkpoints where the next
+    job (or another node) may not see them; None for one job on one node."""
+    if jobs <= 1 and nodes <= 1:
+        return None
+    reason = node_local_reason(folder, environ)
+    if reason is None:
+        return None
+    who = []
+    if jobs > 1:
+        who.append(f"{jobs} jobs, each resuming from the checkpoints of the one before")
+    if nodes > 1:
+        who.append(f"{nodes} nodes")
+    return (
+        f"{FIELD} {folder} is {reason}: this run has {' on '.join(who)}, and checkpoints "
+        f"written there may not be seen by the next job (or another node). Choose a folder "
+        f"on a filesystem the nodes share (NFS, Lustre, GPFS, BeeGFS, CephFS...)"
+    )

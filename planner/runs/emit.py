@@ -27,7 +27,13 @@ from jobs.contract.work import Work
 from planner.errors import RunFolderExistsError, SpecError, UnsafeRunFolderError
 from planner.model.plan import Plan, Segment
 from planner.runs.checkpoint_dir import FIELD as CHECKPOINT_FIELD
-from planner.runs.checkpoint_dir import check_space, check_writable, foreign_checkpoints
+from planner.runs.checkpoint_dir import (
+    check_space,
+    check_writable,
+    foreign_checkpoints,
+    node_local_warning,
+)
+from planner.runs.folder_lock import exclusive_claim
 from planner.runs.hang_timeouts import hang_timeouts
 from planner.runs.run_folder import (
     EMIT_FILE,
@@ -203,7 +209,11 @@ def render(plan: Plan, segment: Segment, options: EmitOptions, run_dir: Path) ->
     search = [str(Path(templates.__file__).resolve().parent)]
     name = TEMPLATE
     if options.template is not None:
-        if not options.template.is_file():
+        try:
+            usable = options.template.is_file()
+        except OSError:  # a name too long, a loop of links
+            usable = False
+        if not usable:
             raise SpecError("--template", str(options.template), "no such file")
         search.insert(0, str(options.template.resolve().parent))
         name = options.template.name
@@ -214,13 +224,34 @@ def render(plan: Plan, segment: Segment, options: EmitOptions, run_dir: Path) ->
         autoescape=False,
     )
     env.filters["q"] = lambda value: shlex.quote(str(value))
+    values = _template_values(plan, segment, options, run_dir)
     try:
-        template = env.get_template(name)
-    except jinja2.TemplateError as exc:
+        return env.get_template(name).render(**values)
+    except (jinja2.TemplateError, UnicodeDecodeError) as exc:
+        if options.template is None:
+            raise  # the shipped template: a bug, not the user's input
         raise SpecError(
-            "--template", str(options.template), f"not a usable template: {exc}"
-        ) from exc
-    return template.render(
+            "--template", str(options.template), f"not a usable template: {_why(exc)}"
+        ) from None
+    except Exception as exc:
+        if options.template is None:
+            raise
+        # A user's template runs code ({{ 1 / 0 }}, a filter given the wrong type).
+        raise SpecError(
+            "--template", str(options.template), f"rendering it raised {_why(exc)}"
+        ) from None
+
+
+def _why(exc: BaseException) -> str:
+    where = getattr(exc, "lineno", None)
+    text = f"{type(exc).__name__}: {str(exc)[:300]}"
+    return f"{text} (line {where})" if where else text
+
+
+def _template_values(
+    plan: Plan, segment: Segment, options: EmitOptions, run_dir: Path
+) -> dict[str, object]:
+    return dict(
         version=_version(),
         run_name=plan.spec.name,
         job_name=f"plan-job-{plan.spec.name}",
@@ -238,8 +269,24 @@ def render(plan: Plan, segment: Segment, options: EmitOptions, run_dir: Path) ->
 
 
 def emit(plan: Plan, options: EmitOptions) -> EmittedRun:
-    """Write the run folder whole, or not at all."""
+    """Write the run folder whole, or not at all. Two emits into one folder at once: the
+    second fails naming the first (planner.runs.folder_lock). A folder that cannot be made
+    or written (a read-only filesystem, a name too long, a file in the way) is a SpecError
+    naming -o."""
     out_dir = options.out_dir.resolve()
+    try:
+        return _emit(plan, options, out_dir)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(out_dir) else ""
+        raise SpecError(
+            "-o",
+            str(out_dir),
+            f"cannot write the run folder there: {exc.strerror or exc}{where}; choose a folder "
+            "you can write",
+        ) from None
+
+
+def _emit(plan: Plan, options: EmitOptions, out_dir: Path) -> EmittedRun:
     check_output_folder(out_dir, options.force, Path.cwd(), Path.home())
     workdir = options.workdir.resolve()
     # Rendered against the final path: the scripts name where they will live.
@@ -251,32 +298,39 @@ def emit(plan: Plan, options: EmitOptions) -> EmittedRun:
     size = options.checkpoint_bytes or plan.checkpoint_bytes or None
     check_space(checkpoints, plan.spec.checkpoint.keep, size)
     foreign = foreign_checkpoints(checkpoints, marker.run_id, bool(config.command))
-    warnings: tuple[str, ...] = ()
+    warnings: list[str] = []
     if foreign is not None:
-        warnings = (
+        warnings.append(
             f"{foreign.describe()}; `plan-job submit` refuses to start unless given "
-            f"--resume-foreign: give a new run an empty {CHECKPOINT_FIELD}",
+            f"--resume-foreign: give a new run an empty {CHECKPOINT_FIELD}"
         )
+    local = node_local_warning(checkpoints, len(plan.segments), plan.nodes)
+    if local is not None:
+        warnings.append(local)
     template = options.template.resolve() if options.template else None
     correction = plan.step_correction if plan.step_correction != 1.0 else None
     # What resubmit needs to render more segments the same way; the plan does not know it.
     settings = EmitSettings(workdir, options.python, template, correction, EMIT_FILE)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        write_run_files(staging, plan, config, settings, rendered, marker)
-        staging.chmod(0o755)
-        _swap_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with exclusive_claim(out_dir, "emit"):
+        # Checked again under the claim: an emit that finished since the first check has
+        # written the folder, and this one must not replace it.
+        check_output_folder(out_dir, options.force, Path.cwd(), Path.home())
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        try:
+            write_run_files(staging, plan, config, settings, rendered, marker)
+            staging.chmod(0o755)
+            _swap_into_place(staging, out_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return EmittedRun(
         folder=out_dir,
         plan_path=out_dir / PLAN_FILE,
         train_config_path=out_dir / TRAIN_FILE,
         scripts=tuple(out_dir / name for name in rendered),
         run_id=marker.run_id,
-        warnings=warnings,
+        warnings=tuple(warnings),
     )
 
 

@@ -32,9 +32,10 @@ import yaml
 
 from jobs.contract.train_config import TrainConfig
 from planner.atomic import write_text_atomic
-from planner.errors import BadInputError, NotARunFolderError, PlanFileError, PlanJobError
+from planner.errors import BadInputError, NotARunFolderError, PlanFileError, PlanJobError, shown
 from planner.model.plan import Plan, PlanFacts, Segment
 from planner.shell import command_text
+from planner.yaml_input import YamlInputError, load_yaml, read_text
 
 MARKER = ".plan-job-run"
 MARKER_FORMAT = "plan-job/run/v1"
@@ -160,14 +161,14 @@ def load_plan(run_dir: Path) -> Plan:
     """plan.yaml as the Plan emit wrote; PlanFileError when it is missing or not that."""
     path = run_dir / PLAN_FILE
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(read_text(path))
     except OSError as exc:
         raise PlanFileError(
             f"{path}: cannot read ({exc.strerror}); resubmit needs a run folder written by "
             f"`plan-job emit`"
         ) from exc
-    except yaml.YAMLError as exc:
-        raise PlanFileError(f"{path}: not valid YAML ({exc})") from exc
+    except YamlInputError as exc:
+        raise PlanFileError(f"{path}: {exc}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("spec"), dict):
         raise PlanFileError(f"{path}: not the plan.yaml `plan-job emit` writes (no spec)")
     try:
@@ -185,8 +186,8 @@ def read_plan_facts(path: Path) -> PlanFacts | None:
     """The numbers the ETA needs from the plan.yaml at ``path``; None when there is none.
     Tolerant where load_plan is strict: another version's plan.yaml gives what it has."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        raw = load_yaml(read_text(path))
+    except (OSError, YamlInputError):
         return None
     return PlanFacts.from_plan_dict(raw) if isinstance(raw, dict) else None
 
@@ -273,9 +274,9 @@ def load_emit_settings(run_dir: Path, scripts: list[Path]) -> EmitSettings:
     emitted before emit.yaml existed have both in their `cd` line and srun command)."""
     path = run_dir / EMIT_FILE
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        raw = None
+        raw = load_yaml(read_text(path))
+    except (OSError, YamlInputError):
+        raw = None  # damaged or absent: the scripts tell the same
     if isinstance(raw, dict) and raw.get("workdir") and raw.get("python"):
         template = raw.get("template")
         correction = raw.get("correction")
@@ -329,24 +330,35 @@ class SubmittedJob:
 
 
 def load_jobs(folder: Path) -> list[SubmittedJob]:
-    """jobs.yaml's jobs, oldest first; [] without the file."""
+    """jobs.yaml's jobs, oldest first; [] without the file; BadInputError when it is damaged
+    (not text, not YAML, not the list submit writes, a folder)."""
     path = folder / JOBS_FILE
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError:
+        raw = load_yaml(read_text(path)) or {}
+        jobs = raw.get("jobs", []) if isinstance(raw, dict) else None
+        if not isinstance(jobs, list) or not all(isinstance(job, dict) for job in jobs):
+            raise TypeError("expected `jobs:` and a list of jobs")
+        return [_submitted(job) for job in jobs]
+    except FileNotFoundError:
         return []
-    return [SubmittedJob(**job) for job in raw.get("jobs", [])]
+    except (OSError, ValueError, TypeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else shown(str(exc))
+        raise BadInputError(
+            f"{path}: not the job list `plan-job submit` writes ({why}); move it away to go "
+            f"on without the chain"
+        ) from None
+
+
+def _submitted(job: Mapping[str, Any]) -> SubmittedJob:
+    found = SubmittedJob(**job)
+    if not isinstance(found.segment, int) or not isinstance(found.job_id, str | int):
+        raise TypeError(f"segment {found.segment!r}, job id {found.job_id!r}")
+    return replace(found, job_id=str(found.job_id))
 
 
 def load_chain(folder: Path) -> tuple[SubmittedJob, ...]:
-    """load_jobs for a reader that explains a damaged jobs.yaml (BadInputError)."""
-    try:
-        return tuple(load_jobs(folder))
-    except (yaml.YAMLError, TypeError, AttributeError) as exc:
-        raise BadInputError(
-            f"{folder / JOBS_FILE}: not the job list `plan-job submit` writes ({exc}); move it "
-            f"away to estimate without the chain"
-        ) from exc
+    """load_jobs as a tuple (BadInputError for a damaged jobs.yaml)."""
+    return tuple(load_jobs(folder))
 
 
 def save_jobs(folder: Path, jobs: Sequence[SubmittedJob]) -> None:
@@ -392,9 +404,9 @@ def resubmitted_segments(run_dir: Path) -> tuple[list[Segment], int | None]:
     lead = None
     for path in resubmissions(run_dir):
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = load_yaml(read_text(path)) or {}
             segments += [Segment(**s) for s in raw.get("segments") or []]
             lead = int(raw["signal_lead_s"]) if raw.get("signal_lead_s") else lead
-        except (OSError, yaml.YAMLError, TypeError, ValueError, AttributeError):
+        except (OSError, TypeError, ValueError, AttributeError, OverflowError):
             continue  # a record edited by hand: the scripts and jobs.yaml still tell the chain
     return segments, lead

@@ -12,8 +12,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from planner.errors import CommandError, PartitionLimitError, SlurmUnavailableError, SpecError
+from planner.errors import CommandError, PartitionLimitError, SpecError
 from planner.shell import CommandResult, run_command
+from planner.slurm.client import READ_TIMEOUT_S, classify
 from planner.spec.run_spec import RunSpec
 
 Runner = Callable[[Sequence[str]], CommandResult]
@@ -138,8 +139,11 @@ def limits_from(fields: dict[str, str], nodes: Sequence[NodeInfo]) -> PartitionL
 
 
 def read_partition(name: str | None, runner: Runner | None = None) -> PartitionLimits:
-    """The limits of partition ``name``, or of the cluster's default partition when None."""
-    run = runner or run_command
+    """The limits of partition ``name``, or of the cluster's default partition when None.
+
+    SlurmUnavailableError (ControllerUnreachableError) when the client cannot run or its
+    controller does not answer: planner.slurm.client."""
+    run = runner or _read
     partitions = _scontrol(run, name)
     if name is None:
         defaults = [p for p in partitions if p.get("Default") == "YES"]
@@ -197,6 +201,8 @@ def _scontrol(run: Runner, name: str | None) -> list[dict[str, str]]:
     except CommandError as exc:
         if name is None:
             raise
+        # Asked again for the list of partitions: a dead controller was already raised by
+        # _call as SlurmUnavailableError, so this costs no second retry loop.
         raise _unknown_partition(run, name) from exc
 
 
@@ -206,15 +212,19 @@ def _unknown_partition(run: Runner, name: str) -> SpecError:
     return SpecError("cluster.partition", name, f"no such partition; this cluster has: {names}")
 
 
+def _read(argv: Sequence[str]) -> CommandResult:
+    return run_command(argv, timeout=READ_TIMEOUT_S)
+
+
 def _call(run: Runner, argv: list[str]) -> CommandResult:
     try:
         return run(argv)
     except CommandError as exc:
-        if exc.returncode == 127:
-            raise SlurmUnavailableError(
-                f"{argv[0]} not found: run plan-job on the cluster's login node to read the "
-                "partition's limits"
-            ) from exc
+        unavailable = classify(
+            exc, "run plan-job on the cluster's login node to read the partition's limits"
+        )
+        if unavailable is not None:
+            raise unavailable from exc
         raise
 
 

@@ -16,8 +16,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from planner.errors import CommandError, SlurmUnavailableError, UnknownJobError
+from planner.errors import (
+    CommandError,
+    ControllerUnreachableError,
+    SlurmUnavailableError,
+    UnknownJobError,
+)
 from planner.shell import CommandResult, run_command
+from planner.slurm.client import classify, client_status
 
 Runner = Callable[[Sequence[str]], CommandResult]
 
@@ -177,6 +183,8 @@ def queued(job_ids: Iterable[str], runner: Runner | None = None) -> dict[str, Sl
     ids = [job_id for job_id in dict.fromkeys(job_ids) if job_id]
     if not ids:
         return {}
+    if runner is None:
+        _answering("squeue")
     run = runner or run_command
     argv = ["squeue", "-h", "-j", ",".join(ids), "-o", SQUEUE_FORMAT]
     try:
@@ -191,6 +199,14 @@ def queued(job_ids: Iterable[str], runner: Runner | None = None) -> dict[str, Sl
 
 def find_job(job_id: str, runner: Runner | None = None) -> SlurmJob:
     """The job as scontrol knows it, else as sacct recorded it; UnknownJobError if neither."""
+    if runner is None:
+        try:
+            _answering("scontrol")
+        except SlurmUnavailableError as exc:
+            raise type(exc)(
+                f"job {job_id}: {exc}; or pass the run folder, its progress.jsonl or a "
+                f"trainer_state.json instead"
+            ) from exc
     run = runner or run_command
     errors = []
     try:
@@ -198,8 +214,12 @@ def find_job(job_id: str, runner: Runner | None = None) -> SlurmJob:
         if text.strip():
             return job_from_scontrol(text)
     except CommandError as exc:
-        if exc.returncode == 127:
-            raise _unavailable(exc) from exc
+        if classify(exc, "") is not None:  # no client, or a dead controller: not "unknown"
+            unavailable = _unavailable(exc)
+            raise type(unavailable)(
+                f"job {job_id}: {unavailable}; or pass the run folder, its progress.jsonl or a "
+                f"trainer_state.json instead"
+            ) from exc
         errors.append(f"scontrol: {_last_line(exc)}")
     try:
         text = run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", SACCT_FIELDS]).stdout
@@ -245,10 +265,24 @@ def _script_of(submit_line: str, workdir: str) -> str | None:
     return str(path if path.is_absolute() or not workdir else Path(workdir) / path)
 
 
+def _answering(command: str) -> None:
+    """SlurmUnavailableError at once when ``command`` cannot run or the controller does not
+    answer a ping: squeue and scontrol would retry a dead controller for ~MessageTimeout
+    seconds per call (eta --watch and the progress bar call them every refresh)."""
+    status = client_status((command,))
+    what = "run plan-job where the Slurm client works (the login node)"
+    if status.kind == "missing":
+        raise SlurmUnavailableError(f"no Slurm client here ({status.reason}): {what}")
+    if status.kind == "unreachable":
+        raise ControllerUnreachableError(
+            f"Slurm's controller does not answer (scontrol ping: {status.reason}): {what}"
+        )
+
+
 def _unavailable(exc: CommandError) -> SlurmUnavailableError:
-    return SlurmUnavailableError(
-        f"{exc.argv[0]} failed ({_last_line(exc)}): run plan-job where the Slurm client works "
-        f"(the login node)"
+    what = "run plan-job where the Slurm client works (the login node)"
+    return classify(exc, what) or SlurmUnavailableError(
+        f"{exc.argv[0]} failed ({_last_line(exc)}): {what}"
     )
 
 

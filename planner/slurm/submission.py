@@ -9,8 +9,8 @@ import contextlib
 import math
 import os
 import shlex
-import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,12 +24,15 @@ from planner.errors import (
     CommandError,
     JobFailedError,
     OutOfMemoryError,
+    PartitionLimitError,
     PendingTimeoutError,
-    SlurmUnavailableError,
     SpecError,
 )
 from planner.shell import run_command
+from planner.slurm.client import READ_TIMEOUT_S, classify, require_controller
+from planner.slurm.partition import PartitionLimits, read_partition
 from planner.spec.run_spec import RunSpec
+from planner.stop_signals import interrupted_by
 
 POLL_S = 1.0
 # submitit always asks Slurm for a time-limit signal (USR2); 90 s, its default, would eat most
@@ -59,26 +62,19 @@ class Finished:
     wall_s: float
 
 
-def slurm_available() -> bool:
-    """Whether this machine has Slurm's client commands (a login node, or the test cluster)."""
-    return shutil.which("sbatch") is not None and shutil.which("scontrol") is not None
-
-
 def slurm_partitions() -> list[str]:
-    """Partitions the Slurm controller reports; SlurmUnavailableError when there is no Slurm."""
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        raise SlurmUnavailableError(
-            "--executor slurm: no Slurm client here (sbatch/sinfo not on PATH). Run plan-job on "
-            "the cluster's login node, or use --executor local to calibrate on this machine."
-        )
+    """Partitions the Slurm controller reports; SlurmUnavailableError (exit 2) when there is
+    no usable client or the controller does not answer (planner.slurm.client)."""
+    require_controller(
+        "--executor slurm",
+        ("scontrol", "sbatch", "sinfo", "squeue"),
+        "or use --executor local to calibrate on this machine",
+    )
     try:
-        out = run_command(["sinfo", "-h", "-o", "%R"], timeout=30).stdout
+        out = run_command(["sinfo", "-h", "-o", "%R"], timeout=READ_TIMEOUT_S).stdout
     except CommandError as exc:
-        raise SlurmUnavailableError(
-            f"--executor slurm: Slurm is installed but the controller does not answer "
-            f"(sinfo exited {exc.returncode}: {exc.stderr.strip()}). Check SLURM_CONF / "
-            f"slurmctld, or use --executor local."
-        ) from exc
+        unavailable = classify(exc, "use --executor local to calibrate on this machine")
+        raise (unavailable or exc) from exc
     return sorted({line.strip() for line in out.splitlines() if line.strip()})
 
 
@@ -102,11 +98,12 @@ def check_time_limit(time_limit_minutes: int, max_seconds: float) -> None:
         )
 
 
-def check_submission(spec: RunSpec) -> None:
-    """Every check that needs no job: raises before a folder or a job exists."""
+def check_submission(spec: RunSpec) -> PartitionLimits | None:
+    """Every check that needs no job: raises before a folder or a job exists. Returns the
+    partition's limits for a Slurm calibration (None for a local one)."""
     cal = spec.calibration
     if cal.executor == "local":
-        return
+        return None
     partitions = slurm_partitions()
     partition = spec.cluster.partition
     if partition is not None and partition not in partitions:
@@ -116,6 +113,26 @@ def check_submission(spec: RunSpec) -> None:
             f"partitions on this cluster: {', '.join(partitions) or '(none)'}",
         )
     check_time_limit(cal.time_limit_minutes, cal.max_seconds)
+    limits = read_partition(partition)
+    check_time_within_partition(cal.time_limit_minutes, limits, spec.source)
+    return limits
+
+
+def check_time_within_partition(
+    time_limit_minutes: int, partition: PartitionLimits, source: str | None = None
+) -> None:
+    """A --time above the partition's MaxTime is accepted by sbatch and then never runs: the
+    job stays PENDING (PartitionTimeLimit) until the pending timeout. Refuse it here."""
+    most = partition.max_time_minutes
+    if most is not None and time_limit_minutes > most:
+        raise PartitionLimitError(
+            "calibration.time_limit_minutes",
+            time_limit_minutes,
+            f"at most {most}: partition {partition.name}'s MaxTime is {most} min, and a job "
+            f"asking for more stays pending (PartitionTimeLimit); lower --time-limit or "
+            f"calibration.max_seconds, or calibrate on another partition",
+            source,
+        )
 
 
 def job_timing_lines(folder: Path) -> list[str]:
@@ -169,6 +186,36 @@ def make_executor(
     params.update({k: v for k, v in optional.items() if v is not None})
     executor.update_parameters(**params)
     return executor
+
+
+LOCAL_CONTROLLER_LOG = "local-controller.log"
+
+
+def submit_job(executor: Any, kind: str, folder: Path, function: Any, *args: Any) -> Any:
+    """executor.submit(function, *args); for the local executor, with its controller's
+    stdout and stderr in the job folder.
+
+    submitit's local controller is a child process that inherits plan-job's stdout and
+    stderr: on Ctrl-C (the terminal signals the whole process group) and on cancel (it is
+    sent SIGINT) it printed its 12-24-line KeyboardInterrupt traceback above plan-job's
+    clean message. Its output goes to LOCAL_CONTROLLER_LOG instead (the job's own output
+    has its log files already)."""
+    if kind != "local":
+        return executor.submit(function, *args)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCAL_CONTROLLER_LOG, "ab") as log:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            return executor.submit(function, *args)
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def count_local_gpus(proc: Path = Path("/proc/driver/nvidia/gpus")) -> int:
@@ -234,10 +281,10 @@ class JobRunner:
         try:
             self._watch()
             result = self._result()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             self._cancel()
             raise CancelledByUserError(
-                f"interrupted: cancelled job {self.job.job_id}",
+                f"interrupted{interrupted_by(exc)}: cancelled job {self.job.job_id}",
                 job_id=str(self.job.job_id),
                 log_path=Path(self.job.paths.stderr),
             ) from None

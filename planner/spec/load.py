@@ -11,12 +11,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from jobs.contract.command_fields import REPORT_MODES, fields_in
 from jobs.workloads.base import PRECISIONS
 from jobs.workloads.registry import BUILTIN
 from planner.errors import SpecError
+from planner.spec.paths import expand_path
 from planner.spec.run_spec import (
     COMMAND_WORKLOAD,
     HANG_MODES,
@@ -31,8 +30,25 @@ from planner.spec.run_spec import (
     WorkloadSpec,
 )
 from planner.spec.schema import Section
+from planner.yaml_input import YamlInputError, YamlTooLargeError, load_yaml, read_text
 
 EXECUTORS = ("local", "slurm")
+# Sane upper bounds. Past them a value is a typo or a unit slip, and some would break
+# something downstream: node counts are enumerated one by one, step counts are 64-bit
+# integers in checkpoint names and progress lines, seeds go to every RNG on the node.
+INT64_MAX = 2**63 - 1
+MAX_NODES = 100_000  # the largest Slurm clusters have about 10^4
+MAX_GPUS_PER_NODE = 256
+MAX_CPUS_PER_TASK = 65_536
+MAX_BATCH = 10**9
+MAX_EPOCHS = 10**6
+MAX_KEEP = 10_000
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 32 bits
+MAX_CALIBRATION_STEPS = 10**8
+DAY_S = 86_400.0
+YEAR_S = 365 * DAY_S
+MAX_NAME = 100  # it becomes file, folder and Slurm job names (with prefixes and stamps)
+_STEPS = " (2^63 - 1: a step count must fit in 64 bits)"
 DEVICES = ("auto", "cpu", "cuda")
 _FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _MEM_RE = re.compile(r"^\d+[KMGT]?$")
@@ -48,13 +64,11 @@ def load_spec(
     path = Path(path)
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = load_yaml(read_text(path))
     except OSError as exc:
         raise SpecError("spec", source, f"cannot read the file: {exc.strerror}") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError("spec", source, f"not valid YAML: {exc}") from exc
+    except YamlInputError as exc:
+        raise SpecError("spec", source, str(exc)) from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise SpecError("<top level>", raw, "expected a mapping (key: value lines)", source)
@@ -84,17 +98,20 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             raise SpecError(key, item, f"{part!r} is not a mapping, cannot set a key inside it")
         node = child
     try:
-        node[parts[-1]] = yaml.safe_load(value)
-    except yaml.YAMLError:
-        node[parts[-1]] = value
+        node[parts[-1]] = load_yaml(value)
+    except YamlTooLargeError as exc:
+        raise SpecError("--set", f"{key}=...", str(exc)) from None
+    except YamlInputError:
+        node[parts[-1]] = value  # not YAML: the text as written
 
 
 def parse_spec(
     raw: Mapping[str, Any], source: str | None = None, default_name: str = "run"
 ) -> RunSpec:
     top = Section(raw, "", source)
+    notes: list[str] = []
     name = _name(top, default_name)
-    command = _command(top)
+    command = _command(top, notes)
     if command is None:
         workload = _workload(top.section("workload"))
     else:
@@ -111,7 +128,7 @@ def parse_spec(
     cluster = _cluster(top.section("cluster"))
     batch = _batch(top.section("batch"), cluster)
     precision = top.choice("precision", PRECISIONS, "fp32")
-    checkpoint = _checkpoint(top.section("checkpoint"))
+    checkpoint = _checkpoint(top.section("checkpoint"), notes)
     calibration = _calibration(top.section("calibration"))
     plan = _plan(top.section("plan"))
     top.done()
@@ -127,13 +144,32 @@ def parse_spec(
         source,
         plan,
         command,
+        tuple(notes),
     )
+
+
+def _path(sec: Section, key: str, default: str | None, notes: list[str]) -> Any:
+    """A path field: a non-empty string, ~ and $VARIABLES expanded (planner.spec.paths)."""
+    value = sec.string(key, default)
+    if value is None:
+        return None
+    expanded, note = expand_path(sec.field(key), value, sec.source)
+    if note:
+        notes.append(note)
+    return expanded
 
 
 def _name(top: Section, default: str) -> str:
     """The run's name becomes file names (calibrations/<name>.yaml, job folders): one path
     component, so that no name can write outside the folder it is meant for."""
     name = top.string("name", default)
+    if len(name) > MAX_NAME:
+        raise top.error(
+            "name",
+            name,
+            f"at most {MAX_NAME} characters (it has {len(name)}): it becomes the record's file "
+            "name, the job folder's and the Slurm job name",
+        )
     bad = (
         name in (".", "..")
         or any(sep in name for sep in ("/", "\\"))
@@ -149,7 +185,7 @@ def _name(top: Section, default: str) -> str:
     return name
 
 
-def _command(top: Section) -> CommandSpec | None:
+def _command(top: Section, notes: list[str]) -> CommandSpec | None:
     """``command: "python train.py ..."`` or a mapping with ``run:`` and its settings."""
     if not top.has("command"):
         top.get("command", None)  # an empty command: is consumed, and means none
@@ -166,7 +202,7 @@ def _command(top: Section) -> CommandSpec | None:
     except ValueError as exc:
         raise sec.error("run", run, str(exc)) from exc
     report = sec.choice("report", REPORT_MODES, "progress")
-    output_dir = sec.string("output_dir", None)
+    output_dir = _path(sec, "output_dir", None, notes)
     if report == "trainer_state":
         if output_dir is None:
             raise sec.error(
@@ -191,7 +227,7 @@ def _command(top: Section) -> CommandSpec | None:
         argv=argv,
         report=report,
         output_dir=output_dir,
-        stop_grace_s=sec.number("stop_grace_s", 30.0, minimum=0.0),
+        stop_grace_s=sec.number("stop_grace_s", 30.0, minimum=0.0, maximum=DAY_S, why=" (a day)"),
     )
     sec.done()
     return spec
@@ -245,15 +281,15 @@ def _compile(sec: Section) -> bool:
 
 
 def _data(sec: Section) -> DataSpec:
-    samples = sec.integer("samples", None, minimum=1)
-    tokens = sec.integer("tokens", None, minimum=1)
+    samples = sec.integer("samples", None, minimum=1, maximum=INT64_MAX, why=_STEPS)
+    tokens = sec.integer("tokens", None, minimum=1, maximum=INT64_MAX, why=_STEPS)
     if (samples is None) == (tokens is None):
         raise sec.error(
             "samples",
             samples if samples is not None else tokens,
             "give exactly one of data.samples or data.tokens",
         )
-    epochs = sec.number("epochs", 1.0, minimum=0.0, exclusive_min=True)
+    epochs = sec.number("epochs", 1.0, minimum=0.0, maximum=MAX_EPOCHS, exclusive_min=True)
     sec.done()
     return DataSpec(samples, tokens, epochs)
 
@@ -266,9 +302,9 @@ def _cluster(sec: Section) -> ClusterSpec:
             raise sec.error("mem", mem, "expected a Slurm memory size such as 64G, 512000M or 0")
     spec = ClusterSpec(
         partition=sec.string("partition", None),
-        nodes=sec.integer("nodes", 1, minimum=1),
-        gpus_per_node=sec.integer("gpus_per_node", 1, minimum=0),
-        cpus_per_task=sec.integer("cpus_per_task", 1, minimum=1),
+        nodes=sec.integer("nodes", 1, minimum=1, maximum=MAX_NODES),
+        gpus_per_node=sec.integer("gpus_per_node", 1, minimum=0, maximum=MAX_GPUS_PER_NODE),
+        cpus_per_task=sec.integer("cpus_per_task", 1, minimum=1, maximum=MAX_CPUS_PER_TASK),
         mem=mem,
         account=sec.string("account", None),
         qos=sec.string("qos", None),
@@ -279,11 +315,11 @@ def _cluster(sec: Section) -> ClusterSpec:
 
 
 def _batch(sec: Section, cluster: ClusterSpec) -> BatchSpec:
-    micro = sec.integer("micro_batch", minimum=1)
+    micro = sec.integer("micro_batch", minimum=1, maximum=MAX_BATCH)
     gpus = cluster.gpus
-    accum = sec.integer("grad_accum", None, minimum=1)
+    accum = sec.integer("grad_accum", None, minimum=1, maximum=MAX_BATCH)
     default_global = micro * gpus * (accum or 1)
-    global_batch = sec.integer("global_batch", default_global, minimum=1)
+    global_batch = sec.integer("global_batch", default_global, minimum=1, maximum=INT64_MAX)
     per_step = micro * gpus
     if global_batch % per_step:
         raise sec.error(
@@ -303,19 +339,19 @@ def _batch(sec: Section, cluster: ClusterSpec) -> BatchSpec:
     return BatchSpec(global_batch, micro, derived)
 
 
-def _checkpoint(sec: Section) -> CheckpointSpec:
+def _checkpoint(sec: Section, notes: list[str]) -> CheckpointSpec:
     spec = CheckpointSpec(
-        dir=sec.string("dir", "checkpoints"),
-        interval_steps=sec.integer("interval_steps", None, minimum=1),
-        keep=sec.integer("keep", 2, minimum=1),
+        dir=_path(sec, "dir", "checkpoints", notes),
+        interval_steps=sec.integer("interval_steps", None, minimum=1, maximum=INT64_MAX),
+        keep=sec.integer("keep", 2, minimum=1, maximum=MAX_KEEP),
     )
     sec.done()
     return spec
 
 
 def _calibration(sec: Section) -> CalibrationSpec:
-    min_steps = sec.integer("min_steps", 20, minimum=3)
-    max_steps = sec.integer("max_steps", 300, minimum=1)
+    min_steps = sec.integer("min_steps", 20, minimum=3, maximum=MAX_CALIBRATION_STEPS)
+    max_steps = sec.integer("max_steps", 300, minimum=1, maximum=MAX_CALIBRATION_STEPS)
     if max_steps < min_steps:
         raise sec.error("max_steps", max_steps, f"must be >= calibration.min_steps ({min_steps})")
     spec = CalibrationSpec(
@@ -323,14 +359,20 @@ def _calibration(sec: Section) -> CalibrationSpec:
         device=sec.choice("device", DEVICES, "auto"),
         min_steps=min_steps,
         max_steps=max_steps,
-        max_seconds=sec.number("max_seconds", 90.0, minimum=0.0, exclusive_min=True),
+        max_seconds=sec.number(
+            "max_seconds", 90.0, minimum=0.0, maximum=DAY_S, exclusive_min=True, why=" (a day)"
+        ),
         target_ci=sec.number("target_ci", 0.02, minimum=0.0, maximum=1.0, exclusive_min=True),
-        time_limit_minutes=sec.integer("time_limit_minutes", 10, minimum=1),
-        pending_timeout_s=sec.number("pending_timeout_s", 600.0, minimum=0.0, exclusive_min=True),
+        time_limit_minutes=sec.integer(
+            "time_limit_minutes", 10, minimum=1, maximum=int(YEAR_S // 60), why=" (a year)"
+        ),
+        pending_timeout_s=sec.number(
+            "pending_timeout_s", 600.0, minimum=0.0, maximum=YEAR_S, exclusive_min=True
+        ),
         peak_tflops=sec.number("peak_tflops", None, minimum=0.0, exclusive_min=True),
-        seed=sec.integer("seed", 0, minimum=0),
+        seed=sec.integer("seed", 0, minimum=0, maximum=MAX_SEED),
         nodes=_node_counts(sec),
-        tasks_per_node=sec.integer("tasks_per_node", None, minimum=1),
+        tasks_per_node=sec.integer("tasks_per_node", None, minimum=1, maximum=MAX_GPUS_PER_NODE),
     )
     sec.done()
     return spec
@@ -342,8 +384,10 @@ def _node_counts(sec: Section) -> tuple[int, ...]:
     items = raw if isinstance(raw, list | tuple) else [raw]
     counts: list[int] = []
     for item in items:
-        if isinstance(item, bool) or not isinstance(item, int) or item < 1:
-            raise sec.error("nodes", raw, "expected whole node counts >= 1, e.g. [1, 2]")
+        if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= MAX_NODES:
+            raise sec.error(
+                "nodes", raw, f"expected whole node counts from 1 to {MAX_NODES:,}, e.g. [1, 2]"
+            )
         counts.append(item)
     if not counts:
         raise sec.error("nodes", raw, "give at least one node count, e.g. [1, 2]")
@@ -357,8 +401,8 @@ def _plan(sec: Section) -> PlanSpec:
     def positive(key: str, default: float | None, maximum: float | None = None) -> Any:
         return sec.number(key, default, minimum=0.0, maximum=maximum, exclusive_min=True)
 
-    interval = sec.integer("eval_interval_steps", None, minimum=1)
-    eval_s = sec.number("eval_s", None, minimum=0.0)
+    interval = sec.integer("eval_interval_steps", None, minimum=1, maximum=INT64_MAX)
+    eval_s = sec.number("eval_s", None, minimum=0.0, maximum=DAY_S, why=" (a day)")
     if eval_s is not None and interval is None:
         raise sec.error(
             "eval_s",
@@ -368,17 +412,19 @@ def _plan(sec: Section) -> PlanSpec:
     spec = PlanSpec(
         deadline_hours=positive("deadline_hours", None),
         efficiency_floor=positive("efficiency_floor", 0.8, maximum=1.0),
-        max_nodes=sec.integer("max_nodes", None, minimum=1),
-        interconnect_gbps=positive("interconnect_gbps", 100.0),
-        intranode_gbps=positive("intranode_gbps", 300.0),
-        allreduce_latency_s=sec.number("allreduce_latency_s", 1e-3, minimum=0.0),
-        mtbf_hours=positive("mtbf_hours", None),
-        interruptions_per_gpu_day=positive("interruptions_per_gpu_day", 4.7e-4),
+        max_nodes=sec.integer("max_nodes", None, minimum=1, maximum=MAX_NODES),
+        # GB/s: 0.01 is 80 Mbit/s, slower than any cluster's network; 10^5 faster than any.
+        interconnect_gbps=sec.number("interconnect_gbps", 100.0, minimum=0.01, maximum=1e5),
+        intranode_gbps=sec.number("intranode_gbps", 300.0, minimum=0.01, maximum=1e5),
+        allreduce_latency_s=sec.number("allreduce_latency_s", 1e-3, minimum=0.0, maximum=60.0),
+        # A job interrupted every 6 minutes, or 100 times a GPU-day, cannot make progress.
+        mtbf_hours=sec.number("mtbf_hours", None, minimum=0.1, maximum=1e7),
+        interruptions_per_gpu_day=positive("interruptions_per_gpu_day", 4.7e-4, maximum=100.0),
         run_to_run_spread=sec.number("run_to_run_spread", 0.02, minimum=0.0, maximum=1.0),
-        gpu_hour_cost=sec.number("gpu_hour_cost", None, minimum=0.0),
-        pue=sec.number("pue", 1.0, minimum=1.0),
+        gpu_hour_cost=sec.number("gpu_hour_cost", None, minimum=0.0, maximum=1e9),
+        pue=sec.number("pue", 1.0, minimum=1.0, maximum=10.0),
         eval_interval_steps=interval,
-        eval_batches=sec.integer("eval_batches", 10, minimum=1),
+        eval_batches=sec.integer("eval_batches", 10, minimum=1, maximum=10**6),
         eval_s=eval_s,
         allow_unmeasured_scaling=sec.boolean("allow_unmeasured_scaling", False),
         hang_factor=sec.number("hang_factor", 5.0, minimum=1.0),

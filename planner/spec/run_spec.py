@@ -164,10 +164,14 @@ class RunSpec:
     source: str | None = None  # the file it came from, for messages
     plan: PlanSpec = field(default_factory=PlanSpec)
     command: CommandSpec | None = None  # the user's own training command, else the workload's
+    # What reading the spec changed and the user should be told (a `~` expanded): not a
+    # setting, so neither compared nor saved.
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("source")
+        out.pop("notes")
         out["workload"]["overrides"] = dict(self.workload.overrides)
         if not self.workload.compile:
             # Records and step fingerprints written before workload.compile read the same.

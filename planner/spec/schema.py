@@ -81,7 +81,15 @@ class Section:
             raise self.error(key, value, f"allowed: {', '.join(choices)}")
         return value
 
-    def integer(self, key: str, default: Any = _MISSING, minimum: int | None = None) -> Any:
+    def integer(
+        self,
+        key: str,
+        default: Any = _MISSING,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        why: str = "",
+    ) -> Any:
+        """A whole number; ``maximum`` is a sane upper bound, ``why`` says why it is one."""
         value = self.get(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -90,6 +98,8 @@ class Section:
             raise self.error(key, self.raw.get(key), "expected a whole number (1000, 1e9, 10_000)")
         if minimum is not None and value < minimum:
             raise self.error(key, value, f"must be >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise self.error(key, value, f"must be at most {maximum:,}{why}")
         return value
 
     def number(
@@ -99,6 +109,7 @@ class Section:
         minimum: float | None = None,
         maximum: float | None = None,
         exclusive_min: bool = False,
+        why: str = "",
     ) -> Any:
         value = self.get(key, default)
         if value is default and default is not _MISSING:
@@ -109,7 +120,7 @@ class Section:
         if minimum is not None and (value <= minimum if exclusive_min else value < minimum):
             raise self.error(key, value, f"must be {'>' if exclusive_min else '>='} {minimum:g}")
         if maximum is not None and value > maximum:
-            raise self.error(key, value, f"must be <= {maximum:g}")
+            raise self.error(key, value, f"must be <= {maximum:g}{why}")
         return value
 
     def boolean(self, key: str, default: bool) -> bool:
@@ -150,7 +161,10 @@ def _as_float(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer past 1.8e308
+            return math.inf
     if isinstance(value, str):
         try:
             return float(value.replace("_", ""))
