@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from planner.runs.chain import checkpoint_size
 from planner.runs.checkpoint_dir import check_space
 from planner.units import fmt_bytes
 from tests.cli_helpers import cli_env, run_cli, write_spec
+from tests.slurm_cluster import SlurmCluster
 from tests.test_planning import SPEC, record_for, spec_with
 
 PETABYTE = 10**15  # more than any test machine has free
@@ -59,19 +61,35 @@ def set_train_json(folder: Path, checkpoint_bytes: int | None) -> None:
     train.write_text(json.dumps(config))
 
 
-def test_submit_refuses_before_any_sbatch_when_the_folder_has_no_room(tmp_path: Path) -> None:
+def queued_names() -> list[str]:
+    # The slurm_cluster fixture points os.environ at the test cluster.
+    out = subprocess.run(
+        ["squeue", "--noheader", "--format=%j"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    return out.stdout.split()
+
+
+def test_submit_refuses_before_any_sbatch_when_the_folder_has_no_room(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
+    # On the real cluster: submit needs a controller before it looks at the folder's room.
     folder = project(tmp_path, 2 << 20)
     assert emit(folder).returncode == 0
     assert checkpoint_size(folder / "run") == 2 << 20  # train.json's, from the calibration
     set_train_json(folder, PETABYTE)
-    env = cli_env({"PATH": str(Path(sys.executable).parent)})  # no sbatch here at all
-    proc = run_cli(["submit", "run"], folder, env)
+    proc = run_cli(["submit", "run"], folder, cli_env())
     assert proc.returncode == 2, proc.stderr
     assert f"{fmt_bytes(3 * PETABYTE)} needed" in proc.stderr and "missing" in proc.stderr
     assert not (folder / "run" / "jobs.yaml").exists()
+    assert not [name for name in queued_names() if name.startswith("spec")]
 
 
-def test_an_older_run_folder_takes_the_size_from_its_record(tmp_path: Path) -> None:
+def test_an_older_run_folder_takes_the_size_from_its_record(
+    tmp_path: Path, slurm_cluster: SlurmCluster
+) -> None:
     """A train.json without checkpoint_bytes (emitted before issue 20): the calibration
     record plan.yaml names."""
     folder = project(tmp_path, 2 << 20)
@@ -79,8 +97,7 @@ def test_an_older_run_folder_takes_the_size_from_its_record(tmp_path: Path) -> N
     set_train_json(folder, None)
     assert checkpoint_size(folder / "run") == 2 << 20
     project(tmp_path, PETABYTE)  # the record on disk now says a petabyte
-    env = cli_env({"PATH": str(Path(sys.executable).parent)})
-    proc = run_cli(["submit", "run"], folder, env)
+    proc = run_cli(["submit", "run"], folder, cli_env())
     assert proc.returncode == 2 and f"{fmt_bytes(3 * PETABYTE)} needed" in proc.stderr
 
 

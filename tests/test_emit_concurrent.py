@@ -73,7 +73,7 @@ def test_the_second_of_two_concurrent_emits_fails_naming_the_first(tmp_path: Pat
         first.kill()
     assert second.returncode == 2, second.stdout + second.stderr
     assert f"(pid {first.pid} on {socket.gethostname()}" in second.stderr
-    assert "`plan-job emit`" in second.stderr and "nothing was written" in second.stderr
+    assert "a plan-job emit process" in second.stderr and "nothing was written" in second.stderr
     assert "wrote" not in second.stdout
     assert first.returncode == 0, err_first
     assert f"wrote {out}" in out_first

@@ -74,7 +74,7 @@ def _dead_here(holder: dict[str, object]) -> bool:
 
 def _busy(folder: Path, path: Path, holder: dict[str, object]) -> str:
     who = (
-        f"`plan-job {holder.get('command', '?')}` (pid {holder.get('pid')} on "
+        f"a plan-job {holder.get('command', '?')} process (pid {holder.get('pid')} on "
         f"{holder.get('host')}, since {holder.get('started')})"
         if holder
         else "another plan-job process"
