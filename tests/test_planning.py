@@ -30,8 +30,8 @@ from planner.model.interval import daly_interval_s, expected_overhead, job_mtbf,
 from planner.model.plan import Plan
 from planner.model.planning import make_plan
 from planner.model.report import plan_table
-from planner.model.scaling import RingAllReduce, efficiency, grad_accum_for
 from planner.model.timemodel import count_work
+from planner.scaling.ring import RingAllReduce, efficiency, grad_accum_for
 from planner.slurm.partition import PartitionLimits
 from planner.spec.load import parse_spec
 from planner.spec.run_spec import RunSpec

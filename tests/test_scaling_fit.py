@@ -24,8 +24,7 @@ from planner.calibration.calibrate import CalibrationRun, calibration_runs, chec
 from planner.calibration.record import JobInfo, load_record, make_record, save_record
 from planner.errors import BadInputError, SpecError
 from planner.model.report import options_table, plan_table
-from planner.model.scaling import RingAllReduce
-from planner.model.scaling_fit import (
+from planner.scaling.fit import (
     MeasuredScaling,
     ScalingPoint,
     extrapolation,
@@ -33,6 +32,7 @@ from planner.model.scaling_fit import (
     make_section,
     measured_scaling,
 )
+from planner.scaling.ring import RingAllReduce
 from planner.slurm.submission import make_executor
 from planner.spec.load import parse_spec
 from tests.cli_helpers import TINY_JIT, run_cli, write_spec

@@ -17,8 +17,8 @@ from jobs.contract.measurement import JOB_END_FILE, CalibrationRequest, Measurem
 from jobs.contract.work import Work
 from planner.calibration.record import CalibrationRecord, JobInfo, make_record
 from planner.errors import BatchSplitError, JobFailedError, PartitionLimitError, SpecError
-from planner.model.scaling_fit import ScalingPoint, make_section
 from planner.runs.checkpoint_dir import check_writable
+from planner.scaling.fit import ScalingPoint, make_section
 from planner.slurm.partition import PartitionLimits, read_partition
 from planner.slurm.submission import (
     JobRunner,

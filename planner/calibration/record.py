@@ -25,7 +25,7 @@ from planner.calibration.record_checks import (
     check_scaling_points,
 )
 from planner.errors import SpecError
-from planner.model.scaling_fit import ScalingSection, section_from_dict
+from planner.scaling.fit import ScalingSection, section_from_dict
 from planner.spec.load import parse_spec
 from planner.spec.run_spec import RunSpec
 from planner.yaml_input import YamlInputError, load_yaml, read_text
@@ -62,7 +62,7 @@ class CalibrationRecord:
     job: JobInfo  # the smallest node count's job when several ran
     created: str
     # Every node count's job and the all-reduce fitted to them (calibration.nodes); None: the
-    # one-device calibration, planned with planner.model.scaling.ring_model.
+    # one-device calibration, planned with planner.scaling.ring.ring_model.
     scaling: ScalingSection | None = None
 
     @property

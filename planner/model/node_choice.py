@@ -29,7 +29,6 @@ from planner.model.plan import (
     TimeEstimate,
 )
 from planner.model.plan_limits import corrected_step
-from planner.model.scaling import ScalingModel, StepTime, efficiency, step_at
 from planner.model.timemodel import (
     StepStats,
     Totals,
@@ -40,6 +39,7 @@ from planner.model.timemodel import (
     segment_count,
     step_stats,
 )
+from planner.scaling.ring import ScalingModel, StepTime, efficiency, step_at
 from planner.slurm.partition import PartitionLimits
 from planner.spec.run_spec import RunSpec
 from planner.units import fmt_duration, fmt_percent

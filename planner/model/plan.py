@@ -141,7 +141,7 @@ class Plan:
     gpu_hours: float  # at the P50 wall time
     cost: float | None
     eval_s: float = 0.0  # one evaluation (plan.eval_s, else the calibration's); 0: none
-    # What the all-reduce across nodes comes from (planner.model.scaling_fit.describe_fit) and how
+    # What the all-reduce across nodes comes from (planner.scaling.fit.describe_fit) and how
     # far the chosen node count lies beyond the measured ones; "": a one-device calibration.
     scaling_model: str = ""
     extrapolation: str = ""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from planner.calibration.record import CalibrationRecord
 from planner.history.correction import MAX_FACTOR, MAX_SPREAD, Correction
-from planner.model.scaling import StepTime
+from planner.scaling.ring import StepTime
 from planner.shell import command_text
 from planner.spec.run_spec import RunSpec
 from planner.units import fmt_percent

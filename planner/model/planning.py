@@ -2,8 +2,8 @@
 
 For every node count n in 1..N (N = min(plan.max_nodes, the partition's MaxNodes and total
 nodes); without partition information plan.max_nodes or else cluster.nodes):
-step time (planner.model.scaling; the record's fitted
-planner.model.scaling_fit.MeasuredScaling when a multi-node calibration made one), checkpoint
+step time (planner.scaling.ring; the record's fitted
+planner.scaling.fit.MeasuredScaling when a multi-node calibration made one), checkpoint
 interval (planner.model.interval), segments under MaxTime and P50/P95 wall time
 (planner.model.timemodel), GPU-hours = P50 wall x GPUs, cost.
 
@@ -49,13 +49,6 @@ from planner.model.plan_limits import (
     measured_cap,
     weak_calibration,
 )
-from planner.model.scaling import ScalingModel, ring_model, step_at
-from planner.model.scaling_fit import (
-    describe_fit,
-    extrapolation,
-    measured_efficiency,
-    measured_scaling,
-)
 from planner.model.timemodel import (
     Totals,
     count_work,
@@ -64,6 +57,13 @@ from planner.model.timemodel import (
     resume_s,
     split_segments,
 )
+from planner.scaling.fit import (
+    describe_fit,
+    extrapolation,
+    measured_efficiency,
+    measured_scaling,
+)
+from planner.scaling.ring import ScalingModel, ring_model, step_at
 from planner.slurm.partition import PartitionLimits, check_partition
 from planner.spec.load import YEAR_S
 from planner.spec.run_spec import RunSpec

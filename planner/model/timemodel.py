@@ -6,7 +6,7 @@ Work:
     tokens_total  = samples_total x tokens_per_sample
     total_steps   = ceil(samples_total / global_batch)
 
-Wall time, P50 (step = the P50 optimizer step at the node count, planner.model.scaling):
+Wall time, P50 (step = the P50 optimizer step at the node count, planner.scaling.ring):
     startup + warmup_extra + total_steps x step           startup: the job's script and srun
                                                           (job_start_s), the process's start-
                                                           up, its exit and the job's end

@@ -95,7 +95,7 @@ class CalibrationSpec:
     seed: int = 0
     # One calibration job per node count, smallest first; more than one count (or a count
     # above 1) fits the inter-node all-reduce the plan extrapolates with
-    # (planner.model.scaling_fit).
+    # (planner.scaling.fit).
     nodes: tuple[int, ...] = (1,)
     # Ranks per node of a data-parallel calibration; None: cluster.gpus_per_node (at least 1)
     # once several ranks run, while the default single-node calibration times one device.

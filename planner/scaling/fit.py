@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from planner.model.scaling import GRAD_BYTES_PER_PARAM, StepTime
+from planner.scaling.ring import GRAD_BYTES_PER_PARAM, StepTime
 from planner.spec.run_spec import PlanSpec
 from planner.units import fmt_duration
 

@@ -1,7 +1,7 @@
 """How the optimizer step time changes with the node count: a model behind a small Protocol.
 
 A one-device calibration times ONE device, so every number here is extrapolated from it; a
-multi-node calibration fits a model from its jobs (planner.model.scaling_fit.MeasuredScaling), which
+multi-node calibration fits a model from its jobs (planner.scaling.fit.MeasuredScaling), which
 drops in through ``ScalingModel``.
 
 The default, ``RingAllReduce`` (data parallel, DDP):
