@@ -16,7 +16,7 @@ import pytest
 from planner.calibration.record import save_record
 from planner.errors import NoSpaceError
 from planner.runs.chain import checkpoint_size
-from planner.runs.checkpoint_dir import check_space
+from planner.spec.checkpoint_dir import check_space
 from planner.units import fmt_bytes
 from tests.cli_helpers import cli_env, run_cli, write_spec
 from tests.slurm_cluster import SlurmCluster

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from planner.errors import SpecError
-from planner.runs.checkpoint_dir import node_local_reason, node_local_warning
+from planner.spec.checkpoint_dir import node_local_reason, node_local_warning
 from planner.spec.paths import expand_path
 from tests.cli_helpers import TINY_JIT, cli_env, run_cli, write_spec
 from tests.text_helpers import reference_files

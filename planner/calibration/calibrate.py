@@ -17,7 +17,6 @@ from jobs.contract.measurement import JOB_END_FILE, CalibrationRequest, Measurem
 from jobs.contract.work import Work
 from planner.calibration.record import CalibrationRecord, JobInfo, make_record
 from planner.errors import BatchSplitError, JobFailedError, PartitionLimitError, SpecError
-from planner.runs.checkpoint_dir import check_writable
 from planner.scaling.fit import ScalingPoint, make_section
 from planner.slurm.partition import PartitionLimits, read_partition
 from planner.slurm.submission import (
@@ -27,6 +26,7 @@ from planner.slurm.submission import (
     make_executor,
     submit_job,
 )
+from planner.spec.checkpoint_dir import check_writable
 from planner.spec.run_spec import RunSpec
 
 PROGRESS_FILE = "calibration-progress.jsonl"

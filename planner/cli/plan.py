@@ -43,7 +43,7 @@ def plan(
     from planner.history.report import correction_text
     from planner.model.plan_json import plan_json
     from planner.model.report import plan_table
-    from planner.runs.checkpoint_dir import node_local_warning, resolve
+    from planner.spec.checkpoint_dir import node_local_warning, resolve
 
     try:
         planned, _ = plan_from_files(

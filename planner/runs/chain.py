@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from planner.errors import CommandError, PlanJobError, SpecError, SubmissionError
-from planner.runs.checkpoint_dir import prepare_for_submission
 from planner.runs.run_folder import (
     SubmittedJob,
     load_emit_settings,
@@ -26,6 +25,7 @@ from planner.runs.run_folder import (
 from planner.shell import run_command
 from planner.slurm.client import require_controller
 from planner.slurm.queue import looks_like_job_id
+from planner.spec.checkpoint_dir import prepare_for_submission
 
 
 def sbatch_argv(script: Path, after: str | None) -> list[str]:
@@ -74,7 +74,7 @@ def submit_chain(
 
 def check_checkpoint_dir(folder: Path, resume_foreign: bool) -> None:
     """checkpoint_dir of the run's train.json
-    (planner.runs.checkpoint_dir.prepare_for_submission)."""
+    (planner.spec.checkpoint_dir.prepare_for_submission)."""
     config = load_train_config(folder, "; emit the run again")
     checkpoints = Path(config.checkpoint_dir)
     run_dir = folder.resolve()

@@ -26,13 +26,6 @@ from jobs.contract.train_config import DEFAULT_LOCK_HEARTBEAT_S, TrainConfig
 from jobs.contract.work import Work
 from planner.errors import RunFolderExistsError, SpecError, UnsafeRunFolderError
 from planner.model.plan import Plan, Segment
-from planner.runs.checkpoint_dir import FIELD as CHECKPOINT_FIELD
-from planner.runs.checkpoint_dir import (
-    check_space,
-    check_writable,
-    foreign_checkpoints,
-    node_local_warning,
-)
 from planner.runs.folder_lock import exclusive_claim
 from planner.runs.hang_timeouts import hang_timeouts
 from planner.runs.run_folder import (
@@ -48,6 +41,13 @@ from planner.runs.run_folder import (
     read_marker,
     script_name,
     write_run_files,
+)
+from planner.spec.checkpoint_dir import FIELD as CHECKPOINT_FIELD
+from planner.spec.checkpoint_dir import (
+    check_space,
+    check_writable,
+    foreign_checkpoints,
+    node_local_warning,
 )
 from planner.spec.run_spec import RunSpec
 from planner.units import slurm_minutes
@@ -66,7 +66,7 @@ class EmitOptions:
     template: Path | None = None  # a user template extending segment.sbatch.j2
     force: bool = False  # replace an existing run folder that plan-job wrote
     # The checkpoint size checkpoint.dir must have room for checkpoint.keep + 1 of
-    # (planner.runs.checkpoint_dir.check_space); None: the plan's (the calibration's).
+    # (planner.spec.checkpoint_dir.check_space); None: the plan's (the calibration's).
     checkpoint_bytes: int | None = None
 
 
