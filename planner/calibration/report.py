@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from planner.calibration.record import CalibrationRecord
-from planner.model.plan_limits import WEAK_CI_FACTOR
+from planner.calibration.record import WEAK_CI_FACTOR, CalibrationRecord
 from planner.scaling.fit import ScalingSection, scaling_rows
 from planner.textwidth import fit_table
 from planner.units import fmt_bytes, fmt_count, fmt_duration, fmt_percent

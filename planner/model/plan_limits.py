@@ -15,14 +15,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from planner.calibration.record import CalibrationRecord
+from planner.calibration.record import WEAK_CI_FACTOR, CalibrationRecord
 from planner.history.correction import MAX_FACTOR, MAX_SPREAD, Correction
 from planner.scaling.ring import StepTime
 from planner.shell import command_text
 from planner.spec.run_spec import RunSpec
 from planner.units import fmt_percent
-
-WEAK_CI_FACTOR = 2.0  # a CI this many times its target is reported, and widens the P95
 
 
 @dataclass(frozen=True)
