@@ -38,7 +38,7 @@ _API: dict[str, tuple[str, str]] = {
     "read_partition": ("planner.slurm.partition", "read_partition"),
     "Plan": ("planner.model.plan", "Plan"),
     "make_plan": ("planner.model.planning", "make_plan"),
-    "Correction": ("planner.history.correction", "Correction"),
+    "Correction": ("planner.model.correction", "Correction"),
     "corrections_for": ("planner.history.correction", "corrections_for"),
     "CorrectedPlan": ("planner.history.corrected_plan", "CorrectedPlan"),
     "corrected_plan": ("planner.history.corrected_plan", "corrected_plan"),
@@ -159,8 +159,9 @@ if TYPE_CHECKING:  # what a type checker and an editor see; at run time __getatt
     from planner.followup.state import RunState, inspect_run
     from planner.followup.tighten import TightenPlan, apply_tightening, plan_tightening
     from planner.history.corrected_plan import CorrectedPlan, corrected_plan
-    from planner.history.correction import Correction, corrections_for
+    from planner.history.correction import corrections_for
     from planner.history.database import record_calibration, record_outcomes, record_plan
+    from planner.model.correction import Correction
     from planner.model.plan import Plan
     from planner.model.planning import make_plan
     from planner.pages.build import calibration_page, history_page, run_page, write_page

@@ -13,8 +13,9 @@ from planner.calibration.record import save_record
 from planner.followup.state import inspect_run
 from planner.history import correction as history_correction
 from planner.history import database as history
-from planner.history.kind import kind_key
 from planner.history.report import history_text
+from planner.model.correction import MAX_FACTOR
+from planner.model.kind import kind_key
 from planner.spec.run_spec import RunSpec
 from tests.cli_helpers import cli_env, run_cli, write_spec
 from tests.run_folders import FakeSlurm, accounted, stopped_folder
@@ -52,7 +53,7 @@ def add_outcomes(
             )
 
 
-# The reference spec's kind (planner.history.kind), calibrated by the reference record.
+# The reference spec's kind (planner.model.kind), calibrated by the reference record.
 KIND = kind_key(spec_with(), record_for(spec_with()))
 
 
@@ -201,7 +202,7 @@ def test_a_large_factor_is_capped_and_said(tmp_path: Path) -> None:
         spec_with(), None, db, record=record_for(spec_with())
     )
     assert corrections[2].learned == pytest.approx(6.0)
-    assert corrections[2].factor == history_correction.MAX_FACTOR and corrections[2].capped
+    assert corrections[2].factor == MAX_FACTOR and corrections[2].capped
     spec = spec_with(plan__max_nodes=2)
     model = plan_for(spec, nodes=2)
     corrected = plan_for(spec, nodes=2, corrections=corrections)

@@ -20,8 +20,9 @@ from planner.calibration.record import save_record
 from planner.followup.state import inspect_run
 from planner.history import correction as history_correction
 from planner.history import database as history
-from planner.history.kind import kind_key
 from planner.history.report import history_json, history_text
+from planner.model.correction import MAX_SPREAD
+from planner.model.kind import kind_key
 from tests.cli_helpers import REPO, run_cli, write_spec
 from tests.run_folders import FakeSlurm, chain_folder, sacct_line
 from tests.test_eta import STEP_S, T0, Log
@@ -145,7 +146,7 @@ def test_the_issues_drill_jobs_do_not_double_a_local_plan(tmp_path: Path) -> Non
     # that kind gets no factor either, and says why and what they rest on.
     corrections = history_correction.corrections_for(drills, None, db, record=record_for(drills))
     found = corrections[1]
-    assert found.spread > history_correction.MAX_SPREAD and not found.applied
+    assert found.spread > MAX_SPREAD and not found.applied
     from tests.test_planning import plan_for
 
     plan = plan_for(

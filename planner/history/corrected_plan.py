@@ -11,7 +11,8 @@ from pathlib import Path
 
 from planner.calibration.record import CalibrationRecord
 from planner.errors import HistoryError
-from planner.history.correction import Correction, corrections_for
+from planner.history.correction import corrections_for
+from planner.model.correction import Correction
 from planner.model.plan import Plan
 from planner.model.planning import make_plan
 from planner.slurm.partition import PartitionLimits

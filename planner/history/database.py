@@ -2,7 +2,7 @@
 
 Tables: calibrations (one per record `plan-job calibrate` writes), plans (one per run folder
 `plan-job emit` writes: predicted P50/P95, workload, partition, nodes, fingerprint, the step
-correction it carried, and its kind: what sets its step, planner.history.kind) and outcomes
+correction it carried, and its kind: what sets its step, planner.model.kind) and outcomes
 (one per attempt of an ended job of a run, read from sacct by `resubmit` or `history
 --update`: a requeued job's every run, with Slurm's restart count; state, elapsed, steps done,
 the time the run's plan predicted for exactly those steps, the job's own steady step time
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from planner.calibration.record import CalibrationRecord
 from planner.errors import HistoryError
 from planner.eta.job_log import JobLog
-from planner.history.kind import plan_kind
+from planner.model.kind import plan_kind
 from planner.model.plan import Plan
 from planner.model.timemodel import job_saves
 from planner.slurm.partition import PartitionLimits
@@ -230,7 +230,7 @@ def record_plan(
 ) -> None:
     """A run folder's plan; ``model`` is the uncorrected plan when a correction applied;
     ``record``: the calibration it was made from, which says the device and where it ran
-    (the plan's kind, planner.history.kind: what its jobs' biases are learned for)."""
+    (the plan's kind, planner.model.kind: what its jobs' biases are learned for)."""
     base = model or plan
     factor = plan.step_correction if plan.step_correction != 1.0 else None
     with connect(path, write=True) as db:

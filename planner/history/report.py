@@ -11,16 +11,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.history.correction import (
+from planner.history.correction import step_biases_by_nodes
+from planner.history.database import connect, history_path
+from planner.model.correction import (
     MAX_SPREAD,
     MIN_OUTCOMES,
     RECENT,
     Correction,
     correction_from,
-    step_biases_by_nodes,
 )
-from planner.history.database import connect, history_path
-from planner.history.kind import describe
+from planner.model.kind import describe
 from planner.model.plan import Plan
 from planner.model.plan_json import dumps
 from planner.textwidth import fit_table, wrap_text

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from planner.calibration.record import CalibrationRecord
 from planner.errors import DeadlineError, SpecError
-from planner.history.correction import Correction
+from planner.model.correction import Correction
 from planner.model.interval import choose_interval
 from planner.model.plan import (
     SIGNAL_MARGIN_S,

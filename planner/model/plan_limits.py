@@ -6,7 +6,7 @@
   lets the model choose anyway.
 - A calibration that missed its CI target by more than 2x: the machine is noisier than the
   default run-to-run spread assumes, so the P95 takes the measured spread instead.
-- The history's step correction at a node count (planner.history.correction), capped.
+- The history's step correction at a node count (planner.model.correction), capped.
 Torch-free.
 """
 
@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from planner.calibration.record import WEAK_CI_FACTOR, CalibrationRecord
-from planner.history.correction import MAX_FACTOR, MAX_SPREAD, Correction
+from planner.model.correction import MAX_FACTOR, MAX_SPREAD, Correction
 from planner.scaling.ring import StepTime
 from planner.shell import command_text
 from planner.spec.run_spec import RunSpec

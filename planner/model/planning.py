@@ -26,8 +26,8 @@ from planner.errors import (
     PartitionLimitError,
     SpecError,
 )
-from planner.history.correction import Correction
 from planner.model.baselines import baselines
+from planner.model.correction import Correction
 from planner.model.energy import power_facts
 from planner.model.node_cap import node_cap
 from planner.model.node_choice import (

@@ -1,5 +1,5 @@
 """A run's kind for the history: what sets its step time. A correction is learned only from
-jobs of the same kind (planner.history.correction).
+jobs of the same kind (planner.model.correction; the history's plans are keyed by it).
 
 Keyed by workload name and preset (or its function, or the command and how it reports), the
 preset's overrides, compile, micro-batch, global batch and GPUs per node (which, at a node
