@@ -1,6 +1,6 @@
 """The progress file as plan-job read it before the streaming reader (main at a6fc4cf): every
 line parsed (jobs.progress.read_progress), every event kept, each job's every step time. Kept
-here as the oracle that planner.eta.progress_reader's summaries are checked against."""
+here as the oracle that planner.runs.progress_reader's summaries are checked against."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def full_read(path: Path) -> FullRead:
 
 
 def _job(index: int, events: Sequence[Mapping[str, Any]]) -> FullJob:
-    """planner.eta.progress._job_log and planner.followup.pace.job_timings as they were."""
+    """planner.runs.progress._job_log and planner.followup.pace.job_timings as they were."""
     start = events[0] if events[0].get("event") == "start" else {}
     timed = [
         e

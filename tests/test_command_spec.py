@@ -18,9 +18,9 @@ from jobs.contract.train_config import TrainConfig
 from jobs.progress import ProgressWriter
 from planner.calibration.calibrate import build_request
 from planner.errors import SpecError
-from planner.eta.progress_reader import read_summary
 from planner.followup.state import newest_logged_checkpoint
 from planner.runs.emit import EmitOptions, emit
+from planner.runs.progress_reader import read_summary
 from planner.spec.load import load_spec, parse_spec
 from planner.spec.run_spec import COMMAND_WORKLOAD, RunSpec
 from tests.cli_helpers import run_cli, write_spec

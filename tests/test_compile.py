@@ -22,11 +22,11 @@ from jobs.node.compiling import missing_compiler
 from planner.calibration.record import make_record
 from planner.calibration.report import calibration_table
 from planner.errors import CalibrationMismatchError, SpecError
-from planner.eta.progress import History
 from planner.eta.steps import StepTime, resume_time
 from planner.followup.pace import JobTiming, _resume
 from planner.history.database import predicted_job_s
 from planner.model.report import plan_table
+from planner.runs.progress import History
 from planner.runs.run_folder import read_plan_facts
 from planner.spec.load import parse_spec
 from tests.test_planning import SPEC, partition, plan_for, record_for, spec_with

@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 
-from planner.eta.job_log import JobLog
-from planner.eta.progress_reader import read_summary
 from planner.runs.diagnosis import (
     CAUSES,
     LOCK_FILE,
@@ -20,6 +18,8 @@ from planner.runs.diagnosis import (
     read_trainer_lock,
     same_failure_twice,
 )
+from planner.runs.job_log import JobLog
+from planner.runs.progress_reader import read_summary
 from planner.slurm.accounting import JobOutcome, parse_sacct_attempts, parse_sacct_outcomes
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -27,9 +27,9 @@ from jobs.progress import ProgressWriter
 from planner.errors import BadInputError, UnknownJobError
 from planner.eta import estimate as estimator
 from planner.eta import report as eta_report
-from planner.eta.progress import load_progress
 from planner.eta.source import load_source
 from planner.runs.emit import EmitOptions, emit
+from planner.runs.progress import load_progress
 from planner.runs.run_folder import SubmittedJob
 from planner.shell import CommandResult
 from planner.slurm.queue import (

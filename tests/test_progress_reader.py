@@ -1,4 +1,4 @@
-"""The streaming progress reader (planner.eta.progress_reader) against the full parse it
+"""The streaming progress reader (planner.runs.progress_reader) against the full parse it
 replaced (tests/progress_oracle.py): the same summaries on damaged files, on long jobs read in
 bulk, and when read again after lines were appended (`eta --watch`)."""
 
@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from planner.eta import steps
-from planner.eta.job_log import HEAD, RECENT, RECENT_SAVES
-from planner.eta.progress import load_progress
-from planner.eta.progress_reader import (
+from planner.runs.job_log import HEAD, RECENT, RECENT_SAVES
+from planner.runs.progress import load_progress
+from planner.runs.progress_reader import (
     CHECKPOINT_LINES_KEPT,
     EVALS_KEPT,
     ProgressReader,

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from jobs.calibration.stats import steady_estimate
-from planner.eta.progress import load_progress
 from planner.eta.source import Source
 from planner.history.corrected_plan import CorrectedPlan
 from planner.model.plan_json import plan_json
@@ -27,6 +26,7 @@ from planner.pages.html import Number, Page, Section, Table, lookup, number, ren
 from planner.pages.plan import _save_ticks, segment_spans
 from planner.pages.run import JobEvents, planned_steps, queue_waits
 from planner.pages.svg import WIDE, Chart, render
+from planner.runs.progress import load_progress
 from planner.runs.run_folder import SubmittedJob
 from tests.cli_helpers import REPO, run_cli, write_spec
 from tests.test_planning import SPEC, partition, plan_for, record_for, spec_with

@@ -20,14 +20,14 @@ import yaml
 
 from jobs.progress import read_progress
 from planner.errors import RefusedError
-from planner.eta.progress import load_progress
 from planner.eta.source import load_source
 from planner.followup.resubmit import planned_commands, prepare, record
 from planner.followup.state import inspect_run, newest_checkpoint
 from planner.followup.tighten import plan_tightening
+from planner.runs.inferred_outcome import infer_outcome
+from planner.runs.progress import load_progress
 from planner.runs.run_folder import EmitSettings, load_emit_settings, save_emit_settings
 from planner.slurm.accounting import (
-    infer_outcome,
     job_outcomes,
     outcome_from_scontrol,
     parse_sacct_outcomes,

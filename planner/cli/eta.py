@@ -15,7 +15,7 @@ from planner.errors import PlanJobError
 
 if TYPE_CHECKING:  # the command imports it when it runs: --help needs none of it
     from planner.eta.estimate import Eta
-    from planner.eta.progress_reader import ProgressReader
+    from planner.runs.progress_reader import ProgressReader
 
 
 @click.command()

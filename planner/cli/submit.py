@@ -13,7 +13,7 @@ from planner.errors import PlanJobError
 from planner.stop_signals import interrupted_by
 
 if TYPE_CHECKING:  # imported when --watch runs: --help needs none of it
-    from planner.eta.progress_reader import ProgressReader
+    from planner.runs.progress_reader import ProgressReader
 
 
 @click.command()

@@ -36,8 +36,6 @@ from planner.eta.outlook import (
     simulate,
     stop_reserve,
 )
-from planner.eta.progress import History
-from planner.eta.progress_reader import ProgressReader
 from planner.eta.source import Source, load_source
 from planner.eta.steps import (
     DEFAULT_SPREAD,
@@ -54,6 +52,8 @@ from planner.eta.steps import (
     step_sigma,
 )
 from planner.runs.diagnosis import Diagnosis, diagnose, diagnose_job
+from planner.runs.progress import History
+from planner.runs.progress_reader import ProgressReader
 from planner.shell import command_text
 from planner.slurm.accounting import JobOutcome, job_outcomes
 from planner.slurm.queue import Runner, SlurmJob, queued, with_end_from_env

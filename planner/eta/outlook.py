@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from planner.eta.progress import History
 from planner.eta.source import Source
 from planner.eta.steps import StepTime
 from planner.model.plan import PlanFacts
 from planner.runs.emit import STOP_MARGIN_S
+from planner.runs.progress import History
 from planner.shell import command_text
 from planner.slurm.queue import SlurmJob
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from planner.clock import short_moment_text
 from planner.errors import SlurmUnavailableError
 from planner.eta.estimate import Eta, eta_for
-from planner.eta.progress_reader import ProgressReader
+from planner.runs.progress_reader import ProgressReader
 from planner.runs.run_folder import LOGS_DIR, load_jobs, progress_candidates, read_train_json
 from planner.slurm.queue import Runner, queued
 

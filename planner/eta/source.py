@@ -1,5 +1,5 @@
 """Where an ETA's numbers come from: a progress file, a trainer_state.json, a run folder or a
-Slurm job id, resolved into a Source: the run's History (planner.eta.progress) and, for a run
+Slurm job id, resolved into a Source: the run's History (planner.runs.progress) and, for a run
 folder, what was planned (plan.yaml), the checkpoint interval (train.json) and the chain's job
 ids (jobs.yaml), all read through planner.runs.run_folder. A Slurm job id is followed to its
 batch script's folder. Torch-free.
@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import BadInputError, NoProgressError
-from planner.eta.progress import (
+from planner.model.plan import PlanFacts
+from planner.runs.no_progress import no_progress_error
+from planner.runs.progress import (
     TRAINER_STATE,
     WHAT_TO_PASS,
     History,
@@ -22,9 +24,7 @@ from planner.eta.progress import (
     newest_trainer_state,
     trainer_state,
 )
-from planner.eta.progress_reader import ProgressReader
-from planner.model.plan import PlanFacts
-from planner.runs.no_progress import no_progress_error
+from planner.runs.progress_reader import ProgressReader
 from planner.runs.run_folder import (
     JOBS_FILE,
     LOGS_DIR,
@@ -60,7 +60,7 @@ def load_source(
     readers: dict[Path, ProgressReader] | None = None,
 ) -> Source:
     """Resolve TARGET: a file, a folder or a Slurm job id, in that order. ``readers``: the
-    progress files' readers kept between calls (planner.eta.progress.load_progress)."""
+    progress files' readers kept between calls (planner.runs.progress.load_progress)."""
     path = Path(target).expanduser()
     if path.is_dir():
         return _from_folder(target, path, total_steps, runner=runner, readers=readers)

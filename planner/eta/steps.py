@@ -6,7 +6,7 @@ data workers filling their queues) and for a number of steps that differs per jo
 model, so a fixed "drop the first K steps" is either too few (compile) or wastes data. Each
 job's own step times are cut where MSER-5 finds its steady state begins (the calibration's
 rule, so the ETA and the plan mean the same thing by "steady"), looked for in its first
-planner.eta.job_log.HEAD timed steps (all of them in a job no longer than that); a job with
+planner.runs.job_log.HEAD timed steps (all of them in a job no longer than that); a job with
 fewer than MIN_JOB_STEPS timed steps is left out while older jobs have steady steps, as its warm-up
 cannot be told from its steady state yet. The estimate is the mean of the last WINDOW steady
 steps, winsorized at 10% each side: the remaining time is a sum of step times, so its P50 is
@@ -28,12 +28,12 @@ from dataclasses import dataclass
 
 from jobs.calibration.stats import mean_ci
 from jobs.training.resume import RECENT_STEPS
-from planner.eta.job_log import RECENT, JobLog
-from planner.eta.progress import History
 from planner.model.plan import PlanFacts
+from planner.runs.job_log import RECENT, JobLog
+from planner.runs.progress import History
 
 # Steady steps the estimate averages, recent enough to follow a node change: as many as a
-# job's summary holds (planner.eta.job_log.RECENT).
+# job's summary holds (planner.runs.job_log.RECENT).
 WINDOW = RECENT
 WINSOR = 0.1  # share clipped at each end of the window
 MIN_JOB_STEPS = 10  # fewer timed steps: a job's warm-up cannot be told from its steady state

@@ -21,10 +21,10 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from planner.eta.progress import History
 from planner.eta.steps import Z975, StepTime, steady_step_time
 from planner.model.plan import SIGNAL_MARGIN_S, SIGNAL_SLACK_S, Z95, Plan
 from planner.model.timemodel import StepStats, Work
+from planner.runs.progress import History
 
 MIN_RUN_STEPS = 20  # steady steps below which the plan's step time is used instead
 RECENT_SAVES = 5

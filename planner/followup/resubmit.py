@@ -35,6 +35,7 @@ from planner.model.timemodel import split_segments
 from planner.runs.chain import sbatch_argv, submit_scripts
 from planner.runs.diagnosis import Diagnosis, same_failure_twice
 from planner.runs.emit import EmitOptions, render
+from planner.runs.inferred_outcome import OOM_RE, job_log_text
 from planner.runs.run_folder import (
     LOGS_DIR,
     EmitSettings,
@@ -52,7 +53,6 @@ from planner.runs.run_folder import (
     write_scripts,
 )
 from planner.shell import command_text
-from planner.slurm.accounting import OOM_RE, job_log_text
 from planner.slurm.partition import PartitionLimits, read_partition
 from planner.slurm.queue import Runner
 

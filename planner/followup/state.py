@@ -19,21 +19,16 @@ from pathlib import Path
 
 from jobs.contract.train_config import TrainConfig
 from planner.errors import BadInputError, SlurmUnavailableError
-from planner.eta.job_log import JobLog
-from planner.eta.progress import History
 from planner.eta.source import Source, load_source
 from planner.followup.pace import RunPace, job_timings, measure_pace
 from planner.followup.preview import unread_job_facts
 from planner.model.plan import Plan
 from planner.runs.diagnosis import Diagnosis, diagnose_job
+from planner.runs.inferred_outcome import infer_outcome, with_inferred
+from planner.runs.job_log import JobLog
+from planner.runs.progress import History
 from planner.runs.run_folder import SubmittedJob, load_plan, load_train_config
-from planner.slurm.accounting import (
-    Accounting,
-    JobOutcome,
-    infer_outcome,
-    job_outcomes,
-    with_inferred,
-)
+from planner.slurm.accounting import Accounting, JobOutcome, job_outcomes
 from planner.slurm.queue import Runner, SlurmJob, queued
 
 _CHECKPOINT_RE = re.compile(r"ckpt-(\d{9,})\.pt")

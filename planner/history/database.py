@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING
 
 from planner.calibration.record import CalibrationRecord
 from planner.errors import HistoryError
-from planner.eta.job_log import JobLog
 from planner.model.kind import plan_kind
 from planner.model.plan import Plan
 from planner.model.timemodel import job_saves
+from planner.runs.job_log import JobLog
 from planner.slurm.partition import PartitionLimits
 from planner.spec.run_spec import RunSpec
 

@@ -3,7 +3,7 @@ about a failed, hung or stopped job.
 
 From what each source tells: Slurm's state and exit (sacct's ExitCode "code:signal", the
 signal by name: "0:9" is "killed by SIGKILL"), the job's own lines in the progress file
-(planner.eta.job_log: the ``failure``, ``hang``, ``chain_stopped`` and ``checkpoint_bad``
+(planner.runs.job_log: the ``failure``, ``hang``, ``chain_stopped`` and ``checkpoint_bad``
 events the training writes, its newest line), and the last lines of its log. The cause is
 named where one of them tells it, in that order: the training's own event, then Slurm's
 state, then the log's text (a full disk, a CUDA or host out-of-memory, an import error, a
@@ -28,9 +28,10 @@ from typing import Any
 from jobs.contract.failure import EXIT_CHAIN_STOPPED, EXIT_HANG, EXIT_REFUSED
 from jobs.node.trainer_lock import LOCK_FILE
 from planner.clock import clock_text
-from planner.eta.job_log import JobLog
+from planner.runs.inferred_outcome import job_log_text
+from planner.runs.job_log import JobLog
 from planner.runs.run_folder import job_log_path
-from planner.slurm.accounting import SLURM_ENDED, JobOutcome, job_log_text, signal_name
+from planner.slurm.accounting import SLURM_ENDED, JobOutcome, signal_name
 from planner.units import fmt_duration
 
 # The training's failure causes (jobs.contract.failure.CAUSES) in words.

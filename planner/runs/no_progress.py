@@ -14,9 +14,10 @@ from pathlib import Path
 
 from planner.errors import PlanJobError, RunFailedError, RunNotStartedError, SlurmUnavailableError
 from planner.runs.diagnosis import diagnose
+from planner.runs.inferred_outcome import job_log_text, with_inferred
 from planner.runs.run_folder import SubmittedJob, job_log_path
 from planner.shell import command_text
-from planner.slurm.accounting import JobOutcome, job_log_text, job_outcomes, with_inferred
+from planner.slurm.accounting import JobOutcome, job_outcomes
 from planner.slurm.queue import Runner, queued
 from planner.units import fmt_duration
 

@@ -8,24 +8,19 @@ shows it after the colon, on the job or on its srun step (a batch script that ex
 shell's 128 + n shows n before the colon, which the job's log tells apart). Sites run without
 it (no slurmdbd, or AccountingStorageType=none) or it can fail; then
 `scontrol show job` still knows a job for MinJobAge after its end (300 s by default), with
-the same state. Past that, the job's own output file may hold slurmstepd's
-"*** JOB n ... CANCELLED AT ... DUE TO TIME LIMIT ***" line, and the progress file tells
-whether the training stopped cleanly (a stop line) or was killed (none). Every answer says
+the same state. Past that, the job's own output and progress lines tell
+(planner.runs.inferred_outcome, which fills in what Slurm no longer knows). Every answer says
 where it came from, and what was inferred is marked so. Torch-free.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from planner.errors import CommandError
-from planner.eta.job_log import JobLog
-from planner.runs.run_folder import job_log_path
 from planner.shell import run_command
 from planner.slurm.queue import (
     Runner,
@@ -37,12 +32,6 @@ from planner.slurm.queue import (
 SACCT_FIELDS = "JobID,State,ExitCode,Start,End,ElapsedRaw,Timelimit,NNodes"
 # States in which Slurm itself signalled the job's processes.
 SLURM_ENDED = ("TIMEOUT", "CANCELLED", "PREEMPTED", "NODE_FAIL", "REQUEUED", "DEADLINE")
-# slurmstepd's line in the job's output when Slurm ends it; the reason names the state.
-_STEPD_RE = re.compile(r"\*\*\* JOB (\d+) ON \S+ CANCELLED AT \S+(?: DUE TO ([A-Z ]+))? \*\*\*")
-_STEPD_REASONS = {"TIME LIMIT": "TIMEOUT", "PREEMPTION": "PREEMPTED", "NODE FAILURE": "NODE_FAIL"}
-# The training's own report of a CUDA OOM (jobs.node.runtime.oom_failure), torch's message, and
-# the kernel OOM killer's as slurmstepd relays it.
-OOM_RE = re.compile(r"plan-job train: (?:rank [^:]*: )?oom:|CUDA out of memory|oom[_-]kill", re.I)
 
 
 @dataclass(frozen=True)
@@ -220,64 +209,6 @@ def job_outcomes(job_ids: Iterable[str], runner: Runner | None = None) -> Accoun
         if outcome is not None:
             found[job_id] = outcome
     return Accounting(found, error, attempts)
-
-
-def infer_outcome(job_id: str, job: JobLog | None, log_text: str | None) -> JobOutcome:
-    """The state Slurm no longer tells, read from the job's output and progress lines."""
-    if log_text:
-        if OOM_RE.search(log_text):
-            return JobOutcome(job_id, "OUT_OF_MEMORY", "job log", True, note="out of memory")
-        for match in _STEPD_RE.finditer(log_text):
-            if match.group(1) == job_id:
-                state = _STEPD_REASONS.get((match.group(2) or "").strip(), "CANCELLED")
-                return JobOutcome(job_id, state, "job log", True, note=match.group(0))
-    if job is None:
-        return JobOutcome(job_id, "UNKNOWN", "progress log", True, note="it wrote no progress")
-    elapsed = None
-    if job.start_time is not None and job.last_time is not None:
-        elapsed = job.last_time - job.start_time  # from the start line: start-up not counted
-    if job.stop_reason == "done":
-        state, note = "COMPLETED", "the training reached total_steps"
-    elif job.stop_reason is not None:
-        state = "COMPLETED"
-        note = f"the training stopped cleanly ({job.stop_reason}) and exits 0"
-    else:
-        state = "TIMEOUT"
-        note = (
-            "no stop line: the job was killed; a time limit is the usual cause, a node "
-            "failure, preemption or crash reads the same"
-        )
-    return JobOutcome(job_id, state, "progress log", True, elapsed_s=elapsed, note=note)
-
-
-def job_log_text(run_dir: Path, job_id: str, limit_bytes: int = 200_000) -> str | None:
-    """The tail of the job's output file (planner.runs.run_folder.job_log_path), if any."""
-    path = job_log_path(run_dir, job_id)
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            handle.seek(max(handle.tell() - limit_bytes, 0))
-            return handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return None
-
-
-def with_inferred(
-    accounting: Accounting,
-    job_ids: Iterable[str],
-    jobs: Mapping[str, JobLog],
-    run_dir: Path,
-) -> Accounting:
-    """Fill the jobs Slurm no longer knows from their logs and progress lines."""
-    outcomes = dict(accounting.outcomes)
-    for job_id in job_ids:
-        known = outcomes.get(job_id)
-        if known is not None and known.state != "UNKNOWN":
-            continue
-        outcomes[job_id] = infer_outcome(job_id, jobs.get(job_id), job_log_text(run_dir, job_id))
-    return Accounting(outcomes, accounting.sacct_error, accounting.attempts)
 
 
 def _exit_code(text: str) -> int | None:

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import BadInputError, NoProgressError
-from planner.eta.job_log import JobLog, job_from_times
-from planner.eta.progress_reader import ProgressReader
+from planner.runs.job_log import JobLog, job_from_times
+from planner.runs.progress_reader import ProgressReader
 
 TRAINER_STATE = "trainer_state.json"
 _CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -86,7 +86,7 @@ def load_progress(
 
     ``total_steps`` (the user's) beats the file's start lines, which beat ``fallback_total``
     (a run folder's train.json or plan). ``readers``: kept between calls (`eta --watch`), so
-    that a file is read on from where the last call stopped (planner.eta.progress_reader)."""
+    that a file is read on from where the last call stopped (planner.runs.progress_reader)."""
     if not path.is_file():
         raise NoProgressError(
             f"{path}: no progress file here (has the run started?); {WHAT_TO_PASS}"

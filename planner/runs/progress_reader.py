@@ -1,5 +1,5 @@
 """A progress file (jobs.progress) read in one streaming pass into per-job summaries
-(planner.eta.job_log), in memory bounded whatever its length; and read again from where it
+(planner.runs.job_log), in memory bounded whatever its length; and read again from where it
 stopped, for `eta --watch`.
 
 Parsing every line as JSON costs a few microseconds a line: a run of a million steps took
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from planner.eta.job_log import HEAD, NOTABLE_EVENTS, NOTABLE_KEPT, RECENT, RECENT_SAVES, JobLog
+from planner.runs.job_log import HEAD, NOTABLE_EVENTS, NOTABLE_KEPT, RECENT, RECENT_SAVES, JobLog
 
 CHUNK = 4 << 20  # bytes read at a time
 Raw = bytes | bytearray
@@ -96,7 +96,7 @@ class _Job:
         self.notable: collections.deque[Mapping[str, Any]] = collections.deque(maxlen=NOTABLE_KEPT)
 
     def add(self, event: Mapping[str, Any]) -> None:
-        """One parsed line, as planner.eta.progress has always read a job's lines."""
+        """One parsed line, as planner.runs.progress has always read a job's lines."""
         name = event.get("event")
         if self.last_event is None and self.last_raw is None and name == "start":
             self.start = event

@@ -1,4 +1,4 @@
-"""One job of a run as its progress lines summarise it: what planner.eta.progress_reader keeps
+"""One job of a run as its progress lines summarise it: what planner.runs.progress_reader keeps
 of a job, in memory bounded whatever the job's length.
 
 A job of a million steps is not held step by step. Its summary keeps the first HEAD timed
