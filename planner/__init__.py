@@ -11,8 +11,9 @@
 The names below are imported on first use (PEP 562), so `import planner.errors` (what the
 CLI does first) stays as cheap as that module; none of them imports click, nor torch at
 import. Errors: planner.errors (BadInputError: the input must change; JobError: a job did not
-do its work). The packages, by what they own: spec, calibration, slurm, model, runs, eta,
-followup, history, pages and cli (README "Architecture").
+do its work). The packages, bottom up (each imports only those below it; README
+"Architecture", tests/test_layers.py): spec, slurm and scaling, calibration, model, runs, eta,
+followup, history, pages and cli.
 """
 
 from __future__ import annotations
