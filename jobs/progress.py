@@ -271,9 +271,11 @@ def read_progress(
     if keep_steps:
         kept = sorted([*kept, *steps])
     events = []
-    for _, line in kept:
+    # str.splitlines, as the readers on the login side split: a stray \r or \x0b ends a line.
+    texts = (part for _, line in kept for part in line.decode("utf-8", "replace").splitlines())
+    for text in texts:
         try:
-            event = json.loads(line.decode("utf-8", errors="replace"))
+            event = json.loads(text)
         except json.JSONDecodeError:
             continue
         if isinstance(event, dict) and "event" in event:
