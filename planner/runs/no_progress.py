@@ -67,7 +67,10 @@ def no_progress_error(
     cause = f"\njob {shown}: {found.why}" if found is not None and found.cause else ""
     return RunFailedError(
         f"{folder}: the run's jobs ended ({what}) without training a step: none of them got "
-        f"past its start\n" + "\n".join(lines) + cause + "\nfix the cause the log shows, then submit "
+        f"past its start\n"
+        + "\n".join(lines)
+        + cause
+        + "\nfix the cause the log shows, then submit "
         "again",
         job_id=shown,
         log_path=log,
