@@ -11,7 +11,10 @@ median of --runs) and reports it as a ratio to `wc -l` on the same file, with th
 of its process:
 
 - `eta FILE` (the progress file alone) and `eta RUN` (the run folder, with its plan);
-- `resubmit RUN --dry-run`, `tighten RUN` and `history --update RUN` (a private history).
+- `resubmit RUN --dry-run`, `tighten RUN` and `history --update RUN` (a private history);
+- `node`: what a segment reads at its start on the compute node (jobs.progress.read_progress
+  with the last few steps, as jobs.training.preflight does: the chain guard, the checkpoints,
+  the previous jobs' recent steps).
 
 resubmit, tighten and history ask Slurm: they run with stand-ins for squeue, sacct, scontrol
 and sinfo first on PATH that know no job (every job reads as ended, its state inferred from
@@ -37,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 PLAN_JOB = Path(sys.executable).parent / "plan-job"
 CHECKPOINT_EVERY = 1000
 RESTART_EVERY = 200_000
-COMMANDS = ("eta", "eta-run", "resubmit", "tighten", "history")
+COMMANDS = ("eta", "eta-run", "resubmit", "tighten", "history", "node")
 # Slurm stand-ins that know no job (squeue lists none, sacct finds none, scontrol forgets it)
 # and one partition, gpu: 2 nodes of 2 GPUs, MaxTime 2 days.
 PARTITION = (
@@ -175,13 +178,19 @@ def main() -> None:
             "resubmit": "resubmit RUN --dry-run",
             "tighten": "tighten RUN",
             "history": "history --update RUN",
+            "node": "node: a segment's start",
         }
+        node_read = (
+            "from jobs.progress import read_progress; import sys; "
+            "read_progress(sys.argv[1], keep_steps=5)"
+        )
         argvs = {
             "eta": ([str(PLAN_JOB), "eta", str(progress)], env),
             "eta-run": ([str(PLAN_JOB), "eta", str(run)], env),
             "resubmit": ([str(PLAN_JOB), "resubmit", str(run), "--dry-run"], slurm_env),
             "tighten": ([str(PLAN_JOB), "tighten", str(run)], slurm_env),
             "history": ([str(PLAN_JOB), "history", "--update", str(run)], slurm_env),
+            "node": ([sys.executable, "-c", node_read, str(progress)], env),
         }
         print(
             f"{'command':<26} {'median s':>9} {'min s':>7} {'x wc -l':>8} {'CPU s':>6} "

@@ -183,7 +183,7 @@ class Reporter:
                 )
             path = Path(self.progress_path or "")
             # Counted before this job opens the file: the earlier jobs' starts.
-            restart = restart_count(read_progress(path))
+            restart = restart_count(read_progress(path, keep_steps=0))
             self._writer = ProgressWriter(path)
             self._writer.start(
                 step,

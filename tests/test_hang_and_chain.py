@@ -349,3 +349,31 @@ def test_emit_writes_the_node_keys_and_hang_timeouts_off_writes_none(tmp_path: P
 def test_bad_plan_settings_name_the_field(changes: dict[str, Any], field: str) -> None:
     with pytest.raises(SpecError, match=field.replace(".", r"\.")):
         spec_with(**changes)
+
+
+def test_a_segment_start_reads_every_event_but_only_the_last_steps(tmp_path: Path) -> None:
+    """What a job reads at its start (jobs.training.preflight: keep_steps): every non-step
+    event and the last few steps, in file order, as the whole parse has them; torn lines
+    skipped and steps another writer formatted differently still kept."""
+    from jobs.progress import ProgressWriter
+
+    path = tmp_path / "progress.jsonl"
+    with ProgressWriter(path) as writer:
+        writer.start(0, 100, 0)
+        for step in range(1, 31):
+            writer.step(step, step * 4, None, 0.1 + step / 1000, 1.0)
+            if step % 10 == 0:
+                writer.checkpoint(step, 0.2, f"/c/ckpt-{step:09d}.pt", 10)
+        writer.stop(30, "time_limit", None)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('{"event": "step", "step": 31, "ti')  # torn by a kill
+        handle.write("\n" + json.dumps({"time": 1.0, "step": 32, "event": "step"}) + "\n")
+    whole = read_progress(path)
+    written = [i for i, e in enumerate(whole) if e["event"] == "step" and next(iter(e)) == "event"]
+    assert len(written) == 30 and len(whole) == 30 + 6  # start, 3 checkpoints, stop, step 32
+    for keep in (0, 1, 5, 100):
+        dropped = set(written[: max(len(written) - keep, 0)])
+        expected = [e for i, e in enumerate(whole) if i not in dropped]
+        assert read_progress(path, keep_steps=keep) == expected, keep
+    kept = [e["step"] for e in read_progress(path, keep_steps=2) if e["event"] == "step"]
+    assert kept == [29, 30, 32]

@@ -59,7 +59,7 @@ def resume_from(config: TrainConfig) -> tuple[int, str | None]:
         folder = trainer_state.newest_checkpoint(config.work.output_dir)
         return (folder.step, folder.path) if folder is not None else (0, None)
     best: tuple[int, str | None] = (0, None)
-    for event in read_progress(config.progress_path):
+    for event in read_progress(config.progress_path, keep_steps=0):
         step, path = event.get("step"), event.get("path")
         if event.get("event") != "checkpoint" or not isinstance(path, str) or not path:
             continue
@@ -98,7 +98,7 @@ def run_training(config: TrainConfig, stop_at: float | None, signalled: str | No
         first, path = resume_from(config)
         if _is_rank_zero(env):
             try:
-                history = read_progress(config.progress_path)
+                history = read_progress(config.progress_path, keep_steps=0)
                 lock = command_start.prepare(config, env, watch, history, path)
             except Refusal as exc:
                 print(f"plan-job train: refused to start: {exc.text}", file=sys.stderr)
@@ -158,7 +158,7 @@ def _launch(
     argv = render(config.work.command, values)
     writer = None
     if trainer and _is_rank_zero(env):
-        restart = restart_count(read_progress(config.progress_path))
+        restart = restart_count(read_progress(config.progress_path, keep_steps=0))
         writer = ProgressWriter(config.progress_path)
         writer.start(first, config.total_steps, restart)
     try:

@@ -22,6 +22,7 @@ from jobs.node.failures import write_failure
 from jobs.node.watchdog import NoWatchdog
 from jobs.progress import ProgressWriter, read_progress
 from jobs.training.resume import (
+    RECENT_STEPS,
     JobStart,
     Resumed,
     SetAside,
@@ -122,7 +123,7 @@ def prepare(
     lock = take_lock(config, env, watch)
     try:
         watch.arm("startup")
-        history = read_progress(config.progress_path)
+        history = read_progress(config.progress_path, keep_steps=RECENT_STEPS)
         guard_chain(config, history, env)
         # Only now: with the lock held, no other trainer is writing one of these.
         checkpoint.remove_stale_temporaries(folder)

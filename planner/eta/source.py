@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from planner.errors import BadInputError, NoProgressError
+from planner.errors import BadInputError, NoProgressError, RunFailedError
 from planner.model.plan import PlanFacts
 from planner.runs.no_progress import no_progress_error
 from planner.runs.progress import (
@@ -106,6 +106,12 @@ def _from_folder(
         if error is None:
             raise
         raise error from None
+    if chain and not any(job.timed for job in history.jobs):
+        # Start and failure lines only (a checkpoint that does not fit, a crash before the
+        # first step): once every job has ended, that is the run's final state, not an ETA.
+        error = no_progress_error(folder, chain, runner)
+        if isinstance(error, RunFailedError):
+            raise error
     return Source(
         target=target,
         history=history,

@@ -67,8 +67,11 @@ def no_progress_error(
     found = diagnose(shown, shown_outcome, None, text, log) if shown else None
     cause = f"\njob {shown}: {found.why}" if found is not None and found.cause else ""
     return RunFailedError(
-        f"{folder}: the run's jobs ended ({what}) without a progress line: none of them got "
-        f"to train\n" + "\n".join(lines) + cause + "\nfix the cause the log shows, then submit "
+        f"{folder}: the run's jobs ended ({what}) without training a step: none of them got "
+        f"past its start\n"
+        + "\n".join(lines)
+        + cause
+        + "\nfix the cause the log shows, then submit "
         "again",
         job_id=shown,
         log_path=log,
