@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from planner.history import database as history
-from tests.cli_helpers import REPO, TINY_JIT, cli_env, run_cli, write_spec
-from tests.test_history import add_outcomes, recorded_run
-from tests.test_planning import plan_for, spec_with
-from tests.text_helpers import no_slurm_env
+from tests.builders import TINY_JIT, add_outcomes, plan_for, recorded_run, spec_with, write_spec
+from tests.paths import REPO
+from tests.processes import cli_env, no_slurm_env, run_cli
 
 # Global batch 32 of micro-batches of 8: 1, 2 and 4 nodes divide it, 3 does not (a node
 # count the plan marks impossible); up to 4 nodes, modelled beyond the calibrated one.

@@ -13,8 +13,9 @@ from planner.errors import CommandError
 from planner.runs.emit import EmitOptions, emit
 from planner.runs.run_folder import SubmittedJob
 from planner.shell import CommandResult
-from tests.test_eta import FIXTURES, STEP_S, T0, Log, slurm_time
-from tests.test_planning import partition, plan_for, spec_with
+from tests.builders import partition, plan_for, spec_with
+from tests.paths import FIXTURES
+from tests.progress_logs import STEP_S, T0, Log, slurm_time
 
 INVALID_JOB = "slurm_load_jobs error: Invalid job id specified"
 

@@ -17,10 +17,8 @@ import pytest
 import planner
 from planner.errors import HistoryError
 from planner.history.corrected_plan import corrected_plan
-from tests.test_planning import plan_for, record_for, spec_with
-from tests.text_helpers import reference_files
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.builders import plan_for, record_for, reference_files, spec_with
+from tests.paths import REPO
 
 
 def loaded_after(code: str) -> list[str]:

@@ -25,10 +25,8 @@ import yaml
 from click.testing import CliRunner
 
 from planner.cli import cli
-from tests.cli_helpers import TINY_JIT, write_spec
+from tests.builders import SPEC, TINY_JIT, reference_files, write_spec
 from tests.run_folders import stopped_folder
-from tests.test_planning import SPEC
-from tests.text_helpers import reference_files
 
 Setup = Callable[[Path], list[str]]
 

@@ -21,7 +21,8 @@ from jobs.contract.measurement import CalibrationRequest, Measurement
 from jobs.contract.work import Work
 from jobs.node.group import Group
 from jobs.node.world import World
-from tests.test_train_distributed import FINISH_S, REPO, clean_env, finish, free_port
+from tests.paths import REPO
+from tests.processes import FINISH_S, finish, free_port, unlaunched_env
 
 # One task as submitit runs it: calibrate(request), then the result or the failure it raised
 # (parsed as the login node parses it) into a pickle.
@@ -77,7 +78,7 @@ def launch(
     port = str(free_port())
     procs = {}
     for rank in ranks:
-        env = clean_env(
+        env = unlaunched_env(
             WORLD_SIZE="2",
             RANK=str(rank),
             LOCAL_RANK=str(rank),

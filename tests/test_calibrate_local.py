@@ -12,16 +12,9 @@ from pathlib import Path
 import pytest
 
 from planner.calibration.record import load_record
-from tests.cli_helpers import (
-    PLAN_JOB,
-    REPO,
-    TINY_JIT,
-    check_sane,
-    cli_env,
-    run_cli,
-    user_workload,
-    write_spec,
-)
+from tests.builders import TINY_JIT, check_sane, user_workload, write_spec
+from tests.paths import REPO
+from tests.processes import PLAN_JOB, cli_env, run_cli
 
 
 def test_tiny_jit_calibrates_locally(tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from planner.calibration.record import load_record
-from tests.cli_helpers import TINY_JIT, cli_env, run_cli, write_spec
+from tests.builders import TINY_JIT, write_spec
+from tests.processes import cli_env, run_cli, squeue
 from tests.slurm_cluster import SlurmCluster
-from tests.test_calibrate_slurm import squeue
 
 pytestmark = pytest.mark.slurm
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.cli_helpers import PLAN_JOB, TINY_JIT, check_sane, cli_env, run_cli, write_spec
+from tests.builders import TINY_JIT, check_sane, write_spec
+from tests.processes import PLAN_JOB, accounted_state, cli_env, run_cli, squeue
 from tests.slurm_cluster import SlurmCluster
 
 pytestmark = pytest.mark.slurm
@@ -26,30 +27,6 @@ def slurm_spec(**calibration: Any) -> dict[str, Any]:
         {"executor": "slurm", "time_limit_minutes": 3, "max_seconds": 15, **calibration}
     )
     return spec
-
-
-def squeue(*args: str) -> str:
-    return subprocess.run(
-        ["squeue", "-h", *args], capture_output=True, text=True, check=True, timeout=30
-    ).stdout.strip()
-
-
-def accounted_state(job_id: str, timeout: float = 30.0) -> str:
-    # slurmctld hands records to slurmdbd asynchronously: poll until the job is there.
-    deadline = time.monotonic() + timeout
-    state = ""
-    while time.monotonic() < deadline:
-        out = subprocess.run(
-            ["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.split()
-        state = out[0] if out else ""
-        if state and state not in ("PENDING", "RUNNING"):
-            return state
-        time.sleep(0.5)
-    return state
 
 
 @pytest.fixture

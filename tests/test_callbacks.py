@@ -20,13 +20,13 @@ import pytest
 from jobs.contract import command_fields
 from jobs.progress import read_progress
 from jobs.report import STOP_SIGNALS, Reporter
+from tests.paths import REPO
 from tests.reporter_fixtures import (  # noqa: F401 (autouse fixtures)
     clean_environment,
     in_tmp_path,
     restore_signal_handlers,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
 
@@ -350,7 +350,8 @@ def test_an_unchanged_trainer_script_calibrates_from_its_checkpoint_folders(
     import yaml
 
     from planner.calibration.record import load_record
-    from tests.cli_helpers import REPO, run_cli
+    from tests.paths import REPO
+    from tests.processes import run_cli
 
     example = REPO / "examples" / "user_train_hf.py"
     run = (

@@ -6,11 +6,8 @@ is 3 minutes, and a run only needs two segments when it is longer than that.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +16,11 @@ import torch
 
 from jobs.contract.train_config import TrainConfig
 from jobs.progress import read_progress
-from planner.slurm.partition import parse_slurm_duration
-from tests.cli_helpers import REPO, cli_env, run_cli, write_spec
-from tests.cli_helpers import paced_spec as shared_paced_spec
+from tests.builders import HOSTILE, write_spec
+from tests.builders import paced_spec as shared_paced_spec
+from tests.processes import chain_bound_s, run_cli, time_limits, wait_for_chain
 from tests.slurm_cluster import SlurmCluster
-from tests.test_emit import HOSTILE
+from tests.training_runs import final_weights, reference_weights
 
 pytestmark = pytest.mark.slurm
 
@@ -41,63 +38,6 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert proc.returncode == 0, proc.stderr
     return folder / "cal.yaml"
-
-
-def time_limits(folder: Path) -> list[str]:
-    return [
-        match.group(1)
-        for script in sorted(folder.glob("segment-*.sbatch"))
-        for match in [re.search(r"^#SBATCH --time=(\S+)$", script.read_text(), re.M)]
-        if match
-    ]
-
-
-def chain_bound_s(limits: list[str]) -> float:
-    """How long a chain of jobs with these --time limits can take, generously: no job runs
-    past its limit, so twice their sum and two minutes of scheduling per job."""
-    total = sum(parse_slurm_duration(limit) or 0 for limit in limits)  # "1", "00:03:00"
-    return 2.0 * total + 120.0 * len(limits)
-
-
-def wait_for_chain(job_ids: list[str], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        out = subprocess.run(
-            ["squeue", "-h", "-j", ",".join(job_ids), "-o", "%A %T"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
-        if not out:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"the chain did not end within {timeout_s:.0f} s: {out}")
-        time.sleep(2)
-
-
-def reference_weights(config_path: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
-    """The same run, uninterrupted and unpaced (the pacing changes no number)."""
-    data = json.loads(config_path.read_text())
-    data.update(
-        overrides={**data["overrides"], "pace_s": 0.0},
-        checkpoint_dir=str(tmp_path / "reference-ck"),
-        progress_path=str(tmp_path / "reference.jsonl"),
-    )
-    reference = tmp_path / "reference.json"
-    reference.write_text(TrainConfig.from_json(json.dumps(data)).to_json())
-    subprocess.run(
-        [sys.executable, "-m", "jobs.train", str(reference)],
-        cwd=REPO,
-        env=cli_env(),
-        check=True,
-        timeout=120,
-    )
-    return final_weights(tmp_path / "reference-ck", data["total_steps"])
-
-
-def final_weights(folder: Path, step: int) -> dict[str, torch.Tensor]:
-    state = torch.load(folder / f"ckpt-{step:09d}.pt", map_location="cpu", weights_only=False)
-    return state["model"]
 
 
 def test_a_run_longer_than_max_time_chains_to_the_last_step(

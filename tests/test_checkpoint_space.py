@@ -18,9 +18,9 @@ from planner.errors import NoSpaceError
 from planner.runs.chain import checkpoint_size
 from planner.spec.checkpoint_dir import check_space
 from planner.units import fmt_bytes
-from tests.cli_helpers import cli_env, run_cli, write_spec
+from tests.builders import SPEC, record_for, spec_with, write_spec
+from tests.processes import cli_env, run_cli
 from tests.slurm_cluster import SlurmCluster
-from tests.test_planning import SPEC, record_for, spec_with
 
 PETABYTE = 10**15  # more than any test machine has free
 

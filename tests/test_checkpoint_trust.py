@@ -29,20 +29,20 @@ from jobs.node.signals import StopRequest
 from jobs.node.world import detect
 from jobs.progress import read_progress
 from jobs.training import builtin, checksum
-from tests.test_command import PACED
-from tests.test_command import make_config as command_config
-from tests.test_command import run_train as run_command
-from tests.test_train import (
-    REPO,
+from tests.paths import REPO
+from tests.training_runs import (
+    PACED,
     TOTAL_STEPS,
     assert_same_run,
     checkpoint_steps,
     command,
+    command_config,
     copy_run,
     env,
     events,
-    make_config,
+    run_command,
     run_train,
+    train_json,
 )
 
 
@@ -50,7 +50,7 @@ from tests.test_train import (
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One uninterrupted tiny-JiT run, which the tests copy and damage."""
     folder = tmp_path_factory.mktemp("reference-jit")
-    proc = run_train(make_config(folder, "jit"))
+    proc = run_train(train_json(folder, "jit"))
     assert proc.returncode == 0, proc.stderr
     assert not failures(folder)  # a new run starts from step 0 without being told
     return {"jit": folder}
@@ -202,7 +202,7 @@ def json_lines(folder: Path) -> list[dict[str, Any]]:
 
 
 def test_a_second_trainer_refuses_while_the_first_one_beats(tmp_path: Path) -> None:
-    config = make_config(tmp_path, slow="slow", total_steps=60, lock_heartbeat_s=0.5)
+    config = train_json(tmp_path, slow="slow", total_steps=60, lock_heartbeat_s=0.5)
     first = subprocess.Popen(
         command(config), cwd=REPO, env=env(SLURM_JOB_ID="101"), stderr=subprocess.PIPE, text=True
     )
@@ -255,7 +255,7 @@ def write_lock(folder: Path, **changes: Any) -> None:
 def test_a_dead_trainers_lock_is_taken_over(
     tmp_path: Path, changes: dict[str, Any], said: str
 ) -> None:
-    config = make_config(tmp_path, total_steps=2)
+    config = train_json(tmp_path, total_steps=2)
     write_lock(tmp_path / "ck", **changes)
     proc = run_train(config)
     assert proc.returncode == 0, proc.stderr
@@ -307,7 +307,7 @@ def test_a_lock_whose_heartbeat_moves_is_refused_one_that_stops_is_taken(tmp_pat
     ],
 )
 def test_a_failure_names_its_cause(tmp_path: Path, builder: str, cause: str, said: str) -> None:
-    assert train_here(make_config(tmp_path, builder_path=builder, total_steps=3)) == 1
+    assert train_here(train_json(tmp_path, builder_path=builder, total_steps=3)) == 1
     (failure,) = failures(tmp_path)
     assert failure["cause"] == cause and cause in CAUSES
     assert said in failure["message"] and failure["job_id"] is None
@@ -319,7 +319,7 @@ def test_a_checkpoint_that_does_not_fit_the_workload_is_named(
 ) -> None:
     folder = tmp_path / "run"
     copy_run(reference["jit"], folder)
-    wider = make_config(folder, total_steps=TOTAL_STEPS + 2, overrides={"depth": 3})
+    wider = train_json(folder, total_steps=TOTAL_STEPS + 2, overrides={"depth": 3})
     assert train_here(wider) == 1
     (failure,) = failures(folder)
     assert failure["cause"] == "checkpoint_mismatch"
@@ -358,7 +358,7 @@ def in_small_filesystem(
 
 
 def test_a_save_that_fills_the_disk_is_named_no_space(tmp_path: Path) -> None:
-    config = make_config(tmp_path, total_steps=3, checkpoint_interval_steps=2)
+    config = train_json(tmp_path, total_steps=3, checkpoint_interval_steps=2)
     proc = in_small_filesystem(64, tmp_path / "ck", command(config))
     assert proc.returncode == 1, proc.stderr
     (failure,) = failures(tmp_path)
@@ -368,7 +368,7 @@ def test_a_save_that_fills_the_disk_is_named_no_space(tmp_path: Path) -> None:
 
 
 def test_a_segment_without_room_for_its_checkpoints_refuses_at_start(tmp_path: Path) -> None:
-    config = make_config(tmp_path, total_steps=3, checkpoint_bytes=300 * 1024)
+    config = train_json(tmp_path, total_steps=3, checkpoint_bytes=300 * 1024)
     proc = in_small_filesystem(512, tmp_path / "ck", command(config))
     assert proc.returncode == EXIT_REFUSED, proc.stderr
     (failure,) = failures(tmp_path)

@@ -12,8 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,96 +21,15 @@ from jobs.contract.train_config import TrainConfig
 from jobs.node import process
 from jobs.progress import ProgressWriter, read_progress
 from jobs.training import command
-
-REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = REPO / "tests" / "fixtures" / "user_scripts"
-PACED = SCRIPTS / "paced_train.py"
-FAKE_HF = SCRIPTS / "fake_hf_trainer.py"
-
-
-def new_marker() -> str:
-    """An argument no other process has: a test finds its processes by it."""
-    return f"planjob-test-{uuid.uuid4().hex}"
-
-
-def pids_with(marker: str) -> list[int]:
-    """Live processes whose command line holds ``marker`` (a zombie's is empty)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie waiting for its (new) parent to reap it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or check}")
-        time.sleep(0.05)
-
-
-def clean_env() -> dict[str, str]:
-    """This environment without a launcher's or Slurm's variables (the test may run in a job)."""
-    drop = ("PLANJOB_", "SLURM_", "WORLD_SIZE", "RANK")
-    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-
-
-def make_config(tmp_path: Path, argv: Sequence[str], **changes: Any) -> TrainConfig:
-    fields: dict[str, Any] = {
-        "builder_path": "",
-        "workload_name": "command",
-        "preset": "",
-        "overrides": {},
-        "micro_batch": 2,
-        "grad_accum": 3,
-        "precision": "fp32",
-        "device": "cpu",
-        "seed": 7,
-        "total_steps": 8,
-        "checkpoint_dir": str(tmp_path / "ck"),
-        "checkpoint_interval_steps": 3,
-        "keep_checkpoints": 2,
-        "progress_path": str(tmp_path / "progress.jsonl"),
-        "command": tuple(argv),
-        "stop_grace_s": 5.0,
-    }
-    fields.update(changes)
-    return TrainConfig.from_flat(fields)
-
-
-def launch(tmp_path: Path, config: TrainConfig, extra: Sequence[str] = ()) -> subprocess.Popen[str]:
-    path = tmp_path / "train.json"
-    path.write_text(config.to_json())
-    return subprocess.Popen(
-        [sys.executable, "-m", "jobs.train", str(path), *extra],
-        cwd=tmp_path,
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def run_train(tmp_path: Path, config: TrainConfig, timeout: float = 60) -> tuple[int, str, str]:
-    proc = launch(tmp_path, config)
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
+from tests.paths import REPO
+from tests.processes import alive, new_marker, pids_with, wait_until
+from tests.training_runs import (
+    FAKE_HF,
+    PACED,
+    command_config,
+    launch_command,
+    run_command,
+)
 
 
 def events(config: TrainConfig, kind: str) -> list[dict[str, Any]]:
@@ -255,7 +172,7 @@ def test_the_child_dies_when_its_parent_python_is_killed(tmp_path: Path) -> None
 
 
 def test_resume_from_the_newest_checkpoint_that_exists(tmp_path: Path) -> None:
-    config = make_config(tmp_path, ["true"])
+    config = command_config(tmp_path, ["true"])
     assert command.resume_from(config) == (0, None)
     kept = [tmp_path / "ck5", tmp_path / "ck10"]
     for path in kept:
@@ -272,7 +189,7 @@ def test_resume_from_the_newest_checkpoint_that_exists(tmp_path: Path) -> None:
 
 def test_resume_from_the_newest_complete_trainer_folder(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    config = make_config(tmp_path, ["true"], report="trainer_state", output_dir=str(out))
+    config = command_config(tmp_path, ["true"], report="trainer_state", output_dir=str(out))
     assert command.resume_from(config) == (0, None)
     for step in (5, 10):
         (out / f"checkpoint-{step}").mkdir(parents=True)
@@ -302,10 +219,10 @@ def test_fields_reach_the_command_as_single_arguments(tmp_path: Path) -> None:
         f"{marker}|{{global_batch}}|{{seed}}|{{stop_at}}|{{resume_from}}|{{{{x}}}}",
     ]
     progress = tmp_path / "run folder" / "progress.jsonl"
-    config = make_config(
+    config = command_config(
         tmp_path, argv, checkpoint_dir=str(checkpoints), progress_path=str(progress)
     )
-    status, out, err = run_train(tmp_path, config)
+    status, out, err = run_command(tmp_path, config)
     assert status == 0, err
     args = [line[4:] for line in out.splitlines() if line.startswith("ARG ")]
     assert args == [
@@ -336,8 +253,8 @@ def test_a_forwarded_signal_stops_and_a_rerun_resumes(tmp_path: Path) -> None:
     marker = new_marker()
     # No fields in argv: the script reads its $PLANJOB_* variables.
     argv = [sys.executable, str(PACED), "--pace", "0.05", "--marker", marker]
-    config = make_config(tmp_path, argv, total_steps=30, checkpoint_interval_steps=5)
-    proc = launch(tmp_path, config)
+    config = command_config(tmp_path, argv, total_steps=30, checkpoint_interval_steps=5)
+    proc = launch_command(tmp_path, config)
     try:
         wait_until(lambda: any(e["step"] >= 7 for e in events(config, "step")), 30, "step 7")
         proc.send_signal(signal.SIGUSR2)
@@ -355,7 +272,7 @@ def test_a_forwarded_signal_stops_and_a_rerun_resumes(tmp_path: Path) -> None:
     assert events(config, "checkpoint")[-1]["step"] == stopped  # saved on the signal
     assert command.resume_from(config)[0] == stopped
 
-    status, _out, err = run_train(tmp_path, config)
+    status, _out, err = run_command(tmp_path, config)
     assert status == 0, err
     starts = events(config, "start")
     assert [(s["step"], s["restart"]) for s in starts] == [(0, 0), (stopped, 1)]
@@ -377,7 +294,7 @@ def test_the_launcher_exits_with_the_commands_status(
     tmp_path: Path, flag: str, expected: int
 ) -> None:
     argv = [sys.executable, str(PACED), "--pace", "0.02", flag]
-    status, _out, err = run_train(tmp_path, make_config(tmp_path, argv))
+    status, _out, err = run_command(tmp_path, command_config(tmp_path, argv))
     assert status == expected, err
     assert "the command" in err
 
@@ -385,8 +302,8 @@ def test_the_launcher_exits_with_the_commands_status(
 def test_a_command_killed_by_the_forwarded_signal_is_a_clean_stop(tmp_path: Path) -> None:
     marker = new_marker()
     argv = [sys.executable, str(PACED), "--pace", "0.05", "--ignore-stop", "--marker", marker]
-    config = make_config(tmp_path, argv, total_steps=200)
-    proc = launch(tmp_path, config)
+    config = command_config(tmp_path, argv, total_steps=200)
+    proc = launch_command(tmp_path, config)
     try:
         wait_until(lambda: bool(events(config, "step")), 30, "a step")
         proc.send_signal(signal.SIGTERM)
@@ -421,7 +338,7 @@ def hf_argv(pace: float, marker: str) -> list[str]:
 
 def test_trainer_state_progress_lines_written_by_the_launcher(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    config = make_config(
+    config = command_config(
         tmp_path,
         hf_argv(0.05, new_marker()),
         report="trainer_state",
@@ -429,7 +346,7 @@ def test_trainer_state_progress_lines_written_by_the_launcher(tmp_path: Path) ->
         total_steps=12,
         checkpoint_interval_steps=4,
     )
-    status, _out, err = run_train(tmp_path, config)
+    status, _out, err = run_command(tmp_path, config)
     assert status == 0, err
     lines = read_progress(config.progress_path)
     assert [e["event"] for e in lines] == ["start"] + ["step", "checkpoint"] * 3 + ["stop"]
@@ -451,7 +368,7 @@ def test_trainer_state_progress_lines_written_by_the_launcher(tmp_path: Path) ->
 def test_trainer_state_signal_then_resume(tmp_path: Path) -> None:
     marker = new_marker()
     out = tmp_path / "out"
-    config = make_config(
+    config = command_config(
         tmp_path,
         hf_argv(0.05, marker),
         report="trainer_state",
@@ -459,7 +376,7 @@ def test_trainer_state_signal_then_resume(tmp_path: Path) -> None:
         total_steps=100,  # the launcher's first look-twice takes 2 s: still running then
         checkpoint_interval_steps=4,
     )
-    proc = launch(tmp_path, config)
+    proc = launch_command(tmp_path, config)
     try:
         wait_until(lambda: bool(events(config, "checkpoint")), 30, "a checkpoint line")
         proc.send_signal(signal.SIGTERM)  # the Trainer has no handler: it dies of it
@@ -475,7 +392,7 @@ def test_trainer_state_signal_then_resume(tmp_path: Path) -> None:
     assert stop["reason"] == "signal" and stop["signal"] == "SIGTERM"
     assert stop["step"] == newest >= 4
 
-    status, stdout, err = run_train(tmp_path, config)
+    status, stdout, err = run_command(tmp_path, config)
     assert status == 0, err
     assert f"resumed from {out / f'checkpoint-{newest}'}" in stdout
     starts = events(config, "start")
@@ -486,7 +403,7 @@ def test_trainer_state_signal_then_resume(tmp_path: Path) -> None:
 
 def test_trainer_state_stopped_before_the_stop_time(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    config = make_config(
+    config = command_config(
         tmp_path,
         hf_argv(0.05, new_marker()),
         report="trainer_state",
@@ -496,7 +413,7 @@ def test_trainer_state_stopped_before_the_stop_time(tmp_path: Path) -> None:
         stop_grace_s=1.0,
     )
     stop_at = time.time() + 4.0
-    proc = launch(tmp_path, config, ["--stop-at", repr(stop_at)])
+    proc = launch_command(tmp_path, config, ["--stop-at", repr(stop_at)])
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     (stop,) = events(config, "stop")

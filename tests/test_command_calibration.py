@@ -20,7 +20,8 @@ import pytest
 from jobs.calibration.command import calibrate_command
 from jobs.contract.failure import NodeError
 from jobs.contract.measurement import STOP_REASONS, CalibrationRequest
-from tests.test_command import FAKE_HF, PACED, new_marker, pids_with
+from tests.processes import new_marker, pids_with
+from tests.training_runs import FAKE_HF, PACED
 
 PACE_S = 0.05
 

@@ -23,9 +23,8 @@ from planner.runs.emit import EmitOptions, emit
 from planner.runs.progress_reader import read_summary
 from planner.spec.load import load_spec, parse_spec
 from planner.spec.run_spec import COMMAND_WORKLOAD, RunSpec
-from tests.cli_helpers import run_cli, write_spec
-from tests.test_emit import HOSTILE
-from tests.test_planning import SPEC, plan_for, record_for
+from tests.builders import HOSTILE, SPEC, plan_for, record_for, write_spec
+from tests.processes import run_cli
 
 RUN = "python train.py --steps {total_steps} --save-every {checkpoint_interval_steps}"
 

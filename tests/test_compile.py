@@ -29,9 +29,10 @@ from planner.model.report import plan_table
 from planner.runs.progress import History
 from planner.runs.run_folder import read_plan_facts
 from planner.spec.load import parse_spec
-from tests.test_planning import SPEC, partition, plan_for, record_for, spec_with
-from tests.test_train import REPO, command, env, events, make_config, run_in_process
+from tests.builders import SPEC, partition, plan_for, record_for, spec_with
+from tests.paths import REPO
 from tests.tiny_requests import tiny_request_fields
+from tests.training_runs import command, env, events, run_in_process, train_json
 
 EAGER: dict[str, Any] = {"name": "jit", "preset": "tiny"}
 COMPILED: dict[str, Any] = {**EAGER, "compile": True}
@@ -66,10 +67,10 @@ def test_a_plan_for_a_compiled_run_needs_a_compiled_calibration() -> None:
 
 
 def test_train_config_carries_compile(tmp_path: Path) -> None:
-    config = TrainConfig.from_json(make_config(tmp_path, compile=True).read_text())
+    config = TrainConfig.from_json(train_json(tmp_path, compile=True).read_text())
     assert config.compile is True
-    assert TrainConfig.from_json(make_config(tmp_path).read_text()).compile is False
-    text = make_config(tmp_path).read_text().replace('"compile": false', '"compile": "yes"')
+    assert TrainConfig.from_json(train_json(tmp_path).read_text()).compile is False
+    text = train_json(tmp_path).read_text().replace('"compile": false', '"compile": "yes"')
     with pytest.raises(ValueError, match="field 'compile'"):
         TrainConfig.from_json(text)
 
@@ -140,7 +141,7 @@ def test_no_compiler_is_a_clear_error_before_any_step(
 
 
 def test_a_compiler_that_fails_names_workload_compile(tmp_path: Path) -> None:
-    config = make_config(tmp_path, "jit", compile=True, total_steps=3)
+    config = train_json(tmp_path, "jit", compile=True, total_steps=3)
     # /bin/false is there but builds nothing; a fresh inductor cache holds no kernel of it.
     proc = subprocess.run(
         command(config),
@@ -175,11 +176,9 @@ def test_calibration_times_the_eager_step_and_the_compile(tmp_path: Path) -> Non
 def test_a_compiled_run_resumes_eagerly_and_the_other_way(tmp_path: Path) -> None:
     # nn.Module.compile keeps the state dict's keys: the checkpoints of a compiled job load in
     # an eager one (and back), so compile can be turned on or off between a run's jobs.
-    compiled = make_config(
-        tmp_path, "jit", compile=True, total_steps=6, checkpoint_interval_steps=3
-    )
+    compiled = train_json(tmp_path, "jit", compile=True, total_steps=6, checkpoint_interval_steps=3)
     assert run_in_process(compiled) == train.EXIT_OK
-    eager = make_config(tmp_path, "jit", total_steps=12, checkpoint_interval_steps=3)
+    eager = train_json(tmp_path, "jit", total_steps=12, checkpoint_interval_steps=3)
     assert run_in_process(eager) == train.EXIT_OK
     resume = events(tmp_path, "resume")
     assert [e["step"] for e in resume] == [6]

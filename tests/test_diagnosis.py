@@ -21,8 +21,8 @@ from planner.runs.diagnosis import (
 from planner.runs.job_log import JobLog
 from planner.runs.progress_reader import read_summary
 from planner.slurm.accounting import JobOutcome, parse_sacct_attempts, parse_sacct_outcomes
+from tests.paths import FIXTURES
 
-FIXTURES = Path(__file__).parent / "fixtures"
 T0 = 1_700_000_000.0
 
 

@@ -19,11 +19,10 @@ from planner.errors import NotARunFolderError, RunFolderExistsError, SpecError
 from planner.model.plan import Plan
 from planner.runs.chain import planned_commands
 from planner.runs.emit import EmitOptions, emit, render, sbatch_options
-from tests.cli_helpers import run_cli
-from tests.test_planning import partition, plan_for, spec_with
+from tests.builders import HOSTILE, partition, plan_for, spec_with
+from tests.processes import run_cli
 
 GOLDEN = Path(__file__).parent / "golden"
-HOSTILE = 'it\'s a "run"; echo pwned $(touch pwned) `touch pwned2`'
 
 
 def chained_plan(**changes: object) -> Plan:

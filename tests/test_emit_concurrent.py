@@ -17,8 +17,9 @@ from pathlib import Path
 
 from planner.runs.folder_lock import lock_path
 from planner.runs.run_folder import MARKER
-from tests.cli_helpers import REPO, cli_env, run_cli
-from tests.text_helpers import reference_files
+from tests.builders import reference_files
+from tests.paths import REPO
+from tests.processes import cli_env, run_cli
 
 # The real CLI, its write of the run files held until GATE exists (READY says it got there).
 HELD_EMIT = """

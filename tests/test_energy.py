@@ -16,9 +16,8 @@ from jobs.calibration import power
 from planner.calibration.record import load_record, save_record
 from planner.errors import RecordFieldError, SpecError
 from planner.model.report import options_table, summary_table
-from tests.cli_helpers import run_cli
-from tests.test_planning import plan_for, record_for, spec_with
-from tests.text_helpers import no_slurm_env, reference_files
+from tests.builders import plan_for, record_for, reference_files, spec_with
+from tests.processes import no_slurm_env, run_cli
 
 # The reference plan of tests/test_planning.py at one node of 4 GPUs (plan.max_nodes 1).
 ONE_NODE = {"plan__max_nodes": 1}

@@ -15,12 +15,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from jobs.calibration.stats import mser_truncation, t_quantile_975
 from jobs.progress import ProgressWriter
@@ -28,9 +26,7 @@ from planner.errors import BadInputError, UnknownJobError
 from planner.eta import estimate as estimator
 from planner.eta import report as eta_report
 from planner.eta.source import load_source
-from planner.runs.emit import EmitOptions, emit
 from planner.runs.progress import load_progress
-from planner.runs.run_folder import SubmittedJob
 from planner.shell import CommandResult
 from planner.slurm.queue import (
     find_job,
@@ -41,88 +37,12 @@ from planner.slurm.queue import (
     queued,
     with_end_from_env,
 )
-from tests.cli_helpers import PLAN_JOB, REPO, cli_env, run_cli
+from tests.paths import FIXTURES, REPO
+from tests.processes import PLAN_JOB, cli_env, run_cli
+from tests.progress_logs import STEP_S, T0, Log, fake_runner, queue_text, wobble
 from tests.slurm_cluster import SlurmCluster
-from tests.test_planning import partition, plan_for, spec_with
 
-FIXTURES = Path(__file__).parent / "fixtures"
 RECORDED_DIR = "/tmp/eta_cluster/run dir"  # where the recorded Slurm outputs' job ran
-T0 = 1_700_000_000.0
-
-
-class Log:
-    """Writes progress lines with chosen times, as jobs.progress.ProgressWriter would."""
-
-    def __init__(self, path: Path, total: int, t: float = T0) -> None:
-        self.path, self.total, self.t = path, total, t
-        self.events: list[dict[str, Any]] = []
-        self.restart = 0
-
-    def job(
-        self,
-        start: int,
-        step_times: Sequence[float],
-        *,
-        job_id: str | None = None,
-        load_s: float | None = None,
-        save_every: int | None = None,
-        save_s: float = 0.0,
-        stop: str | None = None,
-    ) -> Log:
-        self._add(
-            "start",
-            step=start,
-            total_steps=self.total,
-            restart=self.restart,
-            job_id=job_id,
-            host="n1",
-            pid=1,
-        )
-        self.restart += 1
-        if load_s is not None:
-            self._add("resume", step=start, load_s=load_s, path="ck")
-        step = start
-        for step_s in step_times:
-            step += 1
-            self.t += step_s
-            self._add("step", step=step, samples=step, tokens=step, step_s=step_s, loss=1.0)
-            if save_every and (step % save_every == 0 or step == self.total):
-                self.t += save_s
-                self._add("checkpoint", step=step, save_s=save_s, path="ck", bytes=1)
-        if stop is not None:
-            self._add("stop", step=step, reason=stop, signal=None)
-        return self
-
-    def wait(self, seconds: float) -> Log:
-        self.t += seconds
-        return self
-
-    def write(self) -> Path:
-        self.path.write_text("".join(json.dumps(e) + "\n" for e in self.events))
-        return self.path
-
-    def _add(self, event: str, **fields: Any) -> None:
-        self.events.append({"event": event, "time": self.t, **fields})
-
-
-def wobble(n: int, mean: float, amplitude: float = 0.01) -> list[float]:
-    """Steady steps with a small deterministic wobble: mean exactly ``mean``."""
-    return [mean + amplitude * ((-1) ** i) for i in range(n)]
-
-
-def fake_runner(outputs: dict[str, str]) -> Any:
-    """A Runner answering each command (by its first word) with recorded output."""
-
-    def run(argv: Sequence[str]) -> CommandResult:
-        return CommandResult(tuple(argv), 0, outputs.get(argv[0], ""), "")
-
-    return run
-
-
-def slurm_time(moment: float) -> str:
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(moment).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 # -- the step time -----------------------------------------------------------------------------
@@ -282,40 +202,8 @@ def test_trainer_state_without_timing_says_what_it_needs(tmp_path: Path) -> None
 # -- a run folder, its plan and its chain ------------------------------------------------------
 
 
-STEP_S = 1.06  # the chained plan's step time (tests/test_planning.py's reference record)
-
-
-@pytest.fixture
-def run_dir(tmp_path: Path) -> Path:
-    """A real emitted run folder of five 30-minute segments (3907 steps, saves every 100)
-    whose first job stopped at step 900 and whose second has reached step 1000."""
-    plan = plan_for(
-        spec_with(plan__max_nodes=1, checkpoint={"interval_steps": 100}), partition(1800)
-    )
-    folder = emit(plan, EmitOptions(tmp_path / "run", tmp_path)).folder
-    log = Log(folder / "progress.jsonl", total=plan.total_steps)
-    log.job(0, [STEP_S] * 900, job_id="11", save_every=100, save_s=60.0, stop="signal")
-    log.wait(30).job(900, [STEP_S] * 100, job_id="12", load_s=5.0, save_every=100, save_s=60.0)
-    log.write()
-    jobs = [SubmittedJob(i, f"segment-{i:02d}.sbatch", str(10 + i), None, "") for i in range(1, 6)]
-    (folder / "jobs.yaml").write_text(yaml.safe_dump({"jobs": [asdict(job) for job in jobs]}))
-    return folder
-
-
-def queue_text(last: float, job5_limit: str) -> str:
-    """squeue's answer: segment 1 ended, 2 runs (1000 s left after its newest line)."""
-    return "\n".join(
-        [
-            f"12|RUNNING|{slurm_time(last - 1000)}|{slurm_time(last + 1000)}|30:00|None",
-            "13|PENDING|N/A|N/A|30:00|Dependency",
-            "14|PENDING|N/A|N/A|30:00|Dependency",
-            f"15|PENDING|N/A|N/A|{job5_limit}|Dependency",
-        ]
-    )
-
-
-def test_run_folder_segment_and_a_chain_that_falls_short(run_dir: Path) -> None:
-    source = load_source(str(run_dir))
+def test_run_folder_segment_and_a_chain_that_falls_short(eta_run_dir: Path) -> None:
+    source = load_source(str(eta_run_dir))
     last = source.history.last_time
     assert last is not None and source.plan is not None and len(source.chain) == 5
     # Whole seconds: squeue prints them.
@@ -339,14 +227,14 @@ def test_run_folder_segment_and_a_chain_that_falls_short(run_dir: Path) -> None:
     assert (chain.segments, chain.ended, chain.running, chain.pending) == (5, 1, 1, 3)
     assert not chain.enough_p50 and chain.end_step_p50 == expected_end
     assert chain.missing_steps_p50 == 3907 - expected_end
-    assert chain.advice is not None and f"plan-job resubmit {run_dir}" in chain.advice
+    assert chain.advice is not None and f"plan-job resubmit {eta_run_dir}" in chain.advice
     assert eta.finish_p50 is None
     table = " ".join(eta_report.eta_table(eta).split())  # wrapped at 100 columns
     assert "NOT enough" in table and "plan-job resubmit" in table
 
 
-def test_run_folder_chain_that_reaches_the_end(run_dir: Path) -> None:
-    source = load_source(str(run_dir))
+def test_run_folder_chain_that_reaches_the_end(eta_run_dir: Path) -> None:
+    source = load_source(str(eta_run_dir))
     last = source.history.last_time
     assert last is not None
     runner = fake_runner({"squeue": queue_text(math.floor(last), "30:00")})
@@ -365,8 +253,8 @@ def test_run_folder_chain_that_reaches_the_end(run_dir: Path) -> None:
     assert eta.finish_p95 is not None and eta.finish_p95 > eta.finish_p50
 
 
-def test_run_folder_without_slurm_uses_the_plan(run_dir: Path) -> None:
-    source = load_source(str(run_dir))
+def test_run_folder_without_slurm_uses_the_plan(eta_run_dir: Path) -> None:
+    source = load_source(str(eta_run_dir))
     eta = estimator.estimate(source, estimator.SlurmView(("11",), {}, "squeue failed"))
     rem = eta.remaining
     assert rem is not None and eta.segment is None and eta.chain is None
@@ -405,14 +293,14 @@ def test_end_time_inside_the_job_comes_from_its_variable() -> None:
     assert with_end_from_env(job, {**env, "SLURM_JOB_ID": "2"}) == job  # another job's
 
 
-def test_a_job_id_leads_to_its_run_folder(run_dir: Path) -> None:
-    runner = fake_runner({"scontrol": recorded("scontrol_job_running.txt", run_dir)})
+def test_a_job_id_leads_to_its_run_folder(eta_run_dir: Path) -> None:
+    runner = fake_runner({"scontrol": recorded("scontrol_job_running.txt", eta_run_dir)})
     source = load_source("1", runner=runner)
-    assert source.run_dir == run_dir and source.job is not None
+    assert source.run_dir == eta_run_dir and source.job is not None
     assert source.history.total_steps == 3907
     # Forgotten by the controller: sacct's working directory and submit line.
-    runner = fake_runner({"scontrol": "", "sacct": recorded("sacct_jobs.txt", run_dir)})
-    assert load_source("1", runner=runner).run_dir == run_dir
+    runner = fake_runner({"scontrol": "", "sacct": recorded("sacct_jobs.txt", eta_run_dir)})
+    assert load_source("1", runner=runner).run_dir == eta_run_dir
 
 
 def test_unknown_job_id_is_bad_input() -> None:

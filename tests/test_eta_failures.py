@@ -17,8 +17,8 @@ from planner.eta.source import load_source
 from planner.runs.diagnosis import LOCK_FILE
 from planner.runs.emit import EmitOptions, emit
 from planner.shell import CommandResult
-from tests.test_eta import Log, fake_runner, wobble
-from tests.test_planning import partition, plan_for, spec_with
+from tests.builders import partition, plan_for, spec_with
+from tests.progress_logs import Log, fake_runner, wobble
 
 
 def run_folder(tmp_path: Path, *ending: dict[str, Any]) -> tuple[Path, Log]:
@@ -148,8 +148,8 @@ def test_a_live_orphan_is_a_running_trainer_not_a_crash(tmp_path: Path) -> None:
 def test_jobs_that_ended_before_any_progress_line_say_why(tmp_path: Path) -> None:
     """No progress line at all: the first job's log names the cause (an import error)."""
     from planner.errors import RunFailedError
+    from tests.progress_logs import T0
     from tests.run_folders import FakeSlurm, chain_folder, sacct_line
-    from tests.test_eta import T0
 
     folder = chain_folder(tmp_path)
     (folder / "logs" / "segment-01-11.out").write_text(

@@ -22,8 +22,8 @@ from planner.clock import moment_text, short_moment_text
 from planner.eta import estimate as estimator
 from planner.eta.report import eta_table
 from planner.eta.source import load_source
-from tests.cli_helpers import cli_env, run_cli
-from tests.test_eta import T0, Log, wobble
+from tests.processes import cli_env, run_cli
+from tests.progress_logs import T0, Log, wobble
 
 GOLDEN = Path(__file__).parent / "golden"
 

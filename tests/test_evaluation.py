@@ -22,17 +22,23 @@ from jobs.progress import ProgressWriter
 from jobs.workloads.base import WorkloadConfig
 from planner.calibration.record import load_record, save_record
 from planner.runs.emit import train_config
+from tests.builders import plan_for, record_for, spec_with
 from tests.fixtures.user_workloads import linear_regression
-from tests.test_planning import plan_for, record_for, spec_with
-from tests.test_train import events, final_model, make_config, run_in_process
-from tests.test_workloads import losses, make
+from tests.training_runs import (
+    build_workload,
+    events,
+    final_model,
+    losses,
+    run_in_process,
+    train_json,
+)
 
 BUILT_IN = ("jit", "gpt")
 
 
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_held_out_batches_are_fixed_per_index(name: str) -> None:
-    workload = make(name, micro_batch=3)
+    workload = build_workload(name, micro_batch=3)
     assert workload.eval_batch is not None
     first, again, other = (workload.eval_batch(i) for i in (0, 0, 1))
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
@@ -42,7 +48,7 @@ def test_held_out_batches_are_fixed_per_index(name: str) -> None:
 
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_evaluating_changes_neither_weights_nor_the_training_streams(name: str) -> None:
-    plain, evaluated = make(name), make(name)
+    plain, evaluated = build_workload(name), build_workload(name)
     expected = losses(plain, 2) + losses(plain, 2)
     got = losses(evaluated, 2)
     weights = {k: v.clone() for k, v in evaluated.model.state_dict().items()}
@@ -122,10 +128,10 @@ def test_emitted_train_config_carries_the_eval_settings(tmp_path: Path) -> None:
 
 
 def test_training_evaluates_on_schedule_and_trains_the_same_run(tmp_path: Path) -> None:
-    reference = make_config(tmp_path / "reference", "gpt")
+    reference = train_json(tmp_path / "reference", "gpt")
     assert run_in_process(reference) == train.EXIT_OK
     folder = tmp_path / "evaluated"
-    config = make_config(folder, "gpt", eval_interval_steps=4, eval_batches=2)
+    config = train_json(folder, "gpt", eval_interval_steps=4, eval_batches=2)
     assert run_in_process(config) == train.EXIT_OK
     evals = events(folder, "eval")
     assert [e["step"] for e in evals] == [4, 8, 12]
@@ -138,10 +144,10 @@ def test_training_evaluates_on_schedule_and_trains_the_same_run(tmp_path: Path) 
 
 
 def test_time_limit_leaves_room_for_the_evaluation_due(tmp_path: Path) -> None:
-    reference = make_config(tmp_path / "reference", "jit")
+    reference = train_json(tmp_path / "reference", "jit")
     assert run_in_process(reference) == train.EXIT_OK
     folder = tmp_path / "run"
-    config = make_config(folder, "jit", slow="slow", eval_interval_steps=5, eval_batches=2)
+    config = train_json(folder, "jit", slow="slow", eval_interval_steps=5, eval_batches=2)
     # An earlier job of the run timed an evaluation at 30 s: the step before an evaluation
     # may only start when the step, the evaluation and a save fit before the stop time.
     with ProgressWriter(folder / "progress.jsonl") as progress:
@@ -163,6 +169,6 @@ def assert_same_weights(folder: Path, reference: Path) -> None:
 
 def test_training_asked_to_evaluate_a_workload_without_evaluation_fails(tmp_path: Path) -> None:
     builder = "tests.fixtures.user_workloads:linear_regression"
-    config = make_config(tmp_path, builder_path=builder, eval_interval_steps=3)
+    config = train_json(tmp_path, builder_path=builder, eval_interval_steps=3)
     with pytest.raises(NodeError, match="no eval_step/eval_batch"):
         run_in_process(config)

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from jobs.contract.checkpoint_owner import read_owner
-from tests.cli_helpers import paced_spec, run_cli, write_spec
+from tests.builders import paced_spec, write_spec
+from tests.processes import chain_bound_s, run_cli, time_limits, wait_for_chain
 from tests.slurm_cluster import SlurmCluster
-from tests.test_chain_slurm import chain_bound_s, time_limits, wait_for_chain
 
 pytestmark = pytest.mark.slurm
 

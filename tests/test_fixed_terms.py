@@ -19,8 +19,9 @@ from jobs.training.loop import Run
 from jobs.workloads import jit
 from jobs.workloads.base import Workload, WorkloadConfig
 from planner.model.timemodel import job_saves, run_saves
-from tests.test_train import REPO, env, events, make_config, run_in_process
+from tests.paths import REPO
 from tests.tiny_requests import tiny_request_fields
+from tests.training_runs import env, events, run_in_process, train_json
 
 
 def _count_probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -49,7 +50,7 @@ def test_one_job_saves_as_counted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: int, saved_at: list[int]
 ) -> None:
     probes = _count_probes(monkeypatch)
-    config = make_config(tmp_path, "jit", checkpoint_interval_steps=interval)
+    config = train_json(tmp_path, "jit", checkpoint_interval_steps=interval)
     # A stop time, as every emitted segment has ($PLANJOB_STOP_AT): the job probes one save.
     assert run_in_process(config, stop_at=time.time() + 3600) == train.EXIT_OK
     made = [e["step"] for e in events(tmp_path, "checkpoint")]
@@ -64,7 +65,7 @@ def test_without_a_stop_time_no_probe(tmp_path: Path, monkeypatch: pytest.Monkey
     # A direct `python -m jobs.train` with neither --stop-at nor $PLANJOB_STOP_AT: 3 saves,
     # no probe. A benchmark comparing with the plan must give its run a stop time.
     probes = _count_probes(monkeypatch)
-    config = make_config(tmp_path, "jit", checkpoint_interval_steps=5)
+    config = train_json(tmp_path, "jit", checkpoint_interval_steps=5)
     assert run_in_process(config) == train.EXIT_OK
     assert len(events(tmp_path, "checkpoint")) == 3 and probes == []
 
@@ -74,7 +75,7 @@ def test_two_jobs_save_as_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     # 40 steps of 0.25 s against a stop time 6 s away: the first job stops part-way, however
     # slow this machine is to build the model (seconds, under load) before its first step.
     total = 40
-    config = make_config(
+    config = train_json(
         tmp_path,
         "jit",
         slow="slower",

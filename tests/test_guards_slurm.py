@@ -27,9 +27,11 @@ import torch
 
 from jobs.node import trainer_lock
 from jobs.progress import read_progress
-from tests.cli_helpers import REPO, cli_env, paced_spec, run_cli, write_spec
+from tests.builders import paced_spec, write_spec
+from tests.paths import REPO
+from tests.processes import cli_env, run_cli, wait_for_chain
 from tests.slurm_cluster import SlurmCluster
-from tests.test_chain_slurm import final_weights, reference_weights, wait_for_chain
+from tests.training_runs import final_weights, reference_weights
 
 pytestmark = pytest.mark.slurm
 

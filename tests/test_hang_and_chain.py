@@ -24,11 +24,18 @@ from jobs.progress import read_progress
 from planner.errors import SpecError
 from planner.runs.emit import EmitOptions, emit, train_config
 from planner.runs.hang_timeouts import STEP_FLOOR_S, hang_timeouts
-from tests.test_command import PACED, alive, new_marker, pids_with
-from tests.test_command import make_config as command_config
-from tests.test_command import run_train as run_command
-from tests.test_planning import plan_for, record_for, spec_with
-from tests.test_train import REPO, env, events, make_config, run_train
+from tests.builders import plan_for, record_for, spec_with
+from tests.paths import REPO
+from tests.processes import alive, new_marker, pids_with
+from tests.training_runs import (
+    PACED,
+    command_config,
+    env,
+    events,
+    run_command,
+    run_train,
+    train_json,
+)
 
 
 def short_timeouts(**changes: float) -> dict[str, Any]:
@@ -54,7 +61,7 @@ def test_a_hung_step_ends_the_job_with_every_threads_stack_and_the_next_job_resu
     tmp_path: Path,
 ) -> None:
     marker = tmp_path / "hung-once"
-    config = make_config(
+    config = train_json(
         tmp_path,
         builder_path="tests.fixtures.user_workloads:hangs_once",
         overrides={"pace_s": 0.0, "hang_at": 5, "marker": str(marker)},
@@ -151,7 +158,7 @@ def test_a_script_with_the_reporter_dumps_its_stacks_when_the_launcher_asks() ->
 def test_the_watchdog_is_off_without_timeouts(tmp_path: Path) -> None:
     """The same hang with train.json of an older emit (no hang_timeouts): nothing fires."""
     marker = tmp_path / "hung-once"
-    config = make_config(
+    config = train_json(
         tmp_path,
         builder_path="tests.fixtures.user_workloads:hangs_once",
         overrides={"pace_s": 0.0, "hang_at": 2, "marker": str(marker)},
@@ -265,7 +272,7 @@ def test_the_third_stalled_segment_stops_the_chain_and_says_why(tmp_path: Path) 
     chain_stopped line that carries the previous job's log tail. (The cancelling of the
     later jobs is tried on the test cluster: tests/test_guards_slurm.py.)"""
     run_dir = chain_folder(tmp_path, ["41", "42", "43"], ["41", "42"])
-    config = make_config(run_dir, total_steps=3)
+    config = train_json(run_dir, total_steps=3)
     data = json.loads(config.read_text())
     with open(data["progress_path"], "w") as handle:  # as jobs 41 and 42 left it
         for job in ("41", "42"):
@@ -279,7 +286,7 @@ def test_the_third_stalled_segment_stops_the_chain_and_says_why(tmp_path: Path) 
     assert "jobs 41, 42" in stopped["reason"] and "import_error: no x" in stopped["reason"]
     assert not events(run_dir, "start")
     # max_stalled_segments 0 turns the guard off.
-    off = make_config(run_dir, total_steps=3, max_stalled_segments=0)
+    off = train_json(run_dir, total_steps=3, max_stalled_segments=0)
     assert run_train(off, extra_env={"SLURM_JOB_ID": "43"}).returncode == 0
 
 

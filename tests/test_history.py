@@ -3,7 +3,6 @@ get from recent outcomes (hand-computed ratios; no cluster needed)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,58 +15,21 @@ from planner.history import database as history
 from planner.history.report import history_text
 from planner.model.correction import MAX_FACTOR
 from planner.model.kind import kind_key
-from planner.spec.run_spec import RunSpec
-from tests.cli_helpers import cli_env, run_cli, write_spec
+from tests.builders import (
+    SPEC,
+    add_outcomes,
+    plan_for,
+    record_for,
+    recorded_run,
+    spec_with,
+    write_spec,
+)
+from tests.processes import run_cli, venv_only_env
+from tests.progress_logs import Log
 from tests.run_folders import FakeSlurm, accounted, stopped_folder
-from tests.test_eta import Log
-from tests.test_planning import SPEC, plan_for, record_for, spec_with
-
-MODEL_STEP_S = 1.06  # the one-node reference plan's step (tests/test_planning.py)
-
-
-def add_outcomes(
-    db: Path, run_dir: str, ratios: list[float], correction: float | None = None
-) -> None:
-    """More ended jobs of ``run_dir``, newest last: each ran 10 steps of ``ratio`` x the
-    model's 1.06 s step (and ``ratio`` x its 100 s prediction as a whole job)."""
-    with history.connect(db) as conn:
-        first = conn.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0]
-        for index, ratio in enumerate(ratios, start=first):
-            conn.execute(
-                "INSERT INTO outcomes (recorded, run_dir, job_id, state, end_time, elapsed_s, "
-                "steps, predicted_s, plan_correction, step_s, model_step_s)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    0.0,
-                    run_dir,
-                    str(index),
-                    "TIMEOUT",
-                    1e9 + index,
-                    100 * ratio,
-                    10,
-                    100,
-                    correction,
-                    MODEL_STEP_S * ratio * (correction or 1.0),
-                    MODEL_STEP_S,
-                ),
-            )
-
 
 # The reference spec's kind (planner.model.kind), calibrated by the reference record.
 KIND = kind_key(spec_with(), record_for(spec_with()))
-
-
-def recorded_run(
-    db: Path, tmp_path: Path, name: str, nodes: int = 1, spec: RunSpec | None = None
-) -> str:
-    """A run folder whose plan (of ``spec``, the reference one by default, calibrated by the
-    reference record) is in the history."""
-    folder = tmp_path / name
-    folder.mkdir()
-    spec = spec or spec_with(plan__max_nodes=8)
-    plan = plan_for(spec, nodes=nodes)
-    history.record_plan(plan, folder, path=db, record=record_for(spec))
-    return str(folder.resolve())
 
 
 def test_the_database_lives_where_it_is_told(
@@ -236,11 +198,6 @@ def test_the_newest_jobs_spread_widens_the_band_only_past_the_specs(tmp_path: Pa
 # -- the command line --------------------------------------------------------------------------
 
 
-def no_slurm_env(db: Path) -> dict[str, str]:
-    # Only the virtualenv on PATH: no Slurm client, so plan and emit plan without a partition.
-    return cli_env({"PATH": str(Path(sys.executable).parent), "PLANJOB_HISTORY": str(db)})
-
-
 @pytest.fixture
 def planned(tmp_path: Path) -> tuple[Path, Path]:
     # One node: the history's outcomes below were recorded at one node.
@@ -255,7 +212,7 @@ def test_plan_and_emit_print_and_apply_the_correction(
     spec, cal = planned
     db = tmp_path / "h.sqlite"
     add_outcomes(db, recorded_run(db, tmp_path, "old"), [1.5, 1.5])
-    env = no_slurm_env(db)
+    env = venv_only_env(db)
     proc = run_cli(["plan", str(spec), "--calibration", str(cal)], cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "history: steps x1.50 at 1 node(s), learned from 2 job(s) of jit:tiny" in proc.stdout
@@ -293,7 +250,7 @@ def test_a_drifting_history_widens_the_plans_p95(
     spec, cal = planned
     db = tmp_path / "h.sqlite"
     add_outcomes(db, recorded_run(db, tmp_path, "old"), [1.2, 0.8, 1.1, 0.9, 1.0])
-    env = no_slurm_env(db)
+    env = venv_only_env(db)
 
     def band(*extra: str) -> tuple[float, float, str]:
         proc = run_cli(
@@ -317,7 +274,7 @@ def test_a_drifting_history_widens_the_plans_p95(
 def test_an_unwritable_history_only_warns(planned: tuple[Path, Path], tmp_path: Path) -> None:
     spec, cal = planned
     (tmp_path / "not-a-folder").write_text("")
-    env = no_slurm_env(tmp_path / "not-a-folder" / "h.sqlite")
+    env = venv_only_env(tmp_path / "not-a-folder" / "h.sqlite")
     proc = run_cli(
         ["emit", str(spec), "--calibration", str(cal), "-o", "run"], cwd=tmp_path, env=env
     )

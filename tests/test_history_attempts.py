@@ -23,11 +23,19 @@ from planner.history import database as history
 from planner.history.report import history_json, history_text
 from planner.model.correction import MAX_SPREAD
 from planner.model.kind import kind_key
-from tests.cli_helpers import REPO, run_cli, write_spec
+from tests.builders import (
+    MODEL_STEP_S,
+    SPEC,
+    add_outcomes,
+    record_for,
+    recorded_run,
+    spec_with,
+    write_spec,
+)
+from tests.paths import REPO
+from tests.processes import run_cli, venv_only_env
+from tests.progress_logs import STEP_S, T0, Log
 from tests.run_folders import FakeSlurm, chain_folder, sacct_line
-from tests.test_eta import STEP_S, T0, Log
-from tests.test_history import MODEL_STEP_S, add_outcomes, no_slurm_env, recorded_run
-from tests.test_planning import SPEC, record_for, spec_with
 
 # The issue's 13 drill jobs: a paced jit:tiny at x3.22 its model's step, spread 47.6%.
 DRILL_BIASES = [1.6, 2.4, 5.0, 3.3, 1.9, 3.22, 4.4, 1.7, 3.9, 5.3, 2.0, 3.22, 4.8]
@@ -135,7 +143,7 @@ def test_the_issues_drill_jobs_do_not_double_a_local_plan(tmp_path: Path) -> Non
     add_outcomes(db, run, DRILL_BIASES)
     spec = write_spec(tmp_path, {**SPEC, "plan": {**SPEC["plan"], "max_nodes": 1}})
     save_record(record_for(spec_with()), tmp_path / "cal.yaml")  # executor local
-    env = no_slurm_env(db)
+    env = venv_only_env(db)
     args = ["plan", str(spec), "--calibration", "cal.yaml", "--json"]
     planned = json.loads(run_cli(args, cwd=tmp_path, env=env).stdout)
     plain = json.loads(run_cli([*args, "--no-correction"], cwd=tmp_path, env=env).stdout)
@@ -147,7 +155,7 @@ def test_the_issues_drill_jobs_do_not_double_a_local_plan(tmp_path: Path) -> Non
     corrections = history_correction.corrections_for(drills, None, db, record=record_for(drills))
     found = corrections[1]
     assert found.spread > MAX_SPREAD and not found.applied
-    from tests.test_planning import plan_for
+    from tests.builders import plan_for
 
     plan = plan_for(
         spec_with(plan__max_nodes=1, calibration__executor="slurm"), corrections=corrections
@@ -186,7 +194,7 @@ def test_an_applied_correction_says_what_it_rests_on(tmp_path: Path) -> None:
     add_outcomes(db, recorded_run(db, tmp_path, "second"), [1.5])
     spec = spec_with(plan__max_nodes=1)
     corrections = history_correction.corrections_for(spec, None, db, record=record_for(spec))
-    from tests.test_planning import plan_for
+    from tests.builders import plan_for
 
     plan = plan_for(spec, corrections=corrections)
     (note,) = [n for n in plan.notes if n.startswith("history")]
@@ -273,7 +281,7 @@ WRITER = textwrap.dedent(
     from planner.followup.state import inspect_run
     from planner.history import database as history
     from tests.test_history_attempts import requeued_slurm
-    from tests.test_planning import record_for, spec_with
+    from tests.builders import record_for, spec_with
 
     folder, db, ready = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     state = inspect_run(str(folder), requeued_slurm())
@@ -334,7 +342,7 @@ def test_emit_records_the_plans_kind(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, SPEC)
     save_record(record_for(spec_with()), tmp_path / "cal.yaml")
     db = tmp_path / "h.sqlite"
-    env = no_slurm_env(db)
+    env = venv_only_env(db)
     proc = run_cli(["emit", str(spec), "--calibration", "cal.yaml", "-o", "run"], tmp_path, env)
     assert proc.returncode == 0, proc.stderr
     with history.connect(db) as conn:

@@ -10,14 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.cli_helpers import REPO
 from tests.history_guard import rows_from
+from tests.paths import REPO
 
 INNER = """
 import pytest
 
 from planner.history.database import record_calibration
-from tests.test_planning import record_for, spec_with
+from tests.builders import record_for, spec_with
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ import os
 from pathlib import Path
 
 from planner.history.database import record_calibration
-from tests.test_planning import record_for, spec_with
+from tests.builders import record_for, spec_with
 
 
 def test_given_the_users_path(tmp_path, monkeypatch):
@@ -50,7 +50,7 @@ import os
 from pathlib import Path
 
 from planner.history.database import record_calibration
-from tests.test_planning import record_for, spec_with
+from tests.builders import record_for, spec_with
 
 
 def test_another_tool_writes_the_users_history_meanwhile(monkeypatch):

@@ -12,10 +12,9 @@ import pytest
 
 from jobs.progress import read_progress
 from planner.history import database as history
-from tests.cli_helpers import paced_spec, run_cli, write_spec
+from tests.builders import paced_spec, write_spec
+from tests.processes import run_cli, wait_for_chain, wait_for_steps
 from tests.slurm_cluster import SlurmCluster
-from tests.test_chain_slurm import wait_for_chain
-from tests.test_resubmit import wait_for_steps
 
 TOTAL = 120  # paced steps of 0.2 s: half a minute of work
 INTERVAL = 20

@@ -18,8 +18,8 @@ from jobs.contract.measurement import JOB_START_ENV, Measurement
 from jobs.progress import ProgressWriter
 from planner.calibration.calibrate import with_job_end
 from planner.slurm.submission import make_executor
-from tests.test_planning import MEASUREMENT, partition, plan_for, record_for, spec_with
-from tests.test_train import events, make_config, run_in_process
+from tests.builders import MEASUREMENT, partition, plan_for, record_for, spec_with
+from tests.training_runs import events, run_in_process, train_json
 
 
 def test_the_calibration_times_its_job_script_and_srun(
@@ -82,7 +82,7 @@ def test_steps_saves_and_evaluations_account_for_the_training_time(
         write(self, *args)
 
     monkeypatch.setattr(ProgressWriter, "step", slow_step)
-    config = make_config(tmp_path, "gpt", total_steps=60, eval_interval_steps=20, eval_batches=2)
+    config = train_json(tmp_path, "gpt", total_steps=60, eval_interval_steps=20, eval_batches=2)
     assert run_in_process(config, stop_at=time.time() + 3600) == train.EXIT_OK
     found = events(tmp_path)
     start, stop = found[0], found[-1]

@@ -10,10 +10,8 @@ from typing import Any
 import pytest
 
 from planner.history import database as history
-from tests.cli_helpers import run_cli
-from tests.test_history import add_outcomes, recorded_run
-from tests.test_planning import record_for, spec_with
-from tests.text_helpers import no_slurm_env, reference_files
+from tests.builders import add_outcomes, record_for, recorded_run, reference_files, spec_with
+from tests.processes import no_slurm_env, run_cli
 
 PLAN_KEYS = {
     "schema", "name", "nodes", "gpus", "units", "grad_accum", "total_steps", "step_s",

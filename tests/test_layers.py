@@ -1,6 +1,7 @@
 """planner/'s packages import one way: each only the packages below it, in the order README
 "Architecture" states; the shared basics at planner/'s top (errors, atomic, shell, ...) import
-no package; jobs/ (the compute nodes' side) never imports planner/.
+no package; jobs/ (the compute nodes' side) never imports planner/; and no test module imports
+another (what tests share is in helper modules and tests/conftest.py).
 
 Read from the source with ast, so every import counts: at module level, inside functions (the
 CLI imports the library lazily, so importing it would miss most of its edges) and under
@@ -15,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.paths import REPO
 
 # Bottom up. Packages on one layer are independent: neither imports the other.
 LAYERS: tuple[tuple[str, ...], ...] = (
@@ -134,6 +135,18 @@ def planner_imports_in(folder: Path, root: Path) -> list[str]:
     ]
 
 
+def imports_between_test_modules(folder: Path, root: Path) -> list[str]:
+    """One line per import of a test module (tests/test_*.py) by a test module: what tests
+    share lives in helper modules (tests/builders.py, tests/processes.py, ...) and fixtures
+    in tests/conftest.py, so that no test module's collection runs another's tests' set-up."""
+    return [
+        f"{imp.path.relative_to(root)}:{imp.line} imports {imp.module}"
+        for path in sorted(folder.glob("test_*.py"))
+        for imp in imports_of(path, root)
+        if imp.module.split(".")[-1].startswith("test_") and imp.module.startswith("tests.")
+    ]
+
+
 def stated_order(layers: Sequence[Sequence[str]]) -> str:
     """The order as README "Architecture" states it, bottom up."""
     return " < ".join(", ".join(layer) for layer in layers)
@@ -152,6 +165,10 @@ def test_jobs_never_imports_planner() -> None:
     """The compute nodes' side stands alone: planner/ (the login node's) may import
     jobs.contract, never the other way."""
     assert planner_imports_in(REPO / "jobs", REPO) == []
+
+
+def test_no_test_module_imports_another() -> None:
+    assert imports_between_test_modules(REPO / "tests", REPO) == []
 
 
 def test_the_readme_states_the_order() -> None:
@@ -202,4 +219,20 @@ def test_the_check_names_every_kind_of_upward_import(tmp_path: Path) -> None:
     write(tmp_path, "jobs/train.py", "def main():\n    import planner.errors\n")
     assert planner_imports_in(tmp_path / "jobs", tmp_path) == [
         "jobs/train.py:2 imports planner.errors"
+    ]
+
+
+def test_the_check_finds_a_test_module_importing_another(tmp_path: Path) -> None:
+    write(tmp_path, "tests/__init__.py")
+    write(tmp_path, "tests/builders.py", "SPEC = {}\n")
+    write(tmp_path, "tests/test_b.py", "from tests.builders import SPEC\n")
+    write(
+        tmp_path,
+        "tests/test_a.py",
+        "import tests.test_b\nfrom tests.builders import SPEC\n"
+        "def test_x():\n    from tests import test_b\n",
+    )
+    assert imports_between_test_modules(tmp_path / "tests", tmp_path) == [
+        "tests/test_a.py:1 imports tests.test_b",
+        "tests/test_a.py:4 imports tests.test_b",
     ]

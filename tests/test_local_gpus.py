@@ -15,7 +15,7 @@ import pytest
 
 from planner.errors import SpecError
 from planner.slurm.submission import count_local_gpus, local_gpu_parameters, make_executor
-from tests.test_planning import spec_with
+from tests.builders import spec_with
 
 
 def test_cuda_asks_for_one_gpu_per_task() -> None:

@@ -10,9 +10,8 @@ import pytest
 
 from planner.errors import PartitionLimitError
 from planner.model.node_cap import NodeCap, node_cap, tightest
-from tests.cli_helpers import run_cli
-from tests.test_planning import partition, plan_for, record_for, spec_with
-from tests.text_helpers import no_slurm_env, reference_files
+from tests.builders import partition, plan_for, record_for, reference_files, spec_with
+from tests.processes import no_slurm_env, run_cli
 
 
 def refusal(nodes: int, **kwargs: object) -> str:

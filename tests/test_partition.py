@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 
@@ -17,9 +16,8 @@ from planner.slurm.partition import (
     parse_slurm_duration,
     read_partition,
 )
+from tests.paths import FIXTURES
 from tests.slurm_cluster import SlurmCluster
-
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def fixture(name: str) -> str:

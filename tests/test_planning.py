@@ -8,16 +8,13 @@ The reference case: one calibrated device step of 1.0 s at micro-batch 8 x grad_
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
-from typing import Any
 
 import pytest
 import yaml
 
 from jobs.contract.measurement import Measurement
-from planner.calibration.record import CalibrationRecord, JobInfo, make_record
 from planner.errors import (
     BadInputError,
     BatchSplitError,
@@ -27,103 +24,14 @@ from planner.errors import (
     SpecError,
 )
 from planner.model.interval import daly_interval_s, expected_overhead, job_mtbf, young_interval_s
-from planner.model.plan import Plan
-from planner.model.planning import make_plan
 from planner.model.report import plan_table
 from planner.model.timemodel import count_work
 from planner.scaling.ring import RingAllReduce, efficiency, grad_accum_for
-from planner.slurm.partition import PartitionLimits
 from planner.spec.load import parse_spec
-from planner.spec.run_spec import RunSpec
 from planner.units import slurm_minutes
+from tests.builders import MEASUREMENT, partition, plan_for, record_for, spec_with
 
 Z95 = 1.6448536269514722
-
-SPEC: dict[str, Any] = {
-    "name": "plan-test",
-    "workload": {"name": "jit", "preset": "tiny"},
-    "data": {"samples": 1_000_000},
-    "batch": {"global_batch": 256, "micro_batch": 8},
-    "precision": "bf16",
-    "cluster": {"partition": "gpu", "nodes": 1, "gpus_per_node": 4, "cpus_per_task": 2},
-    "plan": {
-        "intranode_gbps": 100,
-        "interconnect_gbps": 50,
-        "allreduce_latency_s": 0.01,
-        "mtbf_hours": 24,
-        "run_to_run_spread": 0.0,
-        "max_nodes": 8,
-        # The reference case plans node counts from the network model: its tests are of the
-        # model. Without this the plan stays on the calibrated node count (test_safety.py).
-        "allow_unmeasured_scaling": True,
-    },
-}
-
-MEASUREMENT: dict[str, Any] = {
-    "host": "n1",
-    "device_kind": "cuda",
-    "device_name": "NVIDIA H100 80GB HBM3",
-    "versions": {"torch": "2.4.0"},
-    "params": 1_000_000_000,
-    "samples_per_step": 64,
-    "tokens_per_sample": 512,
-    "token_unit": "sequence positions",
-    "flops_per_step": 4e14,  # 400 TFLOP/s at 1.0 s per step
-    "startup_s": 100.0,
-    "import_s": 10.0,
-    "build_s": 50.0,
-    "warmup_steps": 5,
-    "warmup_extra_s": 20.0,
-    "steps_run": 100,
-    "steady_steps": 95,
-    "step_mean_s": 1.0,
-    "step_median_s": 1.0,
-    "step_std_s": 0.0,
-    "step_ci_half_s": 0.0,
-    "step_p90_s": 1.0,
-    "data_share": 0.01,
-    "stopped_by": "ci_target",
-    "target_ci": 0.02,
-    "peak_memory_bytes": 10**10,
-    "memory_kind": "cuda_max_allocated",
-    "checkpoint_save_s": 60.0,
-    "checkpoint_load_s": 30.0,
-    "checkpoint_bytes": 10**9,
-    "loss_first": 7.0,
-    "loss_last": 6.0,
-}
-
-
-def spec_with(**changes: Any) -> RunSpec:
-    """The reference spec with "section.key" (dots as "__") values replaced."""
-    doc = copy.deepcopy(SPEC)
-    for path, value in changes.items():
-        *parents, last = path.split("__")
-        node = doc
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return parse_spec(doc, source="run.yaml")
-
-
-def record_for(spec: RunSpec, **measured: Any) -> CalibrationRecord:
-    job = JobInfo("local", "1", "/tmp/cal", "out", "err", None, 5.0)
-    return make_record(spec, Measurement(**{**MEASUREMENT, **measured}), job)
-
-
-def plan_for(
-    spec: RunSpec | None = None,
-    partition: PartitionLimits | None = None,
-    record: CalibrationRecord | None = None,
-    **kwargs: Any,
-) -> Plan:
-    spec = spec or spec_with()
-    return make_plan(spec, record or record_for(spec), partition, "cal.yaml", **kwargs)
-
-
-def partition(max_time_s: int | None = None, **changes: Any) -> PartitionLimits:
-    base = PartitionLimits("gpu", max_time_s, None, None, 16, 4, 64)
-    return dataclasses.replace(base, **changes)
 
 
 # -- work ------------------------------------------------------------------------------------

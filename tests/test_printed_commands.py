@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 from planner.calibration.record import save_record
-from tests.cli_helpers import REPO, cli_env, run_cli, write_spec
-from tests.test_planning import SPEC, record_for, spec_with
+from tests.builders import SPEC, record_for, spec_with, write_spec
+from tests.paths import REPO
+from tests.processes import cli_env, run_cli
 
 FOLDER = "run $(touch pwned) it's `touch pwned2`"
 # A backticked command in plan-job's output, to the line's last backtick (the folder's name

@@ -18,11 +18,10 @@ from planner.cli.status_line import StatusLine
 from planner.eta import report as eta_report
 from planner.eta.progress_bar import Progress, bar_key, bar_text, follow, run_progress
 from planner.runs.emit import EmitOptions, emit
-from tests.cli_helpers import PLAN_JOB, cli_env, paced_spec, run_cli, write_spec
+from tests.builders import paced_spec, plan_for, spec_with, write_spec
+from tests.processes import PLAN_JOB, cli_env, run_cli, wait_for_chain
+from tests.progress_logs import T0, Log, wobble
 from tests.slurm_cluster import SlurmCluster
-from tests.test_chain_slurm import wait_for_chain
-from tests.test_eta import T0, Log, wobble
-from tests.test_planning import plan_for, spec_with
 
 
 @pytest.fixture

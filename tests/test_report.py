@@ -22,13 +22,13 @@ import yaml
 from jobs.contract import command_fields
 from jobs.progress import read_progress
 from jobs.report import STOP_SIGNALS, Reporter
+from tests.paths import REPO
 from tests.reporter_fixtures import (  # noqa: F401 (autouse fixtures)
     clean_environment,
     in_tmp_path,
     restore_signal_handlers,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 PLAIN = REPO / "examples" / "user_train_plain.py"
 PLAIN_SPEC = REPO / "examples" / "user-plain.yaml"
 

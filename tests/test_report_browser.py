@@ -26,9 +26,8 @@ from PIL import Image
 from planner.pages.html import lookup
 from planner.units import fmt_duration
 from tests.browser import Chromium, View
-from tests.cli_helpers import run_cli
+from tests.processes import no_slurm_env, run_cli
 from tests.report_examples import calibrated, history_db, ran
-from tests.text_helpers import no_slurm_env
 
 pytestmark = pytest.mark.browser
 

@@ -28,9 +28,9 @@ from planner.pages.run import JobEvents, planned_steps, queue_waits
 from planner.pages.svg import WIDE, Chart, render
 from planner.runs.progress import load_progress
 from planner.runs.run_folder import SubmittedJob
-from tests.cli_helpers import REPO, run_cli, write_spec
-from tests.test_planning import SPEC, partition, plan_for, record_for, spec_with
-from tests.text_helpers import no_slurm_env
+from tests.builders import SPEC, partition, plan_for, record_for, spec_with, write_spec
+from tests.paths import REPO
+from tests.processes import no_slurm_env, run_cli
 
 
 def steps_record(n: int = 200, warmup: int = 10, seed: int = 0) -> object:

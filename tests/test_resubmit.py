@@ -10,7 +10,6 @@ import math
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,14 @@ from planner.slurm.accounting import (
     outcome_from_scontrol,
     parse_sacct_outcomes,
 )
-from tests.cli_helpers import PACE_S, cli_env, run_cli, write_spec
-from tests.cli_helpers import paced_spec as shared_paced_spec
+from tests.builders import PACE_S, write_spec
+from tests.builders import paced_spec as shared_paced_spec
+from tests.paths import FIXTURES
+from tests.processes import cli_env, killed_at_one_minute, run_cli, wait_for_chain, wait_for_steps
+from tests.progress_logs import STEP_S, Log, slurm_time
 from tests.run_folders import FakeSlurm, accounted, running_folder, stopped_folder
 from tests.slurm_cluster import SlurmCluster
-from tests.test_chain_slurm import final_weights, reference_weights, wait_for_chain
-from tests.test_eta import FIXTURES, STEP_S, Log, slurm_time
+from tests.training_runs import final_weights, reference_weights
 
 
 @pytest.fixture
@@ -288,24 +289,6 @@ NO_ACCOUNTING = "#!/bin/sh\necho 'sacct: error: Slurm accounting storage is disa
 
 def paced_spec(samples: int) -> dict[str, Any]:
     return shared_paced_spec(samples, "resubmit", {"dir": "ck", "interval_steps": INTERVAL})
-
-
-def killed_at_one_minute(script: Path) -> None:
-    """No signal and no stop time: the job runs into its 1-minute limit and Slurm's SIGTERM,
-    on which the training saves and exits."""
-    text = script.read_text()
-    text = re.sub(r"^#SBATCH --time=.*$", "#SBATCH --time=1", text, flags=re.M)
-    text = re.sub(r"^#SBATCH --time-min=.*$", "#SBATCH --time-min=1", text, flags=re.M)
-    text = re.sub(r"^#SBATCH --signal=.*\n", "", text, flags=re.M)
-    text = re.sub(r"^( *)export PLANJOB_STOP_AT=.*$", r"\1:", text, flags=re.M)
-    script.write_text(text)
-
-
-def wait_for_steps(progress: Path, steps: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not any(e.get("step", 0) >= steps for e in read_progress(progress)):
-        assert time.monotonic() < deadline, f"no step {steps} within {timeout_s:.0f} s"
-        time.sleep(0.5)
 
 
 def sbatch_time(script: Path) -> str:

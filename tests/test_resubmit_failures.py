@@ -17,10 +17,9 @@ from planner.followup.report import resubmission_text
 from planner.followup.resubmit import prepare
 from planner.followup.state import inspect_run
 from planner.runs.diagnosis import LOCK_FILE
-from tests.cli_helpers import run_cli
+from tests.processes import no_slurm_env, run_cli
+from tests.progress_logs import STEP_S, T0, Log
 from tests.run_folders import FakeSlurm, chain_folder, sacct_line
-from tests.test_eta import STEP_S, T0, Log
-from tests.text_helpers import no_slurm_env
 
 
 def failure(step: int, cause: str = "exception", message: str = "boom") -> dict[str, Any]:

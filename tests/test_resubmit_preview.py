@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from planner.runs.emit import EmitOptions, emit
-from tests.cli_helpers import run_cli
+from tests.builders import plan_for, spec_with
+from tests.processes import no_slurm_env, run_cli
+from tests.progress_logs import STEP_S, Log
 from tests.run_folders import stopped_folder
-from tests.test_eta import STEP_S, Log
-from tests.test_planning import plan_for, spec_with
-from tests.text_helpers import no_slurm_env
 
 
 def words(text: str) -> str:

@@ -18,8 +18,8 @@ import yaml
 from planner.calibration.record import load_record, save_record
 from planner.errors import RecordFieldError
 from planner.runs.run_folder import MARKER, read_marker
-from tests.cli_helpers import TINY_JIT, cli_env, run_cli, write_spec
-from tests.test_planning import SPEC, record_for, spec_with
+from tests.builders import SPEC, TINY_JIT, record_for, spec_with, write_spec
+from tests.processes import cli_env, run_cli
 
 
 def no_slurm_env(**extra: str) -> dict[str, str]:
@@ -210,7 +210,7 @@ def test_a_recorded_slowdown_is_shown_as_noise(tmp_path: Path) -> None:
 
 
 def test_a_one_node_calibration_plans_one_node() -> None:
-    from tests.test_planning import plan_for
+    from tests.builders import plan_for
 
     spec = spec_with(plan__allow_unmeasured_scaling=False)  # partitionless, max_nodes 8
     plan = plan_for(spec)
@@ -242,7 +242,7 @@ def test_a_calibration_far_off_its_ci_target_widens_the_p95() -> None:
     import math
 
     from planner.calibration.report import calibration_table
-    from tests.test_planning import plan_for
+    from tests.builders import plan_for
 
     spec = spec_with(plan__max_nodes=1, plan__run_to_run_spread=0.02)
     # ±30.9% against a 2% target: 15x it. The P95 takes 30.9% as the run-to-run spread.

@@ -26,7 +26,6 @@ from planner.errors import BadInputError, SpecError
 from planner.model.report import options_table, plan_table
 from planner.scaling.fit import (
     MeasuredScaling,
-    ScalingPoint,
     extrapolation,
     fit_allreduce,
     make_section,
@@ -35,36 +34,19 @@ from planner.scaling.fit import (
 from planner.scaling.ring import RingAllReduce
 from planner.slurm.submission import make_executor
 from planner.spec.load import parse_spec
-from tests.cli_helpers import TINY_JIT, run_cli, write_spec
-from tests.test_planning import MEASUREMENT, SPEC, partition, plan_for, spec_with
-
-GRAD_BYTES = 4_000_000_000
-SIZES = (GRAD_BYTES, GRAD_BYTES // 4, GRAD_BYTES // 16)
-
-
-def ring_s(latency_s: float, bytes_per_s: float, ranks: int, size: int) -> float:
-    return latency_s + 2 * (ranks - 1) / ranks * size / bytes_per_s
-
-
-def point(
-    nodes: int,
-    step_s: float,
-    *,
-    tasks: int = 4,
-    latency_s: float = 0.0,
-    bytes_per_s: float = 0.0,
-    grad_accum: int | None = None,
-) -> ScalingPoint:
-    """A node count's job at global batch 256, with exact all-reduce timings of the given
-    latency and bus bandwidth (none for one node, or without a bandwidth)."""
-    ranks = nodes * tasks
-    times: tuple[tuple[int, float], ...] = ()
-    if nodes > 1 and bytes_per_s > 0:
-        times = tuple((b, ring_s(latency_s, bytes_per_s, ranks, b)) for b in SIZES)
-    accum = grad_accum if grad_accum is not None else 256 // (8 * ranks)
-    backend = "nccl" if ranks > 1 else ""
-    return ScalingPoint(nodes, ranks, tasks, backend, accum, step_s, step_s * 0.01, times, "7")
-
+from tests.builders import (
+    GRAD_BYTES,
+    MEASUREMENT,
+    SPEC,
+    TINY_JIT,
+    partition,
+    plan_for,
+    point,
+    scaled_record,
+    spec_with,
+    write_spec,
+)
+from tests.processes import run_cli
 
 # -- the fit ---------------------------------------------------------------------------------
 
@@ -173,18 +155,6 @@ def test_extrapolation_line() -> None:
 
 
 # -- the plan --------------------------------------------------------------------------------
-
-
-def scaled_record(latency_s: float, bytes_per_s: float, step_two_s: float) -> Any:
-    spec = spec_with(calibration={"executor": "slurm", "nodes": [1, 2]})
-    section = make_section(
-        [point(1, 1.06), point(2, step_two_s, latency_s=latency_s, bytes_per_s=bytes_per_s)],
-        spec.plan,
-        10**9,
-    )
-    job = JobInfo("slurm", "7", "/tmp/cal", "out", "err", 1.0, 60.0)
-    measurement = Measurement(**{**MEASUREMENT, "step_mean_s": 1.06})
-    return make_record(spec, measurement, job, section)
 
 
 def test_plan_uses_the_fit_and_its_choice_follows_the_measured_bandwidth() -> None:

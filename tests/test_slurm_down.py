@@ -17,10 +17,10 @@ import pytest
 
 from planner.errors import CommandError, ControllerUnreachableError, SlurmUnavailableError
 from planner.slurm.client import classify
-from tests.cli_helpers import TINY_JIT, cli_env, run_cli, write_spec
+from tests.builders import TINY_JIT, reference_files, write_spec
+from tests.processes import cli_env, run_cli
 from tests.run_folders import stopped_folder
 from tests.slurm_cluster import SlurmCluster
-from tests.text_helpers import reference_files
 
 CLIENTS = ("scontrol", "sinfo", "squeue", "sbatch", "scancel", "sacct")
 

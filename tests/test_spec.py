@@ -11,8 +11,9 @@ import yaml
 
 from planner.errors import SpecError, UnknownKeysError
 from planner.spec.load import apply_override, load_spec, parse_spec
+from tests.paths import REPO
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = REPO / "examples"
 
 BASE: dict[str, Any] = {
     "name": "t",

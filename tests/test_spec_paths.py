@@ -13,8 +13,8 @@ import yaml
 from planner.errors import SpecError
 from planner.spec.checkpoint_dir import node_local_reason, node_local_warning
 from planner.spec.paths import expand_path
-from tests.cli_helpers import TINY_JIT, cli_env, run_cli, write_spec
-from tests.text_helpers import reference_files
+from tests.builders import TINY_JIT, reference_files, write_spec
+from tests.processes import cli_env, run_cli
 
 ENV = {"HOME": "/home/ada", "SCRATCH": "/lustre/ada", "EMPTY": ""}
 

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 from planner.runs.emit import EmitOptions, emit
-from tests.cli_helpers import PLAN_JOB, cli_env
+from tests.builders import partition, plan_for, record_for, spec_with
+from tests.processes import PLAN_JOB, accounted_state, cli_env, squeue
 from tests.slurm_cluster import SlurmCluster
-from tests.test_calibrate_slurm import accounted_state, squeue
-from tests.test_planning import partition, plan_for, record_for, spec_with
 
 pytestmark = pytest.mark.slurm
 

@@ -28,14 +28,18 @@ from planner.history.report import history_text
 from planner.model.report import plan_table
 from planner.runs.run_folder import SubmittedJob
 from planner.textwidth import fit_table, output_width
-from tests.cli_helpers import run_cli
+from tests.builders import (
+    add_outcomes,
+    plan_for,
+    record_for,
+    recorded_run,
+    reference_files,
+    scaled_record,
+    spec_with,
+)
+from tests.processes import no_slurm_env, run_cli
+from tests.progress_logs import fake_runner, queue_text
 from tests.run_folders import FakeSlurm, accounted, running_folder, stopped_folder
-from tests.test_eta import fake_runner, queue_text
-from tests.test_eta import run_dir as eta_run_dir  # noqa: F401 (a fixture)
-from tests.test_history import add_outcomes, recorded_run
-from tests.test_planning import plan_for, record_for, spec_with
-from tests.test_scaling_fit import scaled_record
-from tests.text_helpers import no_slurm_env, reference_files
 
 GOLDEN = Path(__file__).parent / "golden"
 WIDTH = 100
@@ -127,7 +131,7 @@ def test_calibration_tables_fit() -> None:
     assert widest(scaling_table(section, width=WIDTH)) <= WIDTH
 
 
-def test_eta_table_fits(eta_run_dir: Path) -> None:  # noqa: F811
+def test_eta_table_fits(eta_run_dir: Path) -> None:
     source = load_source(str(eta_run_dir))
     last = source.history.last_time
     assert last is not None

@@ -15,7 +15,9 @@ from jobs.contract.train_config import TrainConfig
 from jobs.contract.work import Work
 from jobs.node.threads import THREADS_ENV, available_cores, cgroup_cpus, choose_threads
 from planner.calibration.record import load_record
-from tests.cli_helpers import REPO, cli_env, run_cli, user_workload, write_spec
+from tests.builders import user_workload, write_spec
+from tests.paths import REPO
+from tests.processes import cli_env, run_cli
 
 AFFINITY = len(os.sched_getaffinity(0))
 

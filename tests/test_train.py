@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,120 +24,20 @@ from jobs import train
 from jobs.contract.measurement import CalibrationRequest
 from jobs.contract.train_config import TrainConfig
 from jobs.contract.work import WORK_FIELDS, Work
-from jobs.node import threads
-from jobs.node.signals import StopRequest
 from jobs.progress import ProgressWriter, read_progress
-from jobs.training import builtin
-from jobs.workloads import gpt, jit
-from jobs.workloads.base import Workload, WorkloadConfig
-
-REPO = Path(__file__).resolve().parents[1]
-TOTAL_STEPS = 12
-
-
-def slow_jit(config: WorkloadConfig) -> Workload:
-    return _slowed(jit.build(config), 0.1)
-
-
-def slow_gpt(config: WorkloadConfig) -> Workload:
-    return _slowed(gpt.build(config), 0.1)
-
-
-def slower_jit(config: WorkloadConfig) -> Workload:
-    return _slowed(jit.build(config), 0.25)
-
-
-def _slowed(workload: Workload, delay_s: float) -> Workload:
-    step = workload.train_step
-
-    def train_step(batch: Any) -> Any:
-        time.sleep(delay_s)
-        return step(batch)
-
-    workload.train_step = train_step
-    return workload
-
-
-def make_config(folder: Path, name: str = "jit", slow: str = "", **changes: Any) -> Path:
-    """``slow``: "slow" or "slower" for this module's builders that sleep in each step."""
-    folder.mkdir(parents=True, exist_ok=True)
-    builder = f"tests.test_train:{slow}_{name}" if slow else f"jobs.workloads.{name}:build"
-    fields: dict[str, Any] = {
-        "builder_path": builder,
-        "workload_name": name,
-        "preset": "tiny",
-        "overrides": {},
-        "micro_batch": 2,
-        "grad_accum": 1,
-        "precision": "fp32",
-        "device": "cpu",
-        "seed": 7,
-        "total_steps": TOTAL_STEPS,
-        "checkpoint_dir": str(folder / "ck"),
-        "checkpoint_interval_steps": 5,
-        "keep_checkpoints": 2,
-        "progress_path": str(folder / "progress.jsonl"),
-        **changes,
-    }
-    path = folder / "train.json"
-    path.write_text(TrainConfig.from_flat(fields).to_json())
-    return path
-
-
-def env(**extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PLANJOB_"))}
-    base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), base.get("PYTHONPATH")]))
-    return {**base, **extra}
-
-
-def command(config: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "jobs.train", str(config), *args]
-
-
-def run_train(
-    config: Path, *args: str, extra_env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command(config, *args),
-        cwd=REPO,
-        env=env(**(extra_env or {})),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def run_in_process(config: Path, stop_at: float | None = None) -> int:
-    """A job of the run in this process: the same code path past argument parsing, without
-    waiting for torch's import, and with the stop time not at the mercy of that import."""
-    threads.apply(torch)  # as jobs.train's main does: every job of a run the same count
-    parsed = TrainConfig.from_json(config.read_text())
-    return builtin.train(parsed, stop_at, StopRequest())
-
-
-def events(folder: Path, kind: str | None = None) -> list[dict[str, Any]]:
-    found = read_progress(folder / "progress.jsonl")
-    return [e for e in found if kind is None or e["event"] == kind]
-
-
-def checkpoint_steps(folder: Path) -> list[int]:
-    return sorted(int(p.name[5:14]) for p in (folder / "ck").glob("ckpt-*.pt"))
-
-
-def final_model(folder: Path) -> dict[str, torch.Tensor]:
-    path = folder / "ck" / f"ckpt-{TOTAL_STEPS:09d}.pt"
-    return torch.load(path, weights_only=False)["model"]
-
-
-def assert_same_run(folder: Path, reference: Path) -> None:
-    """Bit-identical weights at the end, and the same loss at every step on the way."""
-    model, expected = final_model(folder), final_model(reference)
-    assert model.keys() == expected.keys()
-    for key in expected:
-        assert torch.equal(model[key], expected[key]), key
-    losses = {e["step"]: e["loss"] for e in events(folder, "step")}
-    assert losses == {e["step"]: e["loss"] for e in events(reference, "step")}
+from tests.paths import REPO
+from tests.training_runs import (
+    TOTAL_STEPS,
+    assert_same_run,
+    checkpoint_steps,
+    command,
+    copy_run,
+    env,
+    events,
+    run_in_process,
+    run_train,
+    train_json,
+)
 
 
 @pytest.fixture(scope="module")
@@ -148,22 +46,10 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folders = {}
     for name in ("jit", "gpt"):
         folder = tmp_path_factory.mktemp(f"reference-{name}")
-        proc = run_train(make_config(folder, name), extra_env={"SLURM_JOB_ID": "4242"})
+        proc = run_train(train_json(folder, name), extra_env={"SLURM_JOB_ID": "4242"})
         assert proc.returncode == 0, proc.stderr
         folders[name] = folder
     return folders
-
-
-def copy_run(source: Path, target: Path) -> Path:
-    """The run folder copied, its config pointed at the copy."""
-    shutil.copytree(source, target)
-    config = TrainConfig.from_json((target / "train.json").read_text())
-    return make_config(
-        target,
-        config.workload_name,
-        checkpoint_dir=str(target / "ck"),
-        progress_path=str(target / "progress.jsonl"),
-    )
 
 
 # --- whole runs ------------------------------------------------------------------------------
@@ -202,7 +88,7 @@ def test_uninterrupted_run_reaches_total_steps(reference: dict[str, Path]) -> No
 def test_signal_stop_then_resume_is_bit_identical(
     tmp_path: Path, reference: dict[str, Path], name: str, signum: signal.Signals
 ) -> None:
-    config = make_config(tmp_path, name, slow="slow")
+    config = train_json(tmp_path, name, slow="slow")
     proc = subprocess.Popen(
         command(config), cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -234,7 +120,7 @@ def test_time_limit_stop_then_resume_is_bit_identical(
 ) -> None:
     # 1 s of stop_lead_s on top of the measured step and save: room for a step slowed by a
     # busy machine, so the stop still comes before the stop time.
-    config = make_config(tmp_path, "jit", slow="slower", stop_lead_s=1.0)
+    config = train_json(tmp_path, "jit", slow="slower", stop_lead_s=1.0)
     # The build and some 0.25 s steps fit before the stop time, twelve steps do not. (The
     # first step of a run has no time to go by: the margin keeps it clear of the stop.)
     stop_at = time.time() + 3.5
@@ -290,7 +176,7 @@ def test_rerun_after_completion_stops_at_once(tmp_path: Path, reference: dict[st
 
 def test_workload_error_exits_1(tmp_path: Path) -> None:
     builder = "tests.fixtures.user_workloads:raises_in_step"
-    proc = run_train(make_config(tmp_path, builder_path=builder))
+    proc = run_train(train_json(tmp_path, builder_path=builder))
     assert proc.returncode == 1
     assert "training step 1 raised ValueError: shape mismatch" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -300,14 +186,14 @@ def test_workload_error_exits_1(tmp_path: Path) -> None:
 
 
 def test_bad_config_file_exits_2_naming_the_field(tmp_path: Path) -> None:
-    config = make_config(tmp_path)
+    config = train_json(tmp_path)
     data = json.loads(config.read_text())
     del data["total_steps"]
     config.write_text(json.dumps(data))
     proc = run_train(config)
     assert proc.returncode == 2
     assert "missing field(s) 'total_steps'" in proc.stderr
-    bad_env = run_train(make_config(tmp_path), extra_env={"PLANJOB_STOP_AT": "tomorrow"})
+    bad_env = run_train(train_json(tmp_path), extra_env={"PLANJOB_STOP_AT": "tomorrow"})
     assert bad_env.returncode == 2
     assert "PLANJOB_STOP_AT='tomorrow'" in bad_env.stderr
 
@@ -327,14 +213,14 @@ def test_bad_config_file_exits_2_naming_the_field(tmp_path: Path) -> None:
     ],
 )
 def test_config_errors_name_the_field(tmp_path: Path, change: dict[str, Any], message: str) -> None:
-    data = json.loads(make_config(tmp_path).read_text())
+    data = json.loads(train_json(tmp_path).read_text())
     with pytest.raises(ValueError) as error:
         TrainConfig.from_json(json.dumps({**data, **change}))
     assert message in str(error.value)
 
 
 def test_config_round_trips_and_defaults(tmp_path: Path) -> None:
-    data = json.loads(make_config(tmp_path, overrides={"depth": 1}).read_text())
+    data = json.loads(train_json(tmp_path, overrides={"depth": 1}).read_text())
     assert data["format"] == "plan-job/train/v1"
     config = TrainConfig.from_json(json.dumps(data))
     assert TrainConfig.from_json(config.to_json()) == config
@@ -344,7 +230,7 @@ def test_config_round_trips_and_defaults(tmp_path: Path) -> None:
 
 
 def test_the_work_is_checked_once_for_the_training_and_the_calibration(tmp_path: Path) -> None:
-    work = TrainConfig.from_json(make_config(tmp_path).read_text()).work
+    work = TrainConfig.from_json(train_json(tmp_path).read_text()).work
     for change, message in [
         ({"precision": "fp64"}, "field 'precision': got 'fp64'; allowed: fp32, bf16, fp16"),
         ({"report": "trainer_state", "command": ("t.py",)}, "field 'output_dir'"),

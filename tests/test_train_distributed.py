@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,11 +35,11 @@ from jobs.node.world import (
 from jobs.progress import read_progress
 from jobs.workloads import common, jit
 from jobs.workloads.base import Workload, WorkloadConfig
+from tests.paths import REPO
+from tests.processes import FINISH_S, LAUNCH_VARIABLES, finish, free_port, unlaunched_env
 from tests.slurm_cluster import SlurmCluster
 
-REPO = Path(__file__).resolve().parents[1]
 TOTAL_STEPS = 8
-LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 # --- workloads the runs below import on each rank ------------------------------------------------
@@ -155,21 +154,6 @@ def make_config(folder: Path, builder: str = "jobs.workloads.jit:build", **chang
     return path
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any launcher's variables, one thread per process."""
-    launch = ("SLURM_", "PLANJOB_", *LAUNCH_VARIABLES)
-    base = {k: v for k, v in os.environ.items() if not k.startswith(launch)}
-    base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), base.get("PYTHONPATH")]))
-    base["OMP_NUM_THREADS"] = "1"
-    return {**base, **extra}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def launch(
     config: Path,
     ranks: tuple[int, ...] = (0, 1),
@@ -182,38 +166,18 @@ def launch(
     procs = {}
     for rank in ranks:
         rank_env = {"WORLD_SIZE": str(world_size), "RANK": str(rank), "LOCAL_RANK": str(rank)}
-        launched = clean_env(**rank_env, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **extra_env)
+        launched = unlaunched_env(
+            **rank_env, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **extra_env
+        )
         procs[rank] = subprocess.Popen(
             [sys.executable, "-m", "jobs.train", str(config), *args],
             cwd=REPO,
-            env=launched if world_size > 1 else clean_env(**extra_env),
+            env=launched if world_size > 1 else unlaunched_env(**extra_env),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
     return procs
-
-
-# Two ranks importing torch, building, stepping and saving on a 2-core machine under other
-# work (load 5-12 seen) take a minute or more; a generous multiple of that, still far below
-# the collective timeout (DEFAULT_TIMEOUT_S, 1800 s): a test that finishes within it was not
-# ended by that timeout.
-FINISH_S = 300.0
-
-
-def finish(procs: dict[int, subprocess.Popen[str]], timeout: float = FINISH_S) -> dict[int, Any]:
-    """Each rank's (exit status, stdout, stderr); kills the stragglers of a failed test."""
-    results = {}
-    try:
-        for rank, proc in procs.items():
-            out, err = proc.communicate(timeout=timeout)
-            results[rank] = (proc.returncode, out, err)
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return results
 
 
 def run_ok(config: Path, world_size: int = 2, args: tuple[str, ...] = ()) -> dict[int, Any]:

@@ -14,10 +14,18 @@ import pytest
 
 from jobs.progress import read_progress
 from planner.calibration.record import load_record
-from tests.cli_helpers import REPO, cli_env, run_cli, write_spec
+from tests.builders import write_spec
+from tests.paths import REPO
+from tests.processes import (
+    chain_bound_s,
+    cli_env,
+    killed_at_one_minute,
+    run_cli,
+    time_limits,
+    wait_for_chain,
+    wait_for_steps,
+)
 from tests.slurm_cluster import SlurmCluster
-from tests.test_chain_slurm import chain_bound_s, time_limits, wait_for_chain
-from tests.test_resubmit import killed_at_one_minute, wait_for_steps
 
 EXAMPLE = REPO / "examples" / "user_train_plain.py"
 TOTAL = 600

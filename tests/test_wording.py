@@ -14,8 +14,8 @@ import pytest
 
 from planner.model.plan import Plan
 from planner.model.report import plan_table
-from tests.cli_helpers import run_cli
-from tests.test_planning import plan_for, record_for, spec_with
+from tests.builders import plan_for, record_for, spec_with
+from tests.processes import run_cli
 
 GOLDEN = Path(__file__).parent / "golden"
 

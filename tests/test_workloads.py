@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,37 +16,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from jobs.workloads import common, gpt, gpt_config, jit, jit_config
-from jobs.workloads.base import Workload, WorkloadConfig
 from jobs.workloads.registry import BUILTIN
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-WORKLOADS = {"jit": (jit, jit_config), "gpt": (gpt, gpt_config)}
-
-
-def make(
-    name: str,
-    preset: str = "tiny",
-    micro_batch: int = 8,
-    grad_accum: int = 1,
-    precision: str = "fp32",
-    seed: int = 0,
-    **overrides: Any,
-) -> Workload:
-    module, _ = WORKLOADS[name]
-    config = WorkloadConfig(
-        preset=preset,
-        overrides=overrides,
-        micro_batch=micro_batch,
-        grad_accum=grad_accum,
-        precision=precision,
-        device="cpu",
-        seed=seed,
-    )
-    return module.build(config)
-
-
-def losses(workload: Workload, steps: int) -> list[float]:
-    return [float(workload.train_step(workload.next_batch())) for _ in range(steps)]
+from tests.paths import REPO
+from tests.training_runs import WORKLOADS, build_workload, losses
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -69,7 +40,7 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 
 def test_jit_forward_flops_match_flop_counter_exactly() -> None:
-    workload = make("jit", micro_batch=3)
+    workload = build_workload("jit", micro_batch=3)
     x, cond = workload.next_batch()[0]
     t = torch.full((3,), 0.5)
     cfg = workload.model.cfg
@@ -79,7 +50,7 @@ def test_jit_forward_flops_match_flop_counter_exactly() -> None:
 
 
 def test_gpt_forward_flops_match_flop_counter_exactly() -> None:
-    workload = make("gpt", micro_batch=3)
+    workload = build_workload("gpt", micro_batch=3)
     inputs, _ = workload.next_batch()[0]
     cfg = workload.model.cfg
     with torch.no_grad():
@@ -90,7 +61,7 @@ def test_gpt_forward_flops_match_flop_counter_exactly() -> None:
 @pytest.mark.parametrize("name", ["jit", "gpt"])
 def test_training_step_flops_match_flop_counter(name: str) -> None:
     """One real optimizer step (2 x 4 micro-batches, fp32) against counts.flops_per_step."""
-    workload = make(name, micro_batch=2, grad_accum=4)
+    workload = build_workload(name, micro_batch=2, grad_accum=4)
     batch = workload.next_batch()
     measured = count_flops(lambda: workload.train_step(batch))
     analytic = workload.counts.flops_per_step
@@ -120,12 +91,12 @@ def meta_param_count(model_class: type[torch.nn.Module], cfg: object) -> int:
 
 def test_param_count_formulas_match_built_models() -> None:
     for preset in ("tiny", "micro"):
-        assert make("jit", preset).counts.params == jit_config.param_count(
+        assert build_workload("jit", preset).counts.params == jit_config.param_count(
             jit_config.PRESETS[preset]
         )
-    learned = make("jit", learned_pos_embed=True)
+    learned = build_workload("jit", learned_pos_embed=True)
     assert learned.counts.params == jit_config.param_count(learned.model.cfg)
-    assert make("gpt").counts.params == gpt_config.param_count(gpt_config.PRESETS["tiny"])
+    assert build_workload("gpt").counts.params == gpt_config.param_count(gpt_config.PRESETS["tiny"])
     for preset in ("S/4", "B/4"):
         cfg = jit_config.PRESETS[preset]
         assert meta_param_count(jit.JiT, cfg) == jit_config.param_count(cfg)
@@ -160,7 +131,7 @@ def test_jit_counts_for_the_seed_model() -> None:
 @pytest.mark.parametrize("name", ["jit", "gpt"])
 def test_grad_accumulation_counts_and_batches(name: str) -> None:
     _, config_module = WORKLOADS[name]
-    workload = make(name, micro_batch=2, grad_accum=4)
+    workload = build_workload(name, micro_batch=2, grad_accum=4)
     cfg = workload.model.cfg
     counts = workload.counts
     assert counts.samples_per_step == 8
@@ -175,7 +146,7 @@ def test_grad_accumulation_counts_and_batches(name: str) -> None:
 
 
 def test_jit_batch_is_images_in_range_with_a_degraded_condition() -> None:
-    workload = make("jit", micro_batch=4)
+    workload = build_workload("jit", micro_batch=4)
     x, cond = workload.next_batch()[0]
     assert x.shape == cond.shape == (4, 3, 16, 16)
     assert x.abs().max() <= 1
@@ -183,7 +154,7 @@ def test_jit_batch_is_images_in_range_with_a_degraded_condition() -> None:
 
 
 def test_gpt_batch_is_shifted_next_tokens() -> None:
-    workload = make("gpt", micro_batch=4)
+    workload = build_workload("gpt", micro_batch=4)
     inputs, targets = workload.next_batch()[0]
     assert inputs.shape == targets.shape == (4, 64)
     assert torch.equal(inputs[:, 1:], targets[:, :-1])
@@ -199,7 +170,9 @@ def test_accumulated_gradient_equals_the_full_batch_gradient() -> None:
     """
 
     def first_step_grads(micro_batch: int, grad_accum: int) -> list[torch.Tensor]:
-        workload = make("gpt", micro_batch=micro_batch, grad_accum=grad_accum, grad_clip=0.0)
+        workload = build_workload(
+            "gpt", micro_batch=micro_batch, grad_accum=grad_accum, grad_clip=0.0
+        )
         grads: list[torch.Tensor] = []
 
         def capture(optimizer: torch.optim.Optimizer, *_: object) -> None:
@@ -218,22 +191,22 @@ def test_accumulated_gradient_equals_the_full_batch_gradient() -> None:
 
 @pytest.mark.parametrize("name", ["jit", "gpt"])
 def test_loss_is_finite_and_decreases(name: str) -> None:
-    history = losses(make(name), 30)
+    history = losses(build_workload(name), 30)
     assert all(torch.isfinite(torch.tensor(history)))
     assert statistics.mean(history[-5:]) < 0.8 * statistics.mean(history[:5])
 
 
 @pytest.mark.parametrize("name", ["jit", "gpt"])
 def test_same_seed_same_losses(name: str) -> None:
-    first = losses(make(name, seed=3), 4)
-    assert losses(make(name, seed=3), 4) == first
-    assert losses(make(name, seed=4), 4) != first
+    first = losses(build_workload(name, seed=3), 4)
+    assert losses(build_workload(name, seed=3), 4) == first
+    assert losses(build_workload(name, seed=4), 4) != first
 
 
 @pytest.mark.parametrize("name", ["jit", "gpt"])
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains(name: str, precision: str) -> None:
-    workload = make(name, precision=precision, micro_batch=4, grad_accum=2)
+    workload = build_workload(name, precision=precision, micro_batch=4, grad_accum=2)
     assert all(torch.isfinite(torch.tensor(losses(workload, 3))))
     assert ("scaler" in workload.extra_state) == (precision == "fp16")
     if precision == "fp16":
@@ -243,7 +216,7 @@ def test_mixed_precision_trains(name: str, precision: str) -> None:
 @pytest.mark.parametrize(("name", "preset"), [("jit", "tiny"), ("jit", "micro"), ("gpt", "tiny")])
 def test_step_time_of_small_presets(name: str, preset: str, capsys: pytest.CaptureFixture) -> None:
     """Printed, not asserted: timings on a shared 2-core machine are not a contract."""
-    workload = make(name, preset, micro_batch=8)
+    workload = build_workload(name, preset, micro_batch=8)
     losses(workload, 3)  # warm-up: allocator, first-call dispatch
     times = []
     for _ in range(15):
@@ -280,7 +253,7 @@ def test_invalid_overrides_name_the_field(
         BUILTIN[name].resolve(preset, overrides)
     assert "must" in str(registry_error.value)  # says what is allowed
     with pytest.raises(ValueError, match=field):
-        make(name, preset, **overrides)
+        build_workload(name, preset, **overrides)
 
 
 @pytest.mark.parametrize(
@@ -295,7 +268,7 @@ def test_invalid_overrides_name_the_field(
 )
 def test_invalid_run_config_names_the_field(kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=field):
-        make("jit", **kwargs)
+        build_workload("jit", **kwargs)
 
 
 @pytest.mark.parametrize("name", ["jit", "gpt"])
@@ -313,4 +286,4 @@ def test_modules_for_the_login_node_do_not_import_torch() -> None:
         "import sys; import jobs.workloads.registry; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
