@@ -30,7 +30,7 @@ def paced_spec(samples: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def chain_calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One local calibration of the paced workload, shared by this module's tests."""
     folder = tmp_path_factory.mktemp("calibrated")
     proc = run_cli(
@@ -41,7 +41,7 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_run_longer_than_max_time_chains_to_the_last_step(
-    slurm_cluster: SlurmCluster, calibrated: Path, tmp_path: Path
+    slurm_cluster: SlurmCluster, chain_calibration: Path, tmp_path: Path
 ) -> None:
     # Paths a user might have, and some no user should: quoting must keep them inert.
     workdir = tmp_path / HOSTILE
@@ -52,7 +52,8 @@ def test_a_run_longer_than_max_time_chains_to_the_last_step(
     spec = write_spec(workdir, {**paced_spec(3800), "name": HOSTILE})
     run_dir = workdir / "runs" / HOSTILE
     proc = run_cli(
-        ["emit", str(spec), "--calibration", str(calibrated), "-o", str(run_dir)], cwd=workdir
+        ["emit", str(spec), "--calibration", str(chain_calibration), "-o", str(run_dir)],
+        cwd=workdir,
     )
     assert proc.returncode == 0, proc.stderr
     limits = time_limits(run_dir)
@@ -86,10 +87,12 @@ def test_a_run_longer_than_max_time_chains_to_the_last_step(
 
 
 def test_every_script_passes_sbatch_test_only(
-    slurm_cluster: SlurmCluster, calibrated: Path, tmp_path: Path
+    slurm_cluster: SlurmCluster, chain_calibration: Path, tmp_path: Path
 ) -> None:
     spec = write_spec(tmp_path, paced_spec(16_000))  # 4000 steps: several segments
-    proc = run_cli(["emit", str(spec), "--calibration", str(calibrated), "-o", "run"], cwd=tmp_path)
+    proc = run_cli(
+        ["emit", str(spec), "--calibration", str(chain_calibration), "-o", "run"], cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     scripts = sorted((tmp_path / "run").glob("segment-*.sbatch"))
     assert len(scripts) >= 3
@@ -116,9 +119,15 @@ def test_every_script_passes_sbatch_test_only(
     ],
 )
 def test_plans_that_cannot_be_met_exit_2(
-    slurm_cluster: SlurmCluster, calibrated: Path, tmp_path: Path, args: list[str], expected: str
+    slurm_cluster: SlurmCluster,
+    chain_calibration: Path,
+    tmp_path: Path,
+    args: list[str],
+    expected: str,
 ) -> None:
     spec = write_spec(tmp_path, paced_spec(16_000))
-    proc = run_cli(["plan", str(spec), "--calibration", str(calibrated), *args], cwd=tmp_path)
+    proc = run_cli(
+        ["plan", str(spec), "--calibration", str(chain_calibration), *args], cwd=tmp_path
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert expected in proc.stderr

@@ -47,7 +47,7 @@ from tests.training_runs import (
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def reference_jit_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One uninterrupted tiny-JiT run, which the tests copy and damage."""
     folder = tmp_path_factory.mktemp("reference-jit")
     proc = run_train(train_json(folder, "jit"))
@@ -97,10 +97,10 @@ def test_the_checksum_survives_any_split_of_the_writes(tmp_path: Path) -> None:
 
 
 def test_a_checkpoint_without_a_checksum_loads_and_the_log_says_so(
-    tmp_path: Path, reference: dict[str, Path]
+    tmp_path: Path, reference_jit_run: dict[str, Path]
 ) -> None:
     folder = tmp_path / "run"
-    config = copy_run(reference["jit"], folder)
+    config = copy_run(reference_jit_run["jit"], folder)
     newest = ckpt(folder, TOTAL_STEPS)
     assert checksum.verify(newest)
     torch.save(torch.load(newest, weights_only=False), newest)  # as plan-job saved before
@@ -112,10 +112,10 @@ def test_a_checkpoint_without_a_checksum_loads_and_the_log_says_so(
 
 
 def test_a_flipped_bit_sets_the_newest_aside_and_the_run_ends_as_if_uninterrupted(
-    tmp_path: Path, reference: dict[str, Path]
+    tmp_path: Path, reference_jit_run: dict[str, Path]
 ) -> None:
     folder = tmp_path / "run"
-    config = copy_run(reference["jit"], folder)
+    config = copy_run(reference_jit_run["jit"], folder)
     newest = ckpt(folder, TOTAL_STEPS)
     data = bytearray(newest.read_bytes())
     data[len(data) // 2] ^= 0x04  # inside the tensors' bytes: torch.load does not notice
@@ -136,17 +136,17 @@ def test_a_flipped_bit_sets_the_newest_aside_and_the_run_ends_as_if_uninterrupte
     found = [e["event"] for e in events(folder)]
     assert found.index("checkpoint_bad") > [i for i, e in enumerate(found) if e == "start"][-1]
     assert checkpoint_steps(folder) == [10, TOTAL_STEPS]
-    assert_same_run(folder, reference["jit"])
+    assert_same_run(folder, reference_jit_run["jit"])
 
 
 # --- no silent start from step 0 ---------------------------------------------------------------
 
 
 def test_when_no_checkpoint_loads_the_job_refuses_and_restart_from_scratch_starts_over(
-    tmp_path: Path, reference: dict[str, Path]
+    tmp_path: Path, reference_jit_run: dict[str, Path]
 ) -> None:
     folder = tmp_path / "run"
-    config = copy_run(reference["jit"], folder)
+    config = copy_run(reference_jit_run["jit"], folder)
     for path in (folder / "ck").glob("ckpt-*.pt"):
         path.write_bytes(path.read_bytes()[:1000])  # a full disk, a kill during a copy
     before = len(events(folder))
@@ -171,7 +171,7 @@ def test_when_no_checkpoint_loads_the_job_refuses_and_restart_from_scratch_start
     assert scratch.returncode == 0, scratch.stderr
     assert "restart_from_scratch: starting over from step 0" in scratch.stderr
     assert events(folder, "start")[-1]["step"] == 0
-    assert_same_run_weights(folder, reference["jit"])
+    assert_same_run_weights(folder, reference_jit_run["jit"])
 
 
 def assert_same_run_weights(folder: Path, reference_folder: Path) -> None:
@@ -315,10 +315,10 @@ def test_a_failure_names_its_cause(tmp_path: Path, builder: str, cause: str, sai
 
 
 def test_a_checkpoint_that_does_not_fit_the_workload_is_named(
-    tmp_path: Path, reference: dict[str, Path]
+    tmp_path: Path, reference_jit_run: dict[str, Path]
 ) -> None:
     folder = tmp_path / "run"
-    copy_run(reference["jit"], folder)
+    copy_run(reference_jit_run["jit"], folder)
     wider = train_json(folder, total_steps=TOTAL_STEPS + 2, overrides={"depth": 3})
     assert train_here(wider) == 1
     (failure,) = failures(folder)

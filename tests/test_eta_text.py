@@ -39,7 +39,7 @@ def zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture
-def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def running_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.chdir(tmp_path)
     log = Log(tmp_path / "progress.jsonl", total=1000)
     log.job(0, [3.0] * 5 + wobble(95, 1.0), save_every=50, save_s=2.0)
@@ -58,8 +58,8 @@ def test_moments_carry_date_zone_and_distance(zone: None, monkeypatch: pytest.Mo
     assert moment_text(T0 + 7800, T0) == "2023-11-15 01:23 CET (in 2 h 10 min)"
 
 
-def test_eta_table_golden(zone: None, running: str) -> None:
-    source = load_source(running)
+def test_eta_table_golden(zone: None, running_log: str) -> None:
+    source = load_source(running_log)
     last = source.history.last_time
     assert last is not None
     text = eta_table(estimator.estimate(source, None, now=last + 10), width=100)

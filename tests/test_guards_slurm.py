@@ -39,7 +39,7 @@ PACED = REPO / "tests" / "fixtures" / "user_scripts" / "paced_train.py"
 
 
 @pytest.fixture(scope="module")
-def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def guards_calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One local calibration of the paced workload, for every run of this module."""
     folder = tmp_path_factory.mktemp("calibrated")
     spec = write_spec(folder, spec_of(400))
@@ -125,7 +125,7 @@ def events_of(run: Path, kind: str) -> list[dict[str, Any]]:
 
 
 def test_a_rank_that_hangs_ends_its_job_within_the_step_timeout_and_the_next_resumes(
-    slurm_cluster: SlurmCluster, calibrated: Path, tmp_path: Path
+    slurm_cluster: SlurmCluster, guards_calibration: Path, tmp_path: Path
 ) -> None:
     marker = tmp_path / "hung-once"
 
@@ -138,7 +138,7 @@ def test_a_rank_that_hangs_ends_its_job_within_the_step_timeout_and_the_next_res
             "marker": str(marker),
         }
 
-    run = emit_run(tmp_path, calibrated, 400, 2, hang_rank_1, "--nodes", "2")
+    run = emit_run(tmp_path, guards_calibration, 400, 2, hang_rank_1, "--nodes", "2")
     step_timeout = json.loads((run / "train.json").read_text())["hang_timeouts"]["step_s"]
     first, second = submit(run, tmp_path)
     wait_for_chain([first, second], timeout_s=360)
@@ -230,12 +230,12 @@ def test_a_command_that_stops_writing_progress_is_ended_and_the_next_resumes(
 
 
 def test_a_chain_whose_workload_fails_at_start_stops_after_three_segments(
-    slurm_cluster: SlurmCluster, calibrated: Path, tmp_path: Path
+    slurm_cluster: SlurmCluster, guards_calibration: Path, tmp_path: Path
 ) -> None:
     def broken(data: dict[str, Any]) -> None:
         data["builder_path"] = "tests.fixtures.user_workloads:raises_in_build"
 
-    run = emit_run(tmp_path, calibrated, 400, 5, broken)
+    run = emit_run(tmp_path, guards_calibration, 400, 5, broken)
     jobs = submit(run, tmp_path)
     assert len(jobs) == 5
     wait_for_chain(jobs, timeout_s=300)
@@ -325,12 +325,12 @@ def alive(pid: int) -> bool:
 
 
 def test_a_requeued_job_refuses_beside_its_live_orphan_and_takes_over_once_it_is_dead(
-    slurm_cluster: SlurmCluster, calibrated: Path, tmp_path: Path
+    slurm_cluster: SlurmCluster, guards_calibration: Path, tmp_path: Path
 ) -> None:
     def beat_fast(data: dict[str, Any]) -> None:
         data["lock_heartbeat_s"] = 1.0
 
-    run = emit_run(tmp_path, calibrated, 8 * 250, 1, beat_fast)
+    run = emit_run(tmp_path, guards_calibration, 8 * 250, 1, beat_fast)
     checkpoints = Path(json.loads((run / "train.json").read_text())["checkpoint_dir"])
     script = orphan_script(run, sys.executable)
     proc = subprocess.run(

@@ -369,7 +369,7 @@ def final_weights(path: str | Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def plain_reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One uninterrupted 12-step run of the plain example."""
     folder = tmp_path_factory.mktemp("plain-reference")
     proc = run_plain(job(folder, 12))
@@ -377,8 +377,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_plain_example_runs_to_its_total(reference: Path) -> None:
-    progress = reference / "progress.jsonl"
+def test_plain_example_runs_to_its_total(plain_reference_run: Path) -> None:
+    progress = plain_reference_run / "progress.jsonl"
     found = events(progress)
     assert [e["event"] for e in found if e["event"] != "step"] == [
         "start",
@@ -399,14 +399,14 @@ def test_plain_example_runs_to_its_total(reference: Path) -> None:
     saves = events(progress, "checkpoint")
     assert [e["step"] for e in saves] == [5, 10, 12]
     assert all(e["bytes"] > 0 and e["save_s"] > 0 for e in saves)
-    assert sorted(p.name for p in (reference / "ck").iterdir()) == [
+    assert sorted(p.name for p in (plain_reference_run / "ck").iterdir()) == [
         "step-000000010.pt",
         "step-000000012.pt",
     ]  # the newest two kept, no temporaries left
     assert found[-1] == {**found[-1], "step": 12, "reason": "done", "signal": None}
 
 
-def test_plain_example_resumes_to_the_same_run(tmp_path: Path, reference: Path) -> None:
+def test_plain_example_resumes_to_the_same_run(tmp_path: Path, plain_reference_run: Path) -> None:
     # A first job capped at 6 steps (as a calibration caps its own), then the next job of the
     # run resumes from the newest checkpoint the progress file names.
     first = run_plain(job(tmp_path, 6))
@@ -433,12 +433,14 @@ def test_plain_example_resumes_to_the_same_run(tmp_path: Path, reference: Path) 
         "reason": "done",
     }
     # Same data, same optimizer state: the same losses and, on CPU, the same weights.
-    expected = {e["step"]: e["loss"] for e in events(reference / "progress.jsonl", "step")}
+    expected = {
+        e["step"]: e["loss"] for e in events(plain_reference_run / "progress.jsonl", "step")
+    }
     assert {e["step"]: e["loss"] for e in steps} == expected
     import torch
 
     weights = final_weights(tmp_path / "ck" / "step-000000012.pt")
-    reference_weights = final_weights(reference / "ck" / "step-000000012.pt")
+    reference_weights = final_weights(plain_reference_run / "ck" / "step-000000012.pt")
     assert weights.keys() == reference_weights.keys()
     assert all(torch.equal(weights[k], reference_weights[k]) for k in weights)
 

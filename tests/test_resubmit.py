@@ -42,12 +42,12 @@ from tests.training_runs import final_weights, reference_weights
 
 
 @pytest.fixture
-def stopped(tmp_path: Path) -> Path:
+def stopped_chain(tmp_path: Path) -> Path:
     return stopped_folder(tmp_path)
 
 
 @pytest.fixture
-def running(tmp_path: Path) -> Path:
+def running_chain(tmp_path: Path) -> Path:
     return running_folder(tmp_path)
 
 
@@ -129,9 +129,9 @@ def test_newest_checkpoint_trusts_files_over_lines(tmp_path: Path) -> None:
 # -- the new segments --------------------------------------------------------------------------
 
 
-def test_new_segments_from_the_runs_own_pace(stopped: Path) -> None:
+def test_new_segments_from_the_runs_own_pace(stopped_chain: Path) -> None:
     slurm = FakeSlurm(sacct=accounted())
-    state = inspect_run(str(stopped), slurm)
+    state = inspect_run(str(stopped_chain), slurm)
     assert state.last is not None and (state.last.job_id, state.last.state) == ("11", "NODE_FAIL")
     assert state.checkpoint.step == 900 and not state.done
     pace = state.pace
@@ -159,41 +159,44 @@ def test_new_segments_from_the_runs_own_pace(stopped: Path) -> None:
     assert "#SBATCH --time=00:07:00\n" in last and "#SBATCH --signal=B:USR2@72\n" in last
     assert "segment 9 of 9 of run plan-test" in last
     # No emit.yaml: the working directory and Python come from the first scripts.
-    assert f"cd {stopped.parent} || exit 1" in last and "/opt/venv/bin/python -m jobs.train" in last
-    assert planned_commands(resub)[1][-1] == str(stopped / "segment-07.sbatch")
+    assert (
+        f"cd {stopped_chain.parent} || exit 1" in last
+        and "/opt/venv/bin/python -m jobs.train" in last
+    )
+    assert planned_commands(resub)[1][-1] == str(stopped_chain / "segment-07.sbatch")
     assert "--dependency=afterany:<job id of segment-06.sbatch>" in planned_commands(resub)[1]
 
 
-def test_a_job_id_leads_to_its_run_folder(stopped: Path) -> None:
+def test_a_job_id_leads_to_its_run_folder(stopped_chain: Path) -> None:
     recorded = (FIXTURES / "scontrol_job_timeout.txt").read_text()
-    scontrol = recorded.replace("/tmp/resubmit_cluster/run dir", str(stopped))  # a space
+    scontrol = recorded.replace("/tmp/resubmit_cluster/run dir", str(stopped_chain))  # a space
     state = inspect_run("5", FakeSlurm(sacct=accounted(), jobs={"5": scontrol}))
-    assert state.run_dir == stopped
+    assert state.run_dir == stopped_chain
     # Job 5, unknown to sacct, is the newest to have run: its state is scontrol's.
     assert state.last is not None and (state.last.job_id, state.last.state) == ("5", "TIMEOUT")
 
 
-def test_emit_settings_beat_the_scripts(stopped: Path, tmp_path: Path) -> None:
+def test_emit_settings_beat_the_scripts(stopped_chain: Path, tmp_path: Path) -> None:
     settings = EmitSettings(tmp_path / "elsewhere", "/usr/bin/python3", None, 1.2, "emit.yaml")
-    save_emit_settings(stopped, settings)
-    assert load_emit_settings(stopped, []) == settings
-    (stopped / "emit.yaml").unlink()
-    scripted = load_emit_settings(stopped, sorted(stopped.glob("segment-*.sbatch")))
-    assert (scripted.workdir, scripted.python) == (stopped.parent, "/opt/venv/bin/python")
+    save_emit_settings(stopped_chain, settings)
+    assert load_emit_settings(stopped_chain, []) == settings
+    (stopped_chain / "emit.yaml").unlink()
+    scripted = load_emit_settings(stopped_chain, sorted(stopped_chain.glob("segment-*.sbatch")))
+    assert (scripted.workdir, scripted.python) == (stopped_chain.parent, "/opt/venv/bin/python")
 
 
-def test_the_eta_knows_the_resubmitted_segments(stopped: Path) -> None:
+def test_the_eta_knows_the_resubmitted_segments(stopped_chain: Path) -> None:
     slurm = FakeSlurm(sacct=accounted())
-    resub = prepare(inspect_run(str(stopped), slurm), runner=slurm)
-    (stopped / "resubmit-1.yaml").write_text(yaml.safe_dump(record(resub, [])))
-    plan = load_source(str(stopped)).plan
+    resub = prepare(inspect_run(str(stopped_chain), slurm), runner=slurm)
+    (stopped_chain / "resubmit-1.yaml").write_text(yaml.safe_dump(record(resub, [])))
+    plan = load_source(str(stopped_chain)).plan
     assert plan is not None and plan.signal_lead_s == 72
     assert len(plan.segment_limits_s) == 9 and plan.segment_limits_s[5:] == (1800,) * 3 + (420,)
 
 
-def test_too_few_steps_fall_back_to_the_plans_step_time(stopped: Path) -> None:
-    Log(stopped / "progress.jsonl", total=3907).job(0, [2.0] * 12, job_id="11").write()
-    state = inspect_run(str(stopped), FakeSlurm(sacct=accounted()))
+def test_too_few_steps_fall_back_to_the_plans_step_time(stopped_chain: Path) -> None:
+    Log(stopped_chain / "progress.jsonl", total=3907).job(0, [2.0] * 12, job_id="11").write()
+    state = inspect_run(str(stopped_chain), FakeSlurm(sacct=accounted()))
     assert state.pace.step_source == "plan" and state.pace.stats.mean_s == pytest.approx(STEP_S)
     assert any("fewer than 20" in note for note in state.pace.notes)
 
@@ -209,36 +212,38 @@ def test_too_few_steps_fall_back_to_the_plans_step_time(stopped: Path) -> None:
     ],
 )
 def test_failures_that_would_repeat_are_refused(
-    stopped: Path, state: str, code: str, expected: str
+    stopped_chain: Path, state: str, code: str, expected: str
 ) -> None:
     slurm = FakeSlurm(sacct=accounted(state, code))
     with pytest.raises(RefusedError, match=expected):
-        prepare(inspect_run(str(stopped), slurm), runner=slurm)
+        prepare(inspect_run(str(stopped_chain), slurm), runner=slurm)
 
 
-def test_an_oom_in_the_log_of_a_failed_job_is_refused(stopped: Path) -> None:
-    (stopped / "logs" / "segment-01-11.out").write_text("plan-job train: oom: CUDA out of memory")
+def test_an_oom_in_the_log_of_a_failed_job_is_refused(stopped_chain: Path) -> None:
+    (stopped_chain / "logs" / "segment-01-11.out").write_text(
+        "plan-job train: oom: CUDA out of memory"
+    )
     slurm = FakeSlurm(sacct=accounted("FAILED", "1:0"))
     with pytest.raises(RefusedError, match="ran out of memory"):
-        prepare(inspect_run(str(stopped), slurm), runner=slurm)
+        prepare(inspect_run(str(stopped_chain), slurm), runner=slurm)
 
 
-def test_running_done_nodes_and_retries_are_refused(stopped: Path) -> None:
+def test_running_done_nodes_and_retries_are_refused(stopped_chain: Path) -> None:
     queue = "11|RUNNING|N/A|N/A|30:00|None\n12|PENDING|N/A|N/A|30:00|Dependency\n"
     slurm = FakeSlurm(squeue=queue, sacct=accounted())
     with pytest.raises(RefusedError, match=r"still running \(job 11 RUNNING, 12 PENDING\); see"):
-        prepare(inspect_run(str(stopped), slurm), runner=slurm)
+        prepare(inspect_run(str(stopped_chain), slurm), runner=slurm)
     slurm = FakeSlurm(sacct=accounted())
-    state = inspect_run(str(stopped), slurm)
+    state = inspect_run(str(stopped_chain), slurm)
     with pytest.raises(RefusedError, match="--nodes 2: the run's checkpoints were written by 4"):
         prepare(state, nodes=2, runner=slurm)
     for number in (1, 2):
-        (stopped / f"resubmit-{number}.yaml").write_text("number: 1\n")
+        (stopped_chain / f"resubmit-{number}.yaml").write_text("number: 1\n")
     with pytest.raises(RefusedError, match="already resubmitted 2 times"):
         prepare(state, max_retries=2, runner=slurm)
     assert prepare(state, max_retries=3, runner=slurm).number == 3
-    (stopped.parent / "checkpoints" / "ckpt-000003907.pt").write_bytes(b"done")
-    done = inspect_run(str(stopped), FakeSlurm(sacct=accounted("COMPLETED")))
+    (stopped_chain.parent / "checkpoints" / "ckpt-000003907.pt").write_bytes(b"done")
+    done = inspect_run(str(stopped_chain), FakeSlurm(sacct=accounted("COMPLETED")))
     with pytest.raises(RefusedError, match="nothing to do: the last job 11 ended COMPLETED"):
         prepare(done, runner=slurm)
 
@@ -246,8 +251,8 @@ def test_running_done_nodes_and_retries_are_refused(stopped: Path) -> None:
 # -- tighten -----------------------------------------------------------------------------------
 
 
-def test_tighten_lowers_only_what_the_pace_allows(running: Path) -> None:
-    last = load_progress(running / "progress.jsonl").last_time
+def test_tighten_lowers_only_what_the_pace_allows(running_chain: Path) -> None:
+    last = load_progress(running_chain / "progress.jsonl").last_time
     assert last is not None
     # Job 12 began its first step 10 s after Slurm started it (it wrote 100 steps and a save
     # since); it ends 1000 s after its newest line; 13, 14 and 15 wait with 30 minutes each.
@@ -257,7 +262,7 @@ def test_tighten_lowers_only_what_the_pace_allows(running: Path) -> None:
         *(f"{i}|PENDING|N/A|N/A|30:00|Dependency" for i in (13, 14, 15)),
     ]
     slurm = FakeSlurm(squeue="\n".join(queue))
-    plan = plan_tightening(str(running), slurm, now=last)
+    plan = plan_tightening(str(running_chain), slurm, now=last)
     pace = plan.pace
     # Whole seconds in squeue's times: 10 s and the fraction cut from the start.
     assert 10 <= pace.resume_s < 11 and pace.step_source == "run"

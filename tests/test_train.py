@@ -41,7 +41,7 @@ from tests.training_runs import (
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def reference_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One uninterrupted run per workload, shared by the tests (they copy it to change it)."""
     folders = {}
     for name in ("jit", "gpt"):
@@ -55,8 +55,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # --- whole runs ------------------------------------------------------------------------------
 
 
-def test_uninterrupted_run_reaches_total_steps(reference: dict[str, Path]) -> None:
-    folder = reference["jit"]
+def test_uninterrupted_run_reaches_total_steps(reference_runs: dict[str, Path]) -> None:
+    folder = reference_runs["jit"]
     found = events(folder)
     assert [e["event"] for e in found if e["event"] != "step"] == [
         "start",
@@ -86,7 +86,7 @@ def test_uninterrupted_run_reaches_total_steps(reference: dict[str, Path]) -> No
 
 @pytest.mark.parametrize(("name", "signum"), [("jit", signal.SIGUSR2), ("gpt", signal.SIGTERM)])
 def test_signal_stop_then_resume_is_bit_identical(
-    tmp_path: Path, reference: dict[str, Path], name: str, signum: signal.Signals
+    tmp_path: Path, reference_runs: dict[str, Path], name: str, signum: signal.Signals
 ) -> None:
     config = train_json(tmp_path, name, slow="slow")
     proc = subprocess.Popen(
@@ -112,11 +112,11 @@ def test_signal_stop_then_resume_is_bit_identical(
     assert start == {**start, "event": "start", "step": stopped_at, "restart": 1}
     assert resume == {**resume, "event": "resume", "step": stopped_at}
     assert events(tmp_path, "stop")[-1]["reason"] == "done"
-    assert_same_run(tmp_path, reference[name])
+    assert_same_run(tmp_path, reference_runs[name])
 
 
 def test_time_limit_stop_then_resume_is_bit_identical(
-    tmp_path: Path, reference: dict[str, Path]
+    tmp_path: Path, reference_runs: dict[str, Path]
 ) -> None:
     # 1 s of stop_lead_s on top of the measured step and save: room for a step slowed by a
     # busy machine, so the stop still comes before the stop time.
@@ -146,12 +146,12 @@ def test_time_limit_stop_then_resume_is_bit_identical(
 
     assert run_in_process(config, time.time() + 3600) == train.EXIT_OK
     assert [e["restart"] for e in events(tmp_path, "start")] == [0, 1, 2]
-    assert_same_run(tmp_path, reference["jit"])
+    assert_same_run(tmp_path, reference_runs["jit"])
 
 
-def test_torn_newest_checkpoint_is_skipped(tmp_path: Path, reference: dict[str, Path]) -> None:
+def test_torn_newest_checkpoint_is_skipped(tmp_path: Path, reference_runs: dict[str, Path]) -> None:
     folder = tmp_path / "run"
-    config = copy_run(reference["jit"], folder)
+    config = copy_run(reference_runs["jit"], folder)
     newest = folder / "ck" / f"ckpt-{TOTAL_STEPS:09d}.pt"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     proc = run_train(config, "--stop-at", str(time.time() + 3600))
@@ -160,12 +160,14 @@ def test_torn_newest_checkpoint_is_skipped(tmp_path: Path, reference: dict[str, 
     assert (folder / "ck" / f"{newest.name}.bad").exists()
     assert events(folder, "resume")[-1]["step"] == 10
     assert checkpoint_steps(folder) == [10, TOTAL_STEPS]
-    assert_same_run(folder, reference["jit"])
+    assert_same_run(folder, reference_runs["jit"])
 
 
-def test_rerun_after_completion_stops_at_once(tmp_path: Path, reference: dict[str, Path]) -> None:
+def test_rerun_after_completion_stops_at_once(
+    tmp_path: Path, reference_runs: dict[str, Path]
+) -> None:
     folder = tmp_path / "run"
-    config = copy_run(reference["gpt"], folder)
+    config = copy_run(reference_runs["gpt"], folder)
     before = events(folder)
     proc = run_train(config)
     assert proc.returncode == 0, proc.stderr
