@@ -60,12 +60,21 @@ def private_history(
     monkeypatch.setenv("PLANJOB_HISTORY", str(folder / "history.sqlite"))
 
 
+# Markers that imply `slow`: the fast tier (plain `pytest`) never starts the cluster or Chromium.
+SLOW_KINDS = ("slurm", "browser")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Any test using the cluster is a `slurm` test, so `-m "not slurm"` leaves it out
-    # even where the author forgot the marker. tryfirst: before -m deselects.
+    # even where the author forgot the marker; and every slurm or browser test is `slow`, so
+    # plain `pytest` (addopts: -m "not slow") leaves them out. tryfirst: before -m deselects.
     for item in items:
         if "slurm_cluster" in getattr(item, "fixturenames", ()) and not item.get_closest_marker(
             "slurm"
         ):
             item.add_marker(pytest.mark.slurm)
+        if not item.get_closest_marker("slow") and any(
+            item.get_closest_marker(kind) for kind in SLOW_KINDS
+        ):
+            item.add_marker(pytest.mark.slow)

@@ -24,7 +24,7 @@ from planner.runs.progress_reader import read_summary
 from planner.spec.load import load_spec, parse_spec
 from planner.spec.run_spec import COMMAND_WORKLOAD, RunSpec
 from tests.builders import HOSTILE, SPEC, plan_for, record_for, write_spec
-from tests.processes import run_cli
+from tests.in_process import invoke
 
 RUN = "python train.py --steps {total_steps} --save-every {checkpoint_interval_steps}"
 
@@ -111,7 +111,7 @@ def test_cli_command_replaces_the_spec_and_bad_ones_exit_2(tmp_path: Path) -> No
         "#1",
         "{seed}",
     )
-    proc = run_cli(["calibrate", str(path), "--command", "python t.py {bogus}"], cwd=tmp_path)
+    proc = invoke(["calibrate", str(path), "--command", "python t.py {bogus}"], cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "command.run" in proc.stderr and "unknown field {bogus}" in proc.stderr
     assert not (tmp_path / "calibrations").exists()

@@ -17,7 +17,8 @@ from planner.calibration.record import load_record, save_record
 from planner.errors import RecordFieldError, SpecError
 from planner.model.report import options_table, summary_table
 from tests.builders import plan_for, record_for, reference_files, spec_with
-from tests.processes import no_slurm_env, run_cli
+from tests.in_process import invoke
+from tests.processes import no_slurm_env
 
 # The reference plan of tests/test_planning.py at one node of 4 GPUs (plan.max_nodes 1).
 ONE_NODE = {"plan__max_nodes": 1}
@@ -115,7 +116,7 @@ def test_plan_json_carries_the_energy(tmp_path: Path) -> None:
     record = load_record(cal)
     save_record(record_for(record.spec, power_w=(250.0,) * 4, power_source="nvml"), cal)
     env = no_slurm_env(tmp_path, PLANJOB_HISTORY=str(tmp_path / "h.sqlite"))
-    proc = run_cli(["plan", str(spec), "--calibration", str(cal), "--json"], tmp_path, env)
+    proc = invoke(["plan", str(spec), "--calibration", str(cal), "--json"], tmp_path, env)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["power_w_per_gpu"] == 250.0 and out["pue"] == 1.1

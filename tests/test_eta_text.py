@@ -22,7 +22,8 @@ from planner.clock import moment_text, short_moment_text
 from planner.eta import estimate as estimator
 from planner.eta.report import eta_table
 from planner.eta.source import load_source
-from tests.processes import cli_env, run_cli
+from tests.in_process import invoke
+from tests.processes import cli_env
 from tests.progress_logs import T0, Log, wobble
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -91,7 +92,7 @@ def test_cli_rows_and_json(tmp_path: Path) -> None:
     log.job(0, [3.0] * 5 + wobble(95, 1.0), save_every=50, save_s=2.0)
     log.write()
     env = cli_env({"TZ": "UTC"})
-    proc = run_cli(["eta", "progress.jsonl"], cwd=tmp_path, env=env)
+    proc = invoke(["eta", "progress.jsonl"], cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"^now +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$", proc.stdout, re.M)
     p50 = re.search(
@@ -99,6 +100,6 @@ def test_cli_rows_and_json(tmp_path: Path) -> None:
     )
     assert p50, proc.stdout
     assert re.search(r"^finish P95 +\d{4}-\d\d-\d\d \d\d:\d\d UTC \(in ", proc.stdout, re.M)
-    proc = run_cli(["eta", "progress.jsonl", "--json"], cwd=tmp_path, env=env)
+    proc = invoke(["eta", "progress.jsonl", "--json"], cwd=tmp_path, env=env)
     out = json.loads(proc.stdout)
     assert out["now_local"].endswith("+00:00") and out["finish_p50_local"].endswith("+00:00")

@@ -24,7 +24,8 @@ from tests.builders import (
     spec_with,
     write_spec,
 )
-from tests.processes import run_cli, venv_only_env
+from tests.in_process import invoke
+from tests.processes import venv_only_env
 from tests.progress_logs import Log
 from tests.run_folders import FakeSlurm, accounted, stopped_folder
 
@@ -213,16 +214,16 @@ def test_plan_and_emit_print_and_apply_the_correction(
     db = tmp_path / "h.sqlite"
     add_outcomes(db, recorded_run(db, tmp_path, "old"), [1.5, 1.5])
     env = venv_only_env(db)
-    proc = run_cli(["plan", str(spec), "--calibration", str(cal)], cwd=tmp_path, env=env)
+    proc = invoke(["plan", str(spec), "--calibration", str(cal)], cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "history: steps x1.50 at 1 node(s), learned from 2 job(s) of jit:tiny" in proc.stdout
     assert "history correction (steps x1.50 at 1 node(s)): P50" in proc.stdout
-    plain = run_cli(
+    plain = invoke(
         ["plan", str(spec), "--calibration", str(cal), "--no-correction"], cwd=tmp_path, env=env
     )
     assert plain.returncode == 0 and "history correction" not in plain.stdout
 
-    proc = run_cli(
+    proc = invoke(
         ["emit", str(spec), "--calibration", str(cal), "-o", "run"], cwd=tmp_path, env=env
     )
     assert proc.returncode == 0, proc.stderr
@@ -240,7 +241,7 @@ def test_plan_and_emit_print_and_apply_the_correction(
     wall = yaml.safe_load((tmp_path / "run" / "plan.yaml").read_text())["wall"]
     assert wall["steps_s"] == pytest.approx(3907 * 1.06 * 1.5)
     assert (wall["startup_s"], wall["warmup_s"]) == pytest.approx((100.0, 20.0))
-    proc = run_cli(["history"], cwd=tmp_path, env=env)
+    proc = invoke(["history"], cwd=tmp_path, env=env)
     assert proc.returncode == 0 and "(x1.50)" in proc.stdout and "x1.50" in proc.stdout
 
 
@@ -253,7 +254,7 @@ def test_a_drifting_history_widens_the_plans_p95(
     env = venv_only_env(db)
 
     def band(*extra: str) -> tuple[float, float, str]:
-        proc = run_cli(
+        proc = invoke(
             ["emit", str(spec), "--calibration", str(cal), "-o", f"run{len(extra)}", *extra],
             cwd=tmp_path,
             env=env,
@@ -267,7 +268,7 @@ def test_a_drifting_history_widens_the_plans_p95(
     assert "strayed 15.8% (standard deviation)" in out and "the P95 uses 15.8%" in out
     assert p50 == pytest.approx(plain_p50)  # the factor is 1.0: only the band moves
     assert p95 - p50 > 3 * (plain_p95 - plain_p50)
-    proc = run_cli(["history"], cwd=tmp_path, env=env)
+    proc = invoke(["history"], cwd=tmp_path, env=env)
     assert proc.returncode == 0 and "x1.00, spread 15.8%" in proc.stdout
 
 
@@ -275,12 +276,12 @@ def test_an_unwritable_history_only_warns(planned: tuple[Path, Path], tmp_path: 
     spec, cal = planned
     (tmp_path / "not-a-folder").write_text("")
     env = venv_only_env(tmp_path / "not-a-folder" / "h.sqlite")
-    proc = run_cli(
+    proc = invoke(
         ["emit", str(spec), "--calibration", str(cal), "-o", "run"], cwd=tmp_path, env=env
     )
     assert proc.returncode == 0, proc.stderr
     assert "warning: history" in proc.stderr and "nothing recorded" in proc.stderr
-    proc = run_cli(["history"], cwd=tmp_path, env=env)
+    proc = invoke(["history"], cwd=tmp_path, env=env)
     assert proc.returncode == 2 and "cannot open" in proc.stderr
 
 

@@ -32,8 +32,9 @@ from tests.builders import (
     spec_with,
     write_spec,
 )
+from tests.in_process import invoke
 from tests.paths import REPO
-from tests.processes import run_cli, venv_only_env
+from tests.processes import venv_only_env
 from tests.progress_logs import STEP_S, T0, Log
 from tests.run_folders import FakeSlurm, chain_folder, sacct_line
 
@@ -145,8 +146,8 @@ def test_the_issues_drill_jobs_do_not_double_a_local_plan(tmp_path: Path) -> Non
     save_record(record_for(spec_with()), tmp_path / "cal.yaml")  # executor local
     env = venv_only_env(db)
     args = ["plan", str(spec), "--calibration", "cal.yaml", "--json"]
-    planned = json.loads(run_cli(args, cwd=tmp_path, env=env).stdout)
-    plain = json.loads(run_cli([*args, "--no-correction"], cwd=tmp_path, env=env).stdout)
+    planned = json.loads(invoke(args, cwd=tmp_path, env=env).stdout)
+    plain = json.loads(invoke([*args, "--no-correction"], cwd=tmp_path, env=env).stdout)
     assert planned["correction"] is None
     assert planned["wall_p50_s"] == pytest.approx(plain["wall_p50_s"])
     assert not any(note.startswith("history") for note in planned["notes"])
@@ -343,7 +344,7 @@ def test_emit_records_the_plans_kind(tmp_path: Path) -> None:
     save_record(record_for(spec_with()), tmp_path / "cal.yaml")
     db = tmp_path / "h.sqlite"
     env = venv_only_env(db)
-    proc = run_cli(["emit", str(spec), "--calibration", "cal.yaml", "-o", "run"], tmp_path, env)
+    proc = invoke(["emit", str(spec), "--calibration", "cal.yaml", "-o", "run"], tmp_path, env)
     assert proc.returncode == 0, proc.stderr
     with history.connect(db) as conn:
         (kind,) = conn.execute("SELECT kind FROM plans").fetchone()

@@ -11,7 +11,8 @@ import pytest
 
 from planner.history import database as history
 from tests.builders import add_outcomes, record_for, recorded_run, reference_files, spec_with
-from tests.processes import no_slurm_env, run_cli
+from tests.in_process import invoke
+from tests.processes import no_slurm_env
 
 PLAN_KEYS = {
     "schema", "name", "nodes", "gpus", "units", "grad_accum", "total_steps", "step_s",
@@ -31,7 +32,7 @@ def strict(text: str) -> Any:
 def test_plan_json(tmp_path: Path) -> None:
     spec, cal = reference_files(tmp_path)
     env = no_slurm_env(tmp_path, PLANJOB_HISTORY=str(tmp_path / "h.sqlite"))
-    proc = run_cli(["plan", str(spec), "--calibration", str(cal), "--json"], tmp_path, env)
+    proc = invoke(["plan", str(spec), "--calibration", str(cal), "--json"], tmp_path, env)
     assert proc.returncode == 0, proc.stderr
     out = strict(proc.stdout)
     assert set(out) == PLAN_KEYS
@@ -64,7 +65,7 @@ def test_plan_json_of_a_cpu_spec_and_a_correction(tmp_path: Path) -> None:
     same = spec_with(cluster__gpus_per_node=0, batch__global_batch=64, plan__max_nodes=8)
     add_outcomes(db, recorded_run(db, tmp_path, "old", spec=same), [1.5, 1.5])
     env = no_slurm_env(tmp_path, PLANJOB_HISTORY=str(db))
-    proc = run_cli(["plan", str(spec), "--calibration", str(cal), "--json"], tmp_path, env)
+    proc = invoke(["plan", str(spec), "--calibration", str(cal), "--json"], tmp_path, env)
     assert proc.returncode == 0, proc.stderr
     out = strict(proc.stdout)
     assert out["units"]["device"] == "cpu" and out["units"]["gpu_hours_unit"] == "node-hours"
@@ -81,7 +82,7 @@ def test_history_json(tmp_path: Path) -> None:
     add_outcomes(db, run, [1.5, 1.5])
     history.record_calibration(record_for(spec_with()), tmp_path / "cal.yaml", db)
     env = no_slurm_env(tmp_path, PLANJOB_HISTORY=str(db))
-    proc = run_cli(["history", "--json"], tmp_path, env)
+    proc = invoke(["history", "--json"], tmp_path, env)
     assert proc.returncode == 0, proc.stderr
     out = strict(proc.stdout)
     assert out["schema"] == "plan-job.history/1" and out["history"] == str(db)

@@ -11,7 +11,8 @@ import pytest
 from planner.errors import PartitionLimitError
 from planner.model.node_cap import NodeCap, node_cap, tightest
 from tests.builders import partition, plan_for, record_for, reference_files, spec_with
-from tests.processes import no_slurm_env, run_cli
+from tests.in_process import invoke
+from tests.processes import no_slurm_env
 
 
 def refusal(nodes: int, **kwargs: object) -> str:
@@ -51,7 +52,7 @@ def test_limits_at_the_same_count_are_all_named() -> None:
 
 def test_cli_without_slurm_says_why(tmp_path: Path) -> None:
     spec, cal = reference_files(tmp_path, plan__max_nodes=None)
-    proc = run_cli(
+    proc = invoke(
         ["plan", str(spec), "--calibration", str(cal), "--nodes", "2"],
         cwd=tmp_path,
         env=no_slurm_env(tmp_path),

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from planner.calibration.record import save_record
 from tests.builders import SPEC, record_for, spec_with, write_spec
+from tests.in_process import invoke
 from tests.paths import REPO
-from tests.processes import cli_env, run_cli
+from tests.processes import cli_env
 
 FOLDER = "run $(touch pwned) it's `touch pwned2`"
 # A backticked command in plan-job's output, to the line's last backtick (the folder's name
@@ -46,7 +47,7 @@ def emitted(tmp_path: Path) -> tuple[Path, str]:
     save_record(record_for(spec_with()), tmp_path / "cal.yaml")
     env = cli_env({"PATH": str(Path(sys.executable).parent)})
     args = ["emit", "spec.yaml", "--calibration", "cal.yaml", "-o", FOLDER]
-    proc = run_cli(args, cwd=tmp_path, env=env)
+    proc = invoke(args, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     return tmp_path / FOLDER, proc.stdout + proc.stderr
 
@@ -71,7 +72,7 @@ def test_etas_resubmit_hint_pastes_as_one_argument(tmp_path: Path) -> None:
     ]
     (run / "progress.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
     env = cli_env({"PATH": str(Path(sys.executable).parent), "COLUMNS": "400"})
-    proc = run_cli(["eta", FOLDER], cwd=tmp_path, env=env)
+    proc = invoke(["eta", FOLDER], cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     commands = _BACKTICKED.findall(proc.stdout)
     assert commands, proc.stdout

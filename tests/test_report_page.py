@@ -29,8 +29,9 @@ from planner.pages.svg import WIDE, Chart, render
 from planner.runs.progress import load_progress
 from planner.runs.run_folder import SubmittedJob
 from tests.builders import SPEC, partition, plan_for, record_for, spec_with, write_spec
+from tests.in_process import invoke
 from tests.paths import REPO
-from tests.processes import no_slurm_env, run_cli
+from tests.processes import no_slurm_env
 
 
 def steps_record(n: int = 200, warmup: int = 10, seed: int = 0) -> object:
@@ -85,7 +86,7 @@ def test_bad_arguments_exit_2_and_write_nothing(
     save_record(record_for(spec_with()), tmp_path / "cal.yaml")
     (tmp_path / "progress.jsonl").write_text('{"event": "start", "time": 1, "step": 0}\n')
     env = no_slurm_env(tmp_path, PLANJOB_HISTORY=str(tmp_path / "h.sqlite"))
-    proc = run_cli(["report", *args], tmp_path, env)
+    proc = invoke(["report", *args], tmp_path, env)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert message in proc.stderr
     assert not list(tmp_path.glob("*.html")) and not list(tmp_path.glob(".*.tmp"))
@@ -97,7 +98,7 @@ def test_a_record_page_plans_the_records_own_spec_with_set(tmp_path: Path) -> No
     save_record(steps_record(), tmp_path / "cal.yaml")  # type: ignore[arg-type]
     env = no_slurm_env(tmp_path, PLANJOB_HISTORY=str(tmp_path / "h.sqlite"))
     out = tmp_path / "page.html"
-    proc = run_cli(
+    proc = invoke(
         ["report", "cal.yaml", "--set", "plan.max_nodes=1", "-o", str(out)], tmp_path, env
     )
     assert proc.returncode == 0, proc.stderr

@@ -17,7 +17,8 @@ from planner.followup.report import resubmission_text
 from planner.followup.resubmit import prepare
 from planner.followup.state import inspect_run
 from planner.runs.diagnosis import LOCK_FILE
-from tests.processes import no_slurm_env, run_cli
+from tests.in_process import invoke
+from tests.processes import no_slurm_env
 from tests.progress_logs import STEP_S, T0, Log
 from tests.run_folders import FakeSlurm, chain_folder, sacct_line
 
@@ -76,9 +77,9 @@ def test_another_step_or_cause_is_not_a_repeat(tmp_path: Path, second_at: int, c
 def test_the_preview_without_slurm_refuses_too_and_force_retry_goes_on(tmp_path: Path) -> None:
     folder = failing_twice(tmp_path)
     env = no_slurm_env(tmp_path, PLANJOB_HISTORY=str(tmp_path / "h.sqlite"))
-    proc = run_cli(["resubmit", str(folder), "--dry-run"], cwd=tmp_path, env=env)
+    proc = invoke(["resubmit", str(folder), "--dry-run"], cwd=tmp_path, env=env)
     assert proc.returncode == 2 and "failed the same way at step 950" in proc.stderr
-    proc = run_cli(["resubmit", str(folder), "--dry-run", "--force-retry"], tmp_path, env)
+    proc = invoke(["resubmit", str(folder), "--dry-run", "--force-retry"], tmp_path, env)
     assert proc.returncode == 0, proc.stderr
     assert "# dry run: would submit" in proc.stdout
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from planner.runs.emit import EmitOptions, emit
 from tests.builders import plan_for, spec_with
-from tests.processes import no_slurm_env, run_cli
+from tests.in_process import invoke
+from tests.processes import no_slurm_env
 from tests.progress_logs import STEP_S, Log
 from tests.run_folders import stopped_folder
 
@@ -20,7 +21,7 @@ def test_preview_from_the_run_folder_alone(tmp_path: Path) -> None:
     run = stopped_folder(tmp_path)  # job 11 died at step 950; checkpoints 800 and 900
     db = tmp_path / "h.sqlite"
     env = no_slurm_env(tmp_path, PLANJOB_HISTORY=str(db))
-    proc = run_cli(["resubmit", str(run), "--dry-run"], cwd=tmp_path, env=env)
+    proc = invoke(["resubmit", str(run), "--dry-run"], cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = words(proc.stdout)
     # What it read from the folder: the progress file, the checkpoints, plan.yaml.
@@ -49,7 +50,7 @@ def test_preview_from_the_run_folder_alone(tmp_path: Path) -> None:
 
 def test_without_dry_run_it_still_needs_slurm_and_says_how_to_preview(tmp_path: Path) -> None:
     run = stopped_folder(tmp_path)
-    proc = run_cli(["resubmit", str(run)], cwd=tmp_path, env=no_slurm_env(tmp_path))
+    proc = invoke(["resubmit", str(run)], cwd=tmp_path, env=no_slurm_env(tmp_path))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"`plan-job resubmit {run} --dry-run` previews from the run folder alone" in words(
         proc.stderr
@@ -65,7 +66,7 @@ def test_a_folder_planned_without_slurm_has_no_max_time_to_fall_back_on(tmp_path
     ).write()
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "ckpt-000000200.pt").write_bytes(b"weights")
-    proc = run_cli(["resubmit", str(run), "--dry-run"], cwd=tmp_path, env=no_slurm_env(tmp_path))
+    proc = invoke(["resubmit", str(run), "--dry-run"], cwd=tmp_path, env=no_slurm_env(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = words(proc.stdout)
     assert "MaxTime unknown (not read)" in out

@@ -46,7 +46,7 @@ from tests.builders import (
     spec_with,
     write_spec,
 )
-from tests.processes import run_cli
+from tests.in_process import invoke
 
 # -- the fit ---------------------------------------------------------------------------------
 
@@ -346,7 +346,7 @@ def tiny_spec(tmp_path: Path, **calibration: Any) -> Path:
 
 def test_cli_local_executor_with_two_node_counts(tmp_path: Path) -> None:
     path = tiny_spec(tmp_path)
-    result = run_cli(["calibrate", str(path), "--nodes", "1,2"], tmp_path, timeout=60)
+    result = invoke(["calibrate", str(path), "--nodes", "1,2"], tmp_path)
     assert result.returncode == 2, result.stderr
     assert "calibration.nodes: got [1, 2]" in result.stderr
     assert "--executor slurm" in result.stderr
@@ -357,7 +357,7 @@ def test_cli_local_executor_with_two_node_counts(tmp_path: Path) -> None:
 def test_cli_node_count_whose_batch_does_not_split(tmp_path: Path) -> None:
     # micro-batch 4 x grad_accum 2 on one CPU rank per node: global batch 8, not split by 3
     path = tiny_spec(tmp_path, nodes=[1, 3], executor="slurm")
-    result = run_cli(["calibrate", str(path)], tmp_path, timeout=60)
+    result = invoke(["calibrate", str(path)], tmp_path)
     assert result.returncode == 2, result.stderr
     assert "calibration.nodes: got [1, 3]" in result.stderr
     assert "micro_batch x GPUs = 4 x 3 = 12" in result.stderr
@@ -366,10 +366,10 @@ def test_cli_node_count_whose_batch_does_not_split(tmp_path: Path) -> None:
 
 def test_cli_bad_nodes_flag(tmp_path: Path) -> None:
     path = tiny_spec(tmp_path)
-    result = run_cli(["calibrate", str(path), "--nodes", "1,two"], tmp_path, timeout=60)
+    result = invoke(["calibrate", str(path), "--nodes", "1,two"], tmp_path)
     assert result.returncode == 2
     assert "--nodes: got '1,two'" in result.stderr
-    result = run_cli(["calibrate", str(path), "--nodes", "1,1"], tmp_path, timeout=60)
+    result = invoke(["calibrate", str(path), "--nodes", "1,1"], tmp_path)
     assert result.returncode == 2
     assert "calibration.nodes" in result.stderr and "each node count once" in result.stderr
 

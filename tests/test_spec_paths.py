@@ -14,7 +14,8 @@ from planner.errors import SpecError
 from planner.spec.checkpoint_dir import node_local_reason, node_local_warning
 from planner.spec.paths import expand_path
 from tests.builders import TINY_JIT, reference_files, write_spec
-from tests.processes import cli_env, run_cli
+from tests.in_process import invoke
+from tests.processes import cli_env
 
 ENV = {"HOME": "/home/ada", "SCRATCH": "/lustre/ada", "EMPTY": ""}
 
@@ -64,7 +65,7 @@ def test_cli_expands_and_says_so(tmp_path: Path) -> None:
     spec, record = reference_files(tmp_path, checkpoint={"dir": "~/ckpt"})
     env = cli_env({"PATH": str(tmp_path), "HOME": str(home)})
     out = tmp_path / "run"
-    proc = run_cli(
+    proc = invoke(
         ["emit", str(spec), "--calibration", str(record), "-o", str(out)], cwd=tmp_path, env=env
     )
     assert proc.returncode == 0, proc.stderr
@@ -80,7 +81,7 @@ def test_an_unset_variable_stops_calibrate_before_anything(tmp_path: Path) -> No
     spec = dict(TINY_JIT, checkpoint={"dir": "$PLANJOB_TEST_UNSET/ckpt"})
     env = cli_env({"PATH": str(tmp_path)})
     env.pop("PLANJOB_TEST_UNSET", None)
-    proc = run_cli(["calibrate", str(write_spec(tmp_path, spec))], cwd=tmp_path, env=env)
+    proc = invoke(["calibrate", str(write_spec(tmp_path, spec))], cwd=tmp_path, env=env)
     assert proc.returncode == 2, proc.stderr
     assert "checkpoint.dir: got '$PLANJOB_TEST_UNSET/ckpt'; $PLANJOB_TEST_UNSET is not set" in (
         proc.stderr
@@ -130,10 +131,10 @@ def test_plan_warns_about_a_node_local_folder_over_several_nodes(tmp_path: Path)
     spec, record = reference_files(tmp_path, checkpoint={"dir": "/dev/shm/plan-job-test-ckpt"})
     env = cli_env({"PATH": str(tmp_path)})
     args = ["plan", str(spec), "--calibration", str(record)]
-    one = run_cli([*args, "--nodes", "1"], cwd=tmp_path, env=env)
+    one = invoke([*args, "--nodes", "1"], cwd=tmp_path, env=env)
     assert one.returncode == 0, one.stderr
     assert "may not be seen" not in one.stderr  # one job on one node: nothing to warn of
-    two = run_cli([*args, "--nodes", "2"], cwd=tmp_path, env=env)
+    two = invoke([*args, "--nodes", "2"], cwd=tmp_path, env=env)
     assert two.returncode == 0, two.stderr
     assert (
         "warning: checkpoint.dir /dev/shm/plan-job-test-ckpt is under /dev/shm, which is "

@@ -37,7 +37,8 @@ from tests.builders import (
     scaled_record,
     spec_with,
 )
-from tests.processes import no_slurm_env, run_cli
+from tests.in_process import invoke
+from tests.processes import no_slurm_env
 from tests.progress_logs import fake_runner, queue_text
 from tests.run_folders import FakeSlurm, accounted, running_folder, stopped_folder
 
@@ -187,10 +188,10 @@ def test_plan_table_golden() -> None:
 def test_cli_plan_fits_100_columns_unless_told_wider(tmp_path: Path) -> None:
     spec, cal = reference_files(tmp_path, plan__gpu_hour_cost=2.5)
     args = ["plan", str(spec), "--calibration", str(cal)]
-    proc = run_cli(args, cwd=tmp_path, env=no_slurm_env(tmp_path))
+    proc = invoke(args, cwd=tmp_path, env=no_slurm_env(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert widest(proc.stdout) <= WIDTH, proc.stdout
-    wide = run_cli(args, cwd=tmp_path, env=no_slurm_env(tmp_path, COLUMNS="200"))
+    wide = invoke(args, cwd=tmp_path, env=no_slurm_env(tmp_path, COLUMNS="200"))
     assert wide.returncode == 0, wide.stderr
     assert WIDTH < widest(wide.stdout) <= 200
     note = next(line for line in wide.stdout.splitlines() if "chosen:" in line)

@@ -15,7 +15,7 @@ import pytest
 from planner.model.plan import Plan
 from planner.model.report import plan_table
 from tests.builders import plan_for, record_for, spec_with
-from tests.processes import run_cli
+from tests.in_process import invoke
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -24,14 +24,14 @@ COMMANDS = ["calibrate", "plan", "emit", "submit", "eta", "resubmit", "tighten",
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_prints_no_escaped_percent(command: str, tmp_path: Path) -> None:
-    proc = run_cli([command, "--help"], cwd=tmp_path)
+    proc = invoke([command, "--help"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     # click prints help as written: a "%%" meant for %-formatting shows up doubled.
     assert "%%" not in proc.stdout
 
 
 def test_target_ci_help_says_95_percent(tmp_path: Path) -> None:
-    proc = run_cli(["calibrate", "--help"], cwd=tmp_path)
+    proc = invoke(["calibrate", "--help"], cwd=tmp_path)
     assert "Stop when the 95% CI half-width / mean reaches this" in " ".join(proc.stdout.split())
 
 
