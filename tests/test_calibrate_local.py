@@ -13,6 +13,7 @@ import pytest
 
 from planner.calibration.record import load_record
 from tests.builders import TINY_JIT, check_sane, user_workload, write_spec
+from tests.in_process import invoke
 from tests.paths import REPO
 from tests.processes import PLAN_JOB, cli_env, run_cli
 
@@ -99,7 +100,7 @@ def test_out_of_memory_is_named_with_the_micro_batch(tmp_path: Path) -> None:
 
 def test_bad_spec_exits_2_and_writes_nothing(tmp_path: Path) -> None:
     spec = dict(TINY_JIT, precision="fp64")
-    proc = run_cli(["calibrate", str(write_spec(tmp_path, spec)), "-o", "cal.yaml"], cwd=tmp_path)
+    proc = invoke(["calibrate", str(write_spec(tmp_path, spec)), "-o", "cal.yaml"], cwd=tmp_path)
     assert proc.returncode == 2
     assert "precision: got 'fp64'; allowed: fp32, bf16, fp16" in proc.stderr
     assert not (tmp_path / "cal.yaml").exists()
@@ -107,7 +108,7 @@ def test_bad_spec_exits_2_and_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_bad_flag_value_exits_2(tmp_path: Path) -> None:
-    proc = run_cli(
+    proc = invoke(
         ["calibrate", str(write_spec(tmp_path, TINY_JIT)), "--max-seconds", "-1"], cwd=tmp_path
     )
     assert proc.returncode == 2

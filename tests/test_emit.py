@@ -20,7 +20,7 @@ from planner.model.plan import Plan
 from planner.runs.chain import planned_commands
 from planner.runs.emit import EmitOptions, emit, render, sbatch_options
 from tests.builders import HOSTILE, partition, plan_for, spec_with
-from tests.processes import run_cli
+from tests.in_process import invoke
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -130,11 +130,11 @@ def test_submit_dry_run_prints_the_chain(tmp_path: Path) -> None:
     commands = planned_commands(tmp_path / "run")
     assert commands[0] == ["sbatch", "--parsable", str(tmp_path / "run" / "segment-01.sbatch")]
     assert commands[1][2] == "--dependency=afterany:<job id of segment 1>"
-    proc = run_cli(["submit", "run", "--dry-run"], cwd=tmp_path)
+    proc = invoke(["submit", "run", "--dry-run"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("sbatch --parsable") == 5
     with pytest.raises(NotARunFolderError):
         planned_commands(tmp_path)
-    proc = run_cli(["submit", str(tmp_path)], cwd=tmp_path)
+    proc = invoke(["submit", str(tmp_path)], cwd=tmp_path)
     assert proc.returncode == 2
     assert "no segment-*.sbatch here" in proc.stderr

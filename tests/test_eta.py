@@ -37,6 +37,7 @@ from planner.slurm.queue import (
     queued,
     with_end_from_env,
 )
+from tests.in_process import invoke
 from tests.paths import FIXTURES, REPO
 from tests.processes import PLAN_JOB, cli_env, run_cli
 from tests.progress_logs import STEP_S, T0, Log, fake_runner, queue_text, wobble
@@ -191,7 +192,7 @@ def test_trainer_state_paced_by_checkpoint_times(tmp_path: Path) -> None:
 def test_trainer_state_without_timing_says_what_it_needs(tmp_path: Path) -> None:
     lone = tmp_path / "trainer_state.json"
     shutil.copy(FIXTURES / "hf_trainer_state.json", lone)
-    proc = run_cli(["eta", str(lone), "--json"], cwd=tmp_path)
+    proc = invoke(["eta", str(lone), "--json"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert (out["done_step"], out["total_steps"], out["fraction"]) == (1500, 3000, 0.5)
@@ -324,12 +325,12 @@ def test_cli_table_and_json(tmp_path: Path) -> None:
     log = Log(tmp_path / "progress.jsonl", total=1000)
     log.job(0, [3.0] * 5 + wobble(95, 1.0), save_every=50, save_s=2.0)
     log.write()
-    proc = run_cli(["eta", "progress.jsonl"], cwd=tmp_path)
+    proc = invoke(["eta", "progress.jsonl"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     for label in ("progress", "step time", "remaining", "finish P50", "seed method 2"):
         assert label in proc.stdout
     assert "10.0%: step 100 of 1,000" in proc.stdout
-    proc = run_cli(["eta", "progress.jsonl", "--json"], cwd=tmp_path)
+    proc = invoke(["eta", "progress.jsonl", "--json"], cwd=tmp_path)
     out = json.loads(proc.stdout)
     assert out["step_time"]["mean_s"] == pytest.approx(1.0, rel=1e-3)
     assert out["remaining"]["p50_s"] == pytest.approx(900 + 18 * 2.0, rel=1e-3)
@@ -353,7 +354,7 @@ def test_cli_bad_targets_exit_2(
         (tmp_path / target).mkdir()
     elif content is not None:
         (tmp_path / target).write_text(content)
-    proc = run_cli(["eta", target], cwd=tmp_path)
+    proc = invoke(["eta", target], cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert expected in proc.stderr
     assert "pass" in proc.stderr.lower()  # and says what to pass instead

@@ -19,7 +19,8 @@ from planner.calibration.record import load_record, save_record
 from planner.errors import RecordFieldError
 from planner.runs.run_folder import MARKER, read_marker
 from tests.builders import SPEC, TINY_JIT, record_for, spec_with, write_spec
-from tests.processes import cli_env, run_cli
+from tests.in_process import invoke
+from tests.processes import cli_env
 
 
 def no_slurm_env(**extra: str) -> dict[str, str]:
@@ -40,7 +41,7 @@ def project(tmp_path: Path) -> Path:
 
 def emit(project: Path, out: str, *extra: str, env: dict[str, str] | None = None) -> object:
     args = ["emit", "spec.yaml", "--calibration", "cal.yaml", "-o", out, *extra]
-    return run_cli(args, cwd=project, env=env or no_slurm_env())
+    return invoke(args, cwd=project, env=env or no_slurm_env())
 
 
 def listing(folder: Path) -> list[str]:
@@ -115,7 +116,7 @@ def test_a_name_that_is_not_one_file_name_is_refused(tmp_path: Path, name: str) 
     spec["name"] = name
     project = tmp_path / "project"
     project.mkdir()
-    proc = run_cli(["calibrate", str(write_spec(project, spec))], cwd=project)
+    proc = invoke(["calibrate", str(write_spec(project, spec))], cwd=project)
     assert proc.returncode == 2, proc.stderr
     assert "name: got" in proc.stderr and "one file name" in proc.stderr
     assert listing(tmp_path) == ["project", "project/run.yaml"]  # no record, no job folder
@@ -127,7 +128,7 @@ def test_a_name_that_is_not_one_file_name_is_refused(tmp_path: Path, name: str) 
 def test_an_unwritable_checkpoint_dir_fails_calibrate_before_the_job(tmp_path: Path) -> None:
     spec = copy.deepcopy(TINY_JIT)
     spec["checkpoint"] = {"dir": "/proc/x"}
-    proc = run_cli(["calibrate", str(write_spec(tmp_path, spec))], cwd=tmp_path)
+    proc = invoke(["calibrate", str(write_spec(tmp_path, spec))], cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "checkpoint.dir: got '/proc/x'; cannot write there" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -152,7 +153,7 @@ def test_the_writability_check_leaves_no_folder_behind(project: Path) -> None:
 def test_a_misspelt_required_key_is_named_with_the_fix(tmp_path: Path) -> None:
     spec = copy.deepcopy(TINY_JIT)
     spec["batch"] = {"micro_bach": 8}
-    proc = run_cli(["calibrate", str(write_spec(tmp_path, spec))], cwd=tmp_path)
+    proc = invoke(["calibrate", str(write_spec(tmp_path, spec))], cwd=tmp_path)
     assert proc.returncode == 2
     assert "batch.micro_bach: got 8; unknown key; did you mean 'micro_batch'?" in proc.stderr
 
@@ -160,7 +161,7 @@ def test_a_misspelt_required_key_is_named_with_the_fix(tmp_path: Path) -> None:
 def test_a_misspelt_optional_key_suggests_the_close_one(tmp_path: Path) -> None:
     spec = copy.deepcopy(TINY_JIT)
     spec["calibration"]["max_secnds"] = 10
-    proc = run_cli(["calibrate", str(write_spec(tmp_path, spec))], cwd=tmp_path)
+    proc = invoke(["calibrate", str(write_spec(tmp_path, spec))], cwd=tmp_path)
     assert proc.returncode == 2
     assert "calibration.max_secnds" in proc.stderr and "did you mean 'max_seconds'?" in proc.stderr
 
@@ -185,7 +186,7 @@ def test_a_hand_edited_record_is_refused_naming_the_field(
     (project / "cal.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(RecordFieldError, match="calibrate again"):
         load_record(project / "cal.yaml")
-    proc = run_cli(
+    proc = invoke(
         ["plan", "spec.yaml", "--calibration", "cal.yaml"], cwd=project, env=no_slurm_env()
     )
     assert proc.returncode == 2, proc.stderr
@@ -228,7 +229,7 @@ def test_a_one_node_calibration_plans_one_node() -> None:
 
 def test_the_cli_says_the_plan_kept_to_the_calibrated_nodes(project: Path) -> None:
     args = ["plan", "spec.yaml", "--calibration", "cal.yaml"]
-    proc = run_cli(
+    proc = invoke(
         [*args, "--set", "plan.allow_unmeasured_scaling=false"], cwd=project, env=no_slurm_env()
     )
     assert proc.returncode == 0, proc.stderr
