@@ -11,7 +11,8 @@ import yaml
 
 from planner.runs.emit import EmitOptions, emit
 from planner.runs.run_folder import SubmittedJob
-from tests.builders import partition, plan_for, spec_with
+from tests.builders import paced_spec, partition, plan_for, spec_with, write_spec
+from tests.processes import run_cli
 from tests.progress_logs import STEP_S, Log
 
 
@@ -30,3 +31,17 @@ def eta_run_dir(tmp_path: Path) -> Path:
     jobs = [SubmittedJob(i, f"segment-{i:02d}.sbatch", str(10 + i), None, "") for i in range(1, 6)]
     (folder / "jobs.yaml").write_text(yaml.safe_dump({"jobs": [asdict(job) for job in jobs]}))
     return folder
+
+
+@pytest.fixture(scope="session")
+def paced_calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One local calibration of the paced workload (tests/builders.py's paced_spec: 4 samples
+    a step, each at least PACE_S), shared by every real-cluster test that runs it. What it
+    measures (the step, start-up, a checkpoint's save) does not depend on the run's length,
+    name or checkpoint interval, which each test's own spec sets; emit plans that spec with
+    this record (the chain test always did so, under another name)."""
+    folder = tmp_path_factory.mktemp("paced_calibration")
+    spec = write_spec(folder, paced_spec(4000, "paced"))
+    proc = run_cli(["calibrate", str(spec), "-o", "cal.yaml"], cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    return folder / "cal.yaml"

@@ -18,6 +18,7 @@ from jobs.contract.train_config import TrainConfig
 from jobs.progress import read_progress
 from tests.builders import HOSTILE, write_spec
 from tests.builders import paced_spec as shared_paced_spec
+from tests.in_process import invoke
 from tests.processes import chain_bound_s, run_cli, time_limits, wait_for_chain
 from tests.slurm_cluster import SlurmCluster
 from tests.training_runs import final_weights, reference_weights
@@ -29,19 +30,8 @@ def paced_spec(samples: int) -> dict[str, Any]:
     return shared_paced_spec(samples, "chain")
 
 
-@pytest.fixture(scope="module")
-def chain_calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One local calibration of the paced workload, shared by this module's tests."""
-    folder = tmp_path_factory.mktemp("calibrated")
-    proc = run_cli(
-        ["calibrate", str(write_spec(folder, paced_spec(4000))), "-o", "cal.yaml"], cwd=folder
-    )
-    assert proc.returncode == 0, proc.stderr
-    return folder / "cal.yaml"
-
-
 def test_a_run_longer_than_max_time_chains_to_the_last_step(
-    slurm_cluster: SlurmCluster, chain_calibration: Path, tmp_path: Path
+    slurm_cluster: SlurmCluster, paced_calibration: Path, tmp_path: Path
 ) -> None:
     # Paths a user might have, and some no user should: quoting must keep them inert.
     workdir = tmp_path / HOSTILE
@@ -52,7 +42,7 @@ def test_a_run_longer_than_max_time_chains_to_the_last_step(
     spec = write_spec(workdir, {**paced_spec(3800), "name": HOSTILE})
     run_dir = workdir / "runs" / HOSTILE
     proc = run_cli(
-        ["emit", str(spec), "--calibration", str(chain_calibration), "-o", str(run_dir)],
+        ["emit", str(spec), "--calibration", str(paced_calibration), "-o", str(run_dir)],
         cwd=workdir,
     )
     assert proc.returncode == 0, proc.stderr
@@ -87,11 +77,11 @@ def test_a_run_longer_than_max_time_chains_to_the_last_step(
 
 
 def test_every_script_passes_sbatch_test_only(
-    slurm_cluster: SlurmCluster, chain_calibration: Path, tmp_path: Path
+    slurm_cluster: SlurmCluster, paced_calibration: Path, tmp_path: Path
 ) -> None:
     spec = write_spec(tmp_path, paced_spec(16_000))  # 4000 steps: several segments
     proc = run_cli(
-        ["emit", str(spec), "--calibration", str(chain_calibration), "-o", "run"], cwd=tmp_path
+        ["emit", str(spec), "--calibration", str(paced_calibration), "-o", "run"], cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr
     scripts = sorted((tmp_path / "run").glob("segment-*.sbatch"))
@@ -120,14 +110,12 @@ def test_every_script_passes_sbatch_test_only(
 )
 def test_plans_that_cannot_be_met_exit_2(
     slurm_cluster: SlurmCluster,
-    chain_calibration: Path,
+    paced_calibration: Path,
     tmp_path: Path,
     args: list[str],
     expected: str,
 ) -> None:
     spec = write_spec(tmp_path, paced_spec(16_000))
-    proc = run_cli(
-        ["plan", str(spec), "--calibration", str(chain_calibration), *args], cwd=tmp_path
-    )
+    proc = invoke(["plan", str(spec), "--calibration", str(paced_calibration), *args], tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert expected in proc.stderr

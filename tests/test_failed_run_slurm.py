@@ -22,17 +22,8 @@ from tests.slurm_cluster import SlurmCluster
 pytestmark = pytest.mark.slurm
 
 
-@pytest.fixture(scope="module")
-def failing_calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("calibrated")
-    spec = write_spec(folder, paced_spec(40, "failing"))
-    proc = run_cli(["calibrate", str(spec), "-o", "cal.yaml"], cwd=folder)
-    assert proc.returncode == 0, proc.stderr
-    return folder / "cal.yaml"
-
-
 def test_a_run_that_fails_at_once_shows_its_final_state(
-    slurm_cluster: SlurmCluster, failing_calibration: Path, tmp_path: Path
+    slurm_cluster: SlurmCluster, paced_calibration: Path, tmp_path: Path
 ) -> None:
     spec = write_spec(tmp_path, paced_spec(40, "failing"))  # 10 steps
     older = tmp_path / "ck" / "ckpt-000000005.pt"
@@ -41,7 +32,7 @@ def test_a_run_that_fails_at_once_shows_its_final_state(
     torch.save({"model": {"other.weight": torch.zeros(3)}, "optimizer": {}, "step": 5}, older)
 
     proc = run_cli(
-        ["emit", str(spec), "--calibration", str(failing_calibration), "-o", "run"], cwd=tmp_path
+        ["emit", str(spec), "--calibration", str(paced_calibration), "-o", "run"], cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr
     assert "warning: checkpoint.dir" in proc.stderr and "ckpt-000000005.pt" in proc.stderr

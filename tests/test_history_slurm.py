@@ -22,13 +22,13 @@ INTERVAL = 20
 
 @pytest.mark.slurm
 def test_a_requeued_job_is_one_history_row_per_attempt(
-    slurm_cluster: SlurmCluster, tmp_path: Path
+    slurm_cluster: SlurmCluster, paced_calibration: Path, tmp_path: Path
 ) -> None:
     spec = paced_spec(4 * TOTAL, "requeued", {"dir": "ck", "interval_steps": INTERVAL})
     path = write_spec(tmp_path, spec)
-    proc = run_cli(["calibrate", str(path), "-o", "cal.yaml"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    proc = run_cli(["emit", str(path), "--calibration", "cal.yaml", "-o", "run"], cwd=tmp_path)
+    proc = run_cli(
+        ["emit", str(path), "--calibration", str(paced_calibration), "-o", "run"], cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
     proc = run_cli(["submit", str(run)], cwd=tmp_path)

@@ -167,13 +167,13 @@ def wait_for(path: Path, pattern: str, proc: subprocess.Popen[Any], timeout_s: f
 
 @pytest.mark.slurm
 def test_submit_watch_follows_the_chain_and_ctrl_c_leaves_it_running(
-    slurm_cluster: SlurmCluster, tmp_path: Path
+    slurm_cluster: SlurmCluster, paced_calibration: Path, tmp_path: Path
 ) -> None:
     # 150 steps of at least 0.2 s: half a minute, one job.
     spec = write_spec(tmp_path, paced_spec(600, "watched"))
-    proc = run_cli(["calibrate", str(spec), "-o", "cal.yaml"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    proc = run_cli(["emit", str(spec), "--calibration", "cal.yaml", "-o", "run"], cwd=tmp_path)
+    proc = run_cli(
+        ["emit", str(spec), "--calibration", str(paced_calibration), "-o", "run"], cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
     err = tmp_path / "stderr.txt"

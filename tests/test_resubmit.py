@@ -303,14 +303,14 @@ def sbatch_time(script: Path) -> str:
 
 
 def test_a_job_killed_at_its_limit_is_resubmitted_to_the_last_step(
-    slurm_cluster: SlurmCluster, tmp_path: Path
+    slurm_cluster: SlurmCluster, paced_calibration: Path, tmp_path: Path
 ) -> None:
     # 600 steps, ~2 minutes of work: past a 1-minute limit even though slurmctld enforces
     # limits only every 30 s.
     spec = write_spec(tmp_path, paced_spec(4 * TOTAL))
-    proc = run_cli(["calibrate", str(spec), "-o", "cal.yaml"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    proc = run_cli(["emit", str(spec), "--calibration", "cal.yaml", "-o", "run"], cwd=tmp_path)
+    proc = run_cli(
+        ["emit", str(spec), "--calibration", str(paced_calibration), "-o", "run"], cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
     killed_at_one_minute(run / "segment-01.sbatch")
