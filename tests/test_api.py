@@ -33,11 +33,13 @@ def loaded_after(code: str) -> list[str]:
     return ast.literal_eval(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_every_library_name_imports_without_click_or_torch() -> None:
     names = ", ".join(planner.__all__)
     assert loaded_after(f"from planner import {names}") == []
 
 
+@pytest.mark.slow
 def test_importing_the_errors_imports_no_library() -> None:
     code = (
         "import sys, planner.errors\n"

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from jobs.calibration import allreduce_timing
@@ -107,6 +108,7 @@ def outcomes(folder: Path, results: dict[int, Any]) -> dict[int, tuple[str, Any]
     return found
 
 
+@pytest.mark.slow
 def test_two_ranks_calibrate_together(tmp_path: Path) -> None:
     results = finish(launch(tiny_request(tmp_path), tmp_path), timeout=FINISH_S)
     for rank, (status, _, err) in results.items():
@@ -133,6 +135,7 @@ def test_two_ranks_calibrate_together(tmp_path: Path) -> None:
     assert len(lines) == m0.steps_run
 
 
+@pytest.mark.slow
 def test_a_rank_failing_in_a_step_fails_both_and_is_named(tmp_path: Path) -> None:
     builder = "tests.fixtures.user_workloads:raises_in_step_on_rank_1"
     # Ended by the peer's closed sockets, not a timeout: finishing at all within FINISH_S
@@ -151,6 +154,7 @@ def test_a_rank_failing_in_a_step_fails_both_and_is_named(tmp_path: Path) -> Non
         )
 
 
+@pytest.mark.slow
 def test_a_rank_that_never_joins_is_named(tmp_path: Path) -> None:
     results = finish(
         launch(tiny_request(tmp_path), tmp_path, ranks=(0,), PLANJOB_DIST_INIT_TIMEOUT_S="2"),
@@ -162,6 +166,7 @@ def test_a_rank_that_never_joins_is_named(tmp_path: Path) -> None:
     assert "rank(s) 1 did not join the 2-rank group" in failure["message"]
 
 
+@pytest.mark.slow
 def test_one_process_has_the_defaults(tmp_path: Path, monkeypatch: Any) -> None:
     for name in ("WORLD_SIZE", "RANK", "SLURM_STEP_ID"):
         monkeypatch.delenv(name, raising=False)

@@ -18,6 +18,7 @@ from tests.paths import REPO
 from tests.processes import PLAN_JOB, cli_env, run_cli
 
 
+@pytest.mark.slow
 def test_tiny_jit_calibrates_locally(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, TINY_JIT)
     proc = run_cli(["calibrate", str(spec), "-o", "cal.yaml"], cwd=tmp_path)
@@ -29,6 +30,7 @@ def test_tiny_jit_calibrates_locally(tmp_path: Path) -> None:
     assert not any((tmp_path / "ck").rglob("*.pt"))
 
 
+@pytest.mark.slow
 def test_tiny_gpt_with_flag_overrides(tmp_path: Path) -> None:
     spec = dict(TINY_JIT, workload={"name": "gpt", "preset": "tiny"})
     path = write_spec(tmp_path, spec)
@@ -54,6 +56,7 @@ def test_tiny_gpt_with_flag_overrides(tmp_path: Path) -> None:
     assert record.derived.mfu == pytest.approx(record.derived.achieved_tflops / 1.5)
 
 
+@pytest.mark.slow
 def test_user_workload(tmp_path: Path) -> None:
     path = write_spec(tmp_path, user_workload("linear_regression"))
     proc = run_cli(["calibrate", str(path), "-o", "cal.yaml"], cwd=tmp_path)
@@ -63,6 +66,7 @@ def test_user_workload(tmp_path: Path) -> None:
     assert record.measurement.token_unit == "rows"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("function", "expected"),
     [
@@ -82,6 +86,7 @@ def test_workload_that_raises_fails_clearly(tmp_path: Path, function: str, expec
     assert not (tmp_path / "cal.yaml").exists()
 
 
+@pytest.mark.slow
 def test_import_error_of_a_missing_module(tmp_path: Path) -> None:
     spec = dict(TINY_JIT, workload={"function": "no_such_package.train:build"})
     proc = run_cli(["calibrate", str(write_spec(tmp_path, spec))], cwd=tmp_path)
@@ -90,6 +95,7 @@ def test_import_error_of_a_missing_module(tmp_path: Path) -> None:
     assert "No module named 'no_such_package'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_out_of_memory_is_named_with_the_micro_batch(tmp_path: Path) -> None:
     path = write_spec(tmp_path, user_workload("out_of_memory"))
     proc = run_cli(["calibrate", str(path)], cwd=tmp_path)
@@ -115,6 +121,7 @@ def test_bad_flag_value_exits_2(tmp_path: Path) -> None:
     assert "calibration.max_seconds: got -1.0; must be > 0" in proc.stderr
 
 
+@pytest.mark.slow
 def test_slurm_executor_without_slurm_says_so(tmp_path: Path) -> None:
     # A PATH without Slurm's commands: what a laptop looks like.
     env = cli_env({"PATH": str(tmp_path)})
@@ -128,6 +135,7 @@ def test_slurm_executor_without_slurm_says_so(tmp_path: Path) -> None:
     assert "--executor local" in proc.stderr
 
 
+@pytest.mark.slow
 def test_slurm_executor_with_a_dead_controller(tmp_path: Path) -> None:
     conf = tmp_path / "slurm.conf"
     conf.write_text(
@@ -155,6 +163,7 @@ STOPS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", sorted(STOPS))
 def test_ctrl_c_sigterm_and_sighup_cancel_the_local_job(tmp_path: Path, stop: str) -> None:
     spec = dict(
@@ -208,6 +217,7 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow
 def test_help_does_not_import_torch() -> None:
     code = (
         "import sys; from planner.cli import cli; "

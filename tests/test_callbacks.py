@@ -51,6 +51,7 @@ def check_steps(progress: Path, first: int, last: int) -> None:
     assert all(isinstance(e["loss"], float) and e["loss"] > 0 for e in steps)
 
 
+@pytest.mark.slow
 def test_callbacks_import_without_their_library() -> None:
     """The modules import anywhere; the classes say what to install."""
     for module, blocked, hint in [
@@ -84,6 +85,7 @@ def hf_args(output: Path, *extra: str) -> list[str]:
     return ["--output-dir", str(output), "--micro-batch", "8", *extra]
 
 
+@pytest.mark.slow
 def test_hf_callback_writes_progress_and_resumes(
     hf: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -131,6 +133,7 @@ def test_hf_callback_writes_progress_and_resumes(
     assert found[-1] == {**found[-1], "step": 14, "reason": "done"}
 
 
+@pytest.mark.slow
 def test_hf_callback_saves_and_stops_on_a_signal(
     hf: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -154,6 +157,7 @@ def test_hf_callback_saves_and_stops_on_a_signal(
     check_steps(progress, 1, 3)
 
 
+@pytest.mark.slow
 def test_hf_callback_stops_before_the_stop_time(
     hf: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -196,6 +200,7 @@ def test_hf_callback_stops_before_the_stop_time(
     assert (output / f"checkpoint-{stop['step']}").is_dir()
 
 
+@pytest.mark.slow
 def test_hf_example_unchanged_writes_only_the_trainers_checkpoints(
     hf: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -223,6 +228,7 @@ def lightning() -> ModuleType:
     return load_example("user_train_lightning")
 
 
+@pytest.mark.slow
 def test_lightning_callback_writes_progress_and_resumes(
     lightning: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -274,6 +280,7 @@ def test_lightning_callback_writes_progress_and_resumes(
     assert found[-1] == {**found[-1], "event": "stop", "step": 16, "reason": "done"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", STOP_SIGNALS, ids=[s.name for s in STOP_SIGNALS])
 def test_lightning_callback_saves_and_stops_on_a_signal(
     lightning: ModuleType, tmp_path: Path, signum: signal.Signals
@@ -312,6 +319,7 @@ def test_lightning_callback_saves_and_stops_on_a_signal(
     check_steps(progress, 1, 3)
 
 
+@pytest.mark.slow
 def test_lightning_callback_stops_before_the_stop_time(
     lightning: ModuleType, tmp_path: Path
 ) -> None:
@@ -339,6 +347,7 @@ def test_lightning_callback_stops_before_the_stop_time(
     assert Path(saved["path"]).is_file()
 
 
+@pytest.mark.slow
 def test_an_unchanged_trainer_script_calibrates_from_its_checkpoint_folders(
     tmp_path: Path,
 ) -> None:

@@ -19,6 +19,7 @@ from planner.runs.chain import checkpoint_size
 from planner.spec.checkpoint_dir import check_space
 from planner.units import fmt_bytes
 from tests.builders import SPEC, record_for, spec_with, write_spec
+from tests.in_process import invoke
 from tests.processes import cli_env, run_cli
 from tests.slurm_cluster import SlurmCluster
 
@@ -34,7 +35,7 @@ def project(tmp_path: Path, checkpoint_bytes: int, **spec: Any) -> Path:
 
 def emit(folder: Path, out: str = "run") -> Any:
     env = cli_env({"PATH": str(Path(sys.executable).parent)})
-    return run_cli(["emit", "spec.yaml", "--calibration", "cal.yaml", "-o", out], folder, env)
+    return invoke(["emit", "spec.yaml", "--calibration", "cal.yaml", "-o", out], folder, env)
 
 
 def test_emit_refuses_a_checkpoint_dir_without_room_and_says_how_much_is_missing(

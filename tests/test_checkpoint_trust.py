@@ -96,6 +96,7 @@ def test_the_checksum_survives_any_split_of_the_writes(tmp_path: Path) -> None:
         assert torch.equal(loaded["model"]["w"], state["model"]["w"])
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_a_checksum_loads_and_the_log_says_so(
     tmp_path: Path, reference_jit_run: dict[str, Path]
 ) -> None:
@@ -111,6 +112,7 @@ def test_a_checkpoint_without_a_checksum_loads_and_the_log_says_so(
     assert events(folder, "stop")[-1]["reason"] == "done"
 
 
+@pytest.mark.slow
 def test_a_flipped_bit_sets_the_newest_aside_and_the_run_ends_as_if_uninterrupted(
     tmp_path: Path, reference_jit_run: dict[str, Path]
 ) -> None:
@@ -142,6 +144,7 @@ def test_a_flipped_bit_sets_the_newest_aside_and_the_run_ends_as_if_uninterrupte
 # --- no silent start from step 0 ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_when_no_checkpoint_loads_the_job_refuses_and_restart_from_scratch_starts_over(
     tmp_path: Path, reference_jit_run: dict[str, Path]
 ) -> None:
@@ -180,6 +183,7 @@ def assert_same_run_weights(folder: Path, reference_folder: Path) -> None:
     assert all(torch.equal(model[k], expected[k]) for k in expected)
 
 
+@pytest.mark.slow
 def test_command_mode_refuses_when_the_checkpoints_it_recorded_are_gone(tmp_path: Path) -> None:
     argv = [sys.executable, str(PACED), "--pace", "0.01"]
     config = command_config(tmp_path, argv, total_steps=4)
@@ -201,6 +205,7 @@ def json_lines(folder: Path) -> list[dict[str, Any]]:
 # --- one trainer per run -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_trainer_refuses_while_the_first_one_beats(tmp_path: Path) -> None:
     config = train_json(tmp_path, slow="slow", total_steps=60, lock_heartbeat_s=0.5)
     first = subprocess.Popen(
@@ -245,6 +250,7 @@ def write_lock(folder: Path, **changes: Any) -> None:
     (folder / trainer_lock.LOCK_FILE).write_text(json.dumps(holder))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("changes", "said"),
     [
@@ -314,6 +320,7 @@ def test_a_failure_names_its_cause(tmp_path: Path, builder: str, cause: str, sai
     assert "\n" not in failure["message"] and len(failure["message"]) <= 500
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_does_not_fit_the_workload_is_named(
     tmp_path: Path, reference_jit_run: dict[str, Path]
 ) -> None:
@@ -357,6 +364,7 @@ def in_small_filesystem(
     )
 
 
+@pytest.mark.slow
 def test_a_save_that_fills_the_disk_is_named_no_space(tmp_path: Path) -> None:
     config = train_json(tmp_path, total_steps=3, checkpoint_interval_steps=2)
     proc = in_small_filesystem(64, tmp_path / "ck", command(config))
@@ -367,6 +375,7 @@ def test_a_save_that_fills_the_disk_is_named_no_space(tmp_path: Path) -> None:
     assert failure["detail"]["free_bytes"] <= 64 * 1024
 
 
+@pytest.mark.slow
 def test_a_segment_without_room_for_its_checkpoints_refuses_at_start(tmp_path: Path) -> None:
     config = train_json(tmp_path, total_steps=3, checkpoint_bytes=300 * 1024)
     proc = in_small_filesystem(512, tmp_path / "ck", command(config))
@@ -388,6 +397,7 @@ def test_the_room_check_counts_the_checkpoints_already_there() -> None:
     assert needed_bytes(2, 100, [100, 100, 100]) == 100  # never less than the next one
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flag", "detail", "said"),
     [
@@ -406,6 +416,7 @@ def test_a_command_that_fails_is_named_with_its_status_or_signal(
     assert said in failure["message"] and failure["step"] == 1
 
 
+@pytest.mark.slow
 def test_a_command_that_ignores_the_stop_signal_is_named(tmp_path: Path) -> None:
     argv = [sys.executable, str(PACED), "--pace", "0.05", "--deaf"]
     config = command_config(tmp_path, argv, total_steps=400, stop_grace_s=1.0)

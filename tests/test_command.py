@@ -39,6 +39,7 @@ def events(config: TrainConfig, kind: str) -> list[dict[str, Any]]:
 # spawn and stop
 
 
+@pytest.mark.slow
 def test_stop_kills_a_child_that_ignores_sigterm_and_its_grandchild(tmp_path: Path) -> None:
     marker = new_marker()
     # SIG_IGN survives exec: the grandchild ignores SIGTERM too.
@@ -69,6 +70,7 @@ def test_stop_kills_a_child_that_ignores_sigterm_and_its_grandchild(tmp_path: Pa
     wait_until(lambda: not pids_with(marker), 5.0, "the grandchild to die with the group")
 
 
+@pytest.mark.slow
 def test_stop_lets_a_child_exit_within_the_grace(tmp_path: Path) -> None:
     code = (
         "import signal, sys, time\n"
@@ -84,6 +86,7 @@ def test_stop_lets_a_child_exit_within_the_grace(tmp_path: Path) -> None:
     proc.stdout.close()
 
 
+@pytest.mark.slow
 def test_stop_waits_for_workers_that_outlive_their_launcher(tmp_path: Path) -> None:
     """Like torchrun: the launcher dies of SIGUSR2 at once, its worker saves first."""
     saved = tmp_path / "saved"
@@ -113,6 +116,7 @@ def test_stop_waits_for_workers_that_outlive_their_launcher(tmp_path: Path) -> N
     proc.stdout.close()
 
 
+@pytest.mark.slow
 def test_stop_after_the_child_exited(tmp_path: Path) -> None:
     argv = [sys.executable, "-c", "raise SystemExit(5)"]
     reaped = process.spawn(argv, os.environ, tmp_path)
@@ -135,6 +139,7 @@ def test_spawn_runs_no_shell_and_reports_a_missing_program(tmp_path: Path) -> No
         process.spawn(["/no/such/program"], os.environ, tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_the_child_dies_when_its_parent_python_is_killed(tmp_path: Path) -> None:
     marker = new_marker()
@@ -203,6 +208,7 @@ def test_resume_from_the_newest_complete_trainer_folder(tmp_path: Path) -> None:
 # python -m jobs.train with a command
 
 
+@pytest.mark.slow
 def test_fields_reach_the_command_as_single_arguments(tmp_path: Path) -> None:
     marker = new_marker()
     checkpoints = tmp_path / "ck dir; echo pwned $(touch hacked)"
@@ -249,6 +255,7 @@ def test_fields_reach_the_command_as_single_arguments(tmp_path: Path) -> None:
     assert [e["reason"] for e in events(config, "stop")] == ["done"]
 
 
+@pytest.mark.slow
 def test_a_forwarded_signal_stops_and_a_rerun_resumes(tmp_path: Path) -> None:
     marker = new_marker()
     # No fields in argv: the script reads its $PLANJOB_* variables.
@@ -283,6 +290,7 @@ def test_a_forwarded_signal_stops_and_a_rerun_resumes(tmp_path: Path) -> None:
     assert steps == list(range(1, stopped + 1)) + list(range(stopped + 1, 31))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flag", "expected"),
     [
@@ -299,6 +307,7 @@ def test_the_launcher_exits_with_the_commands_status(
     assert "the command" in err
 
 
+@pytest.mark.slow
 def test_a_command_killed_by_the_forwarded_signal_is_a_clean_stop(tmp_path: Path) -> None:
     marker = new_marker()
     argv = [sys.executable, str(PACED), "--pace", "0.05", "--ignore-stop", "--marker", marker]
@@ -336,6 +345,7 @@ def hf_argv(pace: float, marker: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_trainer_state_progress_lines_written_by_the_launcher(tmp_path: Path) -> None:
     out = tmp_path / "out"
     config = command_config(
@@ -365,6 +375,7 @@ def test_trainer_state_progress_lines_written_by_the_launcher(tmp_path: Path) ->
     assert events(config, "stop")[0]["step"] == 12
 
 
+@pytest.mark.slow
 def test_trainer_state_signal_then_resume(tmp_path: Path) -> None:
     marker = new_marker()
     out = tmp_path / "out"
@@ -401,6 +412,7 @@ def test_trainer_state_signal_then_resume(tmp_path: Path) -> None:
     assert events(config, "step")[-1]["step"] == 100
 
 
+@pytest.mark.slow
 def test_trainer_state_stopped_before_the_stop_time(tmp_path: Path) -> None:
     out = tmp_path / "out"
     config = command_config(

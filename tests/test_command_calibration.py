@@ -87,6 +87,7 @@ def marker() -> Iterator[str]:
     assert not left, f"processes left behind: {left}"
 
 
+@pytest.mark.slow
 def test_paced_command_measured(tmp_path: Path, marker: str) -> None:
     request = make_request(tmp_path, paced(marker))
     m = calibrate_command(request)
@@ -118,6 +119,7 @@ def test_paced_command_measured(tmp_path: Path, marker: str) -> None:
     assert not Path(request.scratch_dir).exists()
 
 
+@pytest.mark.slow
 def test_step_cap_and_reported_peak_memory(tmp_path: Path, marker: str) -> None:
     argv = paced(marker, "--peak-bytes", "123456789", pace=0.02)
     request = make_request(tmp_path, argv, max_steps=12, min_steps=5, target_ci=1e-9)
@@ -128,6 +130,7 @@ def test_step_cap_and_reported_peak_memory(tmp_path: Path, marker: str) -> None:
     assert m.device_kind == "cuda"
 
 
+@pytest.mark.slow
 def test_a_command_that_ends_by_itself(tmp_path: Path, marker: str) -> None:
     # It trains 30 steps whatever {total_steps} says.
     argv = paced(marker, "--total-steps", "30", pace=0.02)
@@ -142,6 +145,7 @@ def test_a_command_that_ends_by_itself(tmp_path: Path, marker: str) -> None:
     assert "{total_steps}" in str(failed.value) and "min_steps" in str(failed.value)
 
 
+@pytest.mark.slow
 def test_failing_command_names_its_status_and_output(tmp_path: Path, marker: str) -> None:
     request = make_request(tmp_path, paced(marker, "--fail-at", "3", pace=0.02))
     with pytest.raises(NodeError) as failed:
@@ -153,6 +157,7 @@ def test_failing_command_names_its_status_and_output(tmp_path: Path, marker: str
     assert request.progress_path + ".command.log" in text
 
 
+@pytest.mark.slow
 def test_silent_command_fails_with_how_to_report(tmp_path: Path, marker: str) -> None:
     # It also started a child of its own: the kill must reach that one too.
     argv = paced(marker, "--silent", "--grandchild")
@@ -172,6 +177,7 @@ def test_missing_program(tmp_path: Path) -> None:
     assert failed.value.kind == "command_not_found" and "/no/such/train.sh" in str(failed.value)
 
 
+@pytest.mark.slow
 def test_trainer_state_command_measured(tmp_path: Path, marker: str) -> None:
     pace = 0.03
     argv = [
@@ -215,6 +221,7 @@ def _interrupt_soon(signum: int, after_s: float) -> threading.Timer:
     return timer
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_command(tmp_path: Path, marker: str) -> None:
     request = make_request(tmp_path, paced(marker), target_ci=1e-9, max_seconds=60.0)
     timer = _interrupt_soon(signal.SIGINT, 1.5)
@@ -229,6 +236,7 @@ class UncompletedJobError(Exception):
     """Named as submitit's, which its time-limit signal handler raises."""
 
 
+@pytest.mark.slow
 def test_time_limit_while_waiting(tmp_path: Path, marker: str) -> None:
     def on_signal(_signum: int, _frame: object) -> None:
         raise UncompletedJobError("timed out")
@@ -246,6 +254,7 @@ def test_time_limit_while_waiting(tmp_path: Path, marker: str) -> None:
     assert "calibration.time_limit_minutes" in str(failed.value)
 
 
+@pytest.mark.slow
 def test_counts_default_without_the_start_lines_extras(tmp_path: Path, marker: str) -> None:
     """A command without the start line's extras: the counts fall back to the request's."""
     argv = [

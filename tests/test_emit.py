@@ -47,6 +47,7 @@ def test_script_matches_the_golden_file(index: int) -> None:
     )
 
 
+@pytest.mark.slow
 def test_hostile_names_and_paths_are_quoted(tmp_path: Path) -> None:
     plan = chained_plan(name=HOSTILE, cluster__account="acct; rm -rf ~")
     workdir = tmp_path / HOSTILE

@@ -15,11 +15,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from planner.runs.folder_lock import lock_path
 from planner.runs.run_folder import MARKER
 from tests.builders import reference_files
 from tests.paths import REPO
 from tests.processes import cli_env, run_cli
+
+# Every test here starts processes or trains: the slow tier.
+pytestmark = pytest.mark.slow
 
 # The real CLI, its write of the run files held until GATE exists (READY says it got there).
 HELD_EMIT = """

@@ -360,6 +360,7 @@ def test_cli_bad_targets_exit_2(
     assert "pass" in proc.stderr.lower()  # and says what to pass instead
 
 
+@pytest.mark.slow
 def test_cli_watch_ends_when_the_run_is_done(tmp_path: Path) -> None:
     Log(tmp_path / "progress.jsonl", total=20).job(0, wobble(20, 0.5), stop="done").write()
     proc = run_cli(["eta", "progress.jsonl", "--watch", "1"], cwd=tmp_path, timeout=30)
@@ -367,6 +368,7 @@ def test_cli_watch_ends_when_the_run_is_done(tmp_path: Path) -> None:
     assert "100.0%: step 20 of 20 (done)" in proc.stdout
 
 
+@pytest.mark.slow
 def test_cli_watch_redraws_until_ctrl_c(tmp_path: Path) -> None:
     Log(tmp_path / "progress.jsonl", total=2000, t=time.time() - 60).job(0, wobble(50, 1.0)).write()
     out_path = tmp_path / "out.txt"

@@ -46,6 +46,7 @@ def test_held_out_batches_are_fixed_per_index(name: str) -> None:
     assert first[0].shape[0] == 3  # one micro-batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_evaluating_changes_neither_weights_nor_the_training_streams(name: str) -> None:
     plain, evaluated = build_workload(name), build_workload(name)
@@ -94,6 +95,7 @@ def request(tmp_path: Path, eval_batches: int) -> CalibrationRequest:
     )
 
 
+@pytest.mark.slow
 def test_calibration_times_one_evaluation_when_asked(tmp_path: Path) -> None:
     m = harness.calibrate(request(tmp_path, eval_batches=3))
     assert m.eval_batches == 3
@@ -127,6 +129,7 @@ def test_emitted_train_config_carries_the_eval_settings(tmp_path: Path) -> None:
 # --- training -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_evaluates_on_schedule_and_trains_the_same_run(tmp_path: Path) -> None:
     reference = train_json(tmp_path / "reference", "gpt")
     assert run_in_process(reference) == train.EXIT_OK
@@ -143,6 +146,7 @@ def test_training_evaluates_on_schedule_and_trains_the_same_run(tmp_path: Path) 
     assert_same_weights(folder, tmp_path / "reference")
 
 
+@pytest.mark.slow
 def test_time_limit_leaves_room_for_the_evaluation_due(tmp_path: Path) -> None:
     reference = train_json(tmp_path / "reference", "jit")
     assert run_in_process(reference) == train.EXIT_OK

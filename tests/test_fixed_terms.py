@@ -23,6 +23,9 @@ from tests.paths import REPO
 from tests.tiny_requests import tiny_request_fields
 from tests.training_runs import env, events, run_in_process, train_json
 
+# Every test here starts processes or trains: the slow tier.
+pytestmark = pytest.mark.slow
+
 
 def _count_probes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The probe saves of the jobs run in this process (the probe leaves no file or event)."""

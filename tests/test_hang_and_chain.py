@@ -57,6 +57,7 @@ def short_timeouts(**changes: float) -> dict[str, Any]:
 # --- the hang watchdog -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_hung_step_ends_the_job_with_every_threads_stack_and_the_next_job_resumes(
     tmp_path: Path,
 ) -> None:
@@ -94,6 +95,7 @@ def test_a_hung_step_ends_the_job_with_every_threads_stack_and_the_next_job_resu
     assert events(tmp_path, "stop")[-1] == {**events(tmp_path, "stop")[-1], "step": 8}
 
 
+@pytest.mark.slow
 def test_a_command_whose_progress_lines_stop_is_ended_with_its_stacks(tmp_path: Path) -> None:
     marker = new_marker()
     hung = tmp_path / "hung-once"
@@ -133,6 +135,7 @@ def test_a_command_whose_progress_lines_stop_is_ended_with_its_stacks(tmp_path: 
     assert resumed[-1]["step"] == 3
 
 
+@pytest.mark.slow
 def test_a_script_with_the_reporter_dumps_its_stacks_when_the_launcher_asks() -> None:
     code = (
         "import os, signal, time\n"
@@ -155,6 +158,7 @@ def test_a_script_with_the_reporter_dumps_its_stacks_when_the_launcher_asks() ->
     assert "most recent call first" in proc.stderr and "in where_it_is_stuck" in proc.stderr
 
 
+@pytest.mark.slow
 def test_the_watchdog_is_off_without_timeouts(tmp_path: Path) -> None:
     """The same hang with train.json of an older emit (no hang_timeouts): nothing fires."""
     marker = tmp_path / "hung-once"
@@ -267,6 +271,7 @@ def test_without_jobs_yaml_the_segments_are_the_job_ids_in_order(tmp_path: Path)
     assert chain_guard.assess([line("start", None, step=0)], tmp_path, None).stalled == 0
 
 
+@pytest.mark.slow
 def test_the_third_stalled_segment_stops_the_chain_and_says_why(tmp_path: Path) -> None:
     """End to end in a real process: the job exits 3 before it builds anything, with a
     chain_stopped line that carries the previous job's log tail. (The cancelling of the

@@ -293,6 +293,7 @@ WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("old", [False, True], ids=["new", "schema-2"])
 def test_concurrent_writers_leave_one_row_each(tmp_path: Path, old: bool) -> None:
     """Eight processes record the same run's outcomes at once, into an empty database (each

@@ -10,8 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.history_guard import rows_from
 from tests.paths import REPO
+
+# Every test here starts processes or trains: the slow tier.
+pytestmark = pytest.mark.slow
 
 INNER = """
 import pytest

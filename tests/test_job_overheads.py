@@ -22,6 +22,7 @@ from tests.builders import MEASUREMENT, partition, plan_for, record_for, spec_wi
 from tests.training_runs import events, run_in_process, train_json
 
 
+@pytest.mark.slow
 def test_the_calibration_times_its_job_script_and_srun(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -71,6 +72,7 @@ def test_every_job_pays_its_script_srun_and_exit() -> None:
     assert timed.resume_s == plain.resume_s + 3.0
 
 
+@pytest.mark.slow
 def test_steps_saves_and_evaluations_account_for_the_training_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

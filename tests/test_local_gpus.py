@@ -52,6 +52,7 @@ def test_gpus_are_counted_from_the_drivers_proc_entries(tmp_path: Path) -> None:
     assert count_local_gpus(tmp_path) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("device", "expected"), [("cuda", "0"), ("cpu", "")])
 def test_the_local_job_sees_the_gpu_it_asked_for(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str, expected: str

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from planner.calibration.record import save_record
 from tests.builders import SPEC, record_for, spec_with, write_spec
 from tests.in_process import invoke
@@ -52,6 +54,7 @@ def emitted(tmp_path: Path) -> tuple[Path, str]:
     return tmp_path / FOLDER, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_emits_submit_hint_pastes_as_one_argument(tmp_path: Path) -> None:
     run, output = emitted(tmp_path)
     (hint,) = [line for line in output.splitlines() if line.startswith("submit with: ")]
@@ -60,6 +63,7 @@ def test_emits_submit_hint_pastes_as_one_argument(tmp_path: Path) -> None:
     assert pasted(command, tmp_path) == ["submit", str(run)]
 
 
+@pytest.mark.slow
 def test_etas_resubmit_hint_pastes_as_one_argument(tmp_path: Path) -> None:
     run, _ = emitted(tmp_path)
     lines = [

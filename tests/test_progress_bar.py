@@ -120,6 +120,7 @@ def test_eta_watch_shows_the_bar_after_each_refresh() -> None:
     assert seen == [False, True]
 
 
+@pytest.mark.slow
 def test_cli_eta_watch_prints_the_bar(tmp_path: Path) -> None:
     Log(tmp_path / "progress.jsonl", total=20).job(0, wobble(20, 0.5), stop="done").write()
     proc = run_cli(
@@ -147,6 +148,7 @@ def test_follow_a_finished_run_folder(tmp_path: Path) -> None:
     assert shown[0].startswith(f"[##########] {plan.total_steps:,}/{plan.total_steps:,} steps 100%")
 
 
+@pytest.mark.slow
 def test_submit_watch_with_dry_run_is_bad_input(tmp_path: Path) -> None:
     proc = run_cli(["submit", str(tmp_path), "--dry-run", "--watch", "5"], cwd=tmp_path)
     assert proc.returncode == 2

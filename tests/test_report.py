@@ -377,6 +377,7 @@ def plain_reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_plain_example_runs_to_its_total(plain_reference_run: Path) -> None:
     progress = plain_reference_run / "progress.jsonl"
     found = events(progress)
@@ -406,6 +407,7 @@ def test_plain_example_runs_to_its_total(plain_reference_run: Path) -> None:
     assert found[-1] == {**found[-1], "step": 12, "reason": "done", "signal": None}
 
 
+@pytest.mark.slow
 def test_plain_example_resumes_to_the_same_run(tmp_path: Path, plain_reference_run: Path) -> None:
     # A first job capped at 6 steps (as a calibration caps its own), then the next job of the
     # run resumes from the newest checkpoint the progress file names.
@@ -445,6 +447,7 @@ def test_plain_example_resumes_to_the_same_run(tmp_path: Path, plain_reference_r
     assert all(torch.equal(weights[k], reference_weights[k]) for k in weights)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", STOP_SIGNALS, ids=[s.name for s in STOP_SIGNALS])
 def test_plain_example_saves_and_exits_0_on_a_signal(
     tmp_path: Path, signum: signal.Signals
@@ -474,6 +477,7 @@ def load_example(path: Path) -> ModuleType:
     return module
 
 
+@pytest.mark.slow
 def test_plain_example_stops_before_the_stop_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -102,6 +102,7 @@ Array.from(document.querySelectorAll('figure')).map(f => {
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("kind", sorted(FIGURES))
 def test_the_page_loads_clean_and_draws_every_figure(
@@ -143,6 +144,7 @@ Array.from(document.querySelectorAll('[data-json]'))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(FIGURES))
 def test_the_numbers_are_those_of_json(
     pages: dict[str, Built], chromium: Chromium, kind: str
@@ -170,6 +172,7 @@ def test_the_numbers_are_those_of_json(
         assert texts["plan:wall_p50_s"] == fmt_duration(sources["plan"]["wall_p50_s"])
 
 
+@pytest.mark.slow
 def test_the_example_run_is_what_the_page_says(pages: dict[str, Built]) -> None:
     """The run's inputs are what the figures need: two jobs, the second resumed."""
     eta = pages["run"].sources["eta"]

@@ -53,6 +53,7 @@ def steps_record(n: int = 200, warmup: int = 10, seed: int = 0) -> object:
 # -- the command ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_help_imports_neither_torch_nor_matplotlib() -> None:
     code = (
         "import sys; from planner.cli import cli; from click.testing import CliRunner; "

@@ -87,6 +87,7 @@ REASONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(ENVS))
 def test_plan_and_emit_go_on_without_the_partition(tmp_path: Path, case: str) -> None:
     env = ENVS[case](tmp_path)
@@ -107,6 +108,7 @@ def test_plan_and_emit_go_on_without_the_partition(tmp_path: Path, case: str) ->
     assert (out / "segment-01.sbatch").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(ENVS))
 def test_submit_refuses_before_claiming_anything(tmp_path: Path, case: str) -> None:
     spec, record = reference_files(tmp_path)
@@ -128,6 +130,7 @@ def test_submit_refuses_before_claiming_anything(tmp_path: Path, case: str) -> N
     assert not any("sbatch" in call for call in calls(tmp_path))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(ENVS))
 def test_calibrate_on_slurm_refuses_and_writes_nothing(tmp_path: Path, case: str) -> None:
     env = ENVS[case](tmp_path)
@@ -139,6 +142,7 @@ def test_calibrate_on_slurm_refuses_and_writes_nothing(tmp_path: Path, case: str
     assert not (tmp_path / ".plan-job").exists() and not (tmp_path / "ck").exists()
 
 
+@pytest.mark.slow
 def test_resubmit_previews_from_the_folder_and_refuses_for_real(tmp_path: Path) -> None:
     run = stopped_folder(tmp_path)
     env = down_env(tmp_path)

@@ -85,6 +85,7 @@ def build(config):
 """
 
 
+@pytest.mark.slow
 def test_the_calibration_and_the_run_use_the_same_threads(tmp_path: Path) -> None:
     # A workload that writes down torch's thread count as it is built: once in the
     # calibration, once in its fresh training entry, once in a run's `python -m jobs.train`.

@@ -55,6 +55,7 @@ def reference_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # --- whole runs ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_uninterrupted_run_reaches_total_steps(reference_runs: dict[str, Path]) -> None:
     folder = reference_runs["jit"]
     found = events(folder)
@@ -84,6 +85,7 @@ def test_uninterrupted_run_reaches_total_steps(reference_runs: dict[str, Path]) 
     assert {"extra.data_rng", "extra.noise_rng", "rng"} <= state.keys()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "signum"), [("jit", signal.SIGUSR2), ("gpt", signal.SIGTERM)])
 def test_signal_stop_then_resume_is_bit_identical(
     tmp_path: Path, reference_runs: dict[str, Path], name: str, signum: signal.Signals
@@ -115,6 +117,7 @@ def test_signal_stop_then_resume_is_bit_identical(
     assert_same_run(tmp_path, reference_runs[name])
 
 
+@pytest.mark.slow
 def test_time_limit_stop_then_resume_is_bit_identical(
     tmp_path: Path, reference_runs: dict[str, Path]
 ) -> None:
@@ -149,6 +152,7 @@ def test_time_limit_stop_then_resume_is_bit_identical(
     assert_same_run(tmp_path, reference_runs["jit"])
 
 
+@pytest.mark.slow
 def test_torn_newest_checkpoint_is_skipped(tmp_path: Path, reference_runs: dict[str, Path]) -> None:
     folder = tmp_path / "run"
     config = copy_run(reference_runs["jit"], folder)
@@ -163,6 +167,7 @@ def test_torn_newest_checkpoint_is_skipped(tmp_path: Path, reference_runs: dict[
     assert_same_run(folder, reference_runs["jit"])
 
 
+@pytest.mark.slow
 def test_rerun_after_completion_stops_at_once(
     tmp_path: Path, reference_runs: dict[str, Path]
 ) -> None:
@@ -176,6 +181,7 @@ def test_rerun_after_completion_stops_at_once(
     assert stop == {**stop, "event": "stop", "step": TOTAL_STEPS, "reason": "done"}
 
 
+@pytest.mark.slow
 def test_workload_error_exits_1(tmp_path: Path) -> None:
     builder = "tests.fixtures.user_workloads:raises_in_step"
     proc = run_train(train_json(tmp_path, builder_path=builder))
@@ -187,6 +193,7 @@ def test_workload_error_exits_1(tmp_path: Path) -> None:
 # --- bad input -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bad_config_file_exits_2_naming_the_field(tmp_path: Path) -> None:
     config = train_json(tmp_path)
     data = json.loads(config.read_text())
@@ -286,6 +293,7 @@ def test_progress_survives_a_torn_last_line(tmp_path: Path) -> None:
         writer.stop(1, "crashed")
 
 
+@pytest.mark.slow
 def test_login_node_modules_do_not_import_torch() -> None:
     code = (
         "import sys; import jobs.train, jobs.contract.train_config, jobs.progress; "

@@ -377,6 +377,7 @@ def test_rank_seeds_keep_rank_0_and_differ() -> None:
 # --- two ranks on this machine ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_ranks_train_one_global_batch(two_ranks: Path, one_rank: Path) -> None:
     found = events(two_ranks)
     assert [e["event"] for e in found if e["event"] != "step"] == [
@@ -402,6 +403,7 @@ def test_two_ranks_train_one_global_batch(two_ranks: Path, one_rank: Path) -> No
     assert losses(two_ranks) != losses(one_rank)
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_process_with_both_ranks_samples(tmp_path: Path) -> None:
     """Data parallelism is a bigger batch: two ranks x 2 micro-batches step as one process
     with the same 4 micro-batches does, up to the order of float sums. Clipping is on at
@@ -421,6 +423,7 @@ def test_two_ranks_equal_one_process_with_both_ranks_samples(tmp_path: Path) -> 
     assert losses(two) == pytest.approx(losses(one), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_gpt_with_tied_weights_and_accumulation_trains_on_two_ranks(tmp_path: Path) -> None:
     config = make_config(
         tmp_path, "jobs.workloads.gpt:build", workload_name="gpt", grad_accum=2, total_steps=6
@@ -431,6 +434,7 @@ def test_gpt_with_tied_weights_and_accumulation_trains_on_two_ranks(tmp_path: Pa
     assert rank0["weights_sum"] == rank1["weights_sum"]
 
 
+@pytest.mark.slow
 def test_ranks_whose_weights_drift_apart_are_reported(tmp_path: Path) -> None:
     builder = "tests.test_train_distributed:diverges_on_rank_1"
     results = run_ok(make_config(tmp_path, builder, total_steps=2))
@@ -461,6 +465,7 @@ def test_train_step_hook_runs_once_between_backward_and_update() -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
+@pytest.mark.slow
 def test_signal_to_one_rank_stops_both_and_resume_is_bit_identical(
     tmp_path: Path, two_ranks: Path
 ) -> None:
@@ -493,6 +498,7 @@ def test_signal_to_one_rank_stops_both_and_resume_is_bit_identical(
     assert losses(tmp_path) == losses(two_ranks)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_world_size_is_refused(tmp_path: Path, one_rank: Path) -> None:
     folder = tmp_path / "run"
     shutil.copytree(one_rank, folder)
@@ -505,6 +511,7 @@ def test_checkpoint_of_another_world_size_is_refused(tmp_path: Path, one_rank: P
         assert "was written by 1 rank(s) and this job has 2" in err
 
 
+@pytest.mark.slow
 def test_a_failing_rank_fails_every_rank(tmp_path: Path) -> None:
     config = make_config(tmp_path, builder="tests.test_train_distributed:fails_on_rank_1")
     # Ended by the peer's closed sockets, not the collective timeout (see FINISH_S).
@@ -519,6 +526,7 @@ def test_a_failing_rank_fails_every_rank(tmp_path: Path) -> None:
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_missing_rank_is_named(tmp_path: Path) -> None:
     short = {"PLANJOB_DIST_INIT_TIMEOUT_S": "3"}
     alone_first = launch(make_config(tmp_path / "a"), ranks=(0,), **short)

@@ -58,6 +58,7 @@ def test_gpt_forward_flops_match_flop_counter_exactly() -> None:
     assert measured == 3 * gpt_config.forward_flops_per_sample(cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["jit", "gpt"])
 def test_training_step_flops_match_flop_counter(name: str) -> None:
     """One real optimizer step (2 x 4 micro-batches, fp32) against counts.flops_per_step."""
@@ -189,6 +190,7 @@ def test_accumulated_gradient_equals_the_full_batch_gradient() -> None:
 # --- training behaviour ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["jit", "gpt"])
 def test_loss_is_finite_and_decreases(name: str) -> None:
     history = losses(build_workload(name), 30)
@@ -196,6 +198,7 @@ def test_loss_is_finite_and_decreases(name: str) -> None:
     assert statistics.mean(history[-5:]) < 0.8 * statistics.mean(history[:5])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["jit", "gpt"])
 def test_same_seed_same_losses(name: str) -> None:
     first = losses(build_workload(name, seed=3), 4)
@@ -203,6 +206,7 @@ def test_same_seed_same_losses(name: str) -> None:
     assert losses(build_workload(name, seed=4), 4) != first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["jit", "gpt"])
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains(name: str, precision: str) -> None:
@@ -213,6 +217,7 @@ def test_mixed_precision_trains(name: str, precision: str) -> None:
         assert isinstance(workload.extra_state["scaler"], torch.amp.GradScaler)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "preset"), [("jit", "tiny"), ("jit", "micro"), ("gpt", "tiny")])
 def test_step_time_of_small_presets(name: str, preset: str, capsys: pytest.CaptureFixture) -> None:
     """Printed, not asserted: timings on a shared 2-core machine are not a contract."""
@@ -281,6 +286,7 @@ def test_registry_presets_resolve_and_types_are_plain(name: str) -> None:
     assert builtin.builder_path == f"{module.__name__}:build"
 
 
+@pytest.mark.slow
 def test_modules_for_the_login_node_do_not_import_torch() -> None:
     code = (
         "import sys; import jobs.workloads.registry; "
