@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import yaml
 from jobs import train
 from jobs.calibration import builtin as harness
 from jobs.contract.failure import NodeError
-from jobs.contract.measurement import CalibrationRequest, Measurement
+from jobs.contract.measurement import CalibrationRequest
 from jobs.contract.train_config import TrainConfig
 from jobs.node.compiling import missing_compiler
 from planner.calibration.record import make_record
@@ -160,33 +159,9 @@ def test_a_compiler_that_fails_names_workload_compile(tmp_path: Path) -> None:
     )
 
 
-@dataclass(frozen=True)
-class CompiledCalibration:
-    measurement: Measurement
-    users_cache: Path  # TORCHINDUCTOR_CACHE_DIR while it ran
-    cache_after: str | None  # TORCHINDUCTOR_CACHE_DIR after it
-
-
-@pytest.fixture(scope="module")
-def compiled_calibration(tmp_path_factory: pytest.TempPathFactory) -> CompiledCalibration:
-    """One calibration of the compiled tiny JiT (with an evaluation), shared by the tests of
-    what it measures: a CPU compile costs tens of seconds, each one a test would pay again.
-    The user's own inductor cache is set to a folder of the test's while it runs."""
-    folder = tmp_path_factory.mktemp("compiled")
-    users = folder / "users-cache"
-    users.mkdir()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(users))
-        m = harness.calibrate(_request(folder, eval_batches=2))
-        after = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    return CompiledCalibration(m, users, after)
-
-
 @pytest.mark.slow
-def test_calibration_times_the_eager_step_and_the_compile(
-    compiled_calibration: CompiledCalibration,
-) -> None:
-    m = compiled_calibration.measurement
+def test_calibration_times_the_eager_step_and_the_compile(tmp_path: Path) -> None:
+    m = harness.calibrate(_request(tmp_path, eval_batches=2))
     # Eager steps first (at least 3 in the 2 s they get), then the compiled ones, whose first
     # step compiled: on this CPU seconds, against milliseconds a step.
     assert m.eager_steps >= 3 and m.eager_step_s > 0
@@ -243,16 +218,19 @@ def test_resubmit_charges_the_compile_when_only_the_first_job_was_seen() -> None
 
 @pytest.mark.slow
 def test_the_calibration_compiles_cold_whatever_the_nodes_cache_holds(
-    compiled_calibration: CompiledCalibration,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The user's own cache (here a folder of the test's) is neither read nor filled: the
     # compile the plan charges is the cold one a run's first job pays on a fresh node, and
     # the warm one is timed after it from the calibration's private cache.
-    m, users = compiled_calibration.measurement, compiled_calibration.users_cache
+    users = tmp_path / "users-cache"
+    users.mkdir()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(users))
+    m = harness.calibrate(_request(tmp_path))
     assert m.compile_cache == "cold"
     assert 0 < m.compile_warm_s < 0.8 * m.compile_s  # measured in the same run
     assert not any(users.iterdir())
-    assert compiled_calibration.cache_after == str(users)  # put back
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(users)  # put back
     spec = parse_spec({**SPEC, "workload": COMPILED})
     record = make_record(spec, m, record_for(spec).job)
     assert "cold cache (compiled in an empty inductor/Triton cache" in " ".join(
