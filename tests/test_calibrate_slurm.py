@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.builders import TINY_JIT, check_sane, write_spec
+from tests.in_process import invoke
 from tests.processes import PLAN_JOB, accounted_state, cli_env, run_cli, squeue
 from tests.slurm_cluster import SlurmCluster
 
@@ -126,14 +127,14 @@ def test_bad_cluster_input_exits_2_before_anything_is_written(
     slurm_cluster: SlurmCluster, tmp_path: Path
 ) -> None:
     path = write_spec(tmp_path, slurm_spec())
-    proc = run_cli(["calibrate", str(path), "--partition", "cpu-typo"], cwd=tmp_path)
+    proc = invoke(["calibrate", str(path), "--partition", "cpu-typo"], cwd=tmp_path)
     assert proc.returncode == 2
     assert "cluster.partition: got 'cpu-typo'; partitions on this cluster: gpu" in proc.stderr
-    proc = run_cli(["calibrate", str(path), "--time-limit", "2"], cwd=tmp_path)
+    proc = invoke(["calibrate", str(path), "--time-limit", "2"], cwd=tmp_path)
     assert proc.returncode == 2
     assert "calibration.time_limit_minutes: got 2; must be at least 3" in proc.stderr
     # Above the partition's MaxTime (3 min): sbatch takes it and the job never starts.
-    proc = run_cli(["calibrate", str(path), "--time-limit", "4"], cwd=tmp_path)
+    proc = invoke(["calibrate", str(path), "--time-limit", "4"], cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert (
         "calibration.time_limit_minutes: got 4; at most 3: partition gpu's MaxTime is 3 min"
