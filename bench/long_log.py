@@ -110,7 +110,7 @@ def write_progress(path: Path, steps: int, seed: int = 0) -> None:
 def make_run(folder: Path, steps: int) -> Path:
     """A run folder (`emit`) of 2 x ``steps`` steps with the synthetic progress file in it."""
     from planner.runs.emit import EmitOptions, emit
-    from tests.test_planning import plan_for, spec_with
+    from tests.builders import plan_for, spec_with
 
     run = folder / "run"
     spec = spec_with(
