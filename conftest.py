@@ -24,6 +24,16 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # A test named by its node id (tests/test_x.py::test_y) runs whatever its tier: the
+    # default `-m "not slow"` of pyproject.toml would deselect it. A -m given on the command
+    # line is kept as given.
+    args = [str(arg) for arg in config.invocation_params.args]
+    marker_given = any(arg == "-m" or (arg.startswith("-m") and arg[2:3] != "-") for arg in args)
+    if not marker_given and any("::" in arg for arg in args):
+        config.option.markexpr = ""
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     """A two-node fake-GPU Slurm cluster, started once per session on first request.
