@@ -15,6 +15,7 @@ from planner.history.correction import corrections_for
 from planner.model.correction import Correction
 from planner.model.plan import Plan
 from planner.model.planning import make_plan
+from planner.model.queue_finish import QueueProbe
 from planner.slurm.partition import PartitionLimits
 from planner.spec.run_spec import RunSpec
 
@@ -37,13 +38,22 @@ def corrected_plan(
     nodes: int | None = None,
     history: Path | None = None,
     correct: bool = True,
+    queue: QueueProbe | None = None,
+    queue_note: str = "",
 ) -> CorrectedPlan:
     """make_plan, then again with the history's step corrections for the spec's workload and
     partition (planner.history.correction.corrections_for) when it has any and ``correct``.
     ``history``: the database (None: $PLANJOB_HISTORY or the default). Raises what make_plan
     raises."""
     model = make_plan(
-        spec, record, partition, calibration_path, deadline_hours=deadline_hours, nodes=nodes
+        spec,
+        record,
+        partition,
+        calibration_path,
+        deadline_hours=deadline_hours,
+        nodes=nodes,
+        queue=queue,
+        queue_note=queue_note,
     )
     corrections: dict[int, Correction] = {}
     warning = None
@@ -64,5 +74,7 @@ def corrected_plan(
         deadline_hours=deadline_hours,
         nodes=nodes,
         corrections=corrections,
+        queue=queue,
+        queue_note=queue_note,
     )
     return CorrectedPlan(plan, model, plan.wall != model.wall)

@@ -1,8 +1,14 @@
 """Weighing node counts: each one's step time, checkpoint interval, segments and wall time
 (a Candidate), the choice among them, and the row each gets in the plan's node table.
 
-Choice: with a deadline, the fewest GPU-hours whose P95 wall time meets it; without one, the
-fastest (P50) node count whose scaling efficiency is at least plan.efficiency_floor.
+Choice (plan.choose_by): by "finish" (the default where Slurm answers), the time to result
+counts the queue (planner.model.queue_finish: Slurm's start estimate for the first segment and
+the partition's waits between segments): with a deadline, the fewest GPU-hours whose P95
+finish meets it; without one, the earliest P50 finish among the node counts whose scaling
+efficiency is at least plan.efficiency_floor. By "run" (the default without Slurm), the same
+rules on the run time alone. A node count Slurm says could never start is not chosen. Both
+rules' winners are worked out; when they differ, the plan says which the other would pick
+and why.
 
 Stop margin: every segment's --time reserves lead_s = P95 step + one checkpoint save +
 SIGNAL_MARGIN_S + 60 s after its planned work. The signal is asked for 60 s later than that
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from planner.calibration.record import CalibrationRecord
@@ -29,6 +36,7 @@ from planner.model.plan import (
     TimeEstimate,
 )
 from planner.model.plan_limits import corrected_step
+from planner.model.queue_finish import Finish
 from planner.model.timemodel import (
     StepStats,
     Totals,
@@ -113,27 +121,76 @@ def evaluate(
     )
 
 
+@dataclass(frozen=True)
+class Choice:
+    chosen: Candidate
+    why: str
+    rule: str  # "finish", "run" or "forced": the rule that chose
+    other: str = ""  # the other rule's different winner and why, "" when the same
+    finish: Finish | None = None  # the chosen node count's, when the queue was asked
+
+
 def choose(
     spec: RunSpec,
     results: list[Candidate | SpecError],
     deadline_hours: float | None,
     forced: int | None,
-) -> tuple[Candidate, str]:
+    finishes: Mapping[int, Finish] | None = None,
+    now: float | None = None,
+) -> Choice:
+    finishes = finishes or {}
     feasible = [r for r in results if isinstance(r, Candidate)]
     if not feasible:
         raise next(r for r in results if isinstance(r, SpecError))
-    candidates = feasible
     if forced is not None:
         picked = results[forced - 1]
         if isinstance(picked, SpecError):
             raise picked
-        candidates = [picked]
+        if deadline_hours is not None and picked.wall.p95_s > deadline_hours * 3600:
+            raise DeadlineError(
+                "plan.deadline_hours",
+                deadline_hours,
+                f"not met at P95 on {forced} node(s); it takes "
+                f"{fmt_duration(picked.wall.p95_s)} ({picked.wall.p95_s / 3600:.3g} h) at P95 "
+                f"there: raise the deadline or plan another --nodes",
+                spec.source,
+            )
+        return Choice(picked, f"--nodes {forced}", "forced", finish=finishes.get(forced))
+    # Slurm's word that a node count could never start as asked outranks any model.
+    startable = [c for c in feasible if _status(finishes, c) != "never"] or feasible
+    by_run = _by_run(spec, startable, feasible, len(results), deadline_hours)
+    rule = spec.plan.choose_by or ("finish" if any(f.known for f in finishes.values()) else "run")
+    if rule == "run":
+        return Choice(*by_run, "run", finish=finishes.get(by_run[0].nodes))
+    by_finish = _by_finish(spec, startable, finishes, deadline_hours, now)
+    if by_finish is None:
+        why = by_run[1] + "; no finish is known (the queue is unknown), so by run time"
+        return Choice(by_run[0], why, "run", finish=finishes.get(by_run[0].nodes))
+    chosen, why = by_finish
+    other = ""
+    if by_run[0] is not chosen:
+        other = _other_winner(by_run[0], chosen, finishes)
+    return Choice(chosen, why, "finish", other, finishes.get(chosen.nodes))
+
+
+def _status(finishes: Mapping[int, Finish], c: Candidate) -> str:
+    found = finishes.get(c.nodes)
+    return found.status if found is not None else "unknown"
+
+
+def _by_run(
+    spec: RunSpec,
+    candidates: list[Candidate],
+    feasible: list[Candidate],
+    weighed: int,
+    deadline_hours: float | None,
+) -> tuple[Candidate, str]:
     if deadline_hours is not None:
         meeting = [c for c in candidates if c.wall.p95_s <= deadline_hours * 3600]
         if not meeting:
             best = min(feasible, key=lambda c: c.wall.p95_s)
-            tried = f"{forced} node(s)" if forced else f"any of 1..{len(results)} node(s)"
-            if len(feasible) < len(results) and not forced:
+            tried = f"any of 1..{weighed} node(s)"
+            if len(feasible) < weighed:
                 tried += f" (possible: {_counts(feasible)})"
             raise DeadlineError(
                 "plan.deadline_hours",
@@ -145,29 +202,95 @@ def choose(
                 spec.source,
             )
         chosen = min(meeting, key=lambda c: (c.gpu_hours, c.wall.p95_s))
-        why = f"fewest GPU-hours with P95 within the {deadline_hours:g} h deadline"
-    else:
-        floor = spec.plan.efficiency_floor
-        efficient = [c for c in candidates if c.efficiency >= floor - 1e-12] or candidates
-        chosen = min(efficient, key=lambda c: (c.wall.p50_s, c.nodes))
-        why = f"fastest (P50) with scaling efficiency >= {fmt_percent(floor)}, no deadline"
-    return chosen, (f"--nodes {forced}" if forced is not None else why)
+        return chosen, f"fewest GPU-hours with P95 within the {deadline_hours:g} h deadline"
+    floor = spec.plan.efficiency_floor
+    efficient = [c for c in candidates if c.efficiency >= floor - 1e-12] or candidates
+    chosen = min(efficient, key=lambda c: (c.wall.p50_s, c.nodes))
+    return chosen, f"fastest (P50) with scaling efficiency >= {fmt_percent(floor)}, no deadline"
+
+
+def _by_finish(
+    spec: RunSpec,
+    candidates: list[Candidate],
+    finishes: Mapping[int, Finish],
+    deadline_hours: float | None,
+    now: float | None,
+) -> tuple[Candidate, str] | None:
+    known = [c for c in candidates if c.nodes in finishes and finishes[c.nodes].known]
+    if not known:
+        return None
+    if deadline_hours is not None and now is not None:
+        due = now + deadline_hours * 3600
+        meeting = [c for c in known if (finishes[c.nodes].p95 or math.inf) <= due]
+        if not meeting:
+            return None
+        chosen = min(meeting, key=lambda c: (c.gpu_hours, finishes[c.nodes].p95 or math.inf))
+        return chosen, (
+            f"fewest GPU-hours whose P95 finish (queue + run + waits) is within the "
+            f"{deadline_hours:g} h deadline"
+        )
+    floor = spec.plan.efficiency_floor
+    efficient = [c for c in known if c.efficiency >= floor - 1e-12] or known
+    chosen = min(efficient, key=lambda c: (finishes[c.nodes].p50 or math.inf, c.nodes))
+    return chosen, (
+        f"earliest P50 finish (queue + run + waits) with scaling efficiency >= "
+        f"{fmt_percent(floor)}, no deadline"
+    )
+
+
+def _other_winner(by_run: Candidate, chosen: Candidate, finishes: Mapping[int, Finish]) -> str:
+    """One line: what run time alone would have picked and why the finish did not."""
+    theirs, ours = finishes.get(by_run.nodes), finishes.get(chosen.nodes)
+    text = (
+        f"by run time alone {by_run.nodes} node(s) would be chosen (P50 run "
+        f"{fmt_duration(by_run.wall.p50_s)}, {chosen.nodes} node(s): "
+        f"{fmt_duration(chosen.wall.p50_s)})"
+    )
+    if theirs is None or not theirs.known or ours is None or not ours.p50:
+        return text + f", but Slurm could not say when it would start ({_why(theirs)})"
+    gain = (theirs.p50 or 0.0) - ours.p50
+    return (
+        text + f", but it waits in the queue: it finishes {fmt_duration(gain)} later at P50"
+        if gain > 0
+        else text
+    )
+
+
+def _why(finish: Finish | None) -> str:
+    return finish.note if finish is not None and finish.note else "unknown"
 
 
 def node_option(
     spec: RunSpec,
     result: Candidate | SpecError,
     n: int,
-    chosen: Candidate,
-    why: str,
+    choice: Choice,
     deadline_hours: float | None,
+    finish: Finish | None = None,
 ) -> NodeOption:
     gpus = n * gpus_per_node(spec)
     if isinstance(result, SpecError):
         return NodeOption(n, gpus, False, result.allowed)
-    c = result
+    c, chosen = result, choice.chosen
+    by_finish = choice.rule == "finish" and finish is not None
     if c is chosen:
-        reason = f"chosen: {why}"
+        reason = f"chosen: {choice.why}"
+    elif finish is not None and finish.status == "never":
+        reason = finish.note
+    elif by_finish and finish is not None and not finish.known:
+        reason = f"start unknown: {finish.note}"
+    elif (
+        by_finish
+        and deadline_hours is None
+        and finish is not None
+        and c.efficiency >= spec.plan.efficiency_floor - 1e-12
+    ):
+        mine, theirs = finish.p50, _finish_p50(choice)
+        reason = (
+            "finishes later"
+            if mine is not None and theirs is not None and mine >= theirs
+            else "not chosen"
+        )
     elif deadline_hours is not None and c.wall.p95_s > deadline_hours * 3600:
         reason = f"P95 over the {deadline_hours:g} h deadline"
     elif deadline_hours is not None:
@@ -192,7 +315,16 @@ def node_option(
         segments=c.segments,
         gpu_hours=c.gpu_hours,
         cost=None if cost is None else c.gpu_hours * cost,
+        start_status=finish.status if finish is not None else None,
+        start_time=finish.start if finish is not None else None,
+        finish_p50=finish.p50 if finish is not None else None,
+        finish_p95=finish.p95 if finish is not None else None,
+        queue_note=finish.note if finish is not None else "",
     )
+
+
+def _finish_p50(choice: Choice) -> float | None:
+    return choice.finish.p50 if choice.finish is not None else None
 
 
 def _counts(candidates: list[Candidate]) -> str:

@@ -95,6 +95,14 @@ class NodeOption:
     measured_efficiency: float | None = None
     measured_step_s: float | None = None
     energy_kwh: float | None = None  # at the P50 wall time (planner.model.energy); None: unknown
+    # Time to result (planner.model.queue_finish), when Slurm was asked: the first segment's
+    # start as Slurm estimates it ("ok", "unknown", "never"), the finish P50/P95 (Unix
+    # seconds) and why one is unknown.
+    start_status: str | None = None
+    start_time: float | None = None
+    finish_p50: float | None = None
+    finish_p95: float | None = None
+    queue_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -171,6 +179,23 @@ class Plan:
     # (jobs.contract.measurement): shown beside compile_s, which every job is charged.
     compile_warm_s: float = 0.0
     compile_cache: str = ""
+    # Time to result (planner.model.queue_finish): when the queue was asked (None: it was
+    # not: no Slurm, or a plan.yaml from before), the chosen node count's first start and
+    # finish P50/P95 (Unix seconds), the waits between its segments and where they come
+    # from, how long Slurm's answers took, the rule that chose (plan.choose_by) and the other
+    # rule's different winner; queue_note says why the queue is unknown.
+    queue_checked_at: float | None = None
+    queue_took_s: float | None = None
+    queue_note: str = ""
+    start_time: float | None = None
+    finish_p50: float | None = None
+    finish_p95: float | None = None
+    wait_median_s: float | None = None
+    wait_p90_s: float | None = None
+    wait_jobs: int = 0
+    wait_source: str = ""
+    choose_by: str = "run"
+    choice_other: str = ""
 
     @property
     def gpus(self) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from typing import Any
 
 from jobs.calibration import tail
 from jobs.contract.measurement import Measurement
@@ -32,6 +33,7 @@ from planner.model.energy import power_facts
 from planner.model.node_cap import node_cap
 from planner.model.node_choice import (
     Candidate,
+    Choice,
     choose,
     evaluate,
     gpus_per_node,
@@ -49,6 +51,7 @@ from planner.model.plan_limits import (
     measured_cap,
     weak_calibration,
 )
+from planner.model.queue_finish import Finish, QueueProbe, finish_of
 from planner.model.timemodel import (
     Totals,
     count_work,
@@ -65,6 +68,8 @@ from planner.scaling.fit import (
 )
 from planner.scaling.ring import ScalingModel, ring_model, step_at
 from planner.slurm.partition import PartitionLimits, check_partition
+from planner.slurm.queue_waits import QueueWaits
+from planner.slurm.start_estimate import StartRequest
 from planner.spec.load import YEAR_S
 from planner.spec.run_spec import RunSpec
 from planner.units import fmt_percent
@@ -80,10 +85,14 @@ def make_plan(
     nodes: int | None = None,
     scaling: ScalingModel | None = None,
     corrections: Mapping[int, Correction] | None = None,
+    queue: QueueProbe | None = None,
+    queue_note: str = "",
 ) -> Plan:
     """The plan; deadline_hours replaces plan.deadline_hours, nodes forces a node count,
     corrections are the history's step corrections by node count
-    (planner.history.correction.corrections_for): the CLI passes them, and so can a caller."""
+    (planner.history.correction.corrections_for): the CLI passes them, and so can a caller.
+    ``queue`` asks Slurm when each node count would start (planner.model.queue_finish);
+    without one, ``queue_note`` says why the queue is unknown."""
     check_calibration(spec, record, calibration_path)
     check_partition(spec, partition)
     if deadline_hours is None:
@@ -117,10 +126,17 @@ def make_plan(
             )
         except (BatchSplitError, PartitionLimitError) as exc:
             results.append(exc)
-    chosen, why = choose(spec, results, deadline_hours, nodes)
+    finishes = (
+        _finishes(spec, m, partition, results, queue, totals.steps) if queue is not None else {}
+    )
+    choice = choose(
+        spec, results, deadline_hours, nodes, finishes, queue.now if queue is not None else None
+    )
+    chosen, why = choice.chosen, choice.why
     check_length(spec, chosen, totals.steps)
     options = tuple(
-        node_option(spec, r, n, chosen, why, deadline_hours) for n, r in enumerate(results, start=1)
+        node_option(spec, r, n, choice, deadline_hours, finishes.get(n))
+        for n, r in enumerate(results, start=1)
     )
     options = _with_measured(spec, record, options)
     power = power_facts(spec, m)
@@ -197,7 +213,83 @@ def make_plan(
         energy_kwh=power.kwh(chosen.gpu_hours),
         power_w=power.power_w,
         energy_note=power.note,
+        **_queue_fields(queue, queue_note, choice),
     )
+
+
+def _first_request(
+    spec: RunSpec, m: Measurement, partition: PartitionLimits | None, c: Candidate, steps: int
+) -> StartRequest:
+    """The first segment's options as its script will ask them (planner.runs.emit)."""
+    first = split_segments(
+        c.work,
+        steps,
+        first_overhead_s(m),
+        resume_s(m),
+        c.lead_s,
+        partition.max_time_s if partition else None,
+        partition_name(partition),
+    )[0]
+    cluster = spec.cluster
+    return StartRequest(
+        nodes=c.nodes,
+        time_minutes=first.time_limit_minutes,
+        time_min_minutes=first.time_min_minutes,
+        tasks_per_node=max(cluster.gpus_per_node, 1),
+        cpus_per_task=cluster.cpus_per_task,
+        gpus_per_node=cluster.gpus_per_node,
+        partition=cluster.partition,
+        account=cluster.account,
+        qos=cluster.qos,
+        mem=cluster.mem,
+    )
+
+
+def _finishes(
+    spec: RunSpec,
+    m: Measurement,
+    partition: PartitionLimits | None,
+    results: list[Candidate | SpecError],
+    queue: QueueProbe,
+    steps: int,
+) -> dict[int, Finish]:
+    """Each feasible node count's time to result, Slurm asked once for all of them."""
+    candidates = [r for r in results if isinstance(r, Candidate)]
+    starts = queue.ask([_first_request(spec, m, partition, c, steps) for c in candidates])
+    return {
+        c.nodes: finish_of(
+            starts[c.nodes],
+            queue.wait(c.nodes) if c.segments > 1 else NO_WAITS,
+            c.wall.p50_s,
+            c.wall.p95_s,
+            c.segments,
+        )
+        for c in candidates
+    }
+
+
+def _queue_fields(queue: QueueProbe | None, note: str, choice: Choice) -> dict[str, Any]:
+    out: dict[str, Any] = {"choose_by": choice.rule, "choice_other": choice.other}
+    if queue is None:
+        return out | {"queue_note": note}
+    finish = choice.finish
+    out |= {"queue_checked_at": queue.now, "queue_took_s": queue.took_s}
+    if finish is None:
+        return out
+    return out | {
+        "queue_note": finish.note,
+        "start_time": finish.start,
+        "finish_p50": finish.p50,
+        "finish_p95": finish.p95,
+        "wait_median_s": finish.waits.median_s,
+        "wait_p90_s": finish.waits.p90_s,
+        "wait_jobs": finish.waits.jobs,
+        "wait_source": finish.waits.source,
+    }
+
+
+# A one-segment run waits once, before it starts: no wait between segments to count.
+NO_WAITS = QueueWaits(0.0, 0.0, 0, "one segment: no wait between segments")
 
 
 def _history_note(corrections: Mapping[int, Correction] | None, nodes: int) -> str:

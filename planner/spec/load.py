@@ -17,6 +17,7 @@ from jobs.workloads.registry import BUILTIN
 from planner.errors import SpecError
 from planner.spec.paths import expand_path
 from planner.spec.run_spec import (
+    CHOOSE_BY,
     COMMAND_WORKLOAD,
     HANG_MODES,
     BatchSpec,
@@ -427,6 +428,10 @@ def _plan(sec: Section) -> PlanSpec:
         eval_batches=sec.integer("eval_batches", 10, minimum=1, maximum=10**6),
         eval_s=eval_s,
         allow_unmeasured_scaling=sec.boolean("allow_unmeasured_scaling", False),
+        choose_by=sec.choice("choose_by", CHOOSE_BY, None),
+        queue_history_days=sec.integer(
+            "queue_history_days", 14, minimum=1, maximum=365, why=" (a year)"
+        ),
         hang_factor=sec.number("hang_factor", 5.0, minimum=1.0),
         hang_timeouts=_hang_mode(sec),
         max_stalled_segments=sec.integer("max_stalled_segments", 2, minimum=0),
