@@ -35,6 +35,7 @@ from planner.eta.outlook import (
     segment_outlook,
     simulate,
     stop_reserve,
+    with_waits,
 )
 from planner.eta.source import Source, load_source
 from planner.eta.steps import (
@@ -56,9 +57,13 @@ from planner.runs.progress import History
 from planner.runs.progress_reader import ProgressReader
 from planner.shell import command_text
 from planner.slurm.accounting import JobOutcome, job_outcomes
+from planner.slurm.chain_starts import QueuedStart, queued_starts
 from planner.slurm.queue import Runner, SlurmJob, queued, with_end_from_env
+from planner.slurm.queue_waits import QueueWaits, partition_waits
+from planner.spec.run_spec import PlanSpec
 from planner.units import fmt_duration
 
+DEFAULT_HISTORY_DAYS = PlanSpec().queue_history_days
 STALE_MIN_S = 300.0  # no line for this long (and 20 steps): say the job may be dead
 LOG_LINES_SHOWN = 5  # of a failed job's log, in the notes (--json: its diagnosis has 15)
 # Lines the training writes as it ends without a stop line (issues 20/21's contract).
@@ -103,6 +108,8 @@ class Eta:
     watch_over: bool  # nothing more will happen: done, or no job left to run
     # How the newest job ended when it wrote no stop line (planner.runs.diagnosis), as a dict.
     diagnosis: dict[str, Any] | None = None
+    # Each pending segment's expected start and where it comes from (planner.eta.outlook).
+    queued: tuple[QueuedStart, ...] = ()
 
     @property
     def fraction(self) -> float:
@@ -127,6 +134,8 @@ class SlurmView:
     error: str | None = None
     # How the newest job in the file ended, when it is no longer queued and wrote no stop line.
     ended: dict[str, JobOutcome] = field(default_factory=dict)
+    # The partition's waits at the chain's node count, when a pending job has no start.
+    waits: QueueWaits | None = None
 
 
 def eta_for(
@@ -159,7 +168,15 @@ def observe_slurm(source: Source, runner: Runner | None = None) -> SlurmView | N
     if current.job_id and current.job_id not in queue and current.stop_reason is None:
         # One sacct call, only for a job that ended without its stop line: why it ended.
         ended = job_outcomes([current.job_id], runner).outcomes
-    return SlurmView(asked, {k: with_end_from_env(v) for k, v in queue.items()}, None, ended)
+    waits = None
+    plan = source.plan
+    startless = any(j.state == "PENDING" and j.start_time is None for j in queue.values())
+    if startless and plan is not None and plan.partition and plan.nodes:
+        # One sacct call, only when Slurm gives a pending job no start (a dependency).
+        days = plan.queue_history_days or DEFAULT_HISTORY_DAYS
+        waits = partition_waits(plan.partition, plan.nodes, days, runner)
+    view = {k: with_end_from_env(v) for k, v in queue.items()}
+    return SlurmView(asked, view, None, ended, waits)
 
 
 def estimate(source: Source, slurm: SlurmView | None, now: float | None = None) -> Eta:
@@ -199,11 +216,16 @@ def estimate(source: Source, slurm: SlurmView | None, now: float | None = None) 
     if diagnosis is not None:
         notes += _diagnosis_notes(diagnosis, live, from_step)
 
+    waits = slurm.waits if slurm is not None else None
+    pending = with_waits(pending_jobs(source, queue, writer), waits)
+    free_at = writer.end_time if writer is not None and writer.end_time else now
+    starts = queued_starts(pending, max(free_at, now), waits)
     step = steady_step_time(history.jobs, cut_warmup=history.timing == "step_s")
     if step is None:
         if history.timing == "step_s":
             notes.append("fewer than two timed steps so far: no ETA yet")
-        return _eta(source, now, status, None, None, (None, None), None, None, notes, done, slurm)
+        found = _eta(source, now, status, None, None, (None, None), None, None, notes, done, slurm)
+        return dataclasses.replace(found, queued=starts)
     if step.provisional:
         notes.append(f"no job has {MIN_JOB_STEPS} timed steps yet: warm-up not excluded")
 
@@ -216,7 +238,6 @@ def estimate(source: Source, slurm: SlurmView | None, now: float | None = None) 
     spread = (plan.run_to_run_spread if plan else None) or DEFAULT_SPREAD
     per_save = 0.0 if history.includes_saves or not interval else save_s / interval
 
-    pending = pending_jobs(source, queue, writer)
     current_end = None
     if writer is not None and writer.end_time is not None:
         current_end = (segment_of(source, writer.job_id), writer.end_time)
@@ -226,7 +247,10 @@ def estimate(source: Source, slurm: SlurmView | None, now: float | None = None) 
         reserve = stop_reserve(step, save_s, plan)
         args = (start, current_end, pending, history.total_steps, reserve, resume_each, save_s)
         mean95 = mean_p95(step, history.total_steps - from_step, spread)
-        sims = (simulate(step.mean_s + per_save, *args), simulate(mean95 + per_save, *args))
+        sims = (
+            simulate(step.mean_s + per_save, *args),
+            simulate(mean95 + per_save, *args, band=1),
+        )
         resumes = sims[0].resumes
     elif plan and plan.segment_limits_s and not done:
         # Not on the cluster (or not submitted): the plan's segments not yet started.
@@ -246,8 +270,9 @@ def estimate(source: Source, slurm: SlurmView | None, now: float | None = None) 
         if writer is not None and current_end is not None:
             segment = segment_outlook(writer, sims, history, step, interval, save_s)
         chain = chain_outlook(source, queue, sims, history.total_steps)
-        if sims[0].resumes:
-            notes.append("queue waits between segments are not known and not counted")
+        if sims[0].resumes and not (waits is not None and waits.known):
+            why = waits.source if waits is not None else "not read"
+            notes.append(f"queue waits between segments not counted ({why})")
     elif live and history.last_time is not None:
         finish = (history.last_time + remaining.p50_s, history.last_time + remaining.p95_s)
         quiet = now - history.last_time
@@ -267,9 +292,10 @@ def estimate(source: Source, slurm: SlurmView | None, now: float | None = None) 
         notes.append("the progress file names no job ($SLURM_JOB_ID): its segment not checked")
     if resumes and plan is None and history.kind == "progress":
         notes.append("no plan.yaml: each resume costs only the observed checkpoint load")
-    return _eta(
+    found = _eta(
         source, now, status, step, remaining, finish, segment, chain, notes, done, slurm, diagnosis
     )
+    return dataclasses.replace(found, queued=starts)
 
 
 def _diagnose_newest(source: Source, slurm: SlurmView | None, now: float) -> Diagnosis:

@@ -242,6 +242,9 @@ class PlanFacts:
     run_to_run_spread: float | None
     warmup_s: float | None = None  # the calibration's warm-up beyond steady, in resume_s
     compile_s: float | None = None  # workload.compile: each job's compile, in resume_s
+    partition: str | None = None  # where the waits between segments are read (sacct)
+    nodes: int | None = None  # the chain's node count, whose waits are read
+    queue_history_days: int | None = None  # plan.queue_history_days
 
     @classmethod
     def from_plan_dict(cls, raw: Mapping[str, Any]) -> PlanFacts:
@@ -262,6 +265,9 @@ class PlanFacts:
             run_to_run_spread=_float(spec_plan.get("run_to_run_spread")),
             warmup_s=_float((raw.get("wall") or {}).get("warmup_s")),
             compile_s=_float(raw.get("compile_s")),
+            partition=_partition_name(raw),
+            nodes=_int(raw.get("nodes")),
+            queue_history_days=_int(spec_plan.get("queue_history_days")),
         )
 
 
@@ -278,6 +284,16 @@ def _build(cls: type, raw: Any) -> Any:
         raise TypeError(f"{cls.__name__}: expected a mapping, got {type(raw).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+def _partition_name(raw: Mapping[str, Any]) -> str | None:
+    """The partition the plan read, else the spec's cluster.partition."""
+    partition = raw.get("partition")
+    if isinstance(partition, dict) and isinstance(partition.get("name"), str):
+        return str(partition["name"])
+    cluster = (raw.get("spec") or {}).get("cluster") or {}
+    name = cluster.get("partition") if isinstance(cluster, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _int(value: Any) -> int | None:
