@@ -206,6 +206,7 @@ def test_plan_section_defaults() -> None:
     plan = parse_spec(BASE).plan
     assert plan.deadline_hours is None and plan.max_nodes is None
     assert plan.efficiency_floor == 0.8
+    assert (plan.choose_by, plan.queue_history_days) == (None, 14)
     assert (plan.interconnect_gbps, plan.intranode_gbps) == (100.0, 300.0)
     assert plan.interruptions_per_gpu_day == 4.7e-4
     assert plan.run_to_run_spread == 0.02
@@ -238,6 +239,10 @@ PLAN_BAD_FIELDS = [
     ("plan.eval_s", -1, "must be >= 0"),
     ("plan.eval_batches", 0, "must be >= 1"),
     ("plan.eval_batches", 2.5, "whole number"),
+    ("plan.choose_by", "fastest", "allowed: finish, run"),
+    ("plan.queue_history_days", 0, "must be >= 1"),
+    ("plan.queue_history_days", 400, "must be at most 365 (a year)"),
+    ("plan.queue_history_days", 1.5, "whole number"),
     ("plan", [1], "expected a mapping"),
 ]
 

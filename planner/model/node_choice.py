@@ -159,12 +159,13 @@ def choose(
     # Slurm's word that a node count could never start as asked outranks any model.
     startable = [c for c in feasible if _status(finishes, c) != "never"] or feasible
     by_run = _by_run(spec, startable, feasible, len(results), deadline_hours)
-    rule = spec.plan.choose_by or ("finish" if any(f.known for f in finishes.values()) else "run")
+    # Default: by finish where Slurm was asked (the CLI asks where its controller answers).
+    rule = spec.plan.choose_by or ("finish" if finishes else "run")
     if rule == "run":
         return Choice(*by_run, "run", finish=finishes.get(by_run[0].nodes))
     by_finish = _by_finish(spec, startable, finishes, deadline_hours, now)
-    if by_finish is None:
-        why = by_run[1] + "; no finish is known (the queue is unknown), so by run time"
+    if isinstance(by_finish, str):
+        why = f"{by_run[1]}; {by_finish}, so by run time"
         return Choice(by_run[0], why, "run", finish=finishes.get(by_run[0].nodes))
     chosen, why = by_finish
     other = ""
@@ -215,15 +216,16 @@ def _by_finish(
     finishes: Mapping[int, Finish],
     deadline_hours: float | None,
     now: float | None,
-) -> tuple[Candidate, str] | None:
+) -> tuple[Candidate, str] | str:
+    """The choice, or why the finish cannot choose."""
     known = [c for c in candidates if c.nodes in finishes and finishes[c.nodes].known]
     if not known:
-        return None
+        return "no start is known (the queue is unknown)"
     if deadline_hours is not None and now is not None:
         due = now + deadline_hours * 3600
         meeting = [c for c in known if (finishes[c.nodes].p95 or math.inf) <= due]
         if not meeting:
-            return None
+            return "no P95 finish meets the deadline counting the queue"
         chosen = min(meeting, key=lambda c: (c.gpu_hours, finishes[c.nodes].p95 or math.inf))
         return chosen, (
             f"fewest GPU-hours whose P95 finish (queue + run + waits) is within the "
