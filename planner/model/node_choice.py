@@ -1,14 +1,17 @@
-"""Weighing node counts: each one's step time, checkpoint interval, segments and wall time
-(a Candidate), the choice among them, and the row each gets in the plan's node table.
+"""How the node count is chosen, among the counts planner.model.node_range allows.
 
-Choice (plan.choose_by): by "finish" (the default where Slurm answers), the time to result
-counts the queue (planner.model.queue_finish: Slurm's start estimate for the first segment and
-the partition's waits between segments): with a deadline, the fewest GPU-hours whose P95
-finish meets it; without one, the earliest P50 finish among the node counts whose scaling
-efficiency is at least plan.efficiency_floor. By "run" (the default without Slurm), the same
-rules on the run time alone. A node count Slurm says could never start is not chosen. Both
-rules' winners are worked out; when they differ, the plan says which the other would pick
-and why.
+1. weigh: each count n's step time, checkpoint interval, segments and P50/P95 run time (a
+   Candidate), or why n is not possible (the batch does not split, a step does not fit).
+2. ask_queue (where Slurm answers): when n's first segment would start (`sbatch --test-only`
+   with its real options, all counts at once) and the partition's waits between segments;
+   the finish arithmetic is planner.model.queue_finish.
+3. choose, by plan.choose_by: "finish" (the default where Slurm answers) counts the queue:
+   with a deadline, the fewest GPU-hours whose P95 finish meets it; without one, the earliest
+   P50 finish among the counts whose scaling efficiency is at least plan.efficiency_floor.
+   "run" (the default without Slurm): the same rules on the run time alone. A count Slurm
+   says could never start is not chosen; --nodes N is taken as given. Both rules' winners
+   are worked out; when they differ, the plan says which the other would pick and why.
+4. node_option: each count's row in the plan's node table, with why it was not chosen.
 
 Stop margin: every segment's --time reserves lead_s = P95 step + one checkpoint save +
 SIGNAL_MARGIN_S + 60 s after its planned work. The signal is asked for 60 s later than that
@@ -24,8 +27,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from jobs.contract.measurement import Measurement
 from planner.calibration.record import CalibrationRecord
-from planner.errors import DeadlineError, SpecError
+from planner.errors import BatchSplitError, DeadlineError, PartitionLimitError, SpecError
 from planner.model.correction import Correction
 from planner.model.interval import choose_interval
 from planner.model.plan import (
@@ -36,7 +40,7 @@ from planner.model.plan import (
     TimeEstimate,
 )
 from planner.model.plan_limits import corrected_step
-from planner.model.queue_finish import Finish
+from planner.model.queue_finish import Finish, QueueProbe, finish_of
 from planner.model.timemodel import (
     StepStats,
     Totals,
@@ -45,10 +49,13 @@ from planner.model.timemodel import (
     first_overhead_s,
     resume_s,
     segment_count,
+    split_segments,
     step_stats,
 )
 from planner.scaling.ring import ScalingModel, StepTime, efficiency, step_at
 from planner.slurm.partition import PartitionLimits
+from planner.slurm.queue_waits import QueueWaits
+from planner.slurm.start_estimate import StartRequest
 from planner.spec.run_spec import RunSpec
 from planner.units import fmt_duration, fmt_percent
 
@@ -128,6 +135,86 @@ class Choice:
     rule: str  # "finish", "run" or "forced": the rule that chose
     other: str = ""  # the other rule's different winner and why, "" when the same
     finish: Finish | None = None  # the chosen node count's, when the queue was asked
+
+
+def weigh(
+    spec: RunSpec,
+    record: CalibrationRecord,
+    totals: Totals,
+    model: ScalingModel,
+    partition: PartitionLimits | None,
+    n: int,
+    eval_s: float,
+    spread: float,
+    corrections: Mapping[int, Correction] | None,
+) -> Candidate | SpecError:
+    """Node count n's figures, or why it is not possible (the batch does not split, a step
+    does not fit MaxTime)."""
+    one_node = step_at(spec, model, 1)[1].total_s
+    correction = (corrections or {}).get(n)
+    if correction is not None and not correction.applied:
+        correction = None  # its jobs disagree: shown in a note, not applied
+    try:
+        return evaluate(
+            spec, record, totals, model, partition, n, one_node, eval_s, spread, correction
+        )
+    except (BatchSplitError, PartitionLimitError) as exc:
+        return exc
+
+
+# A one-segment run waits once, before it starts: no wait between segments to count.
+NO_WAITS = QueueWaits(0.0, 0.0, 0, "one segment: no wait between segments")
+
+
+def first_request(
+    spec: RunSpec, m: Measurement, partition: PartitionLimits | None, c: Candidate, steps: int
+) -> StartRequest:
+    """The first segment's options as its script will ask them (planner.runs.emit)."""
+    first = split_segments(
+        c.work,
+        steps,
+        first_overhead_s(m),
+        resume_s(m),
+        c.lead_s,
+        partition.max_time_s if partition else None,
+        partition_name(partition),
+    )[0]
+    cluster = spec.cluster
+    return StartRequest(
+        nodes=c.nodes,
+        time_minutes=first.time_limit_minutes,
+        time_min_minutes=first.time_min_minutes,
+        tasks_per_node=max(cluster.gpus_per_node, 1),
+        cpus_per_task=cluster.cpus_per_task,
+        gpus_per_node=cluster.gpus_per_node,
+        partition=cluster.partition,
+        account=cluster.account,
+        qos=cluster.qos,
+        mem=cluster.mem,
+    )
+
+
+def ask_queue(
+    spec: RunSpec,
+    m: Measurement,
+    partition: PartitionLimits | None,
+    results: list[Candidate | SpecError],
+    queue: QueueProbe,
+    steps: int,
+) -> dict[int, Finish]:
+    """Each feasible node count's time to result, Slurm asked once for all of them."""
+    candidates = [r for r in results if isinstance(r, Candidate)]
+    starts = queue.ask([first_request(spec, m, partition, c, steps) for c in candidates])
+    return {
+        c.nodes: finish_of(
+            starts[c.nodes],
+            queue.wait(c.nodes) if c.segments > 1 else NO_WAITS,
+            c.wall.p50_s,
+            c.wall.p95_s,
+            c.segments,
+        )
+        for c in candidates
+    }
 
 
 def choose(

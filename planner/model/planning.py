@@ -7,8 +7,8 @@ planner.scaling.fit.MeasuredScaling when a multi-node calibration made one), che
 interval (planner.model.interval), segments under MaxTime and P50/P95 wall time
 (planner.model.timemodel), GPU-hours = P50 wall x GPUs, cost.
 
-Each node count is weighed, and one chosen, by planner.model.node_choice (the choice rule and
-the stop margin are described there).
+Which node counts are weighed: planner.model.node_range; how each is weighed and one chosen
+(by the run time, or by the finish with the queue): planner.model.node_choice.
 """
 
 from __future__ import annotations
@@ -22,24 +22,23 @@ from jobs.calibration import tail
 from jobs.contract.measurement import Measurement
 from planner.calibration.record import CalibrationRecord
 from planner.errors import (
-    BatchSplitError,
     CalibrationMismatchError,
-    PartitionLimitError,
     SpecError,
 )
 from planner.model.baselines import baselines
 from planner.model.correction import Correction
 from planner.model.energy import power_facts
-from planner.model.node_cap import node_cap
 from planner.model.node_choice import (
     Candidate,
     Choice,
+    ask_queue,
     choose,
-    evaluate,
     gpus_per_node,
     node_option,
     partition_name,
+    weigh,
 )
+from planner.model.node_range import node_range
 from planner.model.plan import (
     SIGNAL,
     SIGNAL_SLACK_S,
@@ -48,10 +47,9 @@ from planner.model.plan import (
 )
 from planner.model.plan_limits import (
     correction_note,
-    measured_cap,
     weak_calibration,
 )
-from planner.model.queue_finish import Finish, QueueProbe, finish_of
+from planner.model.queue_finish import QueueProbe
 from planner.model.timemodel import (
     Totals,
     count_work,
@@ -66,10 +64,8 @@ from planner.scaling.fit import (
     measured_efficiency,
     measured_scaling,
 )
-from planner.scaling.ring import ScalingModel, ring_model, step_at
+from planner.scaling.ring import ScalingModel, ring_model
 from planner.slurm.partition import PartitionLimits, check_partition
-from planner.slurm.queue_waits import QueueWaits
-from planner.slurm.start_estimate import StartRequest
 from planner.spec.load import YEAR_S
 from planner.spec.run_spec import RunSpec
 from planner.units import fmt_percent
@@ -103,32 +99,13 @@ def make_plan(
     totals = count_work(spec, m)
     eval_s = eval_seconds(spec, m, calibration_path)
     model = scaling or _scaling_model(spec, record)
-    cap = node_cap(spec, partition, m.params)
-    limit = cap.limit
-    if nodes is not None and not 1 <= nodes <= limit:
-        raise PartitionLimitError(
-            "--nodes", nodes, f"must be between 1 and {limit}: {cap.reason}", spec.source
-        )
-    held = measured_cap(spec, record, limit, nodes)
-    limit = held.limit
+    held = node_range(spec, record, partition, nodes)
     spread, weak = weak_calibration(spec, record)
-    one_node = step_at(spec, model, 1)[1].total_s
-    results: list[Candidate | SpecError] = []
-    for n in range(1, limit + 1):
-        try:
-            correction = (corrections or {}).get(n)
-            if correction is not None and not correction.applied:
-                correction = None  # its jobs disagree: shown (below), not applied
-            results.append(
-                evaluate(
-                    spec, record, totals, model, partition, n, one_node, eval_s, spread, correction
-                )
-            )
-        except (BatchSplitError, PartitionLimitError) as exc:
-            results.append(exc)
-    finishes = (
-        _finishes(spec, m, partition, results, queue, totals.steps) if queue is not None else {}
-    )
+    results = [
+        weigh(spec, record, totals, model, partition, n, eval_s, spread, corrections)
+        for n in range(1, held.limit + 1)
+    ]
+    finishes = ask_queue(spec, m, partition, results, queue, totals.steps) if queue else {}
     choice = choose(
         spec, results, deadline_hours, nodes, finishes, queue.now if queue is not None else None
     )
@@ -217,57 +194,6 @@ def make_plan(
     )
 
 
-def _first_request(
-    spec: RunSpec, m: Measurement, partition: PartitionLimits | None, c: Candidate, steps: int
-) -> StartRequest:
-    """The first segment's options as its script will ask them (planner.runs.emit)."""
-    first = split_segments(
-        c.work,
-        steps,
-        first_overhead_s(m),
-        resume_s(m),
-        c.lead_s,
-        partition.max_time_s if partition else None,
-        partition_name(partition),
-    )[0]
-    cluster = spec.cluster
-    return StartRequest(
-        nodes=c.nodes,
-        time_minutes=first.time_limit_minutes,
-        time_min_minutes=first.time_min_minutes,
-        tasks_per_node=max(cluster.gpus_per_node, 1),
-        cpus_per_task=cluster.cpus_per_task,
-        gpus_per_node=cluster.gpus_per_node,
-        partition=cluster.partition,
-        account=cluster.account,
-        qos=cluster.qos,
-        mem=cluster.mem,
-    )
-
-
-def _finishes(
-    spec: RunSpec,
-    m: Measurement,
-    partition: PartitionLimits | None,
-    results: list[Candidate | SpecError],
-    queue: QueueProbe,
-    steps: int,
-) -> dict[int, Finish]:
-    """Each feasible node count's time to result, Slurm asked once for all of them."""
-    candidates = [r for r in results if isinstance(r, Candidate)]
-    starts = queue.ask([_first_request(spec, m, partition, c, steps) for c in candidates])
-    return {
-        c.nodes: finish_of(
-            starts[c.nodes],
-            queue.wait(c.nodes) if c.segments > 1 else NO_WAITS,
-            c.wall.p50_s,
-            c.wall.p95_s,
-            c.segments,
-        )
-        for c in candidates
-    }
-
-
 def _queue_fields(queue: QueueProbe | None, note: str, choice: Choice) -> dict[str, Any]:
     out: dict[str, Any] = {"choose_by": choice.rule, "choice_other": choice.other}
     if queue is None:
@@ -286,10 +212,6 @@ def _queue_fields(queue: QueueProbe | None, note: str, choice: Choice) -> dict[s
         "wait_jobs": finish.waits.jobs,
         "wait_source": finish.waits.source,
     }
-
-
-# A one-segment run waits once, before it starts: no wait between segments to count.
-NO_WAITS = QueueWaits(0.0, 0.0, 0, "one segment: no wait between segments")
 
 
 def _history_note(corrections: Mapping[int, Correction] | None, nodes: int) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from planner.errors import PartitionLimitError
-from planner.model.node_cap import NodeCap, node_cap, tightest
+from planner.model.node_range import NodeCap, node_cap, tightest
 from tests.cli_helpers import run_cli
 from tests.test_planning import partition, plan_for, record_for, spec_with
 from tests.text_helpers import no_slurm_env, reference_files
