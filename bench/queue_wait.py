@@ -118,9 +118,11 @@ def actual(job_ids: list[str]) -> dict[str, tuple[float, float]]:
     return found
 
 
-def summary(errors: list[float]) -> str:
-    errors = [abs(e) for e in errors]
+def summary(signed: list[float]) -> str:
+    """|actual - predicted| figures, and the signed median (+: later than predicted)."""
+    errors = [abs(e) for e in signed]
     return (
+        f"signed median {statistics.median(signed):+7.1f} s  "
         f"median {statistics.median(errors):7.1f} s  P90 {quantile(errors, 0.9):7.1f} s  "
         f"within 1 min {sum(e <= 60 for e in errors) / len(errors):5.0%}  "
         f"within 10 min {sum(e <= 600 for e in errors) / len(errors):5.0%}"
