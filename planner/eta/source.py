@@ -106,9 +106,11 @@ def _from_folder(
         if error is None:
             raise
         raise error from None
-    if chain and not any(job.timed for job in history.jobs):
+    stopped = any(e.get("event") == "chain_stopped" for j in history.jobs for e in j.notable)
+    if chain and not stopped and not any(job.timed for job in history.jobs):
         # Start and failure lines only (a checkpoint that does not fit, a crash before the
         # first step): once every job has ended, that is the run's final state, not an ETA.
+        # A chain that stopped itself says so in the table, with what it cancelled.
         error = no_progress_error(folder, chain, runner)
         if isinstance(error, RunFailedError):
             raise error
