@@ -261,11 +261,12 @@ def _when(moment: float) -> str:
 
 def correction_text(model: Plan, plan: Plan, width: int | None = None) -> str:
     """What the history's correction moved, said plainly (its source is in the plan's notes)."""
-    what = (
-        f"steps x{plan.step_correction:.2f} at {plan.nodes} node(s)"
-        if plan.step_correction != 1.0
-        else "the run-to-run spread"
-    )
+    moved = []
+    if plan.step_correction != 1.0:
+        moved.append(f"steps x{plan.step_correction:.2f} at {plan.nodes} node(s)")
+    if plan.p95_widening != 1.0:
+        moved.append(f"P95 x{plan.p95_widening:.2f}")
+    what = ", ".join(moved) or "the run-to-run spread"
     text = (
         f"history correction ({what}): P50 {fmt_duration(model.wall.p50_s)} -> "
         f"{fmt_duration(plan.wall.p50_s)}, P95 {fmt_duration(model.wall.p95_s)} -> "
