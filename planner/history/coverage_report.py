@@ -42,11 +42,9 @@ START_HEADERS = (
 COVERAGE_HEADERS = (
     "kind",
     "partition",
-    "run time: jobs",
-    "within P50",
+    "run time within P50",
     "within P95",
-    "queue wait: jobs",
-    "within P50",
+    "queue wait within P50",
     "within P95",
     "next plan's P95",
 )
@@ -158,9 +156,9 @@ def coverage_rows(found: Sequence[KindCoverage]) -> list[tuple[object, ...]]:
     for c in found:
         run, wait = c.run_time, c.queue_wait
         if wait.jobs_p50 or wait.jobs_p95:
-            waits: tuple[object, ...] = (wait.jobs_p50, _share(wait, 50), _share(wait, 95))
+            waits: tuple[object, ...] = (_share(wait, 50), _share(wait, 95))
         else:
-            waits = ("no predictions yet", "-", "-")
+            waits = ("no predictions yet", "-")
         if c.widening is not None:
             next_p95 = f"x{c.widening.factor:.2f} (covered {c.widening.covered}/{c.widening.jobs})"
         elif run.jobs_p95 < MIN_JOBS:
@@ -171,7 +169,6 @@ def coverage_rows(found: Sequence[KindCoverage]) -> list[tuple[object, ...]]:
             (
                 describe(c.kind),
                 c.partition,
-                run.jobs_p50,
                 _share(run, 50),
                 _share(run, 95),
                 *waits,

@@ -107,7 +107,12 @@ def history_text(path: Path | None = None, limit: int = 20, width: int | None = 
             )
         )
         parts.append(
-            fit_table(coverage_rows(kinds), COVERAGE_HEADERS, wrap={0: 16, -1: 14}, width=width)
+            fit_table(
+                coverage_rows(kinds),
+                COVERAGE_HEADERS,
+                wrap={0: 14, 1: 9, 2: 10, 3: 10, 4: 11, 5: 10, 6: 12},
+                width=width,
+            )
         )
     if unlearned:
         parts.append(
