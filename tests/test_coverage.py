@@ -7,6 +7,7 @@ times against the real sacct)."""
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from pathlib import Path
 
@@ -19,7 +20,14 @@ from planner.history import coverage as history_coverage
 from planner.history import database as history
 from planner.history.corrected_plan import corrected_plan
 from planner.history.report import history_json, history_text
-from planner.model.coverage import Check, coverage, nearest_rank, widening_from
+from planner.model.coverage import (
+    Check,
+    Widening,
+    coverage,
+    nearest_rank,
+    widen,
+    widening_from,
+)
 from planner.model.kind import kind_key
 from planner.model.queue_forecast import QueueForecast
 from planner.slurm.accounting import outcome_from_scontrol, parse_sacct_attempts
@@ -27,7 +35,7 @@ from tests.cli_helpers import run_cli, write_spec
 from tests.run_folders import FakeSlurm, chain_folder
 from tests.test_eta import STEP_S, T0, Log, slurm_time
 from tests.test_history import no_slurm_env, recorded_run
-from tests.test_planning import SPEC, plan_for, record_for, spec_with
+from tests.test_planning import SPEC, partition, plan_for, record_for, spec_with
 
 # -- the arithmetic ---------------------------------------------------------------------------
 
@@ -125,6 +133,11 @@ def test_e_twelve_jobs_at_1_3x_their_p95_widen_the_next_p95_by_1_3(
     assert made.plan.p95_widening == pytest.approx(RATIO)
     chosen = next(o for o in made.plan.options if o.chosen)
     assert chosen.wall_p95_s == pytest.approx(RATIO * model_p95)
+    # The one segment's --time grows by the P95's 0.3 x model_p95, in whole minutes up.
+    (before,), (after,) = made.model.segments, made.plan.segments
+    grown = math.ceil((RATIO - 1) * model_p95 / 60)
+    assert after.time_limit_minutes == before.time_limit_minutes + grown
+    assert after.time_min_minutes == before.time_min_minutes  # the P50 stays
 
     # The plan says so in one line; emit records the widening; history shows the coverage.
     env = no_slurm_env(db)
@@ -140,6 +153,9 @@ def test_e_twelve_jobs_at_1_3x_their_p95_widen_the_next_p95_by_1_3(
     assert proc.returncode == 0, proc.stderr
     wall = yaml.safe_load((tmp_path / "run" / "plan.yaml").read_text())["wall"]
     assert wall["p95_s"] == pytest.approx(RATIO * model_p95)
+    script = (tmp_path / "run" / "segment-01.sbatch").read_text()
+    minutes = after.time_limit_minutes
+    assert f"--time={minutes // 60:02d}:{minutes % 60:02d}:00" in script
     with history.connect(db) as conn:
         row = conn.execute(
             "SELECT p95_s, model_p95_s, p95_widening FROM plans WHERE run_dir = ?",
@@ -171,6 +187,15 @@ def test_a_widened_plans_jobs_are_measured_against_its_p95_before_the_widening(
     add_jobs_over_p95(db, run, 1.0, JOBS)  # 1.0 x the widened P95: covered, barely
     again = corrected_plan(spec, record_for(spec), None, "cal.yaml", history=db).plan
     assert again.p95_widening == pytest.approx(RATIO)
+
+
+def test_a_widened_chains_last_segment_grows_up_to_the_partitions_max_time() -> None:
+    chain = plan_for(spec_with(plan__max_nodes=1), partition(1800))  # 30-minute segments
+    assert len(chain.segments) > 1 and chain.segments[-1].time_limit_minutes < 30
+    widened = widen(chain, Widening(3.0, 12, 0, 12, "gpu"))  # x3: far more than 30 minutes
+    assert widened.segments[:-1] == chain.segments[:-1]
+    assert widened.segments[-1].time_limit_minutes == 30  # MaxTime, not beyond
+    assert widened.wall.p95_s == pytest.approx(3.0 * chain.wall.p95_s)
 
 
 # -- submit, eligible and start beside the predicted wait ---------------------------------------

@@ -22,7 +22,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from planner.model.plan import Plan
+from planner.model.plan import Plan, Segment
 from planner.units import fmt_duration
 
 MIN_JOBS = 10
@@ -116,10 +116,12 @@ def widening_from(ratios: Sequence[float], partition: str = "") -> Widening | No
 
 def widen(plan: Plan, widening: Widening) -> Plan:
     """The plan with its P95 (and each node count's) x the factor, and the line saying so.
-    The P50, the segments and their --time stay as planned: a wider P95 says when the run
-    may end, and a segment that runs out of time resumes (`plan-job resubmit`)."""
+    The last segment's --time grows by as much as the run's P95 (up to the partition's
+    MaxTime): the steps that a slower run leaves undone in the segments before it, filled to
+    MaxTime, fall to it. The P50 and the other segments stay as planned."""
     factor = widening.factor
     wall = dataclasses.replace(plan.wall, p95_s=plan.wall.p95_s * factor)
+    segments = _last_longer(plan, wall.p95_s - plan.wall.p95_s)
     options = tuple(
         dataclasses.replace(o, wall_p95_s=o.wall_p95_s * factor) if o.wall_p95_s is not None else o
         for o in plan.options
@@ -128,9 +130,21 @@ def widen(plan: Plan, widening: Widening) -> Plan:
         plan,
         wall=wall,
         options=options,
+        segments=segments,
         p95_widening=plan.p95_widening * factor,
         notes=(*plan.notes, widening.line(plan.wall.p95_s, wall.p95_s)),
     )
+
+
+def _last_longer(plan: Plan, extra_s: float) -> tuple[Segment, ...]:
+    if not plan.segments or not extra_s > 0:
+        return plan.segments
+    last = plan.segments[-1]
+    minutes = last.time_limit_minutes + math.ceil(extra_s / 60)
+    max_time_s = plan.partition.max_time_s if plan.partition else None
+    if max_time_s:
+        minutes = min(minutes, max(max_time_s // 60, last.time_limit_minutes))
+    return (*plan.segments[:-1], dataclasses.replace(last, time_limit_minutes=minutes))
 
 
 def _ordinal(n: int) -> str:
