@@ -149,6 +149,8 @@ class Plan:
     # on what the plan rests on beyond its calibration (planner.model.plan_limits).
     step_correction: float = 1.0
     notes: tuple[str, ...] = ()
+    # What the history's coverage widened the P95 by (planner.model.coverage; 1.0: not).
+    p95_widening: float = 1.0
     # workload.compile: what compiling costs each job that starts (also in resume_s), and
     # the steps term at the calibration's eager step instead (0.0: eager, or not measured).
     compile_s: float = 0.0
