@@ -19,6 +19,7 @@ from planner.errors import NotARunFolderError, RunFolderExistsError, SpecError
 from planner.model.plan import Plan
 from planner.runs.chain import planned_commands
 from planner.runs.emit import EmitOptions, emit, render, sbatch_options
+from planner.slurm.submission import make_executor
 from tests.cli_helpers import run_cli
 from tests.test_planning import partition, plan_for, spec_with
 
@@ -89,6 +90,40 @@ def test_options_follow_the_plan() -> None:
     assert options["ntasks-per-node"] == "4"  # one process per GPU
     assert (options["mem"], options["qos"], options["partition"]) == ("64G", "high", "gpu")
     assert "requeue" in options and options["requeue"] is None
+
+
+def test_constraint_and_reservation_reach_sbatch_lines_and_submitit_alike(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Both ways of asking Slurm for a job read planner.slurm.options: the calibration's
+    submitit executor gets the same cluster settings as the run's #SBATCH lines."""
+    settings = {"constraint": "a100&ib", "reservation": "big-run", "account": "ml", "qos": "hi"}
+    changes = {f"cluster__{key}": value for key, value in settings.items()}
+    plan = chained_plan(**changes)
+    lines = dict(sbatch_options(plan, plan.segments[0], Path("/r")))
+    assert {key: lines[key] for key in settings} == settings
+    keys = [key for key, _ in sbatch_options(plan, plan.segments[0], Path("/r"))]
+    assert keys[:6] == ["partition", "account", "qos", "constraint", "reservation", "nodes"]
+    text = render(plan, plan.segments[0], EmitOptions(Path("/r"), Path("/w")), Path("/r"))
+    assert "#SBATCH --constraint='a100&ib'\n" in text
+    assert "#SBATCH --reservation=big-run\n" in text
+
+    fake = tmp_path / "bin"  # submitit's Slurm executor wants an srun on PATH; never run
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    calibration = spec_with(calibration__executor="slurm", **changes)
+    executor = make_executor(calibration, tmp_path / "cal", "cal")
+    params = executor.parameters
+    assert (params["constraint"], params["account"], params["qos"]) == ("a100&ib", "ml", "hi")
+    assert params["additional_parameters"] == {"reservation": "big-run"}
+    # submitit writes them into its own #SBATCH lines, quoted as ours are.
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    script = _make_sbatch_string(command="true", folder=tmp_path / "cal", **params)
+    assert "#SBATCH --constraint='a100&ib'" in script.splitlines()
+    assert "#SBATCH --reservation=big-run" in script.splitlines()
 
 
 def test_emit_writes_a_whole_folder_and_refuses_to_overwrite(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ from planner.runs.run_folder import (
     script_name,
     write_run_files,
 )
+from planner.slurm.options import CLUSTER_SETTINGS, JobShape, job_options, sbatch_lines
 from planner.spec.checkpoint_dir import FIELD as CHECKPOINT_FIELD
 from planner.spec.checkpoint_dir import (
     check_space,
@@ -143,25 +144,10 @@ def _command_fields(plan: Plan, workdir: Path) -> _CommandFields:
 
 def sbatch_options(plan: Plan, segment: Segment, run_dir: Path) -> list[tuple[str, str | None]]:
     """The #SBATCH lines after --job-name, in order; None marks a flag without a value."""
-    cluster = plan.spec.cluster
+    # One training process per GPU (one per node on CPU): jobs.node.world reads srun's ranks.
+    shape = JobShape(plan.nodes, max(plan.gpus_per_node, 1), plan.gpus_per_node)
     options: list[tuple[str, str | None]] = []
-    for key, value in (
-        ("partition", cluster.partition),
-        ("account", cluster.account),
-        ("qos", cluster.qos),
-    ):
-        if value is not None:
-            options.append((key, value))
-    options += [
-        ("nodes", str(plan.nodes)),
-        # One training process per GPU (one per node on CPU): jobs.node.world reads srun's ranks.
-        ("ntasks-per-node", str(max(plan.gpus_per_node, 1))),
-        ("cpus-per-task", str(cluster.cpus_per_task)),
-    ]
-    if plan.gpus_per_node > 0:
-        options.append(("gres", f"gpu:{plan.gpus_per_node}"))
-    if cluster.mem is not None:
-        options.append(("mem", cluster.mem))
+    options += sbatch_lines(job_options(plan.spec.cluster, shape))
     options += [
         ("time", slurm_minutes(segment.time_limit_minutes)),
         ("time-min", slurm_minutes(min(segment.time_min_minutes, segment.time_limit_minutes))),
@@ -185,9 +171,7 @@ def check_one_line(plan: Plan, options: EmitOptions, run_dir: Path) -> None:
     cluster = plan.spec.cluster
     values = {
         "name": plan.spec.name,
-        "cluster.partition": cluster.partition,
-        "cluster.account": cluster.account,
-        "cluster.qos": cluster.qos,
+        **{f"cluster.{s.field}": getattr(cluster, s.field) for s in CLUSTER_SETTINGS},
         "cluster.mem": cluster.mem,
         "checkpoint.dir": plan.spec.checkpoint.dir,
         "--output": str(run_dir),

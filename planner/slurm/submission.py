@@ -30,6 +30,7 @@ from planner.errors import (
 )
 from planner.shell import run_command
 from planner.slurm.client import READ_TIMEOUT_S, classify, require_controller
+from planner.slurm.options import JobShape, job_options, submitit_parameters
 from planner.slurm.partition import PartitionLimits, read_partition
 from planner.spec.run_spec import RunSpec
 from planner.stop_signals import interrupted_by
@@ -162,28 +163,18 @@ def make_executor(
         gpus = local_gpu_parameters(cal.device, tasks_per_node, os.environ, count_local_gpus())
         local.update_parameters(timeout_min=cal.time_limit_minutes, **gpus)
         return local
-    cluster = spec.cluster
     executor = submitit.SlurmExecutor(folder=folder)
+    # One device per rank: a one-task calibration measures one device and the plan scales it;
+    # a data-parallel one runs a rank per GPU as the run's jobs do.
+    gres_gpus = tasks_per_node if spec.cluster.gpus_per_node > 0 else 0
+    shape = JobShape(nodes, tasks_per_node, gres_gpus)
     params: dict[str, Any] = {
         "job_name": job_name,
         "time": cal.time_limit_minutes,
         "signal_delay_s": SIGNAL_DELAY_S,
-        "nodes": nodes,
-        "ntasks_per_node": tasks_per_node,
-        "cpus_per_task": cluster.cpus_per_task,
         "setup": job_timing_lines(folder),
+        **submitit_parameters(job_options(spec.cluster, shape)),
     }
-    # One device per rank: a one-task calibration measures one device and the plan scales it;
-    # a data-parallel one runs a rank per GPU as the run's jobs do.
-    if cluster.gpus_per_node > 0:
-        params["gres"] = f"gpu:{tasks_per_node}"
-    optional = {
-        "partition": cluster.partition,
-        "mem": cluster.mem,
-        "account": cluster.account,
-        "qos": cluster.qos,
-    }
-    params.update({k: v for k, v in optional.items() if v is not None})
     executor.update_parameters(**params)
     return executor
 
