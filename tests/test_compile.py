@@ -67,8 +67,8 @@ def test_a_plan_for_a_compiled_run_needs_a_compiled_calibration() -> None:
 
 def test_train_config_carries_compile(tmp_path: Path) -> None:
     config = TrainConfig.from_json(make_config(tmp_path, compile=True).read_text())
-    assert config.compile is True
-    assert TrainConfig.from_json(make_config(tmp_path).read_text()).compile is False
+    assert config.work.compile is True
+    assert TrainConfig.from_json(make_config(tmp_path).read_text()).work.compile is False
     text = make_config(tmp_path).read_text().replace('"compile": false', '"compile": "yes"')
     with pytest.raises(ValueError, match="field 'compile'"):
         TrainConfig.from_json(text)

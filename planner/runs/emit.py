@@ -281,7 +281,7 @@ def _emit(plan: Plan, options: EmitOptions, out_dir: Path) -> EmittedRun:
     check_writable(checkpoints, plan.spec.source)
     size = options.checkpoint_bytes or plan.checkpoint_bytes or None
     check_space(checkpoints, plan.spec.checkpoint.keep, size)
-    foreign = foreign_checkpoints(checkpoints, marker.run_id, bool(config.command))
+    foreign = foreign_checkpoints(checkpoints, marker.run_id, bool(config.work.command))
     warnings: list[str] = []
     if foreign is not None:
         warnings.append(
