@@ -20,10 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TypedDict
 
 from jobs.contract.train_config import DEFAULT_LOCK_HEARTBEAT_S, TrainConfig
-from jobs.contract.work import Work
 from planner.errors import RunFolderExistsError, SpecError, UnsafeRunFolderError
 from planner.model.plan import Plan, Segment
 from planner.runs.folder_lock import exclusive_claim
@@ -51,6 +49,7 @@ from planner.spec.checkpoint_dir import (
     node_local_warning,
 )
 from planner.spec.run_spec import RunSpec
+from planner.spec.work import build_work
 from planner.units import slurm_minutes
 
 TEMPLATE = "segment.sbatch.j2"
@@ -86,19 +85,10 @@ def train_config(plan: Plan, run_dir: Path, workdir: Path, run_id: str = "") -> 
     checkpoint_dir = Path(spec.checkpoint.dir)
     if not checkpoint_dir.is_absolute():
         checkpoint_dir = workdir / checkpoint_dir
-    work = Work(
-        builder_path=spec.workload.builder_path,
-        workload_name=spec.workload.name,
-        preset=spec.workload.preset,
-        overrides=dict(spec.workload.overrides),
-        micro_batch=spec.batch.micro_batch,
-        grad_accum=plan.grad_accum,
-        precision=spec.precision,
-        device=spec.calibration.device,
-        seed=spec.calibration.seed,
-        compile=spec.workload.compile,
-        **_command_fields(plan, workdir),
-    )
+    command = spec.command
+    # An absolute command.output_dir stays as it is; a relative one is the jobs' workdir's.
+    output = workdir / command.output_dir if command and command.output_dir else None
+    work = build_work(spec, plan.grad_accum, output)
     return TrainConfig(
         work=work,
         total_steps=plan.total_steps,
@@ -116,30 +106,6 @@ def train_config(plan: Plan, run_dir: Path, workdir: Path, run_id: str = "") -> 
         checkpoint_bytes=plan.checkpoint_bytes or None,
         lock_heartbeat_s=DEFAULT_LOCK_HEARTBEAT_S,
     )
-
-
-class _CommandFields(TypedDict, total=False):
-    """TrainConfig's fields of a user's own training command (none for a workload)."""
-
-    command: tuple[str, ...]
-    report: str
-    output_dir: str
-    stop_grace_s: float
-
-
-def _command_fields(plan: Plan, workdir: Path) -> _CommandFields:
-    command = plan.spec.command
-    if command is None:
-        return {}
-    output_dir = ""
-    if command.output_dir is not None:
-        output_dir = str(workdir / command.output_dir)  # an absolute one stays as it is
-    return {
-        "command": command.argv,
-        "report": command.report,
-        "output_dir": output_dir,
-        "stop_grace_s": command.stop_grace_s,
-    }
 
 
 def sbatch_options(plan: Plan, segment: Segment, run_dir: Path) -> list[tuple[str, str | None]]:
