@@ -83,8 +83,9 @@ def with_job_end(m: Measurement, folder: Path, job_id: str, wait_s: float = 5.0)
     return dataclasses.replace(m, job_end_s=max(ended - m.returned_at, 0.0))
 
 
-def read_progress(folder: Path) -> dict[str, Any] | None:
-    """The harness's last progress line, or None before the first step."""
+def last_calibration_progress(folder: Path) -> dict[str, Any] | None:
+    """The calibration harness's last progress line in a calibration job's folder, or None
+    before the first step (a run's whole progress file is jobs.progress.read_progress's)."""
     try:
         with open(folder / PROGRESS_FILE, "rb") as handle:
             handle.seek(0, os.SEEK_END)

@@ -42,7 +42,7 @@ from planner.eta.steps import (
     MIN_JOB_STEPS,
     Z95,
     Baseline,
-    StepTime,
+    SteadyStepTime,
     baseline,
     mean_p95,
     observed_interval,
@@ -92,7 +92,7 @@ class Eta:
     total_steps: int
     jobs_seen: int
     timing: str
-    step_time: StepTime | None
+    step_time: SteadyStepTime | None
     baseline: Baseline | None
     remaining: Remaining | None
     finish_p50: float | None
@@ -304,7 +304,7 @@ def _eta(
     source: Source,
     now: float,
     status: str,
-    step: StepTime | None,
+    step: SteadyStepTime | None,
     remaining: Remaining | None,
     finish: tuple[float | None, float | None],
     segment: SegmentOutlook | None,
@@ -346,7 +346,7 @@ def _eta(
 
 def _remaining(
     history: History,
-    step: StepTime,
+    step: SteadyStepTime,
     from_step: int,
     interval: int | None,
     save_s: float,
