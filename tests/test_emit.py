@@ -14,11 +14,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from planner.errors import NotARunFolderError, RunFolderExistsError, SpecError
-from planner.model.plan import Plan
+from planner.model.plan import Plan, PlanFacts
 from planner.runs.chain import planned_commands
 from planner.runs.emit import EmitOptions, emit, render, sbatch_options
+from planner.runs.run_folder import checkpoint_interval, load_plan, plan_facts, read_train_json
 from planner.slurm.submission import make_executor
 from tests.cli_helpers import run_cli
 from tests.test_planning import partition, plan_for, spec_with
@@ -174,3 +176,44 @@ def test_submit_dry_run_prints_the_chain(tmp_path: Path) -> None:
     proc = run_cli(["submit", str(tmp_path)], cwd=tmp_path)
     assert proc.returncode == 2
     assert "no segment-*.sbatch here" in proc.stderr
+
+
+# -- the checkpoint interval, stored once -----------------------------------------------------
+
+OLD_PLAN = Path(__file__).parent / "fixtures" / "plan_yaml" / "plan-v1.yaml"
+
+
+def test_the_plan_stores_its_checkpoint_interval_once(tmp_path: Path) -> None:
+    plan = chained_plan()
+    run = emit(plan, EmitOptions(tmp_path / "run", tmp_path))
+    written = yaml.safe_load(run.plan_path.read_text())
+    assert "checkpoint_interval_steps" not in written and "checkpoint_interval_s" not in written
+    assert written["checkpoint"]["interval_steps"] == plan.checkpoint_interval_steps == 100
+    folder = run.folder
+    facts = plan_facts(folder)
+    assert facts is not None and facts.checkpoint_interval_steps == 100
+    assert load_plan(folder).checkpoint_interval_steps == 100
+    # The run folder's owner reads train.json's first (what the jobs save at), then plan.yaml's.
+    train = read_train_json(folder)
+    assert checkpoint_interval(train, facts) == 100
+    assert checkpoint_interval({**train, "checkpoint_interval_steps": 40}, facts) == 40
+    assert checkpoint_interval({}, facts) == 100
+    assert checkpoint_interval({"checkpoint_interval_steps": float("nan")}, None) is None
+
+
+def test_a_plan_yaml_written_before_the_interval_was_stored_once_still_reads(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "old-run"
+    folder.mkdir()
+    old = yaml.safe_load(OLD_PLAN.read_text())
+    assert old["checkpoint_interval_steps"] == old["checkpoint"]["interval_steps"] == 100
+    (folder / "plan.yaml").write_text(OLD_PLAN.read_text())
+    plan = load_plan(folder)
+    assert (plan.checkpoint_interval_steps, plan.checkpoint_interval_s) == (100, 106.0)
+    assert plan.to_dict() == chained_plan().to_dict()
+    facts = plan_facts(folder)
+    assert facts is not None and facts.checkpoint_interval_steps == 100
+    # One older still, with the interval only at the top level, reads it there.
+    del old["checkpoint"]["interval_steps"]
+    assert PlanFacts.from_plan_dict(old).checkpoint_interval_steps == 100

@@ -207,8 +207,8 @@ def estimate(source: Source, slurm: SlurmView | None, now: float | None = None) 
     if step.provisional:
         notes.append(f"no job has {MIN_JOB_STEPS} timed steps yet: warm-up not excluded")
 
-    interval = source.checkpoint_interval or (plan.checkpoint_interval_steps if plan else None)
-    interval = interval or history.checkpoint_interval or observed_interval(history)
+    interval = source.checkpoint_interval or history.checkpoint_interval
+    interval = interval or observed_interval(history)
     if not history.includes_saves and interval is None:
         notes.append("checkpoint interval unknown: the saves still due are not counted")
     save_s = save_time(history, plan)
