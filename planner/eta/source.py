@@ -33,6 +33,7 @@ from planner.runs.run_folder import (
     SEGMENT_GLOB,
     TRAIN_FILE,
     SubmittedJob,
+    checkpoint_interval,
     load_chain,
     plan_facts,
     progress_path,
@@ -48,7 +49,9 @@ class Source:
     run_dir: Path | None = None
     plan: PlanFacts | None = None
     chain: tuple[SubmittedJob, ...] = ()
-    checkpoint_interval: int | None = None  # train.json's
+    # The run folder's (planner.runs.run_folder.checkpoint_interval): train.json's, else
+    # plan.yaml's.
+    checkpoint_interval: int | None = None
     job: SlurmJob | None = None  # the job TARGET named
     checkpoint_dir: Path | None = None  # train.json's: where the run's trainer lock lives
 
@@ -120,7 +123,7 @@ def _from_folder(
         run_dir=folder,
         plan=plan,
         chain=chain,
-        checkpoint_interval=_int(train.get("checkpoint_interval_steps")),
+        checkpoint_interval=checkpoint_interval(train, plan),
         job=job,
         checkpoint_dir=Path(train["checkpoint_dir"]) if train.get("checkpoint_dir") else None,
     )

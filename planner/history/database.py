@@ -213,10 +213,12 @@ def workload_key(spec: RunSpec) -> str:
 
 
 def partition_key(plan: Plan) -> str:
-    return partition_name(plan.spec, plan.partition)
+    return stored_partition_name(plan.spec, plan.partition)
 
 
-def partition_name(spec: RunSpec, partition: PartitionLimits | None) -> str:
+def stored_partition_name(spec: RunSpec, partition: PartitionLimits | None) -> str:
+    """The partition as the database keys it: its name, or "(default)" (not
+    planner.model.node_choice.partition_name, which words it for a message)."""
     name = spec.cluster.partition or (partition.name if partition else None)
     return name or "(default)"
 
