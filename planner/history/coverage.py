@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.calibration.record import CalibrationRecord
-from planner.history.database import connect, history_path, partition_name
+from planner.history.database import connect, history_path, stored_partition_name
 from planner.model.correction import Correction
 from planner.model.coverage import Check, Widening, widening_from
 from planner.model.kind import kind_key
@@ -105,5 +105,5 @@ def widening_for(
     """The P95 widening for a new plan of the spec's kind on its partition (None: fewer than
     MIN_JOBS jobs, or its P95 covered enough of them). ``corrections``: the step
     corrections the new plan applies (planner.history.correction.corrections_for)."""
-    kind, where = kind_key(spec, record), partition_name(spec, partition)
+    kind, where = kind_key(spec, record), stored_partition_name(spec, partition)
     return widening_from(widening_ratios(run_times(kind, where, path), corrections), where)
