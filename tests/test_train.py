@@ -160,7 +160,7 @@ def copy_run(source: Path, target: Path) -> Path:
     config = TrainConfig.from_json((target / "train.json").read_text())
     return make_config(
         target,
-        config.workload_name,
+        config.work.workload_name,
         checkpoint_dir=str(target / "ck"),
         progress_path=str(target / "progress.jsonl"),
     )
@@ -375,8 +375,6 @@ def test_a_train_json_emitted_before_the_shared_work_loads_and_writes_back_the_s
     assert config.total_steps == data["total_steps"] == 3907
     assert config.checkpoint_interval_steps == data["checkpoint_interval_steps"] == 100
     assert (config.run_id, config.progress_path) == (data["run_id"], data["progress_path"])
-    # The compatibility accessors read the work's fields, as the planner still does.
-    assert (config.command, config.micro_batch) == (config.work.command, config.work.micro_batch)
 
 
 # --- the progress file -----------------------------------------------------------------------

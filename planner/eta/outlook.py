@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from planner.eta.source import Source
-from planner.eta.steps import StepTime
+from planner.eta.steps import SteadyStepTime
 from planner.model.plan import PlanFacts
 from planner.runs.emit import STOP_MARGIN_S
 from planner.runs.progress import History
@@ -58,7 +58,7 @@ class ChainOutlook:
     advice: str | None
 
 
-def stop_reserve(step: StepTime, save_s: float, plan: PlanFacts | None) -> float:
+def stop_reserve(step: SteadyStepTime, save_s: float, plan: PlanFacts | None) -> float:
     """How long before its end a segment stops stepping: plan-job's training leaves one
     step, one save and STOP_MARGIN_S, or stops at the signal, whichever is earlier. Without
     a plan the training is assumed to run to the end and save there."""
@@ -191,7 +191,7 @@ def segment_outlook(
     running: SlurmJob,
     sims: tuple[Simulation, Simulation],
     history: History,
-    step: StepTime,
+    step: SteadyStepTime,
     interval: int | None,
     save_s: float,
 ) -> SegmentOutlook:

@@ -43,8 +43,8 @@ from planner.model.plan_limits import corrected_step
 from planner.model.queue_finish import Finish, QueueProbe, finish_of
 from planner.model.timemodel import (
     StepStats,
+    StretchTime,
     Totals,
-    Work,
     estimate_time,
     first_overhead_s,
     resume_s,
@@ -66,7 +66,7 @@ class Candidate:
     grad_accum: int
     step: StepTime
     stats: StepStats
-    work: Work
+    work: StretchTime
     checkpoint: CheckpointChoice
     lead_s: int
     segments: int
@@ -99,7 +99,7 @@ def evaluate(
     resume = resume_s(m)
     checkpoint = choose_interval(spec, m.checkpoint_save_s, resume, stats.mean_s, gpus)
     plan = spec.plan
-    work = Work(
+    work = StretchTime(
         stats, m.checkpoint_save_s, checkpoint.interval_steps, eval_s, plan.eval_interval_steps
     )
     lead = math.ceil(stats.p95_s + m.checkpoint_save_s + SIGNAL_MARGIN_S + SIGNAL_SLACK_S)

@@ -134,9 +134,7 @@ class Plan:
     step_p95_s: float
     efficiency: float
     wall: TimeEstimate
-    checkpoint: CheckpointChoice
-    checkpoint_interval_steps: int
-    checkpoint_interval_s: float
+    checkpoint: CheckpointChoice  # the interval is stored here only (checkpoint_interval_*)
     signal: str
     signal_lead_s: int  # --signal=B:USR2@lead: one P95 step, one save and SIGNAL_MARGIN_S
     resume_s: float  # start-up, checkpoint load and warm-up: every segment after the first
@@ -157,6 +155,8 @@ class Plan:
     # on what the plan rests on beyond its calibration (planner.model.plan_limits).
     step_correction: float = 1.0
     notes: tuple[str, ...] = ()
+    # What the history's coverage widened the P95 by (planner.model.coverage; 1.0: not).
+    p95_widening: float = 1.0
     # workload.compile: what compiling costs each job that starts (also in resume_s), and
     # the steps term at the calibration's eager step instead (0.0: eager, or not measured).
     compile_s: float = 0.0
@@ -200,6 +200,14 @@ class Plan:
     @property
     def gpus(self) -> int:
         return self.nodes * max(self.gpus_per_node, 1)
+
+    @property
+    def checkpoint_interval_steps(self) -> int:
+        return self.checkpoint.interval_steps
+
+    @property
+    def checkpoint_interval_s(self) -> float:
+        return self.checkpoint.interval_s
 
     @property
     def signal_option(self) -> str:
@@ -253,7 +261,10 @@ class PlanFacts:
         spec_plan = (raw.get("spec") or {}).get("plan") or {}
         return cls(
             total_steps=_int(raw.get("total_steps")),
-            checkpoint_interval_steps=_int(raw.get("checkpoint_interval_steps")),
+            # plan.yaml before the interval was stored once had it at the top level too.
+            checkpoint_interval_steps=_int(
+                checkpoint.get("interval_steps", raw.get("checkpoint_interval_steps"))
+            ),
             save_s=_float(checkpoint.get("save_s")),
             resume_s=_float(raw.get("resume_s")),
             signal_lead_s=_float(raw.get("signal_lead_s")),

@@ -149,8 +149,6 @@ def make_plan(
         efficiency=chosen.efficiency,
         wall=chosen.wall,
         checkpoint=chosen.checkpoint,
-        checkpoint_interval_steps=chosen.checkpoint.interval_steps,
-        checkpoint_interval_s=chosen.checkpoint.interval_s,
         signal=SIGNAL,
         signal_lead_s=chosen.lead_s - SIGNAL_SLACK_S,
         resume_s=resume_s(m),

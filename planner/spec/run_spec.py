@@ -67,6 +67,8 @@ class ClusterSpec:
     mem: str | None = None
     account: str | None = None
     qos: str | None = None
+    constraint: str | None = None  # sbatch --constraint: node features the job needs
+    reservation: str | None = None  # sbatch --reservation: run inside this reservation
     gpu_type: str | None = None  # for the peak FLOP/s when the device cannot tell
 
     @property
