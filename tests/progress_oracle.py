@@ -15,7 +15,7 @@ from typing import Any
 from jobs.calibration.stats import mean_ci, warmup_cut
 from jobs.progress import read_progress
 from jobs.training.resume import RECENT_STEPS
-from planner.eta.steps import MIN_JOB_STEPS, WINDOW, WINSOR, StepTime, winsorize
+from planner.eta.steps import MIN_JOB_STEPS, WINDOW, WINSOR, SteadyStepTime, winsorize
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def observed_interval(jobs: Sequence[FullJob]) -> int | None:
     return statistics.mode(gaps) if gaps else None
 
 
-def steady_step_time(jobs: Sequence[FullJob]) -> StepTime | None:
+def steady_step_time(jobs: Sequence[FullJob]) -> SteadyStepTime | None:
     """planner.eta.steps.steady_step_time as it was, on every step time."""
     pools: list[list[float]] = []
     cuts: list[int] = []
@@ -132,7 +132,7 @@ def steady_step_time(jobs: Sequence[FullJob]) -> StepTime | None:
     mean, half = mean_ci(clipped)
     half /= 1 - 2 * share
     deciles = statistics.quantiles(window, n=10, method="inclusive")
-    return StepTime(
+    return SteadyStepTime(
         mean_s=mean,
         ci_low_s=max(mean - half, 0.0),
         ci_high_s=mean + half,

@@ -36,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 
 INSTALL_HINT = "run scripts/install-system-deps.sh as root to install Slurm, MUNGE and MariaDB"
+NODE_FEATURE = "planjob"  # every test node has it
 
 # Daemons plus every client command the cluster itself calls.
 REQUIRED_BINARIES: tuple[str, ...] = (
@@ -428,7 +429,9 @@ class SlurmCluster:
             "AccountingStorageTRES=gres/gpu",
             f"NodeName={self._node_range()} NodeHostname={self.hostname} NodeAddr=127.0.0.1"
             f" Port={ports.slurmd_first}-{last_slurmd_port} CPUs={self.cpus_per_node}"
-            f" RealMemory={self.real_memory_mb} Gres=gpu:{self.gpus_per_node} State=UNKNOWN",
+            f" RealMemory={self.real_memory_mb} Gres=gpu:{self.gpus_per_node}"
+            # A node feature for cluster.constraint's test (tests/test_chain_slurm.py).
+            f" Features={NODE_FEATURE} State=UNKNOWN",
             f"PartitionName={self.partition} Nodes={self._node_range()} Default=YES"
             f" MaxTime={self.max_time_minutes} State=UP",
         ]

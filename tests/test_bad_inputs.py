@@ -257,6 +257,8 @@ SPEC_FIELDS = [
     Case("deadline-inf", plan_with(plan__deadline_hours=INF), ("plan.deadline_hours",)),
     Case("deadline-tiny", plan_with(plan__deadline_hours=1e-30), ("plan.deadline_hours",)),
     Case("floor-two", plan_with(plan__efficiency_floor=2), ("plan.efficiency_floor",)),
+    Case("choose-by", plan_with(plan__choose_by="soonest"), ("plan.choose_by", "soonest", "run")),
+    Case("queue-days", plan_with(plan__queue_history_days=0), ("plan.queue_history_days", ">= 1")),
     Case("max-nodes-huge", plan_with(plan__max_nodes=HUGE), ("plan.max_nodes",)),
     Case(
         "interconnect-tiny",

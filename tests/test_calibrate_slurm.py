@@ -141,3 +141,19 @@ def test_bad_cluster_input_exits_2_before_anything_is_written(
         in proc.stderr
     )
     assert not (tmp_path / ".plan-job").exists()
+
+
+def test_a_reservation_sbatch_refuses_fails_the_calibration_in_sbatch_words(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """cluster.reservation reaches the calibration's sbatch through submitit: one that does
+    not exist is refused there, and calibrate says so in one message, without a traceback."""
+    spec = slurm_spec()
+    spec["cluster"]["reservation"] = "no-such-reservation"
+    path = write_spec(tmp_path, spec)
+    proc = run_cli(["calibrate", str(path), "-o", "cal.yaml"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "sbatch refused the calibration job:" in proc.stderr
+    assert "reservation is invalid" in proc.stderr and "cluster.reservation" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "cal.yaml").exists()

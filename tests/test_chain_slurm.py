@@ -20,7 +20,7 @@ from tests.builders import HOSTILE, write_spec
 from tests.builders import paced_spec as shared_paced_spec
 from tests.in_process import invoke
 from tests.processes import chain_bound_s, run_cli, time_limits, wait_for_chain
-from tests.slurm_cluster import SlurmCluster
+from tests.slurm_cluster import NODE_FEATURE, SlurmCluster
 from tests.training_runs import final_weights, reference_weights
 
 pytestmark = pytest.mark.slurm
@@ -94,6 +94,39 @@ def test_every_script_passes_sbatch_test_only(
         )
         assert test.returncode == 0, test.stderr
         assert "to start at" in test.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "refusal"),
+    [
+        (f"cluster.constraint={NODE_FEATURE}", None),
+        ("cluster.constraint=nosuchfeature", "Invalid feature specification"),
+        ("cluster.reservation=no-such-reservation", "reservation is invalid"),
+    ],
+)
+def test_sbatch_judges_the_constraint_and_reservation_emit_wrote(
+    slurm_cluster: SlurmCluster, calibrated: Path, tmp_path: Path, setting: str, refusal: str | None
+) -> None:
+    """cluster.constraint and cluster.reservation reach sbatch: a feature the nodes have is
+    accepted; one they lack, or a reservation that does not exist, is refused by sbatch, and
+    `plan-job submit` says so with sbatch's words."""
+    spec = write_spec(tmp_path, paced_spec(400))
+    emit = ["emit", str(spec), "--calibration", str(calibrated), "-o", "run", "--set", setting]
+    proc = run_cli(emit, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    script = tmp_path / "run" / "segment-01.sbatch"
+    key, value = setting.removeprefix("cluster.").split("=")
+    assert f"#SBATCH --{key}={value}\n" in script.read_text()
+    if refusal is None:
+        test = subprocess.run(
+            ["sbatch", "--test-only", str(script)], capture_output=True, text=True, timeout=30
+        )
+        assert test.returncode == 0 and "to start at" in test.stderr, test.stderr
+        return
+    proc = run_cli(["submit", "run"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "sbatch refused" in proc.stderr, proc.stderr
+    assert refusal in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -122,11 +122,11 @@ def test_the_calibration_request_carries_the_command(tmp_path: Path, monkeypatch
     run = RUN + " --output_dir {output_dir} --max_steps {total_steps}"
     spec = command_spec({"run": run, "report": "trainer_state", "output_dir": "out"})
     request = build_request(spec, tmp_path / "job")
-    assert request.command == spec.command.argv  # type: ignore[union-attr]
-    assert request.report == "trainer_state" and request.workdir == str(tmp_path.resolve())
+    assert request.work.command == spec.command.argv  # type: ignore[union-attr]
+    assert request.work.report == "trainer_state" and request.workdir == str(tmp_path.resolve())
     # The calibration's saves must not land where the run would resume from them.
-    assert Path(request.output_dir).parent == Path(request.scratch_dir)
-    assert request.builder_path == ""
+    assert Path(request.work.output_dir).parent == Path(request.scratch_dir)
+    assert request.work.builder_path == ""
 
 
 def test_emit_writes_the_command_into_train_json(tmp_path: Path) -> None:
@@ -140,12 +140,12 @@ def test_emit_writes_the_command_into_train_json(tmp_path: Path) -> None:
     workdir = tmp_path / HOSTILE
     emitted = emit(plan, EmitOptions(tmp_path / "run", workdir, "/venv/bin/python"))
     config = TrainConfig.from_json(emitted.train_config_path.read_text())
-    assert config.command == spec.command.argv  # type: ignore[union-attr]
-    assert config.stop_grace_s == 7.0 and config.builder_path == ""
+    assert config.work.command == spec.command.argv  # type: ignore[union-attr]
+    assert config.work.stop_grace_s == 7.0 and config.work.builder_path == ""
     assert config.checkpoint_dir == str(workdir.resolve() / "ck")
     assert config.checkpoint_interval_steps == plan.checkpoint_interval_steps == 100
     # Filled in on the node: each value stays one argument, whatever it holds.
-    argv = render(config.command, {"total_steps": config.total_steps, "resume_from": "a b;c"})
+    argv = render(config.work.command, {"total_steps": config.total_steps, "resume_from": "a b;c"})
     assert argv == [
         "python",
         "train.py",

@@ -22,7 +22,7 @@ from jobs.node.compiling import missing_compiler
 from planner.calibration.record import make_record
 from planner.calibration.report import calibration_table
 from planner.errors import CalibrationMismatchError, SpecError
-from planner.eta.steps import StepTime, resume_time
+from planner.eta.steps import SteadyStepTime, resume_time
 from planner.followup.pace import JobTiming, _resume
 from planner.history.database import predicted_job_s
 from planner.model.report import plan_table
@@ -68,8 +68,8 @@ def test_a_plan_for_a_compiled_run_needs_a_compiled_calibration() -> None:
 
 def test_train_config_carries_compile(tmp_path: Path) -> None:
     config = TrainConfig.from_json(train_json(tmp_path, compile=True).read_text())
-    assert config.compile is True
-    assert TrainConfig.from_json(train_json(tmp_path).read_text()).compile is False
+    assert config.work.compile is True
+    assert TrainConfig.from_json(train_json(tmp_path).read_text()).work.compile is False
     text = train_json(tmp_path).read_text().replace('"compile": false', '"compile": "yes"')
     with pytest.raises(ValueError, match="field 'compile'"):
         TrainConfig.from_json(text)
@@ -200,7 +200,7 @@ def test_the_eta_lets_a_resumed_jobs_warm_up_replace_the_planned_compile(tmp_pat
     assert facts is not None and facts.compile_s == 30.0 and facts.resume_s == 180.0
     # A compiled run's resumed jobs showed 35 s of warm-up (their first step compiles): it
     # replaces the plan's warm-up (20 s) and compile (30 s): 180 - 20 - 30 + 35 = 165 s.
-    step = StepTime(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 100, (5,), 35.0, False)
+    step = SteadyStepTime(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 100, (5,), 35.0, False)
     history = History("progress", tmp_path / "progress.jsonl", 3907, (), "step_s", False, 100)
     assert resume_time(history, facts, step) == pytest.approx(165.0)
 

@@ -14,11 +14,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from planner.errors import NotARunFolderError, RunFolderExistsError, SpecError
-from planner.model.plan import Plan
+from planner.model.plan import Plan, PlanFacts
 from planner.runs.chain import planned_commands
 from planner.runs.emit import EmitOptions, emit, render, sbatch_options
+from planner.runs.run_folder import checkpoint_interval, load_plan, plan_facts, read_train_json
+from planner.slurm.submission import make_executor
 from tests.builders import HOSTILE, partition, plan_for, spec_with
 from tests.in_process import invoke
 
@@ -91,6 +94,40 @@ def test_options_follow_the_plan() -> None:
     assert "requeue" in options and options["requeue"] is None
 
 
+def test_constraint_and_reservation_reach_sbatch_lines_and_submitit_alike(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Both ways of asking Slurm for a job read planner.slurm.options: the calibration's
+    submitit executor gets the same cluster settings as the run's #SBATCH lines."""
+    settings = {"constraint": "a100&ib", "reservation": "big-run", "account": "ml", "qos": "hi"}
+    changes = {f"cluster__{key}": value for key, value in settings.items()}
+    plan = chained_plan(**changes)
+    lines = dict(sbatch_options(plan, plan.segments[0], Path("/r")))
+    assert {key: lines[key] for key in settings} == settings
+    keys = [key for key, _ in sbatch_options(plan, plan.segments[0], Path("/r"))]
+    assert keys[:6] == ["partition", "account", "qos", "constraint", "reservation", "nodes"]
+    text = render(plan, plan.segments[0], EmitOptions(Path("/r"), Path("/w")), Path("/r"))
+    assert "#SBATCH --constraint='a100&ib'\n" in text
+    assert "#SBATCH --reservation=big-run\n" in text
+
+    fake = tmp_path / "bin"  # submitit's Slurm executor wants an srun on PATH; never run
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    calibration = spec_with(calibration__executor="slurm", **changes)
+    executor = make_executor(calibration, tmp_path / "cal", "cal")
+    params = executor.parameters
+    assert (params["constraint"], params["account"], params["qos"]) == ("a100&ib", "ml", "hi")
+    assert params["additional_parameters"] == {"reservation": "big-run"}
+    # submitit writes them into its own #SBATCH lines, quoted as ours are.
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    script = _make_sbatch_string(command="true", folder=tmp_path / "cal", **params)
+    assert "#SBATCH --constraint='a100&ib'" in script.splitlines()
+    assert "#SBATCH --reservation=big-run" in script.splitlines()
+
+
 def test_emit_writes_a_whole_folder_and_refuses_to_overwrite(tmp_path: Path) -> None:
     plan = chained_plan()
     out = tmp_path / "run"
@@ -139,3 +176,44 @@ def test_submit_dry_run_prints_the_chain(tmp_path: Path) -> None:
     proc = invoke(["submit", str(tmp_path)], cwd=tmp_path)
     assert proc.returncode == 2
     assert "no segment-*.sbatch here" in proc.stderr
+
+
+# -- the checkpoint interval, stored once -----------------------------------------------------
+
+OLD_PLAN = Path(__file__).parent / "fixtures" / "plan_yaml" / "plan-v1.yaml"
+
+
+def test_the_plan_stores_its_checkpoint_interval_once(tmp_path: Path) -> None:
+    plan = chained_plan()
+    run = emit(plan, EmitOptions(tmp_path / "run", tmp_path))
+    written = yaml.safe_load(run.plan_path.read_text())
+    assert "checkpoint_interval_steps" not in written and "checkpoint_interval_s" not in written
+    assert written["checkpoint"]["interval_steps"] == plan.checkpoint_interval_steps == 100
+    folder = run.folder
+    facts = plan_facts(folder)
+    assert facts is not None and facts.checkpoint_interval_steps == 100
+    assert load_plan(folder).checkpoint_interval_steps == 100
+    # The run folder's owner reads train.json's first (what the jobs save at), then plan.yaml's.
+    train = read_train_json(folder)
+    assert checkpoint_interval(train, facts) == 100
+    assert checkpoint_interval({**train, "checkpoint_interval_steps": 40}, facts) == 40
+    assert checkpoint_interval({}, facts) == 100
+    assert checkpoint_interval({"checkpoint_interval_steps": float("nan")}, None) is None
+
+
+def test_a_plan_yaml_written_before_the_interval_was_stored_once_still_reads(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "old-run"
+    folder.mkdir()
+    old = yaml.safe_load(OLD_PLAN.read_text())
+    assert old["checkpoint_interval_steps"] == old["checkpoint"]["interval_steps"] == 100
+    (folder / "plan.yaml").write_text(OLD_PLAN.read_text())
+    plan = load_plan(folder)
+    assert (plan.checkpoint_interval_steps, plan.checkpoint_interval_s) == (100, 106.0)
+    assert plan.to_dict() == chained_plan().to_dict()
+    facts = plan_facts(folder)
+    assert facts is not None and facts.checkpoint_interval_steps == 100
+    # One older still, with the interval only at the top level, reads it there.
+    del old["checkpoint"]["interval_steps"]
+    assert PlanFacts.from_plan_dict(old).checkpoint_interval_steps == 100

@@ -256,7 +256,7 @@ def test_a_schema_2_database_is_migrated_in_place(tmp_path: Path) -> None:
     db = tmp_path / "old.sqlite"
     schema_2_database(db)
     with history.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == history.SCHEMA_VERSION
         outcomes = [
             tuple(row)
             for row in conn.execute(

@@ -1,5 +1,6 @@
 """The history on the real test cluster: a job that Slurm requeues is two attempts, each its
-own row with its restart count, not one row that the second overwrites."""
+own row with its restart count and its own submit, eligible and start times as sacct has
+them, not one row that the second overwrites."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from jobs.progress import read_progress
 from planner.history import database as history
+from planner.slurm.queue import parse_slurm_time
 from tests.builders import paced_spec, write_spec
 from tests.processes import run_cli, wait_for_chain, wait_for_steps
 from tests.slurm_cluster import SlurmCluster
@@ -49,11 +51,24 @@ def test_a_requeued_job_is_one_history_row_per_attempt(
     assert proc.returncode == 0, proc.stderr
     with history.connect() as db:
         rows = db.execute(
-            "SELECT attempt, state, from_step, steps, learned FROM outcomes WHERE job_id = ?"
+            "SELECT attempt, state, from_step, steps, learned, submit_time, eligible_time,"
+            " start_time FROM outcomes WHERE job_id = ?"
             " ORDER BY attempt",
             (first,),
         ).fetchall()
     assert [(r["attempt"], r["state"]) for r in rows] == [(0, "REQUEUED"), (1, "COMPLETED")]
+    # Each attempt's submit, eligible and start times are sacct's own (issue 23: the queue
+    # wait is Eligible to Start); the requeued run was submitted and made eligible again.
+    sacct = subprocess.run(
+        ["sacct", "-D", "-X", "-n", "-P", "-j", first, "-o", "Submit,Eligible,Start"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    told = [tuple(parse_slurm_time(t) for t in line.split("|")) for line in sacct.split()]
+    assert [(r["submit_time"], r["eligible_time"], r["start_time"]) for r in rows] == told
+    assert all(None not in times for times in told) and told[1][1] >= told[0][2]
     again, done = rows
     # The first run stopped on Slurm's SIGTERM with a checkpoint; the second resumed there.
     assert again["steps"] > 0 and done["from_step"] == again["from_step"] + again["steps"]

@@ -19,6 +19,7 @@ PLAN_KEYS = {
     "step_p95_s", "wall_p50_s", "wall_p95_s", "gpu_hours", "cost", "checkpoint_interval_steps",
     "partition", "segments", "choice_reason", "notes", "correction", "plan",
     "energy_kwh", "power_w_per_gpu", "pue", "energy_note",
+    "choose_by", "start_time", "finish_p50", "finish_p95", "queue_note", "queue_took_s",
 }  # fmt: skip
 
 
@@ -54,6 +55,9 @@ def test_plan_json(tmp_path: Path) -> None:
     assert out["energy_kwh"] is None and out["power_w_per_gpu"] is None and out["pue"] == 1.0
     assert out["energy_note"].startswith("unknown: ")
     assert "no Slurm client here" in proc.stderr  # notes stay on stderr, off the JSON
+    # Without Slurm the queue is unknown: no start or finish, chosen by run time.
+    assert (out["start_time"], out["finish_p50"], out["queue_took_s"]) == (None, None, None)
+    assert out["choose_by"] == "run" and out["queue_note"].startswith("unknown: no Slurm client")
 
 
 def test_plan_json_of_a_cpu_spec_and_a_correction(tmp_path: Path) -> None:

@@ -409,7 +409,7 @@ class FakeRunner:
         fields = {
             **MEASUREMENT,
             "step_mean_s": expected.step_mean_s,
-            "samples_per_step": 8 * job.request.grad_accum,
+            "samples_per_step": 8 * job.request.work.grad_accum,
             "nodes": job.nodes,
             "ranks": self.ranks_seen or ranks,
             "tasks_per_node": job.tasks,

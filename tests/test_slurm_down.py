@@ -98,8 +98,13 @@ def test_plan_and_emit_go_on_without_the_partition(tmp_path: Path, case: str) ->
     assert "so the partition's MaxTime and node limits are not checked" in proc.stderr
     slurm_lines = [line for line in proc.stderr.splitlines() if "Slurm" in line]
     assert len(slurm_lines) == 1 and "Traceback" not in proc.stderr  # one line, no traceback
-    # One ping, not a partition read that retries the dead controller for MessageTimeout.
+    # One ping, not a partition read that retries the dead controller for MessageTimeout
+    # (nor an sbatch --test-only or sacct for the queue).
     assert calls(tmp_path) == (["scontrol ping"] if case == "controller down" else [])
+    # The queue is unknown, said in the plan; the node count is chosen by run time.
+    text = " ".join(proc.stdout.split())
+    queue = text[text.index(" queue unknown: ") :]
+    assert REASONS[case] in queue and "the node count is chosen by run time" in queue, text
     out = tmp_path / "run"
     proc = run_cli(
         ["emit", str(spec), "--calibration", str(record), "-o", str(out)], cwd=tmp_path, env=env

@@ -92,6 +92,11 @@ BAD_FIELDS = [
     ("cluster.cpus_per_task", True, "whole number"),
     ("cluster.mem", "lots", "Slurm memory size"),
     ("cluster.partition", 7, "non-empty string"),
+    ("cluster.constraint", "a100; echo pwned", "--constraint syntax"),
+    ("cluster.constraint", "a100 & ib", "no spaces"),
+    ("cluster.constraint", 100, "--constraint syntax"),
+    ("cluster.reservation", "maint week", "reservation name"),
+    ("cluster.reservation", "res,", "reservation name"),
     ("checkpoint.interval_steps", 0, "must be >= 1"),
     ("checkpoint.keep", 0, "must be >= 1"),
     ("calibration.executor", "kubernetes", "allowed: local, slurm"),
@@ -207,6 +212,7 @@ def test_plan_section_defaults() -> None:
     plan = parse_spec(BASE).plan
     assert plan.deadline_hours is None and plan.max_nodes is None
     assert plan.efficiency_floor == 0.8
+    assert (plan.choose_by, plan.queue_history_days) == (None, 14)
     assert (plan.interconnect_gbps, plan.intranode_gbps) == (100.0, 300.0)
     assert plan.interruptions_per_gpu_day == 4.7e-4
     assert plan.run_to_run_spread == 0.02
@@ -239,6 +245,10 @@ PLAN_BAD_FIELDS = [
     ("plan.eval_s", -1, "must be >= 0"),
     ("plan.eval_batches", 0, "must be >= 1"),
     ("plan.eval_batches", 2.5, "whole number"),
+    ("plan.choose_by", "fastest", "allowed: finish, run"),
+    ("plan.queue_history_days", 0, "must be >= 1"),
+    ("plan.queue_history_days", 400, "must be at most 365 (a year)"),
+    ("plan.queue_history_days", 1.5, "whole number"),
     ("plan", [1], "expected a mapping"),
 ]
 

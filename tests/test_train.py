@@ -270,8 +270,6 @@ def test_a_train_json_emitted_before_the_shared_work_loads_and_writes_back_the_s
     assert config.total_steps == data["total_steps"] == 3907
     assert config.checkpoint_interval_steps == data["checkpoint_interval_steps"] == 100
     assert (config.run_id, config.progress_path) == (data["run_id"], data["progress_path"])
-    # The compatibility accessors read the work's fields, as the planner still does.
-    assert (config.command, config.micro_batch) == (config.work.command, config.work.micro_batch)
 
 
 # --- the progress file -----------------------------------------------------------------------

@@ -255,7 +255,7 @@ def copy_run(source: Path, target: Path) -> Path:
     config = TrainConfig.from_json((target / "train.json").read_text())
     return train_json(
         target,
-        config.workload_name,
+        config.work.workload_name,
         checkpoint_dir=str(target / "ck"),
         progress_path=str(target / "progress.jsonl"),
     )

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.contract.work import Work, WorkFields, split_work
+from jobs.contract.work import Work, split_work
 
 # Set by the calibration job's batch script to its own start (Unix seconds): the harness
 # measures how long the script and srun took to start the process.
@@ -25,7 +25,7 @@ STOP_REASONS = ("ci_target", "step_cap", "time_cap", "exited")
 
 
 @dataclass(frozen=True)
-class CalibrationRequest(WorkFields):
+class CalibrationRequest:
     work: Work  # what to calibrate: the workload or the user's command, batch, precision, device
     min_steps: int
     max_steps: int

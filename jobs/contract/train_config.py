@@ -21,7 +21,6 @@ from jobs.contract.work import (
     DEVICES,
     WORK_FIELDS,
     Work,
-    WorkFields,
     check,
     check_type,
     split_work,
@@ -72,7 +71,7 @@ __all__ = ["DEVICES", "FORMAT", "JSON_FIELDS", "OPTIONAL_FIELDS", "TrainConfig"]
 
 
 @dataclass(frozen=True)
-class TrainConfig(WorkFields):
+class TrainConfig:
     work: Work  # what to train: the workload or the user's command, batch, precision, device
     total_steps: int  # optimizer steps the whole run (all jobs together) trains for
     checkpoint_dir: str

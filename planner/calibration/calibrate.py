@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from jobs.contract.measurement import JOB_END_FILE, CalibrationRequest, Measurement
-from jobs.contract.work import Work
 from planner.calibration.record import CalibrationRecord, JobInfo, make_record
 from planner.errors import BatchSplitError, JobFailedError, PartitionLimitError, SpecError
 from planner.scaling.fit import ScalingPoint, make_section
@@ -28,6 +27,7 @@ from planner.slurm.submission import (
 )
 from planner.spec.checkpoint_dir import check_writable
 from planner.spec.run_spec import RunSpec
+from planner.spec.work import build_work
 
 PROGRESS_FILE = "calibration-progress.jsonl"
 
@@ -43,21 +43,10 @@ def build_request(spec: RunSpec, folder: Path, grad_accum: int | None = None) ->
     (spec.batch.grad_accum when not given)."""
     cal = spec.calibration
     scratch = Path(spec.checkpoint.dir).resolve() / f".calibration-probe-{folder.name}"
-    command = _command_fields(spec, scratch)
-    workdir = command.pop("workdir", "")
-    work = Work(
-        builder_path=spec.workload.builder_path,
-        workload_name=spec.workload.name,
-        preset=spec.workload.preset,
-        overrides=dict(spec.workload.overrides),
-        micro_batch=spec.batch.micro_batch,
-        grad_accum=spec.batch.grad_accum if grad_accum is None else grad_accum,
-        precision=spec.precision,
-        device=cal.device,
-        seed=cal.seed,
-        compile=spec.workload.compile,
-        **command,
-    )
+    accum = spec.batch.grad_accum if grad_accum is None else grad_accum
+    # The calibration's saves go to the scratch folder: they must not become checkpoints the
+    # run resumes from.
+    work = build_work(spec, accum, scratch / "trainer-output")
     return CalibrationRequest(
         work=work,
         min_steps=cal.min_steps,
@@ -69,23 +58,10 @@ def build_request(spec: RunSpec, folder: Path, grad_accum: int | None = None) ->
         progress_path=str(folder.resolve() / PROGRESS_FILE),
         # Timed when the run will evaluate: the plan's eval term comes from it.
         eval_batches=spec.plan.eval_batches if spec.plan.eval_interval_steps else 0,
-        workdir=workdir,
+        # A command runs in the folder calibrate was started in, as the run's jobs run in
+        # the folder emit was.
+        workdir=str(Path.cwd().resolve()) if spec.command is not None else "",
     )
-
-
-def _command_fields(spec: RunSpec, scratch: Path) -> dict[str, Any]:
-    command = spec.command
-    if command is None:
-        return {}
-    return {
-        "command": command.argv,
-        "report": command.report,
-        # The calibration's saves go to the scratch folder: they must not become checkpoints
-        # the run resumes from.
-        "output_dir": str(scratch / "trainer-output") if command.output_dir else "",
-        "stop_grace_s": command.stop_grace_s,
-        "workdir": str(Path.cwd().resolve()),
-    }
 
 
 def with_job_end(m: Measurement, folder: Path, job_id: str, wait_s: float = 5.0) -> Measurement:
@@ -107,8 +83,9 @@ def with_job_end(m: Measurement, folder: Path, job_id: str, wait_s: float = 5.0)
     return dataclasses.replace(m, job_end_s=max(ended - m.returned_at, 0.0))
 
 
-def read_progress(folder: Path) -> dict[str, Any] | None:
-    """The harness's last progress line, or None before the first step."""
+def last_calibration_progress(folder: Path) -> dict[str, Any] | None:
+    """The calibration harness's last progress line in a calibration job's folder, or None
+    before the first step (a run's whole progress file is jobs.progress.read_progress's)."""
     try:
         with open(folder / PROGRESS_FILE, "rb") as handle:
             handle.seek(0, os.SEEK_END)

@@ -120,7 +120,7 @@ def calibrate(
         current: dict[str, Any] = {"folder": folder, "label": ""}
 
         def on_status(status: Any) -> None:
-            progress = calibration.read_progress(current["folder"])
+            progress = calibration.last_calibration_progress(current["folder"])
             text, key = _status_text(status, spec.calibration.target_ci, progress)
             line.show(current["label"] + text, current["label"] + key)
 

@@ -22,7 +22,9 @@ from planner.errors import (
 if TYPE_CHECKING:  # imported by the commands that plan: --help needs none of it
     from planner.calibration.record import CalibrationRecord
     from planner.history.corrected_plan import CorrectedPlan
+    from planner.model.queue_finish import QueueProbe
     from planner.slurm.partition import PartitionLimits
+    from planner.slurm.queue_waits import QueueWaits
 
 EXIT_JOB_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -157,7 +159,8 @@ def plan_from_files(
     mismatch = record_mismatch(spec, record.spec, str(calibration_path))
     if mismatch is not None:
         click.echo(f"warning: {mismatch}", err=True)
-    partition = partition_or_note(spec.cluster.partition)
+    partition, why = partition_or_note(spec.cluster.partition)
+    queue = queue_probe(spec.plan.queue_history_days, partition)
     planned = corrected_plan(
         spec,
         record,
@@ -167,6 +170,8 @@ def plan_from_files(
         nodes=nodes,
         history=history_file,
         correct=correct,
+        queue=queue,
+        queue_note=f"unknown: {why}" if why else "",
     )
     if planned.warning:
         click.echo(f"warning: {planned.warning}", err=True)
@@ -179,9 +184,9 @@ def show_spec_notes(spec: Any) -> None:
         click.echo(f"note: {note}", err=True)
 
 
-def partition_or_note(name: str | None) -> PartitionLimits | None:
-    """The partition's limits where Slurm answers; else None and one line on stderr saying
-    why (no client, or a controller that does not answer, in Slurm's own words)."""
+def partition_or_note(name: str | None) -> tuple[PartitionLimits | None, str]:
+    """The partition's limits where Slurm answers; else None, why not (no client, or a
+    controller that does not answer, in Slurm's own words), and one line on stderr."""
     from planner.errors import SlurmUnavailableError
     from planner.slurm.client import client_status
     from planner.slurm.partition import read_partition
@@ -194,7 +199,7 @@ def partition_or_note(name: str | None) -> PartitionLimits | None:
         why = f"Slurm's controller does not answer (scontrol ping: {status.reason})"
     else:
         try:
-            return read_partition(name)
+            return read_partition(name), ""
         except SlurmUnavailableError as exc:  # it went down between the ping and now
             why = str(exc).split(": run plan-job")[0]
     click.echo(
@@ -202,4 +207,26 @@ def partition_or_note(name: str | None) -> PartitionLimits | None:
         "plan-job on the login node for a plan that fits the partition",
         err=True,
     )
-    return None
+    return None, why
+
+
+def queue_probe(days: int, partition: PartitionLimits | None) -> QueueProbe | None:
+    """Slurm's start estimates (sbatch --test-only, concurrently) and the partition's recent
+    waits (sacct), where the controller answered the partition's read."""
+    if partition is None:
+        return None
+    from planner.model.queue_finish import QueueProbe
+    from planner.slurm.queue_waits import summarize, waits_by_nodes
+    from planner.slurm.start_estimate import estimate_starts
+
+    found: list[dict[int, list[float]] | str] = []
+
+    def waits(nodes: int) -> QueueWaits:
+        if not found:  # one sacct for every node count
+            found.append(waits_by_nodes(partition.name, days))
+        by_nodes = found[0]
+        if isinstance(by_nodes, str):
+            return QueueWaits(None, None, 0, by_nodes)
+        return summarize(by_nodes.get(nodes, []), partition.name, nodes, days)
+
+    return QueueProbe(estimate_starts, waits)

@@ -1,4 +1,5 @@
-"""plan-job history: predicted vs actual per run, and the correction new plans get."""
+"""plan-job history: predicted vs actual per run, the correction and P95 widening new plans
+get."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ from planner.errors import PlanJobError
 def history_command(
     updates: tuple[str, ...], limit: int, history_file: Path | None, as_json: bool
 ) -> None:
-    """Predicted vs actual per run, the bias per kind of run, partition and node count that
-    corrects new plans, and the attempts not learned from (failed, hung, killed)."""
+    """Predicted vs actual per run (run time, start and finish), the bias per kind of run,
+    partition and node count that corrects new plans, how often jobs stayed within their P50
+    and P95 (run time and queue wait; a P95 that covered too few widens the next plan's), and
+    the attempts not learned from (failed, hung, killed)."""
     from planner.followup.state import inspect_run
     from planner.history import database as history
     from planner.history.report import history_json, history_text

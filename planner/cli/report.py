@@ -192,7 +192,7 @@ def _plan(
         for item in sets:
             apply_override(raw, item)
         spec = parse_spec(raw, source=f"{record_path} (spec)")
-    partition = partition_or_note(spec.cluster.partition)
+    partition, _ = partition_or_note(spec.cluster.partition)
     planned = corrected_plan(
         spec,
         record,

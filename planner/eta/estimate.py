@@ -20,7 +20,7 @@ import dataclasses
 import datetime as dt
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,56 +28,39 @@ from planner.errors import SlurmUnavailableError
 from planner.eta.outlook import (
     ChainOutlook,
     SegmentOutlook,
+    Simulation,
     chain_outlook,
     pending_jobs,
-    running_job,
     segment_of,
     segment_outlook,
     simulate,
     stop_reserve,
+    with_waits,
 )
+from planner.eta.remaining import Costs, Remaining, costs_of, remaining_time
 from planner.eta.source import Source, load_source
+from planner.eta.standing import SlurmView, Standing, standing
 from planner.eta.steps import (
-    DEFAULT_SPREAD,
     MIN_JOB_STEPS,
-    Z95,
     Baseline,
-    StepTime,
+    SteadyStepTime,
     baseline,
     mean_p95,
-    observed_interval,
-    resume_time,
-    save_time,
     steady_step_time,
-    step_sigma,
 )
-from planner.runs.diagnosis import Diagnosis, diagnose, diagnose_job
-from planner.runs.progress import History
+from planner.runs.diagnosis import Diagnosis
 from planner.runs.progress_reader import ProgressReader
 from planner.shell import command_text
-from planner.slurm.accounting import JobOutcome, job_outcomes
-from planner.slurm.queue import Runner, SlurmJob, queued, with_end_from_env
+from planner.slurm.accounting import job_outcomes
+from planner.slurm.chain_starts import QueuedStart, queued_starts
+from planner.slurm.queue import Runner, queued, with_end_from_env
+from planner.slurm.queue_waits import partition_waits
+from planner.spec.run_spec import PlanSpec
 from planner.units import fmt_duration
 
+DEFAULT_HISTORY_DAYS = PlanSpec().queue_history_days
+
 STALE_MIN_S = 300.0  # no line for this long (and 20 steps): say the job may be dead
-LOG_LINES_SHOWN = 5  # of a failed job's log, in the notes (--json: its diagnosis has 15)
-# Lines the training writes as it ends without a stop line (issues 20/21's contract).
-ENDING_EVENTS = ("hang", "failure", "chain_stopped")
-
-
-@dataclass(frozen=True)
-class Remaining:
-    from_step: int  # the step the rest starts from (the newest checkpoint after a crash)
-    steps: int
-    steps_s: float
-    saves: int
-    save_s: float  # each
-    saves_s: float
-    resumes: int  # segments still to start
-    resume_s: float  # each: start-up, checkpoint load and warm-up
-    resumes_s: float
-    p50_s: float
-    p95_s: float
 
 
 @dataclass(frozen=True)
@@ -92,7 +75,7 @@ class Eta:
     total_steps: int
     jobs_seen: int
     timing: str
-    step_time: StepTime | None
+    step_time: SteadyStepTime | None
     baseline: Baseline | None
     remaining: Remaining | None
     finish_p50: float | None
@@ -103,6 +86,8 @@ class Eta:
     watch_over: bool  # nothing more will happen: done, or no job left to run
     # How the newest job ended when it wrote no stop line (planner.runs.diagnosis), as a dict.
     diagnosis: dict[str, Any] | None = None
+    # Each pending segment's expected start and where it comes from (planner.eta.outlook).
+    queued: tuple[QueuedStart, ...] = ()
 
     @property
     def fraction(self) -> float:
@@ -116,17 +101,6 @@ class Eta:
         if self.segment is not None:
             out["segment"]["end_time_local"] = _iso(self.segment.end_time)
         return _json_safe(out)
-
-
-@dataclass(frozen=True)
-class SlurmView:
-    """What the queue says about the run's jobs; jobs missing from ``queue`` have ended."""
-
-    asked: tuple[str, ...]
-    queue: dict[str, SlurmJob]
-    error: str | None = None
-    # How the newest job in the file ended, when it is no longer queued and wrote no stop line.
-    ended: dict[str, JobOutcome] = field(default_factory=dict)
 
 
 def eta_for(
@@ -159,152 +133,183 @@ def observe_slurm(source: Source, runner: Runner | None = None) -> SlurmView | N
     if current.job_id and current.job_id not in queue and current.stop_reason is None:
         # One sacct call, only for a job that ended without its stop line: why it ended.
         ended = job_outcomes([current.job_id], runner).outcomes
-    return SlurmView(asked, {k: with_end_from_env(v) for k, v in queue.items()}, None, ended)
+    waits = None
+    plan = source.plan
+    startless = any(j.state == "PENDING" and j.start_time is None for j in queue.values())
+    if startless and plan is not None and plan.partition and plan.nodes:
+        # One sacct call, only when Slurm gives a pending job no start (a dependency).
+        days = plan.queue_history_days or DEFAULT_HISTORY_DAYS
+        waits = partition_waits(plan.partition, plan.nodes, days, runner)
+    view = {k: with_end_from_env(v) for k, v in queue.items()}
+    return SlurmView(asked, view, None, ended, waits)
 
 
 def estimate(source: Source, slurm: SlurmView | None, now: float | None = None) -> Eta:
+    """The run's ETA in named steps: where it stands (planner.eta.standing), its steady
+    step, what the rest costs besides steps (planner.eta.remaining), the queued jobs played
+    forward (_simulations), the segments still to start (_resumes), the time left
+    (remaining_time) and the finish with the running segment and the chain (_finish)."""
     now = time.time() if now is None else now
-    history, plan = source.history, source.plan
+    history = source.history
     notes = list(history.notes)
-    current = history.current
-    known = slurm is not None and slurm.error is None
-    if slurm is not None and slurm.error:
-        notes.append(f"segment and chain not checked: {slurm.error}")
-    queue = slurm.queue if slurm is not None and known else {}
-
-    running = running_job(source, queue)
-    writer = running if running is not None and running.job_id == current.job_id else None
-    done = history.done_step >= history.total_steps or current.stop_reason == "done"
-    # The training's own last words (a hang, a failure, a stopped chain): it has ended.
-    last_words = bool(current.events(*ENDING_EVENTS))
-    if done:
-        status = "done"
-    elif known:
-        active = any(job.active for job in queue.values())
-        status = "running" if running else ("pending" if active else "stopped")
-    else:
-        status = "running" if current.stop_reason is None and not last_words else "stopped"
-    # Live: the job that writes the file is still stepping, so its newest line is where the
-    # run is; otherwise the next job resumes from the newest checkpoint.
-    writing = current.stop_reason is None and not last_words
-    live = not done and (writer is not None or (not known and writing))
-    diagnosis = None
-    if not live and not done and current.stop_reason is None and history.kind == "progress":
-        diagnosis = _diagnose_newest(source, slurm, now)
-        if diagnosis.orphan is not None:
-            live = True  # a trainer still writes: the run is where its lines are
-            if status == "stopped":
-                status = "running"
-    from_step = history.done_step if live or done else history.resumable_step
-    if diagnosis is not None:
-        notes += _diagnosis_notes(diagnosis, live, from_step)
-
+    stand = standing(source, slurm, now, notes)
+    starts = _queued_starts(source, stand, slurm, now)
     step = steady_step_time(history.jobs, cut_warmup=history.timing == "step_s")
     if step is None:
         if history.timing == "step_s":
             notes.append("fewer than two timed steps so far: no ETA yet")
-        return _eta(source, now, status, None, None, (None, None), None, None, notes, done, slurm)
+        unknown = (None, None)
+        found = _eta(
+            source, now, stand.status, None, None, unknown, None, None, notes, stand.done, slurm
+        )
+        return dataclasses.replace(found, queued=starts)
     if step.provisional:
         notes.append(f"no job has {MIN_JOB_STEPS} timed steps yet: warm-up not excluded")
-
-    interval = source.checkpoint_interval or (plan.checkpoint_interval_steps if plan else None)
-    interval = interval or history.checkpoint_interval or observed_interval(history)
-    if not history.includes_saves and interval is None:
-        notes.append("checkpoint interval unknown: the saves still due are not counted")
-    save_s = save_time(history, plan)
-    resume_each = resume_time(history, plan, step)
-    spread = (plan.run_to_run_spread if plan else None) or DEFAULT_SPREAD
-    per_save = 0.0 if history.includes_saves or not interval else save_s / interval
-
-    pending = pending_jobs(source, queue, writer)
-    current_end = None
-    if writer is not None and writer.end_time is not None:
-        current_end = (segment_of(source, writer.job_id), writer.end_time)
-    sims = None
-    if not done and (current_end is not None or pending):
-        start = (history.last_time or now, from_step) if live else (now, from_step)
-        reserve = stop_reserve(step, save_s, plan)
-        args = (start, current_end, pending, history.total_steps, reserve, resume_each, save_s)
-        mean95 = mean_p95(step, history.total_steps - from_step, spread)
-        sims = (simulate(step.mean_s + per_save, *args), simulate(mean95 + per_save, *args))
-        resumes = sims[0].resumes
-    elif plan and plan.segment_limits_s and not done:
-        # Not on the cluster (or not submitted): the plan's segments not yet started.
-        resumes = max(len(plan.segment_limits_s) - len(history.jobs), 0 if live else 1)
-    else:
-        resumes = 0 if live or done else 1
-    remaining = _remaining(
-        history, step, from_step, interval, save_s, resumes, resume_each, spread, done
+    costs = costs_of(source, step, notes)
+    sims, current_end = _simulations(source, stand, slurm, step, costs, now)
+    resumes = _resumes(source, stand, sims)
+    remaining = remaining_time(history, step, stand.from_step, costs, resumes, stand.done)
+    finish, segment, chain = _finish(
+        source, stand, slurm, step, costs, sims, current_end, remaining, now
     )
-
-    segment = chain = None
-    finish: tuple[float | None, float | None] = (None, None)
-    if done:
-        finish = (history.last_time, history.last_time)
-    elif sims is not None:
-        finish = (sims[0].finish, sims[1].finish)
-        if writer is not None and current_end is not None:
-            segment = segment_outlook(writer, sims, history, step, interval, save_s)
-        chain = chain_outlook(source, queue, sims, history.total_steps)
-        if sims[0].resumes:
-            notes.append("queue waits between segments are not known and not counted")
-    elif live and history.last_time is not None:
-        finish = (history.last_time + remaining.p50_s, history.last_time + remaining.p95_s)
-        quiet = now - history.last_time
-        if not known and quiet > max(STALE_MIN_S, 20 * step.mean_s):
-            notes.append(
-                f"no progress line for {fmt_duration(quiet)}: the job may have died; the "
-                f"finish assumes it still runs"
-            )
-    elif not done:
-        folder = source.run_dir or source.target
-        where = "no job of this run is queued or running" if known else "the last job stopped"
-        notes.append(
-            f"{where}: {remaining.steps:,} steps remain; submit the rest with "
-            f"`{command_text('plan-job', 'resubmit', folder)}`"
-        )
-    if known and not done and current.job_id is None and history.kind == "progress":
+    notes += finish.notes
+    progress = history.kind == "progress"
+    if stand.known and not stand.done and history.current.job_id is None and progress:
         notes.append("the progress file names no job ($SLURM_JOB_ID): its segment not checked")
-    if resumes and plan is None and history.kind == "progress":
+    if resumes and source.plan is None and progress:
         notes.append("no plan.yaml: each resume costs only the observed checkpoint load")
-    return _eta(
-        source, now, status, step, remaining, finish, segment, chain, notes, done, slurm, diagnosis
+    outlook = ((finish.p50, finish.p95), segment, chain)
+    found = _eta(
+        source,
+        now,
+        stand.status,
+        step,
+        remaining,
+        *outlook,
+        notes,
+        stand.done,
+        slurm,
+        stand.diagnosis,
     )
+    return dataclasses.replace(found, queued=starts)
 
 
-def _diagnose_newest(source: Source, slurm: SlurmView | None, now: float) -> Diagnosis:
-    """How the file's newest job ended: from its lines, and with a run folder its log, the
-    run's trainer lock and what sacct said (SlurmView.ended)."""
-    job = source.history.current
-    outcome = slurm.ended.get(job.job_id or "") if slurm is not None else None
-    if source.run_dir is not None and job.job_id:
-        return diagnose_job(source.run_dir, job.job_id, outcome, job, source.checkpoint_dir, now)
-    return diagnose(job.job_id, outcome, job, None, None, None, now)
+def _queued_starts(
+    source: Source, stand: Standing, slurm: SlurmView | None, now: float
+) -> tuple[QueuedStart, ...]:
+    """Each pending segment's expected start: Slurm's, else after the one before it ends and
+    the partition's median wait (planner.slurm.chain_starts)."""
+    waits = slurm.waits if slurm is not None else None
+    pending = with_waits(pending_jobs(source, stand.queue, stand.writer), waits)
+    writer = stand.writer
+    free_at = writer.end_time if writer is not None and writer.end_time else now
+    return tuple(queued_starts(pending, max(free_at, now), waits))
 
 
-def _diagnosis_notes(found: Diagnosis, live: bool, from_step: int) -> list[str]:
-    if found.orphan is not None:
-        return [found.orphan]
-    if found.cause is None and found.state is None:
-        lead = "the last job ended without a stop line (killed or crashed; nothing says why)"
-    else:
-        lead = found.headline()
-    notes = [f"{lead}: the run resumes from its newest checkpoint, step {from_step:,}"]
-    notes += list(found.notes)
-    if found.last_line:
-        notes.append(f"its last progress line: {found.last_line}")
-    if found.log_tail:
-        shown = found.log_tail[-LOG_LINES_SHOWN:]
-        notes.append(f"its log ({found.log_path}), last {len(shown)} lines:")
-        notes += [f"  {line}" for line in shown]
-    return notes
+_Sims = tuple[Simulation, Simulation]  # at the P50 step and at the P95 mean
+
+
+def _simulations(
+    source: Source,
+    stand: Standing,
+    slurm: SlurmView | None,
+    step: SteadyStepTime,
+    costs: Costs,
+    now: float,
+) -> tuple[_Sims | None, tuple[int | None, float] | None]:
+    """The queued jobs played forward at the P50 and the P95 step (each waiting its P50 or
+    P95 wait where Slurm gives it no start), and the running job's segment and end; no
+    simulation when the run is done or nothing is queued."""
+    history = source.history
+    waits = slurm.waits if slurm is not None else None
+    pending = with_waits(pending_jobs(source, stand.queue, stand.writer), waits)
+    current_end = None
+    if stand.writer is not None and stand.writer.end_time is not None:
+        current_end = (segment_of(source, stand.writer.job_id), stand.writer.end_time)
+    if stand.done or (current_end is None and not pending):
+        return None, current_end
+    start = (history.last_time or now, stand.from_step) if stand.live else (now, stand.from_step)
+    reserve = stop_reserve(step, costs.save_s, source.plan)
+    total = history.total_steps
+    args = (start, current_end, pending, total, reserve, costs.resume_each, costs.save_s)
+    mean95 = mean_p95(step, total - stand.from_step, costs.spread)
+    sims = (
+        simulate(step.mean_s + costs.per_save, *args),
+        simulate(mean95 + costs.per_save, *args, band=1),
+    )
+    return sims, current_end
+
+
+def _resumes(source: Source, stand: Standing, sims: _Sims | None) -> int:
+    """Segments still to start."""
+    plan = source.plan
+    if sims is not None:
+        return sims[0].resumes
+    if plan and plan.segment_limits_s and not stand.done:
+        # Not on the cluster (or not submitted): the plan's segments not yet started.
+        return max(len(plan.segment_limits_s) - len(source.history.jobs), 0 if stand.live else 1)
+    return 0 if stand.live or stand.done else 1
+
+
+@dataclass(frozen=True)
+class _Finish:
+    p50: float | None
+    p95: float | None
+    notes: tuple[str, ...] = ()
+
+
+def _finish(
+    source: Source,
+    stand: Standing,
+    slurm: SlurmView | None,
+    step: SteadyStepTime,
+    costs: Costs,
+    sims: _Sims | None,
+    current_end: tuple[int | None, float] | None,
+    remaining: Remaining,
+    now: float,
+) -> tuple[_Finish, SegmentOutlook | None, ChainOutlook | None]:
+    """When the run finishes, with the running segment's and the chain's outlook."""
+    history = source.history
+    if stand.done:
+        return _Finish(history.last_time, history.last_time), None, None
+    if sims is not None:
+        segment = None
+        if stand.writer is not None and current_end is not None:
+            segment = segment_outlook(
+                stand.writer, sims, history, step, costs.interval, costs.save_s
+            )
+        chain = chain_outlook(source, stand.queue, sims, history.total_steps)
+        notes: tuple[str, ...] = ()
+        waits = slurm.waits if slurm is not None else None
+        if sims[0].resumes and not (waits is not None and waits.known):
+            why = waits.source if waits is not None else "not read"
+            notes = (f"queue waits between segments not counted ({why})",)
+        return _Finish(sims[0].finish, sims[1].finish, notes), segment, chain
+    if stand.live and history.last_time is not None:
+        quiet = now - history.last_time
+        stale: tuple[str, ...] = ()
+        if not stand.known and quiet > max(STALE_MIN_S, 20 * step.mean_s):
+            stale = (
+                f"no progress line for {fmt_duration(quiet)}: the job may have died; the "
+                f"finish assumes it still runs",
+            )
+        last = history.last_time
+        return _Finish(last + remaining.p50_s, last + remaining.p95_s, stale), None, None
+    folder = source.run_dir or source.target
+    where = "no job of this run is queued or running" if stand.known else "the last job stopped"
+    note = (
+        f"{where}: {remaining.steps:,} steps remain; submit the rest with "
+        f"`{command_text('plan-job', 'resubmit', folder)}`"
+    )
+    return _Finish(None, None, (note,)), None, None
 
 
 def _eta(
     source: Source,
     now: float,
     status: str,
-    step: StepTime | None,
+    step: SteadyStepTime | None,
     remaining: Remaining | None,
     finish: tuple[float | None, float | None],
     segment: SegmentOutlook | None,
@@ -341,41 +346,6 @@ def _eta(
         notes=tuple(notes),
         watch_over=over,
         diagnosis=diagnosis.to_dict() if diagnosis is not None else None,
-    )
-
-
-def _remaining(
-    history: History,
-    step: StepTime,
-    from_step: int,
-    interval: int | None,
-    save_s: float,
-    resumes: int,
-    resume_each: float,
-    spread: float,
-    done: bool,
-) -> Remaining:
-    steps = 0 if done else max(history.total_steps - from_step, 0)
-    saves = 0
-    if steps and not history.includes_saves:
-        saves = resumes  # the save at the end of each segment but the last
-        if interval:
-            total = history.total_steps
-            saves += total // interval - from_step // interval + (1 if total % interval else 0)
-    steps_s = steps * step.mean_s
-    p50 = steps_s + saves * save_s + resumes * resume_each
-    return Remaining(
-        from_step=from_step,
-        steps=steps,
-        steps_s=steps_s,
-        saves=saves,
-        save_s=save_s,
-        saves_s=saves * save_s,
-        resumes=resumes,
-        resume_s=resume_each,
-        resumes_s=resumes * resume_each,
-        p50_s=p50,
-        p95_s=p50 + Z95 * step_sigma(step, steps, spread),
     )
 
 

@@ -2,22 +2,25 @@
 
 A running job ends at squeue's %e ($SLURM_JOB_END_TIME inside it); plan-job's training stops
 one step, one save and STOP_MARGIN_S before that, or at the signal (signal_lead_s before).
-Each pending segment of the chain starts when the previous one ends (queue waits are not
-known, so not counted) and pays its resume cost. Torch-free.
+A pending segment starts when Slurm says (`squeue --start`'s %S, for a job it has placed);
+one Slurm gives no start for (waiting on its dependency) becomes eligible when the one
+before it ends and then waits the partition's median wait (P90 for the P95), from its recent
+accounting (planner.slurm.queue_waits); it pays its resume cost. Torch-free.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.eta.source import Source
-from planner.eta.steps import StepTime
+from planner.eta.steps import SteadyStepTime
 from planner.model.plan import PlanFacts
 from planner.runs.emit import STOP_MARGIN_S
 from planner.runs.progress import History
 from planner.shell import command_text
 from planner.slurm.queue import SlurmJob
+from planner.slurm.queue_waits import QueueWaits
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class ChainOutlook:
     advice: str | None
 
 
-def stop_reserve(step: StepTime, save_s: float, plan: PlanFacts | None) -> float:
+def stop_reserve(step: SteadyStepTime, save_s: float, plan: PlanFacts | None) -> float:
     """How long before its end a segment stops stepping: plan-job's training leaves one
     step, one save and STOP_MARGIN_S, or stops at the signal, whichever is earlier. Without
     a plan the training is assumed to run to the end and save there."""
@@ -72,6 +75,8 @@ class Queued:
     limit_s: int | None  # its --time in seconds (squeue's, else the plan's)
     start_time: float | None  # set when it already runs (but has not written yet)
     end_time: float | None
+    expected_start: float | None = None  # Slurm's estimate while it is pending (squeue %S)
+    waits: tuple[float, float] = (0.0, 0.0)  # wait once eligible without one: P50, P95
 
 
 @dataclass(frozen=True)
@@ -112,8 +117,24 @@ def pending_jobs(
         # One that runs already but has not written yet keeps its real start and end.
         started = job.running
         start = job.start_time if started else None
-        out.append(Queued(segment, job_id, limit, start, job.end_time if started else None))
+        expected = None if started else job.start_time
+        out.append(
+            Queued(segment, job_id, limit, start, job.end_time if started else None, expected)
+        )
     return out
+
+
+def with_waits(pending: Sequence[Queued], waits: QueueWaits | None) -> list[Queued]:
+    """The partition's waits on each pending job Slurm gives no start for."""
+    if waits is None or not waits.known:
+        return list(pending)
+    p50, p90 = waits.median_s or 0.0, waits.p90_s or 0.0
+    return [
+        replace(job, waits=(p50, p90))
+        if job.start_time is None and job.expected_start is None
+        else job
+        for job in pending
+    ]
 
 
 def segment_of(source: Source, job_id: str) -> int | None:
@@ -129,9 +150,11 @@ def simulate(
     reserve: float,
     resume_each: float,
     save_s: float,
+    band: int = 0,
 ) -> Simulation:
     """Walk the running job (its segment and end) and the queued ones at ``per_step``
-    seconds a step, saves included; each queued job starts when the previous one ends."""
+    seconds a step, saves included; each queued job starts when Slurm expects it, else when
+    the previous one ends and its wait (``band``: 0 the P50, 1 the P95) has passed."""
     t, step = start
     stop_step = stop_time = None
     if current is not None:
@@ -147,7 +170,12 @@ def simulate(
     for job in pending:
         if job.limit_s is None:
             break  # an unlimited or unknown --time: nothing can be said past it
-        begin = job.start_time if job.start_time is not None else max(t, start[0])
+        if job.start_time is not None:
+            begin = job.start_time
+        elif job.expected_start is not None:
+            begin = max(t, start[0], job.expected_start)
+        else:
+            begin = max(t, start[0]) + job.waits[band]
         stops = (job.end_time or begin + job.limit_s) - reserve
         first = begin + resume_each
         resumes += 1
@@ -163,7 +191,7 @@ def segment_outlook(
     running: SlurmJob,
     sims: tuple[Simulation, Simulation],
     history: History,
-    step: StepTime,
+    step: SteadyStepTime,
     interval: int | None,
     save_s: float,
 ) -> SegmentOutlook:

@@ -67,6 +67,7 @@ def eta_table(eta: Eta, width: int | None = None) -> str:
         rows += _segment_rows(eta, eta.segment)
     if eta.chain is not None:
         rows += _chain_rows(eta.chain)
+    rows += _queued_rows(eta)
     for index, note in enumerate(eta.notes):
         rows.append(("notes" if index == 0 else "", note))
     return fit_table(rows, ("eta", eta.target), width=width)
@@ -154,6 +155,18 @@ def _segment_rows(eta: Eta, seg: SegmentOutlook) -> list[tuple[str, str]]:
                 f"step {seg.next_checkpoint_step:,} at "
                 f"{moment_text(seg.next_checkpoint_time, now)}: {verdict}",
             )
+        )
+    return rows
+
+
+def _queued_rows(eta: Eta) -> list[tuple[str, str]]:
+    """Each pending segment's expected start: Slurm's, or the wait model's."""
+    rows = []
+    for index, q in enumerate(eta.queued):
+        name = f"segment {q.segment}" if q.segment is not None else "job"
+        when = moment_text(q.start, eta.now) if q.start is not None else "unknown"
+        rows.append(
+            ("starts" if index == 0 else "", f"{name} (job {q.job_id}): {when}, {q.source}")
         )
     return rows
 

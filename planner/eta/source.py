@@ -33,6 +33,7 @@ from planner.runs.run_folder import (
     SEGMENT_GLOB,
     TRAIN_FILE,
     SubmittedJob,
+    checkpoint_interval,
     load_chain,
     plan_facts,
     progress_path,
@@ -48,7 +49,9 @@ class Source:
     run_dir: Path | None = None
     plan: PlanFacts | None = None
     chain: tuple[SubmittedJob, ...] = ()
-    checkpoint_interval: int | None = None  # train.json's
+    # The run folder's (planner.runs.run_folder.checkpoint_interval): train.json's, else
+    # plan.yaml's.
+    checkpoint_interval: int | None = None
     job: SlurmJob | None = None  # the job TARGET named
     checkpoint_dir: Path | None = None  # train.json's: where the run's trainer lock lives
 
@@ -106,9 +109,11 @@ def _from_folder(
         if error is None:
             raise
         raise error from None
-    if chain and not any(job.timed for job in history.jobs):
+    stopped = any(e.get("event") == "chain_stopped" for j in history.jobs for e in j.notable)
+    if chain and not stopped and not any(job.timed for job in history.jobs):
         # Start and failure lines only (a checkpoint that does not fit, a crash before the
         # first step): once every job has ended, that is the run's final state, not an ETA.
+        # A chain that stopped itself says so in the table, with what it cancelled.
         error = no_progress_error(folder, chain, runner)
         if isinstance(error, RunFailedError):
             raise error
@@ -118,7 +123,7 @@ def _from_folder(
         run_dir=folder,
         plan=plan,
         chain=chain,
-        checkpoint_interval=_int(train.get("checkpoint_interval_steps")),
+        checkpoint_interval=checkpoint_interval(train, plan),
         job=job,
         checkpoint_dir=Path(train["checkpoint_dir"]) if train.get("checkpoint_dir") else None,
     )

@@ -43,7 +43,10 @@ Z975 = 1.959963984540054
 
 
 @dataclass(frozen=True)
-class StepTime:
+class SteadyStepTime:
+    """A running run's steady step, read from its jobs' logs (not planner.scaling.ring's
+    StepTime: a planned step's compute and communication at a node count)."""
+
     mean_s: float  # winsorized mean of the window: the P50 cost of one step
     ci_low_s: float  # 95% CI of that mean
     ci_high_s: float
@@ -67,7 +70,7 @@ class Baseline:
     remaining_s: float
 
 
-def steady_step_time(jobs: Sequence[JobLog], cut_warmup: bool = True) -> StepTime | None:
+def steady_step_time(jobs: Sequence[JobLog], cut_warmup: bool = True) -> SteadyStepTime | None:
     """The steady step time of the newest WINDOW steps after each job's warm-up; None with
     fewer than two timed steps."""
     pools: list[list[float]] = []
@@ -97,7 +100,7 @@ def steady_step_time(jobs: Sequence[JobLog], cut_warmup: bool = True) -> StepTim
     mean, half = mean_ci(clipped)
     half /= 1 - 2 * share
     deciles = statistics.quantiles(window, n=10, method="inclusive")
-    return StepTime(
+    return SteadyStepTime(
         mean_s=mean,
         ci_low_s=max(mean - half, 0.0),
         ci_high_s=mean + half,
@@ -132,7 +135,7 @@ def winsorize(values: Sequence[float], share: float) -> tuple[list[float], float
     return [min(max(v, low), high) for v in values], g / n
 
 
-def step_sigma(step: StepTime, steps: int, spread: float) -> float:
+def step_sigma(step: SteadyStepTime, steps: int, spread: float) -> float:
     sigma_mean = (step.ci_high_s - step.mean_s) / Z975
     if not math.isfinite(sigma_mean):
         sigma_mean = step.sd_s  # two or three samples: the CI is infinite, the spread is not
@@ -141,7 +144,7 @@ def step_sigma(step: StepTime, steps: int, spread: float) -> float:
     )
 
 
-def mean_p95(step: StepTime, steps: int, spread: float) -> float:
+def mean_p95(step: SteadyStepTime, steps: int, spread: float) -> float:
     """The per-step time at which the remaining steps take their P95."""
     return step.mean_s + (Z95 * step_sigma(step, steps, spread) / steps if steps > 0 else 0.0)
 
@@ -163,7 +166,7 @@ def save_time(history: History, plan: PlanFacts | None) -> float:
     return plan.save_s if plan and plan.save_s else 0.0
 
 
-def resume_time(history: History, plan: PlanFacts | None, step: StepTime) -> float:
+def resume_time(history: History, plan: PlanFacts | None, step: SteadyStepTime) -> float:
     """Start-up and checkpoint load of a new segment, plus its warm-up beyond steady: the
     plan's (which counts the calibration's warm-up), with the warm-up the run's resumed jobs
     showed in its place once there is one (a compiled run's first steps hold its compile,

@@ -21,9 +21,9 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from planner.eta.steps import Z975, StepTime, steady_step_time
+from planner.eta.steps import Z975, SteadyStepTime, steady_step_time
 from planner.model.plan import SIGNAL_MARGIN_S, SIGNAL_SLACK_S, Z95, Plan
-from planner.model.timemodel import StepStats, Work
+from planner.model.timemodel import StepStats, StretchTime
 from planner.runs.progress import History
 
 MIN_RUN_STEPS = 20  # steady steps below which the plan's step time is used instead
@@ -59,8 +59,8 @@ class RunPace:
         return self.stats.p95_s
 
     @property
-    def work(self) -> Work:
-        return Work(
+    def work(self) -> StretchTime:
+        return StretchTime(
             self.stats, self.save_s, self.interval_steps, self.eval_s, self.eval_interval_steps
         )
 
@@ -127,7 +127,7 @@ def measure_pace(
     )
 
 
-def _stats(step: StepTime, spread: float) -> StepStats:
+def _stats(step: SteadyStepTime, spread: float) -> StepStats:
     sigma_mean = (step.ci_high_s - step.mean_s) / Z975
     if not math.isfinite(sigma_mean):
         sigma_mean = step.sd_s  # a handful of steps: the CI is infinite, the spread is not
@@ -136,7 +136,7 @@ def _stats(step: StepTime, spread: float) -> StepStats:
 
 def _resume(
     plan: Plan,
-    step: StepTime | None,
+    step: SteadyStepTime | None,
     timings: Sequence[JobTiming],
     slurm_starts: Mapping[str, float],
     notes: list[str],

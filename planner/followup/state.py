@@ -195,7 +195,7 @@ def inspect_run(target: str, runner: Runner | None = None, preview: bool = False
         },
         checkpoint=(
             newest_logged_checkpoint(history.checkpoint_lines)
-            if train.command
+            if train.work.command
             else newest_checkpoint(Path(train.checkpoint_dir), history)
         ),
         pace=pace,

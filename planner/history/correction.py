@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from planner.calibration.record import CalibrationRecord
-from planner.history.database import connect, history_path, partition_name, workload_key
+from planner.history.database import connect, history_path, stored_partition_name, workload_key
 from planner.model.correction import Bias, Biases, Correction, correction_from
 from planner.model.kind import kind_key
 from planner.slurm.partition import PartitionLimits
@@ -72,7 +72,7 @@ def corrections_for(
     ``record``: the device and executor are part of it) on its partition: what
     planner.model.planning.make_plan takes as ``corrections``. Those whose jobs disagree
     (Correction.applied false) are there too: the plan says why it does not apply them."""
-    kind, where = kind_key(spec, record), partition_name(spec, partition)
+    kind, where = kind_key(spec, record), stored_partition_name(spec, partition)
     workload = workload_key(spec)
     by_nodes = step_biases_by_nodes(kind, where, path)
     found = {n: correction_from(workload, where, n, pairs, kind) for n, pairs in by_nodes.items()}

@@ -8,14 +8,18 @@ correction it carried, and its kind: what sets its step, planner.model.kind) and
 the time the run's plan predicted for exactly those steps, the job's own steady step time
 beside the step the model gave, how it ended and why (planner.runs.diagnosis), and whether
 its steps are learned from: only an attempt that stopped cleanly's are; a failed, hung or
-killed one is kept and shown, not learned from). The correction new plans learn from the
-outcomes: planner.history.correction.
+killed one is kept and shown, not learned from). Since schema 4, each attempt's submit,
+eligible and start times (sacct Submit, Eligible, Start) beside the wait its plan predicted
+(planner.model.queue_forecast: the first job's from submit, a later one's from eligible; its
+predicted start is its eligible time plus that wait) and each plan's queue forecast and P95
+widening. The correction new plans learn from the outcomes: planner.history.correction; the
+coverage of their P50 and P95: planner.history.coverage.
 
 Several plan-job processes may write at once (a chain's watchers, scripts): each writer
 takes the database's write lock before it reads what it is about to add (BEGIN IMMEDIATE),
 and unique keys (outcomes: run folder, job id, attempt; plans: run folder, fingerprint,
 source) make a second insert of the same row an update. Older databases are migrated in
-place on first open (schema 1 and 2 to 3). Torch-free.
+place on first open (schema 1, 2 and 3 to 4: added columns are NULL in old rows). Torch-free.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from planner.calibration.record import CalibrationRecord
 from planner.errors import HistoryError
 from planner.model.kind import plan_kind
 from planner.model.plan import Plan
+from planner.model.queue_forecast import QueueForecast
 from planner.model.timemodel import job_saves
 from planner.runs.job_log import JobLog
 from planner.slurm.partition import PartitionLimits
@@ -42,7 +47,7 @@ if TYPE_CHECKING:  # only for a type: calibrate and emit need not import the run
 
 ENV = "PLANJOB_HISTORY"
 MIN_STEPS_TIMED = 10  # a job's own step time from fewer steps is mostly its warm-up
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _OUTCOMES = """
 CREATE TABLE IF NOT EXISTS outcomes (
     id INTEGER PRIMARY KEY, recorded REAL NOT NULL, run_dir TEXT NOT NULL,
@@ -50,7 +55,8 @@ CREATE TABLE IF NOT EXISTS outcomes (
     inferred INTEGER, start_time REAL, end_time REAL, elapsed_s REAL, time_limit_s REAL,
     from_step INTEGER, steps INTEGER, predicted_s REAL, plan_correction REAL,
     step_s REAL, model_step_s REAL, exit TEXT, cause TEXT, why TEXT,
-    learned INTEGER NOT NULL DEFAULT 1,
+    learned INTEGER NOT NULL DEFAULT 1, submit_time REAL, eligible_time REAL,
+    predicted_start REAL, predicted_wait_s REAL, predicted_wait_p95_s REAL,
     UNIQUE (run_dir, job_id, attempt)
 );
 """
@@ -65,7 +71,9 @@ CREATE TABLE IF NOT EXISTS plans (
     id INTEGER PRIMARY KEY, recorded REAL NOT NULL, run_dir TEXT NOT NULL, name TEXT,
     workload TEXT NOT NULL, partition TEXT NOT NULL, nodes INTEGER, gpus INTEGER,
     fingerprint TEXT, total_steps INTEGER, step_s REAL, p50_s REAL, p95_s REAL,
-    model_p50_s REAL, model_p95_s REAL, correction REAL, source TEXT, kind TEXT
+    model_p50_s REAL, model_p95_s REAL, correction REAL, source TEXT, kind TEXT,
+    first_wait_s REAL, first_wait_p95_s REAL, wait_p50_s REAL, wait_p95_s REAL,
+    finish_p50_s REAL, finish_p95_s REAL, p95_widening REAL
 );
 CREATE INDEX IF NOT EXISTS plans_run ON plans (run_dir);
 CREATE UNIQUE INDEX IF NOT EXISTS plans_unique ON plans (run_dir, fingerprint, source);
@@ -73,7 +81,25 @@ CREATE UNIQUE INDEX IF NOT EXISTS plans_unique ON plans (run_dir, fingerprint, s
     + _OUTCOMES
 )
 # Columns added since schema 1, with their types: ALTER TABLE adds them to older databases.
-_ADDED_COLUMNS = {"outcomes": {"step_s": "REAL", "model_step_s": "REAL"}, "plans": {"kind": "TEXT"}}
+# Schema 4: each attempt's submit and eligible times and the wait its plan predicted; each
+# plan's queue forecast (planner.model.queue_forecast) and its P95 widening.
+_QUEUE_COLUMNS = ("first_wait_s", "first_wait_p95_s", "wait_p50_s", "wait_p95_s")
+_FINISH_COLUMNS = ("finish_p50_s", "finish_p95_s")
+_ADDED_COLUMNS = {
+    "outcomes": {
+        "step_s": "REAL",
+        "model_step_s": "REAL",
+        "submit_time": "REAL",
+        "eligible_time": "REAL",
+        "predicted_start": "REAL",
+        "predicted_wait_s": "REAL",
+        "predicted_wait_p95_s": "REAL",
+    },
+    "plans": {
+        "kind": "TEXT",
+        **dict.fromkeys((*_QUEUE_COLUMNS, *_FINISH_COLUMNS, "p95_widening"), "REAL"),
+    },
+}
 # Schema 3 keys outcomes by attempt: the table is rebuilt, its rows kept. Rows from before
 # carry no attempt (0) and no way to tell a clean stop: only COMPLETED jobs stay learned from
 # (a segment that stopped at its signal or stop time ends COMPLETED).
@@ -187,10 +213,12 @@ def workload_key(spec: RunSpec) -> str:
 
 
 def partition_key(plan: Plan) -> str:
-    return partition_name(plan.spec, plan.partition)
+    return stored_partition_name(plan.spec, plan.partition)
 
 
-def partition_name(spec: RunSpec, partition: PartitionLimits | None) -> str:
+def stored_partition_name(spec: RunSpec, partition: PartitionLimits | None) -> str:
+    """The partition as the database keys it: its name, or "(default)" (not
+    planner.model.node_choice.partition_name, which words it for a message)."""
     name = spec.cluster.partition or (partition.name if partition else None)
     return name or "(default)"
 
@@ -227,14 +255,18 @@ def record_plan(
     path: Path | None = None,
     source: str = "emit",
     record: CalibrationRecord | None = None,
+    queue: QueueForecast | None = None,
 ) -> None:
     """A run folder's plan; ``model`` is the uncorrected plan when a correction applied;
     ``record``: the calibration it was made from, which says the device and where it ran
-    (the plan's kind, planner.model.kind: what its jobs' biases are learned for)."""
+    (the plan's kind, planner.model.kind: what its jobs' biases are learned for); ``queue``:
+    what the plan predicted about the queue (None: nothing), kept beside its jobs' actual
+    waits when they are recorded."""
     base = model or plan
     factor = plan.step_correction if plan.step_correction != 1.0 else None
     with connect(path, write=True) as db:
-        _insert_plan(db, plan, base, run_dir, factor, source, plan_kind(plan, record))
+        kind = plan_kind(plan, record)
+        _insert_plan(db, plan, base, run_dir, factor, source, kind, queue)
 
 
 def record_outcomes(
@@ -252,23 +284,34 @@ def record_outcomes(
     count = 0
     with connect(path, write=True) as db:
         row = db.execute(
-            "SELECT correction FROM plans WHERE run_dir = ? ORDER BY id DESC LIMIT 1", (run_dir,)
+            "SELECT * FROM plans WHERE run_dir = ? ORDER BY id DESC LIMIT 1", (run_dir,)
         ).fetchone()
         if row is None:
             kind = plan_kind(plan, record or _plans_record(state))
             _insert_plan(db, plan, plan, state.run_dir, None, "plan.yaml", kind)
         correction = row["correction"] if row is not None else None
+        forecast = _forecast(row)
         # The step the model gave before any correction: what a step bias is measured on.
         model_step = plan.step_s / (correction or 1.0)
-        for attempt in state.attempts:
+        for index, attempt in enumerate(state.attempts):
             outcome, log, found = attempt.outcome, attempt.log, attempt.diagnosis
             from_step, done = attempt.from_step, attempt.steps
             step_s = job_step_s(log) if log is not None else None
+            # The run's first job waited from its submit; every other attempt (a later
+            # segment, a requeue) from when it became eligible again.
+            wait_p50, wait_p95 = forecast.job_wait(index == 0 and attempt.restarts == 0)
+            eligible = outcome.eligible_time
+            predicted_start = None
+            if eligible is not None and wait_p50 is not None:
+                predicted_start = eligible + wait_p50
             db.execute(
                 "INSERT INTO outcomes (recorded, run_dir, job_id, attempt, state, state_source,"
                 " inferred, start_time, end_time, elapsed_s, time_limit_s, from_step, steps,"
-                " predicted_s, plan_correction, step_s, model_step_s, exit, cause, why, learned)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " predicted_s, plan_correction, step_s, model_step_s, exit, cause, why, learned,"
+                " submit_time, eligible_time, predicted_start, predicted_wait_s,"
+                " predicted_wait_p95_s)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                " ?, ?, ?, ?, ?)"
                 " ON CONFLICT (run_dir, job_id, attempt) DO UPDATE SET"
                 " recorded = excluded.recorded, state = excluded.state,"
                 " state_source = excluded.state_source, inferred = excluded.inferred,"
@@ -277,7 +320,11 @@ def record_outcomes(
                 " from_step = excluded.from_step, steps = excluded.steps,"
                 " predicted_s = excluded.predicted_s, step_s = excluded.step_s,"
                 " model_step_s = excluded.model_step_s, exit = excluded.exit,"
-                " cause = excluded.cause, why = excluded.why, learned = excluded.learned",
+                " cause = excluded.cause, why = excluded.why, learned = excluded.learned,"
+                " submit_time = excluded.submit_time, eligible_time = excluded.eligible_time,"
+                " predicted_start = excluded.predicted_start,"
+                " predicted_wait_s = excluded.predicted_wait_s,"
+                " predicted_wait_p95_s = excluded.predicted_wait_p95_s",
                 (
                     time.time(),
                     run_dir,
@@ -300,10 +347,22 @@ def record_outcomes(
                     found.cause,
                     found.why if found.failed or found.cause else None,
                     int(attempt.learnable),
+                    outcome.submit_time,
+                    eligible,
+                    predicted_start,
+                    wait_p50,
+                    wait_p95,
                 ),
             )
             count += 1
     return count
+
+
+def _forecast(row: sqlite3.Row | None) -> QueueForecast:
+    """The queue forecast a plans row keeps (all None for a plan that made none)."""
+    if row is None:
+        return QueueForecast()
+    return QueueForecast(**{name: row[name] for name in (*_QUEUE_COLUMNS, *_FINISH_COLUMNS)})
 
 
 def _plans_record(state: RunState) -> CalibrationRecord | None:
@@ -355,13 +414,17 @@ def _insert_plan(
     correction: float | None,
     source: str,
     kind: str,
+    queue: QueueForecast | None = None,
 ) -> None:
     """One plans row; the same run folder, plan and source again replaces it (a new id: it
     is the newest), so that concurrent writers leave one row."""
+    queue = queue or QueueForecast()
     db.execute(
         "INSERT OR REPLACE INTO plans (recorded, run_dir, name, workload, partition, nodes, "
         "gpus, fingerprint, total_steps, step_s, p50_s, p95_s, model_p50_s, model_p95_s, "
-        "correction, source, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "correction, source, kind, first_wait_s, first_wait_p95_s, wait_p50_s, wait_p95_s, "
+        "finish_p50_s, finish_p95_s, p95_widening) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             time.time(),
             str(run_dir.resolve()),
@@ -380,5 +443,12 @@ def _insert_plan(
             correction,
             source,
             kind,
+            queue.first_wait_s,
+            queue.first_wait_p95_s,
+            queue.wait_p50_s,
+            queue.wait_p95_s,
+            queue.finish_p50_s,
+            queue.finish_p95_s,
+            plan.p95_widening if plan.p95_widening != 1.0 else None,
         ),
     )

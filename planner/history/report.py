@@ -3,6 +3,7 @@ partition (and the correction a new plan gets), the newest calibrations."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import sqlite3
@@ -12,6 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.history.correction import step_biases_by_nodes
+from planner.history.coverage_report import (
+    COVERAGE_HEADERS,
+    START_HEADERS,
+    coverage_json,
+    coverage_rows,
+    kind_coverage,
+    run_times_table,
+    start_rows,
+)
 from planner.history.database import connect, history_path
 from planner.model.correction import (
     MAX_SPREAD,
@@ -20,6 +30,7 @@ from planner.model.correction import (
     Correction,
     correction_from,
 )
+from planner.model.coverage import MIN_JOBS
 from planner.model.kind import describe
 from planner.model.plan import Plan
 from planner.model.plan_json import dumps
@@ -67,6 +78,42 @@ def history_text(path: Path | None = None, limit: int = 20, width: int | None = 
         )
         parts.append(wrap_text(title, width))
         parts.append(fit_table(bias_rows, _BIAS_HEADERS, wrap={0: 16, -1: 16}, width=width))
+    starts = run_times_table(path, limit)
+    if starts:
+        parts.append(
+            wrap_text(
+                "starts and finishes: predicted (a job's eligible time + the wait its plan "
+                "predicted; the first submit + the plan's time to result) vs actual "
+                "(+ later, - earlier than predicted)",
+                width,
+            )
+        )
+        parts.append(
+            fit_table(
+                start_rows(starts),
+                START_HEADERS,
+                wrap={0: 12, 1: 10, 2: 10, 3: 12, 4: 12, 5: 12},
+                width=width,
+            )
+        )
+    kinds = kind_coverage(path)
+    if kinds:
+        parts.append(
+            wrap_text(
+                "coverage: the share of jobs whose actual time stayed within their P50 and "
+                f"their P95, run time and queue wait apart (a P95 that covered under 90% of "
+                f"{MIN_JOBS}+ jobs is widened in the next plan)",
+                width,
+            )
+        )
+        parts.append(
+            fit_table(
+                coverage_rows(kinds),
+                COVERAGE_HEADERS,
+                wrap={0: 14, 1: 9, 2: 10, 3: 10, 4: 11, 5: 10, 6: 12},
+                width=width,
+            )
+        )
     if unlearned:
         parts.append(
             "attempts not learned from (failed, hung or killed; newest first): kept, shown, "
@@ -103,7 +150,7 @@ def history_text(path: Path | None = None, limit: int = 20, width: int | None = 
 
 
 def history_json(path: Path | None = None, limit: int = 20) -> str:
-    """The same three tables as JSON (README "JSON output"): runs oldest first, the step bias
+    """The same tables as JSON (README "JSON output"): runs oldest first, the step bias
     and next correction per workload, partition and node count, the newest calibrations first."""
     runs, pairs, calibrations, unlearned = _read(path, limit)
     biases = [
@@ -136,6 +183,8 @@ def history_json(path: Path | None = None, limit: int = 20) -> str:
             "history": str(history_path(path)),
             "runs": out_runs,
             "biases": biases,
+            "starts": [dataclasses.asdict(r) for r in run_times_table(path, limit)],
+            "coverage": coverage_json(kind_coverage(path)),
             "calibrations": [dict(row) for row in calibrations],
             "not_learned": [dict(row) for row in unlearned],
         }
@@ -261,11 +310,12 @@ def _when(moment: float) -> str:
 
 def correction_text(model: Plan, plan: Plan, width: int | None = None) -> str:
     """What the history's correction moved, said plainly (its source is in the plan's notes)."""
-    what = (
-        f"steps x{plan.step_correction:.2f} at {plan.nodes} node(s)"
-        if plan.step_correction != 1.0
-        else "the run-to-run spread"
-    )
+    moved = []
+    if plan.step_correction != 1.0:
+        moved.append(f"steps x{plan.step_correction:.2f} at {plan.nodes} node(s)")
+    if plan.p95_widening != 1.0:
+        moved.append(f"P95 x{plan.p95_widening:.2f}")
+    what = ", ".join(moved) or "the run-to-run spread"
     text = (
         f"history correction ({what}): P50 {fmt_duration(model.wall.p50_s)} -> "
         f"{fmt_duration(plan.wall.p50_s)}, P95 {fmt_duration(model.wall.p95_s)} -> "

@@ -95,6 +95,14 @@ class NodeOption:
     measured_efficiency: float | None = None
     measured_step_s: float | None = None
     energy_kwh: float | None = None  # at the P50 wall time (planner.model.energy); None: unknown
+    # Time to result (planner.model.queue_finish), when Slurm was asked: the first segment's
+    # start as Slurm estimates it ("ok", "unknown", "never"), the finish P50/P95 (Unix
+    # seconds) and why one is unknown.
+    start_status: str | None = None
+    start_time: float | None = None
+    finish_p50: float | None = None
+    finish_p95: float | None = None
+    queue_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -126,9 +134,7 @@ class Plan:
     step_p95_s: float
     efficiency: float
     wall: TimeEstimate
-    checkpoint: CheckpointChoice
-    checkpoint_interval_steps: int
-    checkpoint_interval_s: float
+    checkpoint: CheckpointChoice  # the interval is stored here only (checkpoint_interval_*)
     signal: str
     signal_lead_s: int  # --signal=B:USR2@lead: one P95 step, one save and SIGNAL_MARGIN_S
     resume_s: float  # start-up, checkpoint load and warm-up: every segment after the first
@@ -149,6 +155,8 @@ class Plan:
     # on what the plan rests on beyond its calibration (planner.model.plan_limits).
     step_correction: float = 1.0
     notes: tuple[str, ...] = ()
+    # What the history's coverage widened the P95 by (planner.model.coverage; 1.0: not).
+    p95_widening: float = 1.0
     # workload.compile: what compiling costs each job that starts (also in resume_s), and
     # the steps term at the calibration's eager step instead (0.0: eager, or not measured).
     compile_s: float = 0.0
@@ -171,10 +179,35 @@ class Plan:
     # (jobs.contract.measurement): shown beside compile_s, which every job is charged.
     compile_warm_s: float = 0.0
     compile_cache: str = ""
+    # Time to result (planner.model.queue_finish): when the queue was asked (None: it was
+    # not: no Slurm, or a plan.yaml from before), the chosen node count's first start and
+    # finish P50/P95 (Unix seconds), the waits between its segments and where they come
+    # from, how long Slurm's answers took, the rule that chose (plan.choose_by) and the other
+    # rule's different winner; queue_note says why the queue is unknown.
+    queue_checked_at: float | None = None
+    queue_took_s: float | None = None
+    queue_note: str = ""
+    start_time: float | None = None
+    finish_p50: float | None = None
+    finish_p95: float | None = None
+    wait_median_s: float | None = None
+    wait_p90_s: float | None = None
+    wait_jobs: int = 0
+    wait_source: str = ""
+    choose_by: str = "run"
+    choice_other: str = ""
 
     @property
     def gpus(self) -> int:
         return self.nodes * max(self.gpus_per_node, 1)
+
+    @property
+    def checkpoint_interval_steps(self) -> int:
+        return self.checkpoint.interval_steps
+
+    @property
+    def checkpoint_interval_s(self) -> float:
+        return self.checkpoint.interval_s
 
     @property
     def signal_option(self) -> str:
@@ -217,6 +250,9 @@ class PlanFacts:
     run_to_run_spread: float | None
     warmup_s: float | None = None  # the calibration's warm-up beyond steady, in resume_s
     compile_s: float | None = None  # workload.compile: each job's compile, in resume_s
+    partition: str | None = None  # where the waits between segments are read (sacct)
+    nodes: int | None = None  # the chain's node count, whose waits are read
+    queue_history_days: int | None = None  # plan.queue_history_days
 
     @classmethod
     def from_plan_dict(cls, raw: Mapping[str, Any]) -> PlanFacts:
@@ -225,7 +261,10 @@ class PlanFacts:
         spec_plan = (raw.get("spec") or {}).get("plan") or {}
         return cls(
             total_steps=_int(raw.get("total_steps")),
-            checkpoint_interval_steps=_int(raw.get("checkpoint_interval_steps")),
+            # plan.yaml before the interval was stored once had it at the top level too.
+            checkpoint_interval_steps=_int(
+                checkpoint.get("interval_steps", raw.get("checkpoint_interval_steps"))
+            ),
             save_s=_float(checkpoint.get("save_s")),
             resume_s=_float(raw.get("resume_s")),
             signal_lead_s=_float(raw.get("signal_lead_s")),
@@ -237,6 +276,9 @@ class PlanFacts:
             run_to_run_spread=_float(spec_plan.get("run_to_run_spread")),
             warmup_s=_float((raw.get("wall") or {}).get("warmup_s")),
             compile_s=_float(raw.get("compile_s")),
+            partition=_partition_name(raw),
+            nodes=_int(raw.get("nodes")),
+            queue_history_days=_int(spec_plan.get("queue_history_days")),
         )
 
 
@@ -253,6 +295,16 @@ def _build(cls: type, raw: Any) -> Any:
         raise TypeError(f"{cls.__name__}: expected a mapping, got {type(raw).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+def _partition_name(raw: Mapping[str, Any]) -> str | None:
+    """The partition the plan read, else the spec's cluster.partition."""
+    partition = raw.get("partition")
+    if isinstance(partition, dict) and isinstance(partition.get("name"), str):
+        return str(partition["name"])
+    cluster = (raw.get("spec") or {}).get("cluster") or {}
+    name = cluster.get("partition") if isinstance(cluster, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _int(value: Any) -> int | None:

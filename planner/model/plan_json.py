@@ -43,6 +43,13 @@ def plan_json(plan: Plan, model: Plan | None = None) -> str:
         "partition": plan.partition.name if plan.partition else None,
         "segments": [dataclasses.asdict(s) for s in plan.segments],
         "choice_reason": plan.choice_reason,
+        # Time to result (Unix seconds; null: the queue was not asked or Slurm gave no start).
+        "choose_by": plan.choose_by,
+        "start_time": plan.start_time,
+        "finish_p50": plan.finish_p50,
+        "finish_p95": plan.finish_p95,
+        "queue_note": plan.queue_note,
+        "queue_took_s": plan.queue_took_s,
         "notes": list(plan.notes),
         "correction": None,
         "plan": plan.to_dict(),

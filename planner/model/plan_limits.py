@@ -1,9 +1,6 @@
 """What a plan may rest on beyond its calibration, and the one line it says about each.
 
-- Node counts: without a measured point beyond the calibrated node count, a plan does not
-  choose more nodes than were calibrated: a 2-node plan from the default network model
-  planned 9.93 ms steps that ran at 59.6 ms. `--nodes N` or plan.allow_unmeasured_scaling
-  lets the model choose anyway.
+- Node counts beyond the calibrated ones: planner.model.node_range.
 - A calibration that missed its CI target by more than 2x: the machine is noisier than the
   default run-to-run spread assumes, so the P95 takes the measured spread instead.
 - The history's step correction at a node count (planner.model.correction), capped.
@@ -13,61 +10,12 @@ Torch-free.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 from planner.calibration.record import WEAK_CI_FACTOR, CalibrationRecord
 from planner.model.correction import MAX_FACTOR, MAX_SPREAD, Correction
 from planner.scaling.ring import StepTime
-from planner.shell import command_text
 from planner.spec.run_spec import RunSpec
 from planner.units import fmt_percent
-
-
-@dataclass(frozen=True)
-class MeasuredCap:
-    limit: int  # the most nodes the plan considers
-    note: str  # "" when nothing was held back
-
-
-def measured_nodes(record: CalibrationRecord) -> int:
-    """The largest node count the calibration ran."""
-    if record.scaling is not None:
-        return max(record.scaling.node_counts)
-    return record.measurement.nodes
-
-
-def measured_cap(
-    spec: RunSpec, record: CalibrationRecord, limit: int, forced: int | None
-) -> MeasuredCap:
-    """``limit`` (the partition's and the spec's cap), held to the measured node counts unless
-    the user forced a count or allowed unmeasured scaling."""
-    measured = measured_nodes(record)
-    if limit <= measured:
-        return MeasuredCap(limit, "")
-    calibrate = command_text(
-        "plan-job", "calibrate", "SPEC", "--nodes", f"1,{measured + 1}", "--executor", "slurm"
-    )
-    measure = f"measure them with `{calibrate}`"
-    if forced is not None:
-        note = ""
-        if forced > measured:
-            note = (
-                f"--nodes {forced}: scaling beyond the calibrated {measured} node(s) is "
-                f"modelled, not measured; {measure}"
-            )
-        return MeasuredCap(limit, note)
-    if spec.plan.allow_unmeasured_scaling:
-        return MeasuredCap(
-            limit,
-            f"node counts above the calibrated {measured} are modelled, not measured "
-            "(plan.allow_unmeasured_scaling)",
-        )
-    return MeasuredCap(
-        measured,
-        f"planned on the calibrated {measured} node(s) only: scaling to more (up to {limit}) "
-        f"is modelled, not measured; {measure}, or set plan.allow_unmeasured_scaling: true "
-        "to let the model choose them",
-    )
 
 
 def weak_calibration(spec: RunSpec, record: CalibrationRecord) -> tuple[float, str]:

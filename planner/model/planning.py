@@ -7,8 +7,8 @@ planner.scaling.fit.MeasuredScaling when a multi-node calibration made one), che
 interval (planner.model.interval), segments under MaxTime and P50/P95 wall time
 (planner.model.timemodel), GPU-hours = P50 wall x GPUs, cost.
 
-Each node count is weighed, and one chosen, by planner.model.node_choice (the choice rule and
-the stop margin are described there).
+Which node counts are weighed: planner.model.node_range; how each is weighed and one chosen
+(by the run time, or by the finish with the queue): planner.model.node_choice.
 """
 
 from __future__ import annotations
@@ -16,28 +16,29 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from typing import Any
 
 from jobs.calibration import tail
 from jobs.contract.measurement import Measurement
 from planner.calibration.record import CalibrationRecord
 from planner.errors import (
-    BatchSplitError,
     CalibrationMismatchError,
-    PartitionLimitError,
     SpecError,
 )
 from planner.model.baselines import baselines
 from planner.model.correction import Correction
 from planner.model.energy import power_facts
-from planner.model.node_cap import node_cap
 from planner.model.node_choice import (
     Candidate,
+    Choice,
+    ask_queue,
     choose,
-    evaluate,
     gpus_per_node,
     node_option,
     partition_name,
+    weigh,
 )
+from planner.model.node_range import node_range
 from planner.model.plan import (
     SIGNAL,
     SIGNAL_SLACK_S,
@@ -46,9 +47,9 @@ from planner.model.plan import (
 )
 from planner.model.plan_limits import (
     correction_note,
-    measured_cap,
     weak_calibration,
 )
+from planner.model.queue_finish import QueueProbe
 from planner.model.timemodel import (
     Totals,
     count_work,
@@ -63,7 +64,7 @@ from planner.scaling.fit import (
     measured_efficiency,
     measured_scaling,
 )
-from planner.scaling.ring import ScalingModel, ring_model, step_at
+from planner.scaling.ring import ScalingModel, ring_model
 from planner.slurm.partition import PartitionLimits, check_partition
 from planner.spec.load import YEAR_S
 from planner.spec.run_spec import RunSpec
@@ -80,10 +81,14 @@ def make_plan(
     nodes: int | None = None,
     scaling: ScalingModel | None = None,
     corrections: Mapping[int, Correction] | None = None,
+    queue: QueueProbe | None = None,
+    queue_note: str = "",
 ) -> Plan:
     """The plan; deadline_hours replaces plan.deadline_hours, nodes forces a node count,
     corrections are the history's step corrections by node count
-    (planner.history.correction.corrections_for): the CLI passes them, and so can a caller."""
+    (planner.history.correction.corrections_for): the CLI passes them, and so can a caller.
+    ``queue`` asks Slurm when each node count would start (planner.model.queue_finish);
+    without one, ``queue_note`` says why the queue is unknown."""
     check_calibration(spec, record, calibration_path)
     check_partition(spec, partition)
     if deadline_hours is None:
@@ -94,33 +99,21 @@ def make_plan(
     totals = count_work(spec, m)
     eval_s = eval_seconds(spec, m, calibration_path)
     model = scaling or _scaling_model(spec, record)
-    cap = node_cap(spec, partition, m.params)
-    limit = cap.limit
-    if nodes is not None and not 1 <= nodes <= limit:
-        raise PartitionLimitError(
-            "--nodes", nodes, f"must be between 1 and {limit}: {cap.reason}", spec.source
-        )
-    held = measured_cap(spec, record, limit, nodes)
-    limit = held.limit
+    held = node_range(spec, record, partition, nodes)
     spread, weak = weak_calibration(spec, record)
-    one_node = step_at(spec, model, 1)[1].total_s
-    results: list[Candidate | SpecError] = []
-    for n in range(1, limit + 1):
-        try:
-            correction = (corrections or {}).get(n)
-            if correction is not None and not correction.applied:
-                correction = None  # its jobs disagree: shown (below), not applied
-            results.append(
-                evaluate(
-                    spec, record, totals, model, partition, n, one_node, eval_s, spread, correction
-                )
-            )
-        except (BatchSplitError, PartitionLimitError) as exc:
-            results.append(exc)
-    chosen, why = choose(spec, results, deadline_hours, nodes)
+    results = [
+        weigh(spec, record, totals, model, partition, n, eval_s, spread, corrections)
+        for n in range(1, held.limit + 1)
+    ]
+    finishes = ask_queue(spec, m, partition, results, queue, totals.steps) if queue else {}
+    choice = choose(
+        spec, results, deadline_hours, nodes, finishes, queue.now if queue is not None else None
+    )
+    chosen, why = choice.chosen, choice.why
     check_length(spec, chosen, totals.steps)
     options = tuple(
-        node_option(spec, r, n, chosen, why, deadline_hours) for n, r in enumerate(results, start=1)
+        node_option(spec, r, n, choice, deadline_hours, finishes.get(n))
+        for n, r in enumerate(results, start=1)
     )
     options = _with_measured(spec, record, options)
     power = power_facts(spec, m)
@@ -156,8 +149,6 @@ def make_plan(
         efficiency=chosen.efficiency,
         wall=chosen.wall,
         checkpoint=chosen.checkpoint,
-        checkpoint_interval_steps=chosen.checkpoint.interval_steps,
-        checkpoint_interval_s=chosen.checkpoint.interval_s,
         signal=SIGNAL,
         signal_lead_s=chosen.lead_s - SIGNAL_SLACK_S,
         resume_s=resume_s(m),
@@ -197,7 +188,28 @@ def make_plan(
         energy_kwh=power.kwh(chosen.gpu_hours),
         power_w=power.power_w,
         energy_note=power.note,
+        **_queue_fields(queue, queue_note, choice),
     )
+
+
+def _queue_fields(queue: QueueProbe | None, note: str, choice: Choice) -> dict[str, Any]:
+    out: dict[str, Any] = {"choose_by": choice.rule, "choice_other": choice.other}
+    if queue is None:
+        return out | {"queue_note": note}
+    finish = choice.finish
+    out |= {"queue_checked_at": queue.now, "queue_took_s": queue.took_s}
+    if finish is None:
+        return out
+    return out | {
+        "queue_note": finish.note,
+        "start_time": finish.start,
+        "finish_p50": finish.p50,
+        "finish_p95": finish.p95,
+        "wait_median_s": finish.waits.median_s,
+        "wait_p90_s": finish.waits.p90_s,
+        "wait_jobs": finish.waits.jobs,
+        "wait_source": finish.waits.source,
+    }
 
 
 def _history_note(corrections: Mapping[int, Correction] | None, nodes: int) -> str:

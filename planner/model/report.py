@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from planner.clock import moment_text, short_moment_text
 from planner.model.plan import NodeOption, Plan, Segment
 from planner.model.resources import units_of
 from planner.textwidth import fit_table, wrap_text
@@ -60,6 +61,7 @@ def summary_table(plan: Plan, width: int | None = None) -> str:
             f"(sigma {fmt_duration(wall.sigma_s)})",
         ),
         ("why (P50)", why),
+        *_queue_rows(plan),
         (units.hours, _gpu_hours(plan)),
         *_energy_rows(plan),
         ("checkpoint", _checkpoint_text(plan)),
@@ -155,12 +157,14 @@ def options_table(plan: Plan, width: int | None = None) -> str:
     infeasible = [o for o in plan.options if not o.feasible]
     shown = [o for o in plan.options if o.feasible or len(infeasible) <= _MAX_INFEASIBLE_ROWS]
     measured = any(o.measured_efficiency is not None for o in plan.options)
-    rows = [_option_row(o, cost, measured, energy) for o in shown]
+    rows = [_option_row(o, cost, measured, energy, plan.queue_checked_at) for o in shown]
     units = units_of(plan.spec)
     rows = [[*row[:-1], units.reword(row[-1])] for row in rows]
     headers = ["nodes", units.devices, "accum", "step", "efficiency"]
     headers += ["measured (step)"] if measured else []
     headers += ["P50", "P95", "jobs", units.hours_short]
+    queue = plan.queue_checked_at is not None
+    headers += ["starts", "finish P50", "finish P95"] if queue else []
     headers += ["kWh"] if energy else []
     headers += ["cost"] if cost else []
     # The note wraps first, else goes under the table; then a measured cell and the
@@ -206,11 +210,17 @@ def baselines_table(plan: Plan, width: int | None = None) -> str:
 
 
 def _option_row(
-    o: NodeOption, cost: bool, measured: bool = False, energy: bool = False
+    o: NodeOption,
+    cost: bool,
+    measured: bool = False,
+    energy: bool = False,
+    asked: float | None = None,
 ) -> list[str]:
     mark = f"* {o.nodes}" if o.chosen else str(o.nodes)
+    queue = 3 if asked is not None else 0
     if not o.feasible:
-        return [mark, str(o.gpus), *["-"] * (7 + int(cost) + int(measured) + int(energy)), o.reason]
+        blanks = 7 + int(cost) + int(measured) + int(energy) + queue
+        return [mark, str(o.gpus), *["-"] * blanks, o.reason]
     row = [
         mark,
         str(o.gpus),
@@ -227,7 +237,60 @@ def _option_row(
         row.append(f"{o.energy_kwh:,.4g}" if o.energy_kwh is not None else "-")
     if cost:
         row.append(f"{o.cost:,.2f}")
+    if asked is not None:
+        start = _moment_cell(o.start_time, asked, soon="now")
+        row += [start, *(_moment_cell(m, asked) for m in (o.finish_p50, o.finish_p95))]
+        if o.start_status == "never":
+            row[-3] = "never"
     return [*row, o.reason]
+
+
+def _moment_cell(moment: float | None, now: float, soon: str = "") -> str:
+    """20:31 UTC, or with its date on another day; ``soon`` within a minute; "?" unknown."""
+    if moment is None:
+        return "?"
+    if soon and moment - now < 60:
+        return soon
+    return short_moment_text(moment, now).split(" (")[0]
+
+
+def _queue_rows(plan: Plan) -> list[tuple[str, str]]:
+    """When the run would start and finish, queue included (planner.model.queue_finish)."""
+    if plan.queue_checked_at is None:
+        if not plan.queue_note:
+            return []
+        return [("queue", f"{plan.queue_note}; the node count is chosen by run time")]
+    now = plan.queue_checked_at
+    took = f", {len(plan.options)} node counts asked in {plan.queue_took_s or 0.0:.2f} s"
+    if plan.start_time is None:
+        return [
+            ("queue", f"start unknown: {plan.queue_note} (sbatch --test-only{took})"),
+        ]
+    start = "now" if plan.start_time - now < 60 else moment_text(plan.start_time, now)
+    rows = [
+        ("starts", f"{start}: Slurm's estimate (sbatch --test-only{took})"),
+        ("waits", _waits_text(plan)),
+        (
+            "finish",
+            f"P50 {moment_text(plan.finish_p50, now)}, P95 {moment_text(plan.finish_p95, now)}"
+            f" (start + run + waits between segments; chosen by {plan.choose_by})",
+        ),
+    ]
+    if plan.choice_other:
+        rows.append(("other rule", plan.choice_other))
+    return rows
+
+
+def _waits_text(plan: Plan) -> str:
+    between = len(plan.segments) - 1
+    if between == 0:
+        return "none between segments (one job)"
+    if not plan.wait_jobs:
+        return f"{between} between segments, {plan.wait_source}: counted as zero"
+    return (
+        f"{between} between segments, median {fmt_duration(plan.wait_median_s or 0.0)}, "
+        f"P90 {fmt_duration(plan.wait_p90_s or 0.0)} each ({plan.wait_source})"
+    )
 
 
 def _segment_rows(segments: tuple[Segment, ...]) -> list[tuple[str, str]]:

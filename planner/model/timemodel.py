@@ -73,8 +73,9 @@ class StepStats:
 
 
 @dataclass(frozen=True)
-class Work:
-    """Time of a stretch of steps with their saves and evaluations spread evenly over them."""
+class StretchTime:
+    """Time of a stretch of steps with their saves and evaluations spread evenly over them
+    (not the jobs' Work, jobs.contract.work: what a job runs)."""
 
     step: StepStats
     save_s: float
@@ -257,7 +258,7 @@ def most_steps(time_of: Callable[[int], float], budget_s: float, upper: int) -> 
 
 
 def split_segments(
-    work: Work,
+    work: StretchTime,
     total_steps: int,
     first_overhead_s: float,
     resume_s: float,
@@ -296,7 +297,7 @@ def split_segments(
 
 
 def segment_count(
-    work: Work,
+    work: StretchTime,
     total_steps: int,
     first_overhead_s: float,
     resume_s: float,
@@ -310,7 +311,7 @@ def segment_count(
 
 
 def _layout(
-    work: Work,
+    work: StretchTime,
     total_steps: int,
     first_overhead_s: float,
     resume_s: float,
@@ -330,7 +331,7 @@ def _layout(
 
 
 def _capacity(
-    work: Work, limit_s: int, overhead_s: float, lead_s: int, total: int, partition: str
+    work: StretchTime, limit_s: int, overhead_s: float, lead_s: int, total: int, partition: str
 ) -> int:
     budget = limit_s - overhead_s - lead_s
     steps = most_steps(work.p95, budget, total)

@@ -78,7 +78,7 @@ def check_checkpoint_dir(folder: Path, resume_foreign: bool) -> None:
     config = load_train_config(folder, "; emit the run again")
     checkpoints = Path(config.checkpoint_dir)
     run_dir = folder.resolve()
-    command = bool(config.command)
+    command = bool(config.work.command)
     space = (config.keep_checkpoints, checkpoint_size(folder))
     prepare_for_submission(run_dir, checkpoints, config.run_id, command, resume_foreign, space)
 

@@ -20,10 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TypedDict
 
 from jobs.contract.train_config import DEFAULT_LOCK_HEARTBEAT_S, TrainConfig
-from jobs.contract.work import Work
 from planner.errors import RunFolderExistsError, SpecError, UnsafeRunFolderError
 from planner.model.plan import Plan, Segment
 from planner.runs.folder_lock import exclusive_claim
@@ -42,6 +40,7 @@ from planner.runs.run_folder import (
     script_name,
     write_run_files,
 )
+from planner.slurm.options import CLUSTER_SETTINGS, JobShape, job_options, sbatch_lines
 from planner.spec.checkpoint_dir import FIELD as CHECKPOINT_FIELD
 from planner.spec.checkpoint_dir import (
     check_space,
@@ -50,6 +49,7 @@ from planner.spec.checkpoint_dir import (
     node_local_warning,
 )
 from planner.spec.run_spec import RunSpec
+from planner.spec.work import build_work
 from planner.units import slurm_minutes
 
 TEMPLATE = "segment.sbatch.j2"
@@ -85,19 +85,10 @@ def train_config(plan: Plan, run_dir: Path, workdir: Path, run_id: str = "") -> 
     checkpoint_dir = Path(spec.checkpoint.dir)
     if not checkpoint_dir.is_absolute():
         checkpoint_dir = workdir / checkpoint_dir
-    work = Work(
-        builder_path=spec.workload.builder_path,
-        workload_name=spec.workload.name,
-        preset=spec.workload.preset,
-        overrides=dict(spec.workload.overrides),
-        micro_batch=spec.batch.micro_batch,
-        grad_accum=plan.grad_accum,
-        precision=spec.precision,
-        device=spec.calibration.device,
-        seed=spec.calibration.seed,
-        compile=spec.workload.compile,
-        **_command_fields(plan, workdir),
-    )
+    command = spec.command
+    # An absolute command.output_dir stays as it is; a relative one is the jobs' workdir's.
+    output = workdir / command.output_dir if command and command.output_dir else None
+    work = build_work(spec, plan.grad_accum, output)
     return TrainConfig(
         work=work,
         total_steps=plan.total_steps,
@@ -117,51 +108,12 @@ def train_config(plan: Plan, run_dir: Path, workdir: Path, run_id: str = "") -> 
     )
 
 
-class _CommandFields(TypedDict, total=False):
-    """TrainConfig's fields of a user's own training command (none for a workload)."""
-
-    command: tuple[str, ...]
-    report: str
-    output_dir: str
-    stop_grace_s: float
-
-
-def _command_fields(plan: Plan, workdir: Path) -> _CommandFields:
-    command = plan.spec.command
-    if command is None:
-        return {}
-    output_dir = ""
-    if command.output_dir is not None:
-        output_dir = str(workdir / command.output_dir)  # an absolute one stays as it is
-    return {
-        "command": command.argv,
-        "report": command.report,
-        "output_dir": output_dir,
-        "stop_grace_s": command.stop_grace_s,
-    }
-
-
 def sbatch_options(plan: Plan, segment: Segment, run_dir: Path) -> list[tuple[str, str | None]]:
     """The #SBATCH lines after --job-name, in order; None marks a flag without a value."""
-    cluster = plan.spec.cluster
+    # One training process per GPU (one per node on CPU): jobs.node.world reads srun's ranks.
+    shape = JobShape(plan.nodes, max(plan.gpus_per_node, 1), plan.gpus_per_node)
     options: list[tuple[str, str | None]] = []
-    for key, value in (
-        ("partition", cluster.partition),
-        ("account", cluster.account),
-        ("qos", cluster.qos),
-    ):
-        if value is not None:
-            options.append((key, value))
-    options += [
-        ("nodes", str(plan.nodes)),
-        # One training process per GPU (one per node on CPU): jobs.node.world reads srun's ranks.
-        ("ntasks-per-node", str(max(plan.gpus_per_node, 1))),
-        ("cpus-per-task", str(cluster.cpus_per_task)),
-    ]
-    if plan.gpus_per_node > 0:
-        options.append(("gres", f"gpu:{plan.gpus_per_node}"))
-    if cluster.mem is not None:
-        options.append(("mem", cluster.mem))
+    options += sbatch_lines(job_options(plan.spec.cluster, shape))
     options += [
         ("time", slurm_minutes(segment.time_limit_minutes)),
         ("time-min", slurm_minutes(min(segment.time_min_minutes, segment.time_limit_minutes))),
@@ -185,9 +137,7 @@ def check_one_line(plan: Plan, options: EmitOptions, run_dir: Path) -> None:
     cluster = plan.spec.cluster
     values = {
         "name": plan.spec.name,
-        "cluster.partition": cluster.partition,
-        "cluster.account": cluster.account,
-        "cluster.qos": cluster.qos,
+        **{f"cluster.{s.field}": getattr(cluster, s.field) for s in CLUSTER_SETTINGS},
         "cluster.mem": cluster.mem,
         "checkpoint.dir": plan.spec.checkpoint.dir,
         "--output": str(run_dir),
@@ -297,7 +247,7 @@ def _emit(plan: Plan, options: EmitOptions, out_dir: Path) -> EmittedRun:
     check_writable(checkpoints, plan.spec.source)
     size = options.checkpoint_bytes or plan.checkpoint_bytes or None
     check_space(checkpoints, plan.spec.checkpoint.keep, size)
-    foreign = foreign_checkpoints(checkpoints, marker.run_id, bool(config.command))
+    foreign = foreign_checkpoints(checkpoints, marker.run_id, bool(config.work.command))
     warnings: list[str] = []
     if foreign is not None:
         warnings.append(

@@ -9,16 +9,22 @@ log, where accounting is missing), exit code, log path and the log's last lines.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from planner.clock import moment_text
 from planner.errors import PlanJobError, RunFailedError, RunNotStartedError, SlurmUnavailableError
 from planner.runs.diagnosis import diagnose
 from planner.runs.inferred_outcome import job_log_text, with_inferred
-from planner.runs.run_folder import SubmittedJob, job_log_path
+from planner.runs.run_folder import SubmittedJob, job_log_path, plan_facts
 from planner.shell import command_text
 from planner.slurm.accounting import JobOutcome, job_outcomes
-from planner.slurm.queue import Runner, queued
+from planner.slurm.chain_starts import queued_starts
+from planner.slurm.queue import Runner, SlurmJob, queued
+from planner.slurm.queue_waits import partition_waits
+from planner.spec.run_spec import PlanSpec
 from planner.units import fmt_duration
 
 TAIL_LINES = 15
@@ -40,10 +46,12 @@ def no_progress_error(
         if active:
             job = active[0]
             reason = f" ({job.reason})" if job.reason else ""
+            starts = _expected_starts(folder, active, segment, runner)
             return RunNotStartedError(
                 f"{folder}: no progress line yet: segment {segment[job.job_id]} (job "
                 f"{job.job_id}) is {job.state}{reason}; try again once it has run some steps, "
                 f"or follow it with `{command_text('plan-job', 'eta', folder, '--watch')}`"
+                + "".join(f"\n  {line}" for line in starts)
             )
     ended = [i for i in ids if not queue or i not in queue]
     accounting = job_outcomes(ended, runner) if queue is not None else None
@@ -77,6 +85,48 @@ def no_progress_error(
         log_path=log,
         stderr_tail="\n".join((text or "").rstrip().splitlines()[-TAIL_LINES:]),
     )
+
+
+@dataclass(frozen=True)
+class _Pending:
+    segment: int | None
+    job_id: str
+    limit_s: int | None
+    start_time: float | None
+    expected_start: float | None
+    waits: tuple[float, float]
+
+
+def _expected_starts(
+    folder: Path, active: Sequence[SlurmJob], segment: dict[str, int], runner: Runner | None
+) -> list[str]:
+    """One line per queued segment: when it is expected to start, and from what."""
+    plan = plan_facts(folder)
+    waits = None
+    startless = any(job.start_time is None and not job.running for job in active)
+    if startless and plan is not None and plan.partition and plan.nodes:
+        days = plan.queue_history_days or PlanSpec().queue_history_days
+        waits = partition_waits(plan.partition, plan.nodes, days, runner)
+    median = waits.median_s or 0.0 if waits is not None and waits.known else 0.0
+    p90 = waits.p90_s or 0.0 if waits is not None and waits.known else 0.0
+    pending = [
+        _Pending(
+            segment.get(job.job_id),
+            job.job_id,
+            job.time_limit_s,
+            job.start_time if job.running else None,
+            None if job.running else job.start_time,
+            (median, p90) if job.start_time is None else (0.0, 0.0),
+        )
+        for job in active
+    ]
+    now = time.time()
+    running_end = [j.end_time for j in active if j.running and j.end_time]
+    lines = []
+    for q in queued_starts(pending, max([now, *running_end]), waits):
+        when = moment_text(q.start, now) if q.start is not None else "unknown"
+        lines.append(f"segment {q.segment} (job {q.job_id}) starts {when}: {q.source}")
+    return lines
 
 
 def _describe(outcome: JobOutcome | None) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import json
+import math
 import re
 import shlex
 import uuid
@@ -204,6 +205,24 @@ def plan_facts(run_dir: Path) -> PlanFacts | None:
 
 
 # --- train.json and progress.jsonl ----------------------------------------------------------
+
+
+def checkpoint_interval(train: Mapping[str, Any], plan: PlanFacts | None) -> int | None:
+    """The run's checkpoint interval in steps: train.json's (what its jobs save at), else
+    plan.yaml's (the plan stores it once, in its checkpoint choice); None when neither tells."""
+    steps = _positive_steps(train.get("checkpoint_interval_steps"))
+    if steps is not None:
+        return steps
+    if plan is not None and plan.checkpoint_interval_steps:
+        return plan.checkpoint_interval_steps
+    return None
+
+
+def _positive_steps(value: object) -> int | None:
+    # NaN, infinities, counts past 64 bits and intervals below 1 are damage: read as missing.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value) if math.isfinite(value) and 1 <= value < 2**63 else None
 
 
 def load_train_config(run_dir: Path, advice: str = "") -> TrainConfig:

@@ -29,7 +29,9 @@ from planner.slurm.queue import (
     parse_time_limit,
 )
 
-SACCT_FIELDS = "JobID,State,ExitCode,Start,End,ElapsedRaw,Timelimit,NNodes"
+# Submit and Eligible last: the queue wait is Eligible to Start (a chained segment becomes
+# eligible when the one before it ends), what the history compares with the predicted wait.
+SACCT_FIELDS = "JobID,State,ExitCode,Start,End,ElapsedRaw,Timelimit,NNodes,Submit,Eligible"
 # States in which Slurm itself signalled the job's processes.
 SLURM_ENDED = ("TIMEOUT", "CANCELLED", "PREEMPTED", "NODE_FAIL", "REQUEUED", "DEADLINE")
 
@@ -49,6 +51,10 @@ class JobOutcome:
     note: str | None = None
     signal: int | None = None  # the signal that ended it (ExitCode after the colon, or a step's)
     restarts: int = 0  # Slurm's restart count of this attempt: 0 for the job's first run
+    # When it was submitted and when it became eligible to start (Unix seconds; a requeued
+    # attempt's are its requeue's), as sacct or scontrol tell; None when neither does.
+    submit_time: float | None = None
+    eligible_time: float | None = None
 
     @property
     def exit_text(self) -> str | None:
@@ -119,6 +125,7 @@ def parse_sacct_attempts(text: str) -> dict[str, tuple[JobOutcome, ...]]:
         if len(parts) < 8:
             continue
         job_id, state, exit_code, start, end, elapsed, limit, nodes = parts[:8]
+        submit, eligible = (parts[8], parts[9]) if len(parts) >= 10 else ("", "")
         if "." in job_id:  # a step of the attempt above
             step_signal = _exit_signal(exit_code)
             ours = current is not None and job_id.split(".")[0] == current.job_id
@@ -139,6 +146,8 @@ def parse_sacct_attempts(text: str) -> dict[str, tuple[JobOutcome, ...]]:
             nodes=int(nodes) if nodes.strip().isdigit() else None,
             signal=_exit_signal(exit_code),
             restarts=len(attempts),
+            submit_time=parse_slurm_time(submit),
+            eligible_time=parse_slurm_time(eligible),
         )
         attempts.append(current)
     return {job_id: tuple(attempts) for job_id, attempts in found.items()}
@@ -175,6 +184,8 @@ def outcome_from_scontrol(text: str) -> JobOutcome | None:
         nodes=int(nodes) if nodes.isdigit() else None,
         signal=_exit_signal(fields.get("ExitCode", "")),
         restarts=int(restarts) if restarts.isdigit() else 0,
+        submit_time=parse_slurm_time(fields.get("SubmitTime", "")),
+        eligible_time=parse_slurm_time(fields.get("EligibleTime", "")),
     )
 
 

@@ -27,9 +27,11 @@ from planner.errors import (
     PartitionLimitError,
     PendingTimeoutError,
     SpecError,
+    SubmissionError,
 )
 from planner.shell import run_command
 from planner.slurm.client import READ_TIMEOUT_S, classify, require_controller
+from planner.slurm.options import CLUSTER_SETTINGS, JobShape, job_options, submitit_parameters
 from planner.slurm.partition import PartitionLimits, read_partition
 from planner.spec.run_spec import RunSpec
 from planner.stop_signals import interrupted_by
@@ -162,28 +164,18 @@ def make_executor(
         gpus = local_gpu_parameters(cal.device, tasks_per_node, os.environ, count_local_gpus())
         local.update_parameters(timeout_min=cal.time_limit_minutes, **gpus)
         return local
-    cluster = spec.cluster
     executor = submitit.SlurmExecutor(folder=folder)
+    # One device per rank: a one-task calibration measures one device and the plan scales it;
+    # a data-parallel one runs a rank per GPU as the run's jobs do.
+    gres_gpus = tasks_per_node if spec.cluster.gpus_per_node > 0 else 0
+    shape = JobShape(nodes, tasks_per_node, gres_gpus)
     params: dict[str, Any] = {
         "job_name": job_name,
         "time": cal.time_limit_minutes,
         "signal_delay_s": SIGNAL_DELAY_S,
-        "nodes": nodes,
-        "ntasks_per_node": tasks_per_node,
-        "cpus_per_task": cluster.cpus_per_task,
         "setup": job_timing_lines(folder),
+        **submitit_parameters(job_options(spec.cluster, shape)),
     }
-    # One device per rank: a one-task calibration measures one device and the plan scales it;
-    # a data-parallel one runs a rank per GPU as the run's jobs do.
-    if cluster.gpus_per_node > 0:
-        params["gres"] = f"gpu:{tasks_per_node}"
-    optional = {
-        "partition": cluster.partition,
-        "mem": cluster.mem,
-        "account": cluster.account,
-        "qos": cluster.qos,
-    }
-    params.update({k: v for k, v in optional.items() if v is not None})
     executor.update_parameters(**params)
     return executor
 
@@ -201,7 +193,7 @@ def submit_job(executor: Any, kind: str, folder: Path, function: Any, *args: Any
     clean message. Its output goes to LOCAL_CONTROLLER_LOG instead (the job's own output
     has its log files already)."""
     if kind != "local":
-        return executor.submit(function, *args)
+        return _submit_to_slurm(executor, function, *args)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / LOCAL_CONTROLLER_LOG, "ab") as log:
         for stream in (sys.stdout, sys.stderr):
@@ -216,6 +208,23 @@ def submit_job(executor: Any, kind: str, folder: Path, function: Any, *args: Any
             os.dup2(saved[1], 2)
             for fd in saved:
                 os.close(fd)
+
+
+def _submit_to_slurm(executor: Any, function: Any, *args: Any) -> Any:
+    """executor.submit; sbatch's refusal (a reservation or feature the cluster does not have,
+    an account or qos it does not know) is a SubmissionError in sbatch's words, naming the
+    cluster settings that reach it (planner.slurm.options), not submitit's traceback."""
+    from submitit.core.utils import FailedJobError
+
+    try:
+        return executor.submit(function, *args)
+    except FailedJobError as exc:
+        said = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        fields = ", ".join(f"cluster.{setting.field}" for setting in CLUSTER_SETTINGS)
+        raise SubmissionError(
+            f"sbatch refused the calibration job: {' '.join(said[-3:]) or 'no reason given'}; "
+            f"check {fields}"
+        ) from None
 
 
 def count_local_gpus(proc: Path = Path("/proc/driver/nvidia/gpus")) -> int:

@@ -17,6 +17,7 @@ from jobs.workloads.registry import BUILTIN
 from planner.errors import SpecError
 from planner.spec.paths import expand_path
 from planner.spec.run_spec import (
+    CHOOSE_BY,
     COMMAND_WORKLOAD,
     HANG_MODES,
     BatchSpec,
@@ -52,6 +53,19 @@ _STEPS = " (2^63 - 1: a step count must fit in 64 bits)"
 DEVICES = ("auto", "cpu", "cuda")
 _FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _MEM_RE = re.compile(r"^\d+[KMGT]?$")
+# sbatch --constraint: feature names joined by & (and), | (or), ",", with [ ] grouping,
+# ( ) and *count (Slurm's sbatch(1)). Nothing a shell or an #SBATCH line would read otherwise.
+_CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9_.\-&|,\[\]()*]+$")
+_CONSTRAINT_RULE = (
+    "expected Slurm's --constraint syntax: feature names (letters, digits, _ . -) joined by "
+    "& (and), | (or) or commas, with [ ] ( ) and *count, no spaces; e.g. a100&ib or [rack1|rack2]"
+)
+# sbatch --reservation: one or more reservation names, comma-separated.
+_RESERVATION_RE = re.compile(r"^[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*$")
+_RESERVATION_RULE = (
+    "expected a Slurm reservation name (letters, digits, _ . -), or several joined by commas; "
+    "`scontrol show reservation` lists them"
+)
 
 
 def load_spec(
@@ -308,10 +322,22 @@ def _cluster(sec: Section) -> ClusterSpec:
         mem=mem,
         account=sec.string("account", None),
         qos=sec.string("qos", None),
+        constraint=_matching(sec, "constraint", _CONSTRAINT_RE, _CONSTRAINT_RULE),
+        reservation=_matching(sec, "reservation", _RESERVATION_RE, _RESERVATION_RULE),
         gpu_type=sec.string("gpu_type", None),
     )
     sec.done()
     return spec
+
+
+def _matching(sec: Section, key: str, pattern: re.Pattern[str], rule: str) -> str | None:
+    """An optional string that must match ``pattern`` whole; ``rule`` says what is allowed."""
+    value = sec.get(key, None)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not pattern.match(value):
+        raise sec.error(key, value, rule)
+    return value
 
 
 def _batch(sec: Section, cluster: ClusterSpec) -> BatchSpec:
@@ -427,6 +453,10 @@ def _plan(sec: Section) -> PlanSpec:
         eval_batches=sec.integer("eval_batches", 10, minimum=1, maximum=10**6),
         eval_s=eval_s,
         allow_unmeasured_scaling=sec.boolean("allow_unmeasured_scaling", False),
+        choose_by=sec.choice("choose_by", CHOOSE_BY, None),
+        queue_history_days=sec.integer(
+            "queue_history_days", 14, minimum=1, maximum=365, why=" (a year)"
+        ),
         hang_factor=sec.number("hang_factor", 5.0, minimum=1.0),
         hang_timeouts=_hang_mode(sec),
         max_stalled_segments=sec.integer("max_stalled_segments", 2, minimum=0),

@@ -67,6 +67,8 @@ class ClusterSpec:
     mem: str | None = None
     account: str | None = None
     qos: str | None = None
+    constraint: str | None = None  # sbatch --constraint: node features the job needs
+    reservation: str | None = None  # sbatch --reservation: run inside this reservation
     gpu_type: str | None = None  # for the peak FLOP/s when the device cannot tell
 
     @property
@@ -110,6 +112,9 @@ class CalibrationSpec:
         return max(gpus_per_node, 1)
 
 
+CHOOSE_BY = ("finish", "run")
+
+
 @dataclass(frozen=True)
 class PlanSpec:
     deadline_hours: float | None = None  # the P95 wall time must fit; None: fastest efficient
@@ -142,6 +147,12 @@ class PlanSpec:
     # Let the plan choose node counts beyond those the calibration measured, from the
     # network model (plan.interconnect_gbps ...) or the fit's extrapolation.
     allow_unmeasured_scaling: bool = False
+    # How the node count is chosen: by the earliest finish (queue wait + run + the waits
+    # between segments) or by the run time alone; None: "finish" when Slurm answers, else
+    # "run" (CHOOSE_BY).
+    choose_by: str | None = None
+    # Days of the partition's accounting (sacct) the waits between segments are read from.
+    queue_history_days: int = 14
     # The training's hang watchdog (jobs.node.watchdog): each phase may take this many times
     # its calibrated time (the step: its P99) before the rank is taken for hung.
     hang_factor: float = 5.0

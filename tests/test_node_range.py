@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from planner.errors import PartitionLimitError
-from planner.model.node_cap import NodeCap, node_cap, tightest
+from planner.model.node_range import NodeCap, node_cap, tightest
 from tests.builders import partition, plan_for, record_for, reference_files, spec_with
 from tests.in_process import invoke
 from tests.processes import no_slurm_env
