@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from planner.errors import CommandError
+from planner.history import database as history
+from planner.model.plan import Plan
 from planner.model.queue_finish import QueueProbe
+from planner.model.queue_forecast import forecast_of
 from planner.shell import CommandResult
 from planner.slurm.queue_waits import QueueWaits, partition_waits, quantile
 from planner.slurm.start_estimate import (
@@ -248,3 +251,41 @@ def test_slurm_is_asked_once_for_the_plan_with_and_without_the_correction() -> N
     plan_for(spec, queue=queue)
     plan_for(spec, queue=queue)
     assert sorted(queue.calls) == [1, 2, 4]  # type: ignore[attr-defined]
+
+
+# -- what the history keeps of it --------------------------------------------------------------
+
+
+def recorded_forecast(plan: Plan, tmp_path: Path) -> dict[str, float | None]:
+    db = tmp_path / "h.sqlite"
+    history.record_plan(plan, tmp_path / "run", path=db, queue=forecast_of(plan))
+    names = (
+        "first_wait_s", "first_wait_p95_s", "wait_p50_s", "wait_p95_s", "finish_p50_s",
+        "finish_p95_s",
+    )  # fmt: skip
+    with history.connect(db) as conn:
+        row = conn.execute(f"SELECT {', '.join(names)} FROM plans").fetchone()
+    return {name: row[name] for name in names}
+
+
+def test_a_plan_with_a_start_estimate_records_its_forecast(tmp_path: Path) -> None:
+    # A chain (MaxTime 20 min) whose first segment starts 15 min after Slurm was asked; the
+    # partition's waits: median 10 min, P90 30 min, P95 40 min.
+    waits = QueueWaits(600.0, 1800.0, 12, "sacct: 12 job(s)", p95_s=2400.0)
+    starts = probe({1: 900.0, 2: 900.0, 3: 900.0, 4: 900.0}, waits)
+    plan = plan_for(spec_with(**SPEC), partition(20 * 60), queue=starts)
+    assert len(plan.segments) > 1 and plan.wait_p95_s == 2400.0
+    assert recorded_forecast(plan, tmp_path) == {
+        "first_wait_s": 900.0,
+        "first_wait_p95_s": None,  # one moment from Slurm: no band to check
+        "wait_p50_s": 600.0,
+        "wait_p95_s": 2400.0,  # the waits' own P95, not the P90 (1800 s)
+        "finish_p50_s": pytest.approx((plan.finish_p50 or 0) - NOW),
+        "finish_p95_s": pytest.approx((plan.finish_p95 or 0) - NOW),
+    }
+
+
+def test_a_plan_without_the_queue_records_nulls(tmp_path: Path) -> None:
+    plan = plan_for(spec_with(**SPEC), partition(20 * 60))
+    assert plan.queue_checked_at is None
+    assert set(recorded_forecast(plan, tmp_path).values()) == {None}

@@ -192,6 +192,7 @@ class Plan:
     finish_p95: float | None = None
     wait_median_s: float | None = None
     wait_p90_s: float | None = None
+    wait_p95_s: float | None = None  # the same jobs' P95, for the history's coverage
     wait_jobs: int = 0
     wait_source: str = ""
     choose_by: str = "run"

@@ -207,6 +207,7 @@ def _queue_fields(queue: QueueProbe | None, note: str, choice: Choice) -> dict[s
         "finish_p95": finish.p95,
         "wait_median_s": finish.waits.median_s,
         "wait_p90_s": finish.waits.p90_s,
+        "wait_p95_s": finish.waits.p95_s,
         "wait_jobs": finish.waits.jobs,
         "wait_source": finish.waits.source,
     }
