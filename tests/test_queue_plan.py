@@ -7,6 +7,7 @@ The real controller's answers are tested in tests/test_queue_slurm.py.
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,9 +15,11 @@ import pytest
 
 from planner.errors import CommandError
 from planner.history import database as history
+from planner.history.recorded_waits import recorded_waits
 from planner.model.plan import Plan
-from planner.model.queue_finish import QueueProbe
+from planner.model.queue_finish import QueueProbe, prefer_recorded
 from planner.model.queue_forecast import forecast_of
+from planner.model.report import summary_table
 from planner.shell import CommandResult
 from planner.slurm.queue_waits import QueueWaits, partition_waits, quantile
 from planner.slurm.start_estimate import (
@@ -26,7 +29,7 @@ from planner.slurm.start_estimate import (
     estimate_starts,
     parse_test_only,
 )
-from tests.test_planning import partition, plan_for, spec_with
+from tests.test_planning import partition, plan_for, record_for, spec_with
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NOW = dt.datetime(2026, 12, 3, 20, 0, 0).timestamp()
@@ -289,3 +292,69 @@ def test_a_plan_without_the_queue_records_nulls(tmp_path: Path) -> None:
     plan = plan_for(spec_with(**SPEC), partition(20 * 60))
     assert plan.queue_checked_at is None
     assert set(recorded_forecast(plan, tmp_path).values()) == {None}
+
+
+# -- the plan's own recorded waits first -----------------------------------------------------
+
+SACCT = QueueWaits(600.0, 1800.0, 40, "sacct: 40 job(s)", p95_s=2400.0)
+
+
+def test_five_recorded_waits_come_before_the_partitions() -> None:
+    asked: list[int] = []
+
+    def accounting() -> QueueWaits:
+        asked.append(1)
+        return SACCT
+
+    # 0, 10, ..., 50 s: median 25 s, P90 45 s, P95 47.5 s (linear between order statistics).
+    waits = prefer_recorded([50.0, 0.0, 10.0, 40.0, 20.0, 30.0], accounting, "1 node(s)", 14)
+    assert (waits.median_s, waits.p90_s, waits.p95_s, waits.jobs) == (25.0, 45.0, 47.5, 6)
+    assert waits.source == "history: 6 recorded job(s) of 1 node(s), last 14 days"
+    assert asked == []  # sacct is not asked when the history has enough
+    fewer = prefer_recorded([5.0] * 4, accounting, "1 node(s)", 14)
+    assert (fewer.median_s, fewer.jobs) == (600.0, 40)
+    assert fewer.source.endswith("(the history has 4 recorded job(s) of 1 node(s), fewer than 5)")
+    assert prefer_recorded([], accounting, "1 node(s)", 14) == SACCT
+
+
+def test_the_plan_says_its_waits_come_from_the_history() -> None:
+    recorded = [60.0] * 5 + [120.0]
+    starts = probe({1: 0.0, 2: 0.0, 3: 0.0, 4: 0.0})
+    starts.waits = lambda n: prefer_recorded(recorded, lambda: SACCT, f"{n} node(s)", 14)
+    plan = plan_for(spec_with(**SPEC), partition(20 * 60), queue=starts)
+    chosen = next(o for o in plan.options if o.chosen)
+    between = (chosen.segments or 1) - 1
+    assert between >= 1 and plan.wait_jobs == 6 and plan.wait_median_s == 60.0
+    assert plan.wait_source.startswith("history: 6 recorded job(s)")
+    assert plan.finish_p50 == pytest.approx(NOW + (chosen.wall_p50_s or 0) + between * 60.0)
+    text = " ".join(summary_table(plan, width=250).split())
+    assert f"(history: 6 recorded job(s) of {plan.nodes} node(s), last 14 days)" in text
+
+
+def test_the_history_reads_the_recorded_waits_of_the_kind_partition_and_node_count(
+    tmp_path: Path,
+) -> None:
+    """Two runs of the reference spec (on 2 and on 4 nodes) and one of another workload; a
+    job that started 20 days ago and one with no eligible time are left out."""
+    db = tmp_path / "h.sqlite"
+    spec = spec_with(**SPEC)
+    other = spec_with(**SPEC, workload={"name": "jit", "preset": "B/4"})
+    part = partition(20 * 60)
+    for name, n, s in (("two", 2, spec), ("four", 4, spec), ("other", 2, other)):
+        plan = plan_for(s, part, nodes=n)
+        history.record_plan(plan, tmp_path / name, path=db, record=record_for(s))
+    rows = [  # run, job, eligible (s before NOW), waited (s)
+        ("two", "1", 3600, 30.0), ("two", "2", 1800, 90.0), ("four", "3", 3600, 600.0),
+        ("other", "4", 3600, 5.0), ("two", "5", 20 * 86_400, 7.0), ("two", "6", None, 8.0),
+    ]  # fmt: skip
+    with sqlite3.connect(db) as conn:
+        for run, job, ago, waited in rows:
+            eligible = None if ago is None else NOW - ago
+            start = (NOW - 600) if eligible is None else eligible + waited
+            conn.execute(
+                "INSERT INTO outcomes (recorded, run_dir, job_id, attempt, start_time,"
+                " eligible_time) VALUES (?, ?, ?, 0, ?, ?)",
+                (NOW, str((tmp_path / run).resolve()), job, start, eligible),
+            )
+    found = recorded_waits(spec, part, 14, db, record=record_for(spec), now=NOW)
+    assert found == {2: [30.0, 90.0], 4: [600.0]}
