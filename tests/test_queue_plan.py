@@ -29,6 +29,7 @@ from planner.slurm.start_estimate import (
     estimate_starts,
     parse_test_only,
 )
+from planner.units import fmt_duration
 from tests.test_planning import partition, plan_for, record_for, spec_with
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -358,3 +359,66 @@ def test_the_history_reads_the_recorded_waits_of_the_kind_partition_and_node_cou
             )
     found = recorded_waits(spec, part, 14, db, record=record_for(spec), now=NOW)
     assert found == {2: [30.0, 90.0], 4: [600.0]}
+
+
+# -- segment length against the backfill window ----------------------------------------------
+
+
+def length_probe(full_at: float, short_at: float, waits: QueueWaits) -> QueueProbe:
+    """Every node count's first segment starts ``full_at`` s after NOW at its planned --time,
+    ``short_at`` at any shorter one (a backfill window that only a short job fits)."""
+    planned: dict[int, int] = {}
+
+    def ask(requests: Sequence[StartRequest]) -> list[StartEstimate]:
+        out = []
+        for r in requests:
+            full = planned.setdefault(r.nodes, r.time_minutes)  # the first ask: full length
+            at = full_at if r.time_minutes >= full else short_at
+            out.append(StartEstimate(r.nodes, NOW + at, "ok", "", 0.01))
+        return out
+
+    found = QueueProbe(ask, lambda n: waits, NOW)
+    found.planned = planned  # type: ignore[attr-defined]
+    return found
+
+
+WAITS_10_MIN = QueueWaits(600.0, 1800.0, 12, "sacct: 12 job(s)", p95_s=2400.0)
+
+
+def test_a_shorter_time_that_starts_hours_sooner_is_worth_its_extra_segments() -> None:
+    spec = spec_with(**SPEC)
+    # Everything starts now: nothing to weigh, the plan keeps its length and says nothing.
+    full = plan_for(spec, partition(), queue=length_probe(0.0, 0.0, WAITS_10_MIN))
+    assert full.segment_length == "" and len(full.segments) == 1
+    first = full.segments[0].time_limit_minutes
+    queue = length_probe(6 * 3600.0, 0.0, WAITS_10_MIN)
+    plan = plan_for(spec, partition(), queue=queue)
+    assert plan.nodes == full.nodes
+    short = plan.segments[0].time_limit_minutes
+    assert short in (first // 2, plan.segments[0].time_limit_minutes) and short < first
+    extra = len(plan.segments) - 1  # the full length was one job
+    assert extra >= 1
+    # Its finish: starts now, its P50 run (with each extra segment's start-up, checkpoint load
+    # and warm-up in it), and a median wait (10 min) before each extra segment.
+    assert plan.finish_p50 == pytest.approx(NOW + plan.wall.p50_s + extra * 600.0)
+    at_full = NOW + 6 * 3600 + full.wall.p50_s
+    gain = at_full - (plan.finish_p50 or 0.0)
+    assert gain == pytest.approx(6 * 3600 - (plan.wall.p50_s - full.wall.p50_s) - extra * 600.0)
+    assert plan.segment_length.startswith(f"{short} min instead of {first}: it starts 6 h")
+    assert f"its {extra} extra segment(s) cost" in plan.segment_length
+    assert f"it finishes {fmt_duration(gain)} earlier at P50" in plan.segment_length
+    text = " ".join(summary_table(plan, width=250).split())
+    assert f"--time {short} min instead of {first}" in text
+
+
+def test_a_shorter_time_that_saves_less_than_its_extra_segment_costs_is_not_taken() -> None:
+    spec = spec_with(**SPEC)
+    full = plan_for(spec, partition(), queue=length_probe(0.0, 0.0, WAITS_10_MIN))
+    # Five minutes sooner cannot pay for a 10-minute wait before the extra segment.
+    plan = plan_for(spec, partition(), queue=length_probe(300.0, 0.0, WAITS_10_MIN))
+    assert plan.segments == full.segments and plan.wall == full.wall
+    assert plan.finish_p50 == pytest.approx(NOW + 300.0 + full.wall.p50_s)
+    first = full.segments[0].time_limit_minutes
+    assert plan.segment_length.startswith(f"{first} min kept: at ")
+    assert "it starts 5 min 00 s sooner" in plan.segment_length
+    assert "later at P50" in plan.segment_length

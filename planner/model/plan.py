@@ -197,6 +197,9 @@ class Plan:
     wait_source: str = ""
     choose_by: str = "run"
     choice_other: str = ""
+    # The first segment's --time weighed against a shorter one that Slurm would start sooner
+    # (planner.model.segment_length): which was chosen and why; "": not weighed.
+    segment_length: str = ""
 
     @property
     def gpus(self) -> int:

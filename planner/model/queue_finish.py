@@ -43,13 +43,19 @@ class QueueProbe:
     _waits: dict[int, QueueWaits] = field(default_factory=dict)
 
     def ask(self, requests: Sequence[StartRequest]) -> dict[int, StartEstimate]:
+        """One request per node count: each count's estimate."""
+        return {r.nodes: a for r, a in zip(requests, self.ask_each(requests), strict=True)}
+
+    def ask_each(self, requests: Sequence[StartRequest]) -> list[StartEstimate]:
+        """Each request's estimate in order (several may share a node count: another
+        segment length, planner.model.segment_length), all new ones asked at once."""
         new = [r for r in dict.fromkeys(requests) if r not in self._starts]
         if new:
             began = time.monotonic()
             for request, answer in zip(new, self.starts(new), strict=True):
                 self._starts[request] = answer
             self.took_s += time.monotonic() - began
-        return {r.nodes: self._starts[r] for r in requests}
+        return [self._starts[r] for r in requests]
 
     def wait(self, nodes: int) -> QueueWaits:
         if nodes not in self._waits:

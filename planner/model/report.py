@@ -276,6 +276,8 @@ def _queue_rows(plan: Plan) -> list[tuple[str, str]]:
             f" (start + run + waits between segments; chosen by {plan.choose_by})",
         ),
     ]
+    if plan.segment_length:
+        rows.append(("--time", plan.segment_length))
     if plan.choice_other:
         rows.append(("other rule", plan.choice_other))
     return rows
