@@ -368,17 +368,19 @@ def length_probe(full_at: float, short_at: float, waits: QueueWaits) -> QueuePro
     """Every node count's first segment starts ``full_at`` s after NOW at its planned --time,
     ``short_at`` at any shorter one (a backfill window that only a short job fits)."""
     planned: dict[int, int] = {}
+    lengths: list[tuple[int, int]] = []
 
     def ask(requests: Sequence[StartRequest]) -> list[StartEstimate]:
         out = []
         for r in requests:
+            lengths.append((r.nodes, r.time_minutes))
             full = planned.setdefault(r.nodes, r.time_minutes)  # the first ask: full length
             at = full_at if r.time_minutes >= full else short_at
             out.append(StartEstimate(r.nodes, NOW + at, "ok", "", 0.01))
         return out
 
     found = QueueProbe(ask, lambda n: waits, NOW)
-    found.planned = planned  # type: ignore[attr-defined]
+    found.lengths = lengths  # type: ignore[attr-defined]
     return found
 
 
@@ -395,7 +397,10 @@ def test_a_shorter_time_that_starts_hours_sooner_is_worth_its_extra_segments() -
     plan = plan_for(spec, partition(), queue=queue)
     assert plan.nodes == full.nodes
     short = plan.segments[0].time_limit_minutes
-    assert short in (first // 2, plan.segments[0].time_limit_minutes) and short < first
+    # One more ask: half the --time. The smallest length that holds a save is not shorter
+    # (the checkpoint interval is longer than the run: its one save is at the end).
+    assert (full.queue_asked, plan.queue_asked) == (3, 4)  # 1, 2 and 4 nodes; then 4 at 17 min
+    assert short == first // 2
     extra = len(plan.segments) - 1  # the full length was one job
     assert extra >= 1
     # Its finish: starts now, its P50 run (with each extra segment's start-up, checkpoint load
@@ -422,3 +427,17 @@ def test_a_shorter_time_that_saves_less_than_its_extra_segment_costs_is_not_take
     assert plan.segment_length.startswith(f"{first} min kept: at ")
     assert "it starts 5 min 00 s sooner" in plan.segment_length
     assert "later at P50" in plan.segment_length
+
+
+def test_the_smallest_length_that_holds_a_save_is_asked_too() -> None:
+    # A save every 100 steps: a job of 100 steps (about 7 min with its start-up and stop
+    # reserve) saves once; it is asked beside half the --time, in the same round.
+    spec = spec_with(**SPEC, checkpoint={"interval_steps": 100})
+    queue = length_probe(6 * 3600.0, 0.0, WAITS_10_MIN)
+    plan = plan_for(spec, partition(), queue=queue)
+    asked = [t for n, t in queue.lengths if n == plan.nodes]  # type: ignore[attr-defined]
+    first = asked[0]
+    assert len(asked) == 3 and asked[1] == first // 2 and asked[2] < first // 2
+    # Both start now; the longer of the two has fewer extra segments, so it finishes first.
+    assert plan.segments[0].time_limit_minutes == first // 2
+    assert plan.queue_asked == 5

@@ -186,6 +186,7 @@ class Plan:
     # rule's different winner; queue_note says why the queue is unknown.
     queue_checked_at: float | None = None
     queue_took_s: float | None = None
+    queue_asked: int = 0  # --test-only asks in queue_took_s (0: a plan.yaml from before)
     queue_note: str = ""
     start_time: float | None = None
     finish_p50: float | None = None

@@ -239,7 +239,7 @@ def _queue_fields(queue: QueueProbe | None, note: str, choice: Choice) -> dict[s
     if queue is None:
         return out | {"queue_note": note}
     finish = choice.finish
-    out |= {"queue_checked_at": queue.now, "queue_took_s": queue.took_s}
+    out |= {"queue_checked_at": queue.now, "queue_took_s": queue.took_s, "queue_asked": queue.asked}
     if finish is None:
         return out
     return out | {

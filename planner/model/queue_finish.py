@@ -39,6 +39,7 @@ class QueueProbe:
     waits: WaitsAsker
     now: float = field(default_factory=time.time)
     took_s: float = 0.0  # the --test-only round trips, wall clock, all asked together
+    asked: int = 0  # how many --test-only asks (node counts, and shorter lengths)
     _starts: dict[StartRequest, StartEstimate] = field(default_factory=dict)
     _waits: dict[int, QueueWaits] = field(default_factory=dict)
 
@@ -55,6 +56,7 @@ class QueueProbe:
             for request, answer in zip(new, self.starts(new), strict=True):
                 self._starts[request] = answer
             self.took_s += time.monotonic() - began
+            self.asked += len(new)
         return [self._starts[r] for r in requests]
 
     def wait(self, nodes: int) -> QueueWaits:
