@@ -441,3 +441,16 @@ def test_the_smallest_length_that_holds_a_save_is_asked_too() -> None:
     # Both start now; the longer of the two has fewer extra segments, so it finishes first.
     assert plan.segments[0].time_limit_minutes == first // 2
     assert plan.queue_asked == 5
+
+
+def test_a_run_too_short_to_split_says_no_shorter_time_holds_a_save() -> None:
+    # 20 steps: its one job's --time is 2 min, and 1 min cannot hold the stop reserve alone.
+    spec = spec_with(**SPEC, data__samples=20 * 256)
+    queue = length_probe(6 * 3600.0, 0.0, WAITS_10_MIN)
+    plan = plan_for(spec, partition(), queue=queue)
+    first = plan.segments[0].time_limit_minutes
+    assert len(plan.segments) == 1 and plan.finish_p50 == NOW + 6 * 3600 + plan.wall.p50_s
+    assert plan.segment_length == (
+        f"{first} min kept: no shorter --time holds the start-up, a checkpoint save and the "
+        "stop reserve"
+    )

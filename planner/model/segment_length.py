@@ -66,10 +66,15 @@ def gain_s(full: Length, short: Length) -> float:
 def pick(full: Length, shorter: Sequence[Length]) -> tuple[Length, str]:
     """The length to run and one line on why: the earliest P50 finish, a shorter one only when
     it wins by MIN_GAIN_S."""
+    if not shorter:
+        return full, (
+            f"{full.limit_minutes} min kept: no shorter --time holds the start-up, a "
+            "checkpoint save and the stop reserve"
+        )
     known = [s for s in shorter if s.finish.known]
     if not known:
-        asked = ", ".join(f"{s.limit_minutes} min" for s in shorter) or "none fits a save"
-        return full, f"{full.limit_minutes} min (a shorter --time: {asked}; no start known)"
+        asked = ", ".join(f"{s.limit_minutes} min" for s in shorter)
+        return full, f"{full.limit_minutes} min kept: Slurm gave no start at {asked}"
     best = max(known, key=lambda s: gain_s(full, s))
     words = _weighed(full, best)
     if gain_s(full, best) >= MIN_GAIN_S:
