@@ -364,3 +364,36 @@ def test_a_schema_3_database_is_read_and_gains_the_queue_columns(tmp_path: Path)
     # An old database opened again is not migrated twice (the version says 4).
     with history.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0] == 1
+
+
+def test_a_run_folder_without_a_plans_row_records_plan_yamls_forecast(tmp_path: Path) -> None:
+    """A run emitted with the history off: its first outcomes bring plan.yaml's plan into
+    the history, with the queue forecast plan.yaml carries (Slurm asked at T0 - 300, the
+    first segment's start at T0 - 240: a 60 s wait; the waits between segments median 30 s,
+    P95 120 s; the finish at T0 + 4700)."""
+    folder = chain_folder(tmp_path)
+    plan = yaml.safe_load((folder / "plan.yaml").read_text())
+    plan.update(
+        queue_checked_at=T0 - 300, start_time=T0 - 240, finish_p50=T0 + 4700,
+        finish_p95=T0 + 5700, wait_median_s=30.0, wait_p90_s=90.0, wait_p95_s=120.0,
+        wait_jobs=12,
+    )  # fmt: skip
+    (folder / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
+    log = Log(folder / "progress.jsonl", total=3907)
+    log.job(0, [STEP_S] * 2000, job_id="11", stop="signal")
+    log.write()
+    submit = T0 - 300
+    line = sacct_attempt("11", "COMPLETED", submit, submit, submit + 180, 620)
+    db = tmp_path / "h.sqlite"
+    spec = spec_with(plan__max_nodes=1, checkpoint={"interval_steps": 100})
+    state = inspect_run(str(folder), FakeSlurm(sacct=line + "\n"))
+    assert history.record_outcomes(state, db, record_for(spec)) >= 1
+    with history.connect(db) as conn:
+        row = conn.execute(
+            "SELECT first_wait_s, first_wait_p95_s, wait_p50_s, wait_p95_s, finish_p50_s FROM plans"
+        ).fetchone()
+        job = conn.execute(
+            "SELECT predicted_wait_s, predicted_start FROM outcomes WHERE job_id = '11'"
+        ).fetchone()
+    assert tuple(row) == (60.0, None, 30.0, 120.0, 5000.0)
+    assert tuple(job) == (60.0, submit + 60.0)

@@ -20,6 +20,7 @@ PLAN_KEYS = {
     "partition", "segments", "choice_reason", "notes", "correction", "plan",
     "energy_kwh", "power_w_per_gpu", "pue", "energy_note",
     "choose_by", "start_time", "finish_p50", "finish_p95", "queue_note", "queue_took_s",
+    "segment_length",
 }  # fmt: skip
 
 

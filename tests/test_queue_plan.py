@@ -7,13 +7,19 @@ The real controller's answers are tested in tests/test_queue_slurm.py.
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from planner.errors import CommandError
-from planner.model.queue_finish import QueueProbe
+from planner.history import database as history
+from planner.history.recorded_waits import recorded_waits
+from planner.model.plan import Plan
+from planner.model.queue_finish import QueueProbe, prefer_recorded
+from planner.model.queue_forecast import forecast_of
+from planner.model.report import summary_table
 from planner.shell import CommandResult
 from planner.slurm.queue_waits import QueueWaits, partition_waits, quantile
 from planner.slurm.start_estimate import (
@@ -23,7 +29,8 @@ from planner.slurm.start_estimate import (
     estimate_starts,
     parse_test_only,
 )
-from tests.test_planning import partition, plan_for, spec_with
+from planner.units import fmt_duration
+from tests.test_planning import partition, plan_for, record_for, spec_with
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NOW = dt.datetime(2026, 12, 3, 20, 0, 0).timestamp()
@@ -248,3 +255,202 @@ def test_slurm_is_asked_once_for_the_plan_with_and_without_the_correction() -> N
     plan_for(spec, queue=queue)
     plan_for(spec, queue=queue)
     assert sorted(queue.calls) == [1, 2, 4]  # type: ignore[attr-defined]
+
+
+# -- what the history keeps of it --------------------------------------------------------------
+
+
+def recorded_forecast(plan: Plan, tmp_path: Path) -> dict[str, float | None]:
+    db = tmp_path / "h.sqlite"
+    history.record_plan(plan, tmp_path / "run", path=db, queue=forecast_of(plan))
+    names = (
+        "first_wait_s", "first_wait_p95_s", "wait_p50_s", "wait_p95_s", "finish_p50_s",
+        "finish_p95_s",
+    )  # fmt: skip
+    with history.connect(db) as conn:
+        row = conn.execute(f"SELECT {', '.join(names)} FROM plans").fetchone()
+    return {name: row[name] for name in names}
+
+
+def test_a_plan_with_a_start_estimate_records_its_forecast(tmp_path: Path) -> None:
+    # A chain (MaxTime 20 min) whose first segment starts 15 min after Slurm was asked; the
+    # partition's waits: median 10 min, P90 30 min, P95 40 min.
+    waits = QueueWaits(600.0, 1800.0, 12, "sacct: 12 job(s)", p95_s=2400.0)
+    starts = probe({1: 900.0, 2: 900.0, 3: 900.0, 4: 900.0}, waits)
+    plan = plan_for(spec_with(**SPEC), partition(20 * 60), queue=starts)
+    assert len(plan.segments) > 1 and plan.wait_p95_s == 2400.0
+    assert recorded_forecast(plan, tmp_path) == {
+        "first_wait_s": 900.0,
+        "first_wait_p95_s": None,  # one moment from Slurm: no band to check
+        "wait_p50_s": 600.0,
+        "wait_p95_s": 2400.0,  # the waits' own P95, not the P90 (1800 s)
+        "finish_p50_s": pytest.approx((plan.finish_p50 or 0) - NOW),
+        "finish_p95_s": pytest.approx((plan.finish_p95 or 0) - NOW),
+    }
+
+
+def test_a_plan_without_the_queue_records_nulls(tmp_path: Path) -> None:
+    plan = plan_for(spec_with(**SPEC), partition(20 * 60))
+    assert plan.queue_checked_at is None
+    assert set(recorded_forecast(plan, tmp_path).values()) == {None}
+
+
+# -- the plan's own recorded waits first -----------------------------------------------------
+
+SACCT = QueueWaits(600.0, 1800.0, 40, "sacct: 40 job(s)", p95_s=2400.0)
+
+
+def test_five_recorded_waits_come_before_the_partitions() -> None:
+    asked: list[int] = []
+
+    def accounting() -> QueueWaits:
+        asked.append(1)
+        return SACCT
+
+    # 0, 10, ..., 50 s: median 25 s, P90 45 s, P95 47.5 s (linear between order statistics).
+    waits = prefer_recorded([50.0, 0.0, 10.0, 40.0, 20.0, 30.0], accounting, "1 node(s)", 14)
+    assert (waits.median_s, waits.p90_s, waits.p95_s, waits.jobs) == (25.0, 45.0, 47.5, 6)
+    assert waits.source == "history: 6 recorded job(s) of 1 node(s), last 14 days"
+    assert asked == []  # sacct is not asked when the history has enough
+    fewer = prefer_recorded([5.0] * 4, accounting, "1 node(s)", 14)
+    assert (fewer.median_s, fewer.jobs) == (600.0, 40)
+    assert fewer.source.endswith("(the history has 4 recorded job(s) of 1 node(s), fewer than 5)")
+    assert prefer_recorded([], accounting, "1 node(s)", 14) == SACCT
+
+
+def test_the_plan_says_its_waits_come_from_the_history() -> None:
+    recorded = [60.0] * 5 + [120.0]
+    starts = probe({1: 0.0, 2: 0.0, 3: 0.0, 4: 0.0})
+    starts.waits = lambda n: prefer_recorded(recorded, lambda: SACCT, f"{n} node(s)", 14)
+    plan = plan_for(spec_with(**SPEC), partition(20 * 60), queue=starts)
+    chosen = next(o for o in plan.options if o.chosen)
+    between = (chosen.segments or 1) - 1
+    assert between >= 1 and plan.wait_jobs == 6 and plan.wait_median_s == 60.0
+    assert plan.wait_source.startswith("history: 6 recorded job(s)")
+    assert plan.finish_p50 == pytest.approx(NOW + (chosen.wall_p50_s or 0) + between * 60.0)
+    text = " ".join(summary_table(plan, width=250).split())
+    assert f"(history: 6 recorded job(s) of {plan.nodes} node(s), last 14 days)" in text
+
+
+def test_the_history_reads_the_recorded_waits_of_the_kind_partition_and_node_count(
+    tmp_path: Path,
+) -> None:
+    """Two runs of the reference spec (on 2 and on 4 nodes) and one of another workload; a
+    job that started 20 days ago and one with no eligible time are left out."""
+    db = tmp_path / "h.sqlite"
+    spec = spec_with(**SPEC)
+    other = spec_with(**SPEC, workload={"name": "jit", "preset": "B/4"})
+    part = partition(20 * 60)
+    for name, n, s in (("two", 2, spec), ("four", 4, spec), ("other", 2, other)):
+        plan = plan_for(s, part, nodes=n)
+        history.record_plan(plan, tmp_path / name, path=db, record=record_for(s))
+    rows = [  # run, job, eligible (s before NOW), waited (s)
+        ("two", "1", 3600, 30.0), ("two", "2", 1800, 90.0), ("four", "3", 3600, 600.0),
+        ("other", "4", 3600, 5.0), ("two", "5", 20 * 86_400, 7.0), ("two", "6", None, 8.0),
+    ]  # fmt: skip
+    with sqlite3.connect(db) as conn:
+        for run, job, ago, waited in rows:
+            eligible = None if ago is None else NOW - ago
+            start = (NOW - 600) if eligible is None else eligible + waited
+            conn.execute(
+                "INSERT INTO outcomes (recorded, run_dir, job_id, attempt, start_time,"
+                " eligible_time) VALUES (?, ?, ?, 0, ?, ?)",
+                (NOW, str((tmp_path / run).resolve()), job, start, eligible),
+            )
+    found = recorded_waits(spec, part, 14, db, record=record_for(spec), now=NOW)
+    assert found == {2: [30.0, 90.0], 4: [600.0]}
+
+
+# -- segment length against the backfill window ----------------------------------------------
+
+
+def length_probe(full_at: float, short_at: float, waits: QueueWaits) -> QueueProbe:
+    """Every node count's first segment starts ``full_at`` s after NOW at its planned --time,
+    ``short_at`` at any shorter one (a backfill window that only a short job fits)."""
+    planned: dict[int, int] = {}
+    lengths: list[tuple[int, int]] = []
+
+    def ask(requests: Sequence[StartRequest]) -> list[StartEstimate]:
+        out = []
+        for r in requests:
+            lengths.append((r.nodes, r.time_minutes))
+            full = planned.setdefault(r.nodes, r.time_minutes)  # the first ask: full length
+            at = full_at if r.time_minutes >= full else short_at
+            out.append(StartEstimate(r.nodes, NOW + at, "ok", "", 0.01))
+        return out
+
+    found = QueueProbe(ask, lambda n: waits, NOW)
+    found.lengths = lengths  # type: ignore[attr-defined]
+    return found
+
+
+WAITS_10_MIN = QueueWaits(600.0, 1800.0, 12, "sacct: 12 job(s)", p95_s=2400.0)
+
+
+def test_a_shorter_time_that_starts_hours_sooner_is_worth_its_extra_segments() -> None:
+    spec = spec_with(**SPEC)
+    # Everything starts now: nothing to weigh, the plan keeps its length and says nothing.
+    full = plan_for(spec, partition(), queue=length_probe(0.0, 0.0, WAITS_10_MIN))
+    assert full.segment_length == "" and len(full.segments) == 1
+    first = full.segments[0].time_limit_minutes
+    queue = length_probe(6 * 3600.0, 0.0, WAITS_10_MIN)
+    plan = plan_for(spec, partition(), queue=queue)
+    assert plan.nodes == full.nodes
+    short = plan.segments[0].time_limit_minutes
+    # One more ask: half the --time. The smallest length that holds a save is not shorter
+    # (the checkpoint interval is longer than the run: its one save is at the end).
+    assert (full.queue_asked, plan.queue_asked) == (3, 4)  # 1, 2 and 4 nodes; then 4 at 17 min
+    assert short == first // 2
+    extra = len(plan.segments) - 1  # the full length was one job
+    assert extra >= 1
+    # Its finish: starts now, its P50 run (with each extra segment's start-up, checkpoint load
+    # and warm-up in it), and a median wait (10 min) before each extra segment.
+    assert plan.finish_p50 == pytest.approx(NOW + plan.wall.p50_s + extra * 600.0)
+    at_full = NOW + 6 * 3600 + full.wall.p50_s
+    gain = at_full - (plan.finish_p50 or 0.0)
+    assert gain == pytest.approx(6 * 3600 - (plan.wall.p50_s - full.wall.p50_s) - extra * 600.0)
+    assert plan.segment_length.startswith(f"{short} min instead of {first}: it starts 6 h")
+    assert f"its {extra} extra segment(s) cost" in plan.segment_length
+    assert f"it finishes {fmt_duration(gain)} earlier at P50" in plan.segment_length
+    text = " ".join(summary_table(plan, width=250).split())
+    assert f"--time {short} min instead of {first}" in text
+
+
+def test_a_shorter_time_that_saves_less_than_its_extra_segment_costs_is_not_taken() -> None:
+    spec = spec_with(**SPEC)
+    full = plan_for(spec, partition(), queue=length_probe(0.0, 0.0, WAITS_10_MIN))
+    # Five minutes sooner cannot pay for a 10-minute wait before the extra segment.
+    plan = plan_for(spec, partition(), queue=length_probe(300.0, 0.0, WAITS_10_MIN))
+    assert plan.segments == full.segments and plan.wall == full.wall
+    assert plan.finish_p50 == pytest.approx(NOW + 300.0 + full.wall.p50_s)
+    first = full.segments[0].time_limit_minutes
+    assert plan.segment_length.startswith(f"{first} min kept: at ")
+    assert "it starts 5 min 00 s sooner" in plan.segment_length
+    assert "later at P50" in plan.segment_length
+
+
+def test_the_smallest_length_that_holds_a_save_is_asked_too() -> None:
+    # A save every 100 steps: a job of 100 steps (about 7 min with its start-up and stop
+    # reserve) saves once; it is asked beside half the --time, in the same round.
+    spec = spec_with(**SPEC, checkpoint={"interval_steps": 100})
+    queue = length_probe(6 * 3600.0, 0.0, WAITS_10_MIN)
+    plan = plan_for(spec, partition(), queue=queue)
+    asked = [t for n, t in queue.lengths if n == plan.nodes]  # type: ignore[attr-defined]
+    first = asked[0]
+    assert len(asked) == 3 and asked[1] == first // 2 and asked[2] < first // 2
+    # Both start now; the longer of the two has fewer extra segments, so it finishes first.
+    assert plan.segments[0].time_limit_minutes == first // 2
+    assert plan.queue_asked == 5
+
+
+def test_a_run_too_short_to_split_says_no_shorter_time_holds_a_save() -> None:
+    # 20 steps: its one job's --time is 2 min, and 1 min cannot hold the stop reserve alone.
+    spec = spec_with(**SPEC, data__samples=20 * 256)
+    queue = length_probe(6 * 3600.0, 0.0, WAITS_10_MIN)
+    plan = plan_for(spec, partition(), queue=queue)
+    first = plan.segments[0].time_limit_minutes
+    assert len(plan.segments) == 1 and plan.finish_p50 == NOW + 6 * 3600 + plan.wall.p50_s
+    assert plan.segment_length == (
+        f"{first} min kept: no shorter --time holds the start-up, a checkpoint save and the "
+        "stop reserve"
+    )

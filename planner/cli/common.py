@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # imported by the commands that plan: --help needs none of it
     from planner.model.queue_finish import QueueProbe
     from planner.slurm.partition import PartitionLimits
     from planner.slurm.queue_waits import QueueWaits
+    from planner.spec.run_spec import RunSpec
 
 EXIT_JOB_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -160,7 +161,11 @@ def plan_from_files(
     if mismatch is not None:
         click.echo(f"warning: {mismatch}", err=True)
     partition, why = partition_or_note(spec.cluster.partition)
-    queue = queue_probe(spec.plan.queue_history_days, partition)
+    queue = queue_probe(
+        spec.plan.queue_history_days,
+        partition,
+        _recorded_waits(spec, partition, history_file, record) if partition else {},
+    )
     planned = corrected_plan(
         spec,
         record,
@@ -210,18 +215,21 @@ def partition_or_note(name: str | None) -> tuple[PartitionLimits | None, str]:
     return None, why
 
 
-def queue_probe(days: int, partition: PartitionLimits | None) -> QueueProbe | None:
-    """Slurm's start estimates (sbatch --test-only, concurrently) and the partition's recent
-    waits (sacct), where the controller answered the partition's read."""
+def queue_probe(
+    days: int, partition: PartitionLimits | None, recorded: dict[int, list[float]] | None = None
+) -> QueueProbe | None:
+    """Slurm's start estimates (sbatch --test-only, concurrently) and the waits between
+    segments, where the controller answered the partition's read: the history's recorded
+    waits of this kind and node count first (``recorded``), else the partition's (sacct)."""
     if partition is None:
         return None
-    from planner.model.queue_finish import QueueProbe
+    from planner.model.queue_finish import QueueProbe, prefer_recorded
     from planner.slurm.queue_waits import summarize, waits_by_nodes
     from planner.slurm.start_estimate import estimate_starts
 
     found: list[dict[int, list[float]] | str] = []
 
-    def waits(nodes: int) -> QueueWaits:
+    def accounting(nodes: int) -> QueueWaits:
         if not found:  # one sacct for every node count
             found.append(waits_by_nodes(partition.name, days))
         by_nodes = found[0]
@@ -229,4 +237,25 @@ def queue_probe(days: int, partition: PartitionLimits | None) -> QueueProbe | No
             return QueueWaits(None, None, 0, by_nodes)
         return summarize(by_nodes.get(nodes, []), partition.name, nodes, days)
 
+    def waits(nodes: int) -> QueueWaits:
+        where = f"{nodes} node(s) of this kind in partition {partition.name}"
+        mine = (recorded or {}).get(nodes, [])
+        return prefer_recorded(mine, lambda: accounting(nodes), where, days)
+
     return QueueProbe(estimate_starts, waits)
+
+
+def _recorded_waits(
+    spec: RunSpec, partition: PartitionLimits, history_file: Path | None, record: CalibrationRecord
+) -> dict[int, list[float]]:
+    """The history's recorded waits of the spec's kind (planner.history.recorded_waits); none
+    when it cannot be read (the plan's own warning says why, from the correction's read)."""
+    from planner.errors import HistoryError
+    from planner.history.recorded_waits import recorded_waits
+
+    try:
+        return recorded_waits(
+            spec, partition, spec.plan.queue_history_days, history_file, record=record
+        )
+    except HistoryError:
+        return {}

@@ -71,6 +71,7 @@ def emit(
     """Write the sbatch scripts that run SPEC's plan to its last step into a run folder."""
     from planner.history import database as history
     from planner.history.report import correction_text
+    from planner.model.queue_forecast import forecast_of
     from planner.model.report import summary_table
     from planner.runs.emit import EmitOptions
     from planner.runs.emit import emit as write_run
@@ -86,8 +87,13 @@ def emit(
         run = write_run(result, options)
     except PlanJobError as exc:
         fail(exc)
+    # What the plan predicted about the queue goes beside its jobs' actual waits: `plan-job
+    # history` judges the start and queue-wait predictions of runs emitted from now on.
+    forecast = forecast_of(result)
     record_history(
-        lambda: history.record_plan(result, run.folder, planned.model, history_file, record=record)
+        lambda: history.record_plan(
+            result, run.folder, planned.model, history_file, record=record, queue=forecast
+        )
     )
     for warning in run.warnings:
         click.echo(f"warning: {warning}", err=True)

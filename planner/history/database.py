@@ -36,7 +36,7 @@ from planner.calibration.record import CalibrationRecord
 from planner.errors import HistoryError
 from planner.model.kind import plan_kind
 from planner.model.plan import Plan
-from planner.model.queue_forecast import QueueForecast
+from planner.model.queue_forecast import QueueForecast, forecast_of
 from planner.model.timemodel import job_saves
 from planner.runs.job_log import JobLog
 from planner.slurm.partition import PartitionLimits
@@ -288,9 +288,10 @@ def record_outcomes(
         ).fetchone()
         if row is None:
             kind = plan_kind(plan, record or _plans_record(state))
-            _insert_plan(db, plan, plan, state.run_dir, None, "plan.yaml", kind)
+            _insert_plan(db, plan, plan, state.run_dir, None, "plan.yaml", kind, forecast_of(plan))
         correction = row["correction"] if row is not None else None
-        forecast = _forecast(row)
+        # A run folder emitted without a history: plan.yaml still says what it predicted.
+        forecast = _forecast(row) if row is not None else forecast_of(plan)
         # The step the model gave before any correction: what a step bias is measured on.
         model_step = plan.step_s / (correction or 1.0)
         for index, attempt in enumerate(state.attempts):

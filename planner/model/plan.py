@@ -186,16 +186,21 @@ class Plan:
     # rule's different winner; queue_note says why the queue is unknown.
     queue_checked_at: float | None = None
     queue_took_s: float | None = None
+    queue_asked: int = 0  # --test-only asks in queue_took_s (0: a plan.yaml from before)
     queue_note: str = ""
     start_time: float | None = None
     finish_p50: float | None = None
     finish_p95: float | None = None
     wait_median_s: float | None = None
     wait_p90_s: float | None = None
+    wait_p95_s: float | None = None  # the same jobs' P95, for the history's coverage
     wait_jobs: int = 0
     wait_source: str = ""
     choose_by: str = "run"
     choice_other: str = ""
+    # The first segment's --time weighed against a shorter one that Slurm would start sooner
+    # (planner.model.segment_length): which was chosen and why; "": not weighed.
+    segment_length: str = ""
 
     @property
     def gpus(self) -> int:

@@ -50,6 +50,7 @@ def plan_json(plan: Plan, model: Plan | None = None) -> str:
         "finish_p95": plan.finish_p95,
         "queue_note": plan.queue_note,
         "queue_took_s": plan.queue_took_s,
+        "segment_length": plan.segment_length,
         "notes": list(plan.notes),
         "correction": None,
         "plan": plan.to_dict(),

@@ -50,6 +50,7 @@ from planner.model.plan_limits import (
     weak_calibration,
 )
 from planner.model.queue_finish import QueueProbe
+from planner.model.segment_length import Length, weigh_length
 from planner.model.timemodel import (
     Totals,
     count_work,
@@ -109,6 +110,19 @@ def make_plan(
     choice = choose(
         spec, results, deadline_hours, nodes, finishes, queue.now if queue is not None else None
     )
+    # The segment length against the backfill window: the chosen count at a shorter --time.
+    length_note, cap = "", partition
+    if queue is not None and partition is not None and deadline_hours is None:
+        weighed = _segment_length(
+            spec, record, partition, choice, queue, (totals, eval_s, model), results
+        )
+        if weighed is not None:
+            length, length_note = weighed
+            if length.candidate is not choice.chosen:
+                n = length.candidate.nodes
+                results[n - 1], cap = length.candidate, length.partition
+                finishes = {**finishes, n: length.finish}
+                choice = dataclasses.replace(choice, chosen=length.candidate, finish=length.finish)
     chosen, why = choice.chosen, choice.why
     check_length(spec, chosen, totals.steps)
     options = tuple(
@@ -127,7 +141,7 @@ def make_plan(
         first_overhead_s(m),
         resume_s(m),
         chosen.lead_s,
-        partition.max_time_s if partition else None,
+        cap.max_time_s if cap else None,
         partition_name(partition),
     )
     gpus = chosen.nodes * gpus_per_node(spec)
@@ -188,7 +202,35 @@ def make_plan(
         energy_kwh=power.kwh(chosen.gpu_hours),
         power_w=power.power_w,
         energy_note=power.note,
+        segment_length=length_note,
         **_queue_fields(queue, queue_note, choice),
+    )
+
+
+def _segment_length(
+    spec: RunSpec,
+    record: CalibrationRecord,
+    partition: PartitionLimits,
+    choice: Choice,
+    queue: QueueProbe,
+    work: tuple[Totals, float, ScalingModel],
+    results: list[Candidate | SpecError],
+) -> tuple[Length, str] | None:
+    """planner.model.segment_length for the chosen count: by finish or --nodes only (the run
+    rule asked for the shortest run, which a shorter length never gives)."""
+    if choice.rule == "run" or choice.finish is None:
+        return None
+    chosen = choice.chosen
+    weighed = [r for r in results if isinstance(r, Candidate) and r.nodes == chosen.nodes]
+    spread, correction = weighed[0].spread, weighed[0].correction
+    totals, eval_s, model = work
+    corrections = {chosen.nodes: correction} if correction is not None else None
+
+    def reweigh(capped: PartitionLimits) -> Candidate | SpecError:
+        return weigh(spec, record, totals, model, capped, chosen.nodes, eval_s, spread, corrections)
+
+    return weigh_length(
+        spec, record.measurement, partition, chosen, choice.finish, queue, totals.steps, reweigh
     )
 
 
@@ -197,7 +239,7 @@ def _queue_fields(queue: QueueProbe | None, note: str, choice: Choice) -> dict[s
     if queue is None:
         return out | {"queue_note": note}
     finish = choice.finish
-    out |= {"queue_checked_at": queue.now, "queue_took_s": queue.took_s}
+    out |= {"queue_checked_at": queue.now, "queue_took_s": queue.took_s, "queue_asked": queue.asked}
     if finish is None:
         return out
     return out | {
@@ -207,6 +249,7 @@ def _queue_fields(queue: QueueProbe | None, note: str, choice: Choice) -> dict[s
         "finish_p95": finish.p95,
         "wait_median_s": finish.waits.median_s,
         "wait_p90_s": finish.waits.p90_s,
+        "wait_p95_s": finish.waits.p95_s,
         "wait_jobs": finish.waits.jobs,
         "wait_source": finish.waits.source,
     }

@@ -261,7 +261,8 @@ def _queue_rows(plan: Plan) -> list[tuple[str, str]]:
             return []
         return [("queue", f"{plan.queue_note}; the node count is chosen by run time")]
     now = plan.queue_checked_at
-    took = f", {len(plan.options)} node counts asked in {plan.queue_took_s or 0.0:.2f} s"
+    asked = plan.queue_asked or len(plan.options)
+    took = f", {asked} asks in {plan.queue_took_s or 0.0:.2f} s"
     if plan.start_time is None:
         return [
             ("queue", f"start unknown: {plan.queue_note} (sbatch --test-only{took})"),
@@ -276,6 +277,8 @@ def _queue_rows(plan: Plan) -> list[tuple[str, str]]:
             f" (start + run + waits between segments; chosen by {plan.choose_by})",
         ),
     ]
+    if plan.segment_length:
+        rows.append(("--time", plan.segment_length))
     if plan.choice_other:
         rows.append(("other rule", plan.choice_other))
     return rows
