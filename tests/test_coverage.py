@@ -31,11 +31,11 @@ from planner.model.coverage import (
 from planner.model.kind import kind_key
 from planner.model.queue_forecast import QueueForecast
 from planner.slurm.accounting import outcome_from_scontrol, parse_sacct_attempts
+from tests.builders import SPEC, partition, plan_for, record_for, recorded_run, spec_with
 from tests.cli_helpers import run_cli, write_spec
+from tests.processes import venv_only_env
+from tests.progress_logs import STEP_S, T0, Log, slurm_time
 from tests.run_folders import FakeSlurm, chain_folder
-from tests.test_eta import STEP_S, T0, Log, slurm_time
-from tests.test_history import no_slurm_env, recorded_run
-from tests.test_planning import SPEC, partition, plan_for, record_for, spec_with
 
 # -- the arithmetic ---------------------------------------------------------------------------
 
@@ -140,7 +140,7 @@ def test_e_twelve_jobs_at_1_3x_their_p95_widen_the_next_p95_by_1_3(
     assert after.time_min_minutes == before.time_min_minutes  # the P50 stays
 
     # The plan says so in one line; emit records the widening; history shows the coverage.
-    env = no_slurm_env(db)
+    env = venv_only_env(db)
     proc = run_cli(["plan", str(spec_path), "--calibration", str(cal)], cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     flat = " ".join(proc.stdout.split())

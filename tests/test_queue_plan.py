@@ -30,7 +30,7 @@ from planner.slurm.start_estimate import (
     parse_test_only,
 )
 from planner.units import fmt_duration
-from tests.test_planning import partition, plan_for, record_for, spec_with
+from tests.builders import partition, plan_for, record_for, spec_with
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NOW = dt.datetime(2026, 12, 3, 20, 0, 0).timestamp()

@@ -25,9 +25,9 @@ from planner.calibration.record import save_record
 from planner.clock import clock_text
 from planner.slurm.queue import parse_slurm_time
 from planner.slurm.queue_waits import partition_waits
+from tests.builders import SPEC, record_for, spec_with
 from tests.cli_helpers import run_cli, write_spec
 from tests.slurm_cluster import SlurmCluster
-from tests.test_planning import SPEC, record_for, spec_with
 
 pytestmark = pytest.mark.slurm
 
