@@ -184,6 +184,9 @@ def test_ctrl_c_sigterm_and_sighup_cancel_the_local_job(tmp_path: Path, stop: st
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, as a shell's foreground job
+        # A terminal's job has SIGHUP at its default; a suite started under nohup would hand
+        # down SIG_IGN, which plan-job rightly leaves alone (planner/stop_signals.py).
+        preexec_fn=_default_sighup,
     )
     progress = None
     deadline = time.monotonic() + 120
@@ -208,6 +211,10 @@ def test_ctrl_c_sigterm_and_sighup_cancel_the_local_job(tmp_path: Path, stop: st
         while Path(f"/proc/{pid}").exists() and not _is_zombie(pid):
             assert time.monotonic() < deadline, f"job {pid} still runs"
             time.sleep(0.2)
+
+
+def _default_sighup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _is_zombie(pid: int) -> bool:

@@ -105,13 +105,18 @@ def test_every_script_passes_sbatch_test_only(
     ],
 )
 def test_sbatch_judges_the_constraint_and_reservation_emit_wrote(
-    slurm_cluster: SlurmCluster, calibrated: Path, tmp_path: Path, setting: str, refusal: str | None
+    slurm_cluster: SlurmCluster,
+    paced_calibration: Path,
+    tmp_path: Path,
+    setting: str,
+    refusal: str | None,
 ) -> None:
     """cluster.constraint and cluster.reservation reach sbatch: a feature the nodes have is
     accepted; one they lack, or a reservation that does not exist, is refused by sbatch, and
     `plan-job submit` says so with sbatch's words."""
     spec = write_spec(tmp_path, paced_spec(400))
-    emit = ["emit", str(spec), "--calibration", str(calibrated), "-o", "run", "--set", setting]
+    emit = ["emit", str(spec), "--calibration", str(paced_calibration), "-o", "run"]
+    emit += ["--set", setting]
     proc = run_cli(emit, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     script = tmp_path / "run" / "segment-01.sbatch"
