@@ -26,8 +26,8 @@ class Slowdown:
     ratio: float
 
 
-# Share of the steady steps clipped at each end of the steady mean: `plan-job eta`'s rule
-# (planner.eta.steps), so the plan and the ETA mean the same thing by the steady step.
+# Share of the steady steps clipped at each end of the steady mean, here and in `plan-job eta`
+# (planner.eta.steps imports it), so the plan and the ETA mean the same thing by the steady step.
 WINSOR = 0.1
 
 

@@ -26,7 +26,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jobs.calibration.stats import mean_ci
+from jobs.calibration.stats import WINSOR, mean_ci, winsorize  # the calibration's rule
 from jobs.training.resume import RECENT_STEPS
 from planner.model.plan import PlanFacts
 from planner.runs.job_log import RECENT, JobLog
@@ -35,7 +35,6 @@ from planner.runs.progress import History
 # Steady steps the estimate averages, recent enough to follow a node change: as many as a
 # job's summary holds (planner.runs.job_log.RECENT).
 WINDOW = RECENT
-WINSOR = 0.1  # share clipped at each end of the window
 MIN_JOB_STEPS = 10  # fewer timed steps: a job's warm-up cannot be told from its steady state
 DEFAULT_SPREAD = 0.02  # run-to-run spread when no plan gives one (plan.run_to_run_spread)
 Z95 = 1.6448536269514722  # one-sided 95% normal quantile
@@ -122,17 +121,6 @@ def baseline(jobs: Sequence[JobLog], remaining_steps: int) -> Baseline | None:
         return None
     mean = sum(job.timed_s for job in jobs) / samples
     return Baseline(mean, samples, remaining_steps * mean)
-
-
-def winsorize(values: Sequence[float], share: float) -> tuple[list[float], float]:
-    """Values clipped to the g-th smallest and largest, g = share x n; and g / n."""
-    n = len(values)
-    g = int(share * n)
-    if g == 0:
-        return list(values), 0.0
-    ordered = sorted(values)
-    low, high = ordered[g], ordered[n - g - 1]
-    return [min(max(v, low), high) for v in values], g / n
 
 
 def step_sigma(step: SteadyStepTime, steps: int, spread: float) -> float:
