@@ -21,7 +21,6 @@ import pytest
 import torch
 
 from jobs.contract.failure import CollectiveFailed
-from jobs.contract.train_config import TrainConfig
 from jobs.node.data_parallel import rank_seed
 from jobs.node.world import (
     DEFAULT_INIT_TIMEOUT_S,
@@ -38,6 +37,7 @@ from jobs.workloads.base import Workload, WorkloadConfig
 from tests.paths import REPO
 from tests.processes import FINISH_S, LAUNCH_VARIABLES, finish, free_port, unlaunched_env
 from tests.slurm_cluster import SlurmCluster
+from tests.training_runs import train_json
 
 TOTAL_STEPS = 8
 
@@ -131,27 +131,9 @@ def linear_union(config: WorkloadConfig) -> Workload:
 
 
 def make_config(folder: Path, builder: str = "jobs.workloads.jit:build", **changes: Any) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    fields: dict[str, Any] = {
-        "builder_path": builder,
-        "workload_name": "jit",
-        "preset": "tiny",
-        "overrides": {},
-        "micro_batch": 2,
-        "grad_accum": 1,
-        "precision": "fp32",
-        "device": "cpu",
-        "seed": 7,
-        "total_steps": TOTAL_STEPS,
-        "checkpoint_dir": str(folder / "ck"),
-        "checkpoint_interval_steps": 5,
-        "keep_checkpoints": 3,
-        "progress_path": str(folder / "progress.jsonl"),
-        **changes,
-    }
-    path = folder / "train.json"
-    path.write_text(TrainConfig.from_flat(fields).to_json())
-    return path
+    """tests.training_runs.train_json with this module's step count and three kept checkpoints."""
+    fields = {"total_steps": TOTAL_STEPS, "keep_checkpoints": 3, **changes}
+    return train_json(folder, builder_path=builder, **fields)
 
 
 def launch(
