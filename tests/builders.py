@@ -204,9 +204,11 @@ def paced_spec(
     return spec
 
 
-def reference_files(folder: Path, **changes: Any) -> tuple[Path, Path]:
+def reference_files(
+    folder: Path, measured: dict[str, Any] | None = None, **changes: Any
+) -> tuple[Path, Path]:
     """run.yaml (tests/test_planning.py's SPEC with ``changes``, "section__key" paths) and
-    cal.yaml, its calibration record."""
+    cal.yaml, its calibration record (``measured``: Measurement fields changed in it)."""
     doc = copy.deepcopy(SPEC)
     for path, value in changes.items():
         *parents, last = path.split("__")
@@ -215,7 +217,7 @@ def reference_files(folder: Path, **changes: Any) -> tuple[Path, Path]:
             node = node.setdefault(part, {})
         node[last] = value
     spec_path = write_spec(folder, doc)
-    record = record_for(spec_with(**changes))
+    record = record_for(spec_with(**changes), **(measured or {}))
     cal = folder / "cal.yaml"
     save_record(record, cal)
     return spec_path, cal

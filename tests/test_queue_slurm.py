@@ -9,7 +9,6 @@ one node), so the run times are arithmetic, not measurements.
 
 from __future__ import annotations
 
-import copy
 import json
 import sqlite3
 import subprocess
@@ -21,12 +20,11 @@ from typing import Any
 import pytest
 import yaml
 
-from planner.calibration.record import save_record
 from planner.clock import clock_text
 from planner.slurm.queue import parse_slurm_time
 from planner.slurm.queue_waits import partition_waits
-from tests.builders import SPEC, record_for, spec_with
-from tests.cli_helpers import run_cli, write_spec
+from tests.builders import reference_files
+from tests.cli_helpers import run_cli
 from tests.slurm_cluster import SlurmCluster
 
 pytestmark = pytest.mark.slurm
@@ -51,17 +49,7 @@ MEASURED = dict(
 
 def planned_files(folder: Path, samples: int) -> tuple[Path, Path]:
     changes = {**CHANGES, "data__samples": samples, "checkpoint__dir": str(folder / "ck")}
-    doc = copy.deepcopy(SPEC)
-    for path, value in changes.items():
-        *parents, last = path.split("__")
-        node = doc
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    spec = write_spec(folder, doc)
-    cal = folder / "cal.yaml"
-    save_record(record_for(spec_with(**changes), **MEASURED), cal)
-    return spec, cal
+    return reference_files(folder, MEASURED, **changes)
 
 
 def squeue(job_ids: list[str], fmt: str) -> list[str]:
